@@ -1,0 +1,67 @@
+# smesh — every target does its own set-up, so a fresh Debian 12 machine needs only `make`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian's interpreter, so the venv is the same on every machine (and readable by any user).
+SYSTEM_PYTHON := $(shell command -v /usr/bin/python3 || command -v python3)
+
+# Build: clang for BPF C. Run time: libbpf1, iproute2 and nftables. Tests and demo: real
+# peers (curl, socat, openssl, tcpdump, iperf3). Benchmarks: the C tunnels to race.
+APT_PACKAGES := make clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool \
+	iproute2 nftables iputils-ping procps util-linux kmod \
+	python3 python3-venv python3-dev \
+	curl socat openssl tcpdump iperf3 stunnel4 haproxy ca-certificates
+
+BPF_SRC := $(wildcard bpf/*.bpf.c)
+BPF_OBJ := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRC))
+BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I bpf \
+	-I /usr/include/$(shell uname -m)-linux-gnu
+
+.PHONY: all setup apt venv bpf test lint typecheck unit integration demo bench clean
+
+all: setup
+
+setup: apt venv bpf
+
+apt:
+	@scripts/ensure-apt $(APT_PACKAGES)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | apt
+	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+bpf: $(BPF_OBJ)
+
+build/bpf/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) | apt
+	@mkdir -p $(@D)
+	clang $(BPF_CFLAGS) -c $< -o $@ || { rm -f $@; exit 1; }
+
+lint: venv
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+typecheck: venv
+	$(VENV)/bin/mypy --strict src
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest tests/integration
+
+# The test command of README.md and CI: lint, types, then every test, unit and integration.
+test: setup lint typecheck
+	$(VENV)/bin/pytest tests
+
+demo: setup
+	$(VENV)/bin/smesh demo
+
+bench: setup
+	$(VENV)/bin/smesh bench
+
+clean:
+	rm -rf build $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,168 @@
+"""The lab's operations: up, down, status and exec (the CLI only parses and calls these)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from smesh.lab import builder, state, topology
+from smesh.lab.errors import CommandNotFound, LabError, LabExists, LabNotFound
+from smesh.lab.topology import Pod, Topology
+from smesh.linux import cgroups, netns, privileges
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Serialise up/down of one lab across processes."""
+    state.STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state.STATE_ROOT / f".{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _preflight(action: str) -> Path:
+    privileges.require(action)
+    return cgroups.v2_root()
+
+
+def _leftovers(name: str, cgroup_root: Path) -> list[str]:
+    found = [ns for ns in netns.list_names() if ns.startswith(f"{name}.")]
+    if (cgroup_root / f"smesh-lab-{name}").exists():
+        found.append(f"cgroup smesh-lab-{name}")
+    if state.directory(name).exists():
+        found.append("saved state")
+    return found
+
+
+def up(
+    name: str = topology.DEFAULT_NAME,
+    nodes: int = 2,
+    pods_per_node: int = 2,
+    mesh: bool = True,
+    identities: Sequence[str] = (),
+) -> Topology:
+    """Build lab *name*; on any failure remove what was built and re-raise."""
+    parsed = [topology.parse_identity(text) for text in identities]
+    topo = topology.plan(name, nodes, pods_per_node, mesh, {p: (n, s) for p, n, s in parsed})
+    cgroup_root = _preflight("smesh lab up")
+    with _locked(name):
+        if _leftovers(name, cgroup_root):
+            raise LabExists(
+                f"lab {name!r} already exists; run `smesh lab down --name {name}` first"
+            )
+        lab = state.LabState(
+            name=name,
+            nodes=nodes,
+            pods_per_node=pods_per_node,
+            mesh=mesh,
+            identities={p: [n, s] for p, n, s in parsed},
+        )
+        state.save(lab)
+        try:
+            builder.build(topo, cgroup_root)
+            lab.phase = "up"
+            state.save(lab)
+        except BaseException:
+            _teardown(name, cgroup_root)
+            raise
+    return topo
+
+
+def _teardown(name: str, cgroup_root: Path) -> None:
+    builder.teardown(name, cgroup_root, state.bpf_pin_dir(name))
+    directory = state.directory(name)
+    if directory.exists():
+        for entry in sorted(directory.rglob("*"), key=lambda p: -len(p.parts)):
+            entry.rmdir() if entry.is_dir() else entry.unlink()
+        directory.rmdir()
+
+
+def down(name: str = topology.DEFAULT_NAME) -> bool:
+    """Remove lab *name* entirely. Returns whether there was anything to remove."""
+    topology.validate_name(name)
+    cgroup_root = _preflight("smesh lab down")
+    with _locked(name):
+        existed = bool(_leftovers(name, cgroup_root))
+        _teardown(name, cgroup_root)
+    with contextlib.suppress(FileNotFoundError):
+        (state.STATE_ROOT / f".{name}.lock").unlink()
+    return existed
+
+
+def load(name: str) -> tuple[state.LabState, Topology]:
+    topology.validate_name(name)
+    lab = state.load(name)
+    if lab is None:
+        raise LabNotFound(f"no lab named {name!r} is up; start one with `smesh lab up --name {name}`")
+    if lab.phase != "up":
+        raise LabError(
+            f"lab {name!r} is not fully built (a crashed `up`?); "
+            f"run `smesh lab down --name {name}` and try again"
+        )
+    return lab, lab.topology()
+
+
+def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
+    """The lab as the stable JSON document of ``smesh lab status --json``."""
+    lab, topo = load(name)
+    root = cgroups.v2_root()
+    nodes = []
+    for node in topo.nodes:
+        agent = lab.agents.get(node.name)
+        nodes.append(
+            {
+                "name": node.name,
+                "netns": node.netns,
+                "ip": str(node.ip4),
+                "ip6": str(node.ip6),
+                "pod_cidr": str(node.pod_cidr4),
+                "pod_cidr6": str(node.pod_cidr6),
+                "present": netns.exists(node.netns),
+                "agent_pid": agent.pid if agent else None,
+                "agent_health": ("alive" if agent.alive() else "dead") if agent else "none",
+            }
+        )
+    pods = [
+        {
+            "name": pod.name,
+            "node": pod.node,
+            "ip": str(pod.ip4),
+            "ip6": str(pod.ip6),
+            "netns": pod.netns,
+            "cgroup": str(root / pod.cgroup),
+            "meshed": topo.mesh,
+            "namespace": pod.namespace,
+            "service_account": pod.service_account,
+            "present": netns.exists(pod.netns),
+        }
+        for pod in topo.pods
+    ]
+    return {"name": topo.name, "mesh": topo.mesh, "nodes": nodes, "pods": pods}
+
+
+def exec_argv(name: str, member: str, argv: Sequence[str]) -> None:
+    """Replace this process with *argv* running in *member*'s cgroup and network namespace.
+
+    The cgroup is joined first: entering the namespace first would make the cgroup file
+    a path in the wrong place for nothing, and ``ip netns exec`` is avoided because it
+    remounts /sys. A node runs commands in its ``host`` cgroup, outside every pod.
+    """
+    if not argv:
+        raise LabError("nothing to run: give a command after `--`")
+    root = _preflight("smesh lab exec")
+    _lab, topo = load(name)
+    target = topo.member(member)
+    cgroup = target.cgroup if isinstance(target, Pod) else target.host_cgroup
+    cgroups.join(root / cgroup)
+    netns.enter(target.netns)
+    try:
+        os.execvp(argv[0], list(argv))
+    except FileNotFoundError:
+        raise CommandNotFound(f"command not found: {argv[0]}") from None

@@ -1,0 +1,88 @@
+"""What a running lab remembers between commands: its plan's inputs and what it started.
+
+Kept under /run (tmpfs), like the namespaces themselves, so a reboot forgets both together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smesh.lab import topology
+from smesh.lab.errors import LabError
+
+STATE_ROOT = Path(os.environ.get("SMESH_RUN_DIR", "/run/smesh")) / "labs"
+BPF_PIN_ROOT = Path("/sys/fs/bpf/smesh")
+
+
+@dataclass
+class Process:
+    """A long-running process the lab started (an agent), identified beyond its pid."""
+
+    pid: int
+    start_time: int  # field 22 of /proc/PID/stat: tells a reused pid apart
+
+    def alive(self) -> bool:
+        return start_time_of(self.pid) == self.start_time
+
+
+@dataclass
+class LabState:
+    name: str
+    nodes: int
+    pods_per_node: int
+    mesh: bool
+    identities: dict[str, list[str]] = field(default_factory=dict)
+    phase: str = "building"  # building → up
+    agents: dict[str, Process] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def topology(self) -> topology.Topology:
+        return topology.plan(
+            self.name,
+            self.nodes,
+            self.pods_per_node,
+            self.mesh,
+            {pod: (ns_sa[0], ns_sa[1]) for pod, ns_sa in self.identities.items()},
+        )
+
+
+def directory(name: str) -> Path:
+    return STATE_ROOT / name
+
+
+def bpf_pin_dir(name: str) -> Path:
+    return BPF_PIN_ROOT / name
+
+
+def save(state: LabState) -> None:
+    path = directory(state.name)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "state.json.tmp"
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(path / "state.json")
+
+
+def load(name: str) -> LabState | None:
+    try:
+        data = json.loads((directory(name) / "state.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LabError(
+            f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --name {name}`"
+        ) from exc
+    data["agents"] = {node: Process(**proc) for node, proc in data.get("agents", {}).items()}
+    return LabState(**data)
+
+
+def start_time_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return int(stat.rpartition(")")[2].split()[19])

@@ -1,0 +1,100 @@
+"""Named network namespaces (the `ip netns` kind, bind-mounted under /run/netns).
+
+Linux network namespaces are per thread, so smesh enters one in a short-lived thread to
+create sockets or write per-namespace sysctls there; a socket keeps the namespace it was
+created in. The calling thread is never moved, so the rest of the process is unaffected.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from smesh.linux.errors import LinuxError, NetnsNotFound
+
+NETNS_RUN_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def path_of(name: str) -> Path:
+    return NETNS_RUN_DIR / name
+
+
+def exists(name: str) -> bool:
+    return path_of(name).exists()
+
+
+def list_names() -> list[str]:
+    try:
+        return sorted(entry.name for entry in NETNS_RUN_DIR.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _open(name: str) -> int:
+    try:
+        return os.open(path_of(name), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsNotFound(f"network namespace {name!r} does not exist") from None
+
+
+def enter(name: str) -> None:
+    """Move the *calling thread* into network namespace *name*.
+
+    Meant for a process about to exec (``lab exec``) or for a dedicated thread.
+    """
+    fd = _open(name)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise LinuxError(f"cannot enter network namespace {name!r}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def run_in(name: str, fn: Callable[[], T]) -> T:
+    """Run *fn* in a thread that lives in namespace *name* and return its result."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            enter(name)
+            result.append(fn())
+        except BaseException as exc:  # handed back to the caller below
+            error.append(exc)
+
+    thread = threading.Thread(target=target, name=f"netns:{name}")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def socket_in(
+    name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+) -> socket.socket:
+    """A new socket that belongs to namespace *name* (while this process stays where it is)."""
+    return run_in(name, lambda: socket.socket(family, kind))
+
+
+def write_sysctl(name: str, key: str, value: str) -> None:
+    """Set a per-namespace sysctl such as ``net.ipv4.ip_forward`` inside namespace *name*."""
+    path = Path("/proc/sys") / key.replace(".", "/")
+    run_in(name, lambda: path.write_text(value))
+
+
+def inode_of(name: str) -> int:
+    """The namespace's inode number: the identity the kernel uses (as /proc/PID/ns/net)."""
+    return path_of(name).stat().st_ino

@@ -1,0 +1,57 @@
+"""Shared test configuration.
+
+Tests under tests/integration need root, network namespaces, cgroup v2 and BPF. Where
+those are missing they skip on a developer machine, but under CI (``CI=true``) they fail:
+an integration suite that silently does not run is a broken feature hidden.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from smesh.linux import cgroups, privileges
+from smesh.linux.errors import LinuxError
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def missing_capabilities() -> list[str]:
+    """What this machine or process lacks for the integration suite."""
+    missing = []
+    try:
+        privileges.require("the integration tests", (privileges.CAP_SYS_ADMIN, privileges.CAP_NET_ADMIN))
+    except LinuxError as exc:
+        missing.append(str(exc))
+    try:
+        cgroups.v2_root()
+    except LinuxError as exc:
+        missing.append(str(exc))
+    if not Path("/sys/fs/bpf").is_dir() or not Path("/sys/kernel/btf/vmlinux").exists():
+        missing.append("no BPF filesystem directory or kernel BTF (/sys/kernel/btf/vmlinux)")
+    return missing
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(autouse=True)
+def _integration_capabilities(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("integration") is None:
+        return
+    missing = missing_capabilities()
+    if not missing:
+        return
+    reason = "; ".join(missing)
+    if in_ci():
+        pytest.fail(f"integration test cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
