@@ -28,7 +28,9 @@ def missing_capabilities() -> list[str]:
     """What this machine or process lacks for the integration suite."""
     missing = []
     try:
-        privileges.require("the integration tests", (privileges.CAP_SYS_ADMIN, privileges.CAP_NET_ADMIN))
+        privileges.require(
+            "the integration tests", (privileges.CAP_SYS_ADMIN, privileges.CAP_NET_ADMIN)
+        )
     except LinuxError as exc:
         missing.append(str(exc))
     try:

@@ -3,89 +3,12 @@
 from __future__ import annotations
 
 import collections.abc
-import os
-import secrets
-import subprocess
-import sys
-import time
-from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
-SMESH = [sys.executable, "-m", "smesh"]
+from tests.integration.labkit import SMESH, Lab, LabFactory, smesh, unique_name
 
-
-def smesh(*args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """Run the smesh CLI exactly as a user would."""
-    proc = subprocess.run([*SMESH, *args], capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"smesh {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        )
-    return proc
-
-
-def unique_name(prefix: str = "t") -> str:
-    """A lab name no other run uses, so a leftover never breaks the next run."""
-    return f"{prefix}{secrets.token_hex(3)}"
-
-
-class Lab:
-    """A lab built through the CLI, with helpers to run things in its pods."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._background: list[subprocess.Popen[bytes]] = []
-
-    def status(self) -> dict[str, Any]:
-        import json
-
-        return json.loads(smesh("lab", "status", "--name", self.name, "--json").stdout)
-
-    def pod(self, name: str) -> dict[str, Any]:
-        return next(p for p in self.status()["pods"] if p["name"] == name)
-
-    def exec(self, member: str, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        """Run *argv* in a pod (or node) and wait for it."""
-        kw.setdefault("timeout", 60)
-        return subprocess.run(
-            [*SMESH, "lab", "exec", "--name", self.name, member, "--", *argv],
-            capture_output=True,
-            text=True,
-            check=False,
-            **kw,
-        )
-
-    def spawn(self, member: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
-        """Start *argv* in a pod (or node) in the background; stopped at teardown."""
-        proc = subprocess.Popen(
-            [*SMESH, "lab", "exec", "--name", self.name, member, "--", *argv], **kw
-        )
-        self._background.append(proc)
-        return proc
-
-    def wait_tcp(self, member: str, host: str, port: int, timeout: float = 10) -> None:
-        """Wait until *member* can connect to host:port (a server has started listening)."""
-        deadline = time.monotonic() + timeout
-        probe = ["socat", "-u", "OPEN:/dev/null", f"TCP:{host}:{port},connect-timeout=1"]
-        if ":" in host:
-            probe[-1] = f"TCP6:[{host}]:{port},connect-timeout=1"
-        while time.monotonic() < deadline:
-            if self.exec(member, probe).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"{host}:{port} never accepted a connection from {member}")
-
-    def stop_background(self) -> None:
-        for proc in self._background:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        self._background.clear()
-
-
-LabFactory = collections.abc.Callable[..., Lab]
+__all__ = ["SMESH", "Lab", "LabFactory", "smesh", "unique_name"]
 
 
 @pytest.fixture
@@ -113,7 +36,3 @@ def lab_factory() -> collections.abc.Iterator[LabFactory]:
 def lab(lab_factory: LabFactory) -> Lab:
     """A default lab without the mesh: 2 nodes, 2 pods each."""
     return lab_factory("--no-mesh")
-
-
-def environ_without_ci() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "CI"}

@@ -15,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     verbs = lab.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def named(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument("--name", default=topology.DEFAULT_NAME, help="lab name (default: smesh)")
+        parser.add_argument(
+            "--name", default=topology.DEFAULT_NAME, help="lab name (default: smesh)"
+        )
         return parser
 
     up = named(verbs.add_parser("up", help="build the cluster"))
@@ -82,7 +84,14 @@ def _print_tables(doc: dict[str, Any]) -> None:
         table(
             ["NODE", "NETNS", "IP", "POD CIDR", "AGENT PID", "AGENT"],
             [
-                [n["name"], n["netns"], n["ip"], n["pod_cidr"], n["agent_pid"] or "-", n["agent_health"]]
+                [
+                    n["name"],
+                    n["netns"],
+                    n["ip"],
+                    n["pod_cidr"],
+                    n["agent_pid"] or "-",
+                    n["agent_health"],
+                ]
                 for n in doc["nodes"]
             ],
         )

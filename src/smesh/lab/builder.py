@@ -7,6 +7,7 @@ a moment. The node namespaces route between pod CIDRs; nothing routes out of the
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -104,9 +105,7 @@ def teardown(name: str, cgroup_root: Path | None, pin_dir: Path) -> None:
                 raise
     if pin_dir.exists():
         shutil.rmtree(pin_dir)  # unlinking a pinned BPF link detaches it
-        try:
+        with contextlib.suppress(OSError):  # other labs may still pin there
             pin_dir.parent.rmdir()
-        except OSError:
-            pass  # other labs still pin there
     if lab_cgroup is not None:
         cgroups.remove_tree(lab_cgroup)

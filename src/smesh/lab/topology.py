@@ -114,8 +114,7 @@ class Topology:
             if pod.name == name:
                 return pod
         raise UnknownMember(
-            f"lab {self.name!r} has no pod {name!r} "
-            f"(pods: {', '.join(p.name for p in self.pods)})"
+            f"lab {self.name!r} has no pod {name!r} (pods: {', '.join(p.name for p in self.pods)})"
         )
 
     def node(self, name: str) -> Node:

@@ -7,6 +7,7 @@ Machines may mount it at /sys/fs/cgroup (unified) or beside v1 controllers (hybr
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -70,10 +71,8 @@ def kill_all(path: Path) -> None:
         kill_file.write_text("1")
         return
     for pid in pids(path):  # older kernels: one by one
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
 
 
 def remove_tree(path: Path, timeout: float = 5.0) -> None:
