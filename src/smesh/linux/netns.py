@@ -27,7 +27,8 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def path_of(name: str) -> Path:
-    return NETNS_RUN_DIR / name
+    """A namespace named as `ip netns` does (``lab.pod-1``) or by path (``/proc/PID/ns/net``)."""
+    return Path(name) if name.startswith("/") else NETNS_RUN_DIR / name
 
 
 def exists(name: str) -> bool:

@@ -1,0 +1,187 @@
+"""The node agent's configuration: one YAML file, overridable by flags and environment.
+
+Validation happens once, at start, and a bad value is reported as one line naming the
+field (``agent.yaml: admin.port: must be between 1 and 65535``), never as a traceback.
+Durations accept plain seconds or a unit suffix (``500ms``, ``10s``, ``5m``, ``24h``).
+Overrides use dotted keys: ``--set admin.port=15001`` or ``SMESH__ADMIN__PORT=15001``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from smesh.errors import SmeshError
+from smesh.validation import describe
+
+ENV_PREFIX = "SMESH__"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(SmeshError):
+    """The agent configuration is invalid; the message names the field."""
+
+    exit_code = 2
+
+
+def parse_duration(value: Any) -> Any:
+    """``"10s"`` → 10.0; numbers pass through; anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (e.g. 500ms, 10s, 5m, 24h)")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class CaptureSettings(_Section):
+    mode: Literal["auto", "ebpf", "nftables"] = "auto"
+    mesh_cidrs: tuple[str, ...] = Field(
+        default=("198.18.0.0/16", "fd00:198:18::/48"), alias="meshCidrs"
+    )
+    excluded_ports: tuple[Port, ...] = Field(default=(), alias="excludedPorts")
+    pin_dir: Path | None = Field(default=None, alias="pinDir")
+
+    @field_validator("mesh_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR such as 198.18.0.0/16") from None
+        return value
+
+
+class PortSettings(_Section):
+    outbound: Port = 18000
+    inbound: Port = 18001
+
+
+class AdminSettings(_Section):
+    address: str = "0.0.0.0"
+    port: Port = 15000
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+
+class IdentitySettings(_Section):
+    trust_domain: str = Field(default="cluster.local", alias="trustDomain")
+    ca_dir: Path | None = Field(default=None, alias="caDir")
+    signer_socket: Path | None = Field(default=None, alias="signerSocket")
+    node_credential_dir: Path | None = Field(default=None, alias="nodeCredentialDir")
+    cert_ttl: Seconds = Field(default=24 * 3600.0, alias="certTtl")
+
+
+class TimeoutSettings(_Section):
+    tls_handshake: Seconds = Field(default=10.0, alias="tlsHandshake")
+    connect: Seconds = 5.0
+    request: Seconds = 10.0
+    idle: Seconds = 0.0  # 0: no idle timeout
+    drain: Seconds = 30.0
+
+
+class LimitSettings(_Section):
+    max_connections_per_pod: int = Field(default=4096, ge=1, alias="maxConnectionsPerPod")
+
+
+class LogSettings(_Section):
+    format: Literal["json", "text"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AgentConfig(_Section):
+    node: str = Field(min_length=1)
+    workloads: Path
+    non_meshed: Literal["passthrough", "deny"] = Field(default="passthrough", alias="nonMeshed")
+    policy: Path | None = None
+    capture: CaptureSettings = CaptureSettings()
+    ports: PortSettings = PortSettings()
+    admin: AdminSettings = AdminSettings()
+    identity: IdentitySettings = IdentitySettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+    limits: LimitSettings = LimitSettings()
+    logging: LogSettings = LogSettings()
+
+
+def _field_aliases(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseModel] | None]]:
+    """Map both spellings of every key (``pinDir`` and ``pin_dir``) to the alias used in files."""
+    names: dict[str, tuple[str, type[BaseModel] | None]] = {}
+    for name, info in model.model_fields.items():
+        nested = info.annotation if isinstance(info.annotation, type) else None
+        sub = nested if nested is not None and issubclass(nested, BaseModel) else None
+        key = info.alias or name
+        names[name] = names[key] = (key, sub)
+    return names
+
+
+def apply_override(data: dict[str, Any], dotted: str, raw: str) -> None:
+    """Set ``admin.port`` in the raw mapping; values are parsed as YAML scalars/lists."""
+    model: type[BaseModel] | None = AgentConfig
+    target = data
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        known = _field_aliases(model) if model is not None else {}
+        if part not in known:
+            raise ConfigError(f"override {dotted}: unknown field {'.'.join(parts[: i + 1])!r}")
+        key, model = known[part]
+        if i == len(parts) - 1:
+            target[key] = yaml.safe_load(raw) if raw else raw
+        else:
+            target = target.setdefault(key, {})
+
+
+def load(
+    path: Path | None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> AgentConfig:
+    """Read, override and validate; raise :class:`ConfigError` naming the first bad field."""
+    source = str(path) if path else "configuration"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such file") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}: not valid YAML{where}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+        data = loaded or {}
+    env = os.environ if environ is None else environ
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            apply_override(data, dotted, value)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. admin.port=15001")
+        apply_override(data, key.strip(), value.strip())
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc)}") from None
