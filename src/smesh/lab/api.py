@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from smesh.agent import workloads
 from smesh.lab import builder, state, topology
 from smesh.lab.errors import CommandNotFound, LabError, LabExists, LabNotFound
 from smesh.lab.topology import Pod, Topology
@@ -67,12 +68,32 @@ def up(
         state.save(lab)
         try:
             builder.build(topo, cgroup_root)
+            publish_workloads(topo, cgroup_root)
             lab.phase = "up"
             state.save(lab)
         except BaseException:
             _teardown(name, cgroup_root)
             raise
     return topo
+
+
+def publish_workloads(topo: Topology, cgroup_root: Path) -> None:
+    """Describe every pod to the agents, the way a Kubernetes API would."""
+    directory = state.workloads_dir(topo.name)
+    for pod in topo.pods:
+        workloads.write(
+            directory,
+            workloads.Workload(
+                name=pod.name,
+                namespace=pod.namespace,
+                service_account=pod.service_account,
+                node=pod.node,
+                ips=(pod.ip4, pod.ip6),
+                netns=pod.netns,
+                cgroup=cgroup_root / pod.cgroup,
+                meshed=topo.mesh,
+            ),
+        )
 
 
 def _teardown(name: str, cgroup_root: Path) -> None:

@@ -54,6 +54,11 @@ def directory(name: str) -> Path:
     return STATE_ROOT / name
 
 
+def workloads_dir(name: str) -> Path:
+    """Where the lab publishes one file per pod: the agents' workload source."""
+    return directory(name) / "workloads"
+
+
 def bpf_pin_dir(name: str) -> Path:
     return BPF_PIN_ROOT / name
 

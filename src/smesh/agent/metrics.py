@@ -1,0 +1,114 @@
+"""The agent's Prometheus metrics, in one registry per agent.
+
+Labels are bounded by design: direction, result, side, rule name and workload (pods of
+this node) — never anything per connection.
+"""
+
+from __future__ import annotations
+
+import platform
+import ssl
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from smesh import __version__
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections_opened = Counter(
+            "smesh_connections_opened_total",
+            "Connections accepted by the data plane.",
+            ["direction"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "smesh_connections_closed_total",
+            "Connections finished, by how they ended.",
+            ["direction", "result"],
+            registry=r,
+        )
+        self.active_connections = Gauge(
+            "smesh_active_connections", "Connections open now.", ["direction"], registry=r
+        )
+        self.bytes_sent = Counter(
+            "smesh_sent_bytes_total",
+            "Bytes carried from the source app towards the destination app.",
+            ["direction"],
+            registry=r,
+        )
+        self.bytes_received = Counter(
+            "smesh_received_bytes_total",
+            "Bytes carried from the destination app back to the source app.",
+            ["direction"],
+            registry=r,
+        )
+        self.tls_handshake = Histogram(
+            "smesh_tls_handshake_duration_seconds",
+            "Duration of mutual TLS handshakes.",
+            ["side", "resumed"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tunnel_setup = Histogram(
+            "smesh_tunnel_setup_duration_seconds",
+            "From accepting a captured connection to the tunnel being established.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.policy_denials = Counter(
+            "smesh_policy_denials_total",
+            "Inbound connections refused by authorization policy.",
+            ["rule"],
+            registry=r,
+        )
+        self.capture_events = Counter(
+            "smesh_capture_events_total",
+            "Connects seen by the capture programs, by decision.",
+            ["workload", "decision"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "smesh_certificate_expiry_timestamp_seconds",
+            "When each workload's current certificate expires (Unix time).",
+            ["workload"],
+            registry=r,
+        )
+        self.workloads = Gauge(
+            "smesh_workloads", "Meshed workloads on this node, by state.", ["state"], registry=r
+        )
+        self.build_info = Gauge(
+            "smesh_build_info",
+            "Agent build information (always 1).",
+            ["version", "python", "openssl"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version(), ssl.OPENSSL_VERSION).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
