@@ -90,4 +90,7 @@ def start_time_of(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    return int(stat.rpartition(")")[2].split()[19])
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] in {"Z", "X"}:  # exited, waiting to be reaped: not running
+        return None
+    return int(fields[19])
