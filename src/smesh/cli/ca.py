@@ -1,0 +1,135 @@
+"""`smesh ca init|inspect|rotate|serve`: the certificate authority and its signing service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import signal
+from pathlib import Path
+
+from smesh.cli.output import table
+from smesh.identity.ca import DEFAULT_DIR, CertificateAuthority
+from smesh.identity.service import SigningService
+from smesh.identity.signer import LiveEntitlements, LocalSigner
+from smesh.identity.spiffe import SpiffeId
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ca = subparsers.add_parser("ca", help="the certificate authority")
+    verbs = ca.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def with_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument(
+            "--dir", type=Path, default=DEFAULT_DIR, help=f"CA directory (default {DEFAULT_DIR})"
+        )
+        return parser
+
+    init = with_dir(verbs.add_parser("init", help="create a root CA (ECDSA P-256)"))
+    init.add_argument("--trust-domain", default="cluster.local")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.set_defaults(func=_init)
+
+    inspect = with_dir(verbs.add_parser("inspect", help="roots and issued certificates"))
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=_inspect)
+
+    rotate = with_dir(verbs.add_parser("rotate", help="rotate the root in three steps"))
+    step = rotate.add_mutually_exclusive_group()
+    step.add_argument("--activate", action="store_true", help="step 2: the newest root signs")
+    step.add_argument("--retire-old", action="store_true", help="step 3: drop old roots")
+    rotate.add_argument("--force", action="store_true", help="retire even with unexpired leaves")
+    rotate.set_defaults(func=_rotate)
+
+    serve = with_dir(verbs.add_parser("serve", help="run the signing service for node agents"))
+    serve.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
+    serve.add_argument(
+        "--workloads", type=Path, required=True, help="workload directory: who runs on which node"
+    )
+    serve.add_argument("--ttl", default="24h", help="workload certificate lifetime (default 24h)")
+    serve.set_defaults(func=_serve)
+
+
+def _init(args: argparse.Namespace) -> int:
+    ca = CertificateAuthority.init(args.dir, args.trust_domain, force=args.force)
+    print(f"CA for trust domain {ca.trust_domain} created in {args.dir} (root {ca.active.id})")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    doc = CertificateAuthority.load(args.dir).describe()
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"trust domain {doc['trust_domain']}  ({doc['directory']})\n")
+    print(
+        table(
+            ["ROOT", "STATE", "EXPIRES"],
+            [[r["id"], r["state"], r["not_after"]] for r in doc["roots"]],
+        )
+    )
+    print()
+    rows = [
+        [
+            c["identity"],
+            c["serial"][:16],
+            c["node"],
+            c["not_after"],
+            "expired" if c["expired"] else "valid",
+        ]
+        for c in doc["issued"]
+    ]
+    print(
+        table(["IDENTITY", "SERIAL", "NODE", "EXPIRES", "STATUS"], rows)
+        if rows
+        else "no certificates issued"
+    )
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    ca = CertificateAuthority.load(args.dir)
+    if args.activate:
+        root = ca.activate_newest()
+        print(f"root {root.id} now signs; the previous root stays trusted until retired")
+    elif args.retire_old:
+        retired = ca.retire_old(force=args.force)
+        print(f"retired roots: {', '.join(retired) or 'none'}")
+    else:
+        root = ca.rotate()
+        print(
+            f"root {root.id} added to the trust bundle; once every agent has renewed, run "
+            f"`smesh ca rotate --activate --dir {args.dir}`"
+        )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from smesh.agent.config import parse_duration  # noqa: PLC0415
+    from smesh.agent.workloads import DirectorySource  # noqa: PLC0415
+
+    ca = CertificateAuthority.load(args.dir)
+    source = DirectorySource(args.workloads)
+
+    def pairs() -> list[tuple[str, SpiffeId]]:
+        return [
+            (w.node, SpiffeId(ca.trust_domain, w.namespace, w.service_account))
+            for w in source.scan().workloads.values()
+        ]
+
+    ttl = dt.timedelta(seconds=float(parse_duration(args.ttl)))
+    service = SigningService(LocalSigner(ca, LiveEntitlements(pairs), ttl))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await service.start(args.socket)
+        print(f"signing service for {ca.trust_domain} on {args.socket}", flush=True)
+        await stop.wait()
+        await service.close()
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,212 @@
+"""A node's workload certificates: issued on demand, renewed at half-life, swapped hot.
+
+Keys are generated here and never leave this process; the signer only ever sees requests.
+Each identity has one current credential and a pair of TLS contexts built from it. On
+renewal the pair is replaced: new connections use the new certificate, connections
+already open keep the one they started with. Several pods may share an identity (same
+namespace and service account); the credential lives while any of them uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from smesh.identity import certs, tls
+from smesh.identity.bundle import TrustBundle
+from smesh.identity.credential import Credential
+from smesh.identity.errors import IdentityError
+from smesh.identity.signer import CertificateSource
+from smesh.identity.spiffe import SpiffeId
+
+log = logging.getLogger("smesh.identity")
+
+RETRY_AFTER = 10.0
+BUNDLE_REFRESH = 300.0
+MAX_SLEEP = 60.0
+
+
+def renewal_time(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
+    """Half-life: late enough to be cheap, early enough to survive a signer outage."""
+    return not_before + (not_after - not_before) / 2
+
+
+def next_wakeup(renewals: list[float], now: float, max_sleep: float = MAX_SLEEP) -> float:
+    """Seconds to sleep until the earliest renewal is due (0 if one already is)."""
+    if not renewals:
+        return max_sleep
+    return max(0.0, min(min(renewals) - now, max_sleep))
+
+
+@dataclass
+class _Entry:
+    credential: Credential
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+    renew_at: float
+    generation: int
+    users: int = 0
+    failures: int = field(default=0)
+
+
+class CertificateManager:
+    def __init__(
+        self,
+        source: CertificateSource,
+        bundle: TrustBundle | None = None,
+        clock: Callable[[], float] = time.time,
+        on_renewed: Callable[[SpiffeId, Credential], None] | None = None,
+    ) -> None:
+        self.source = source
+        self._bundle = bundle
+        self._clock = clock
+        self._entries: dict[SpiffeId, _Entry] = {}
+        self._locks: dict[SpiffeId, asyncio.Lock] = {}
+        self._generation = 0
+        self.on_renewed = on_renewed
+
+    # -- issuing -----------------------------------------------------------------------
+
+    async def acquire(self, identity: SpiffeId) -> Credential:
+        """Make sure *identity* has a valid certificate and count one more user of it."""
+        lock = self._locks.setdefault(identity, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(identity)
+            if entry is None or entry.credential.not_after.timestamp() <= self._clock():
+                entry = await self._issue(identity, entry)
+            entry.users += 1
+            return entry.credential
+
+    def release(self, identity: SpiffeId) -> None:
+        entry = self._entries.get(identity)
+        if entry is None:
+            return
+        entry.users -= 1
+        if entry.users <= 0:
+            del self._entries[identity]
+
+    async def _issue(self, identity: SpiffeId, previous: _Entry | None) -> _Entry:
+        key = certs.new_key()
+        csr = certs.csr_for(key, str(identity)).public_bytes(serialization.Encoding.PEM)
+        issued = await asyncio.to_thread(self.source.sign, csr)
+        chain = tuple(x509.load_pem_x509_certificates(issued.chain_pem))
+        if certs.uri_of(chain[0]) != str(identity):
+            raise IdentityError(
+                f"the signer returned a certificate for another identity than {identity}"
+            )
+        if chain[0].public_key() != key.public_key():
+            raise IdentityError("the signer returned a certificate for another key")
+        bundle = TrustBundle.from_pem(issued.bundle_pem)
+        if self._bundle is None or bundle.pem() != self._bundle.pem():
+            self._set_bundle(bundle)
+        credential = Credential(str(identity), key, chain)
+        self._generation += 1
+        entry = _Entry(
+            credential=credential,
+            server=tls.server_context(credential, self.bundle),
+            client=tls.client_context(credential, self.bundle),
+            renew_at=renewal_time(credential.not_before, credential.not_after).timestamp(),
+            generation=self._generation,
+            users=previous.users if previous else 0,
+        )
+        self._entries[identity] = entry
+        log.info(
+            "certificate issued for %s, serial %x, expires %s",
+            identity,
+            credential.serial,
+            credential.not_after.isoformat(),
+        )
+        return entry
+
+    # -- what the data plane reads ---------------------------------------------------------
+
+    @property
+    def bundle(self) -> TrustBundle:
+        if self._bundle is None:
+            raise IdentityError("no trust bundle yet: no certificate has been issued")
+        return self._bundle
+
+    def _entry(self, identity: SpiffeId) -> _Entry:
+        try:
+            return self._entries[identity]
+        except KeyError:
+            raise IdentityError(f"no certificate for {identity} on this node") from None
+
+    def server_context(self, identity: SpiffeId) -> ssl.SSLContext:
+        return self._entry(identity).server
+
+    def client_context(self, identity: SpiffeId) -> ssl.SSLContext:
+        return self._entry(identity).client
+
+    def generation(self, identity: SpiffeId) -> int:
+        """Changes whenever the contexts are replaced (a session cache keys on it)."""
+        return self._entry(identity).generation
+
+    def credential(self, identity: SpiffeId) -> Credential:
+        return self._entry(identity).credential
+
+    def identities(self) -> list[SpiffeId]:
+        return sorted(self._entries)
+
+    # -- renewal -----------------------------------------------------------------------
+
+    def _set_bundle(self, bundle: TrustBundle) -> None:
+        self._bundle = bundle
+        for entry in self._entries.values():
+            self._generation += 1
+            entry.server = tls.server_context(entry.credential, bundle)
+            entry.client = tls.client_context(entry.credential, bundle)
+            entry.generation = self._generation
+        log.info("trust bundle updated: %d roots", len(bundle.roots))
+
+    async def renew_due(self) -> list[SpiffeId]:
+        """Renew every certificate past half-life; a failure is retried later."""
+        now = self._clock()
+        renewed: list[SpiffeId] = []
+        for identity, entry in list(self._entries.items()):
+            if entry.renew_at > now:
+                continue
+            lock = self._locks.setdefault(identity, asyncio.Lock())
+            async with lock:
+                try:
+                    fresh = await self._issue(identity, entry)
+                except IdentityError as exc:
+                    entry.failures += 1
+                    entry.renew_at = now + RETRY_AFTER
+                    log.error(
+                        "renewing %s failed (%s); retrying in %.0fs", identity, exc, RETRY_AFTER
+                    )
+                    continue
+            renewed.append(identity)
+            if self.on_renewed is not None:
+                self.on_renewed(identity, fresh.credential)
+        return renewed
+
+    async def refresh_bundle(self) -> None:
+        try:
+            bundle = await asyncio.to_thread(self.source.bundle)
+        except IdentityError as exc:
+            log.warning("cannot refresh the trust bundle: %s", exc)
+            return
+        if self._bundle is None or bundle.pem() != self._bundle.pem():
+            self._set_bundle(bundle)
+
+    async def run(self) -> None:
+        """Renew forever (the agent runs this as a task)."""
+        last_bundle = self._clock()
+        while True:
+            await asyncio.sleep(
+                next_wakeup([e.renew_at for e in self._entries.values()], self._clock())
+            )
+            await self.renew_due()
+            if self._clock() - last_bundle >= BUNDLE_REFRESH:
+                await self.refresh_bundle()
+                last_bundle = self._clock()

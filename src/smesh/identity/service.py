@@ -1,0 +1,157 @@
+"""The signing service agents call, and its client.
+
+HTTP/1.1 over mutual TLS on a Unix socket. The service knows which node is asking from the
+node's own certificate (``spiffe://TD/smesh/node/NAME``, issued at node set-up), never from
+the request body, and signs only what that node is entitled to. Errors come back as a
+status and one line; the service keeps serving.
+
+    POST /v1/sign    body: a PEM certificate request   → 200 {"chain": PEM, "bundle": PEM}
+    GET  /v1/bundle                                      → 200 PEM of every trusted root
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+from pathlib import Path
+
+import h11
+from cryptography import x509
+
+from smesh.httpserver import HttpError, HttpServer, Request, Response
+from smesh.identity import certs, tls
+from smesh.identity.bundle import TrustBundle
+from smesh.identity.credential import Credential
+from smesh.identity.errors import CaError, InvalidSpiffeId, NotEntitled, SignerUnavailable
+from smesh.identity.signer import IssuedCertificate, LocalSigner
+from smesh.identity.spiffe import NodeId
+
+log = logging.getLogger("smesh.signer")
+
+MAX_CSR_BYTES = 16 * 1024
+SIGNER_CREDENTIAL_DAYS = 30
+
+
+class SigningService:
+    def __init__(self, signer: LocalSigner) -> None:
+        self.signer = signer
+        self._http = HttpServer(self._handle, max_body=MAX_CSR_BYTES)
+
+    async def start(self, path: Path) -> None:
+        import datetime as dt  # noqa: PLC0415
+
+        ca = self.signer.ca
+        credential = ca.issue_credential(
+            ca.signer_uri(), dt.timedelta(days=SIGNER_CREDENTIAL_DAYS), "ca"
+        )
+        path.unlink(missing_ok=True)
+        await self._http.start_unix(str(path), tls.server_context(credential, ca.bundle()))
+        path.chmod(0o600)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def _handle(self, request: Request) -> Response:
+        node = self._node_of(request.peer_cert)
+        if request.path == "/v1/bundle" and request.method == "GET":
+            return Response(200, self.signer.ca.bundle().pem().encode(), "application/x-pem-file")
+        if request.path != "/v1/sign":
+            raise HttpError(404, "no such endpoint; use POST /v1/sign or GET /v1/bundle")
+        if request.method != "POST":
+            raise HttpError(405, "use POST /v1/sign")
+        try:
+            issued = self.signer.sign(request.body, node)
+        except NotEntitled as exc:
+            raise HttpError(403, str(exc)) from None
+        except CaError as exc:
+            raise HttpError(400, str(exc)) from None
+        doc = {"chain": issued.chain_pem.decode(), "bundle": issued.bundle_pem.decode()}
+        return Response(200, json.dumps(doc).encode(), "application/json")
+
+    def _node_of(self, der: bytes | None) -> str:
+        if not der:
+            raise HttpError(403, "present a node certificate")
+        uri = certs.uri_of(x509.load_der_x509_certificate(der))
+        try:
+            node = NodeId.parse(uri or "")
+        except InvalidSpiffeId:
+            log.warning("refused a client that is not a node agent: %s", uri)
+            raise HttpError(403, f"only node agents may ask for certificates, not {uri}") from None
+        if node.trust_domain != self.signer.ca.trust_domain:
+            raise HttpError(403, f"{node} is from another trust domain")
+        return node.node
+
+
+class SignerClient:
+    """The agent's :class:`~smesh.identity.signer.CertificateSource` over the signing service."""
+
+    def __init__(
+        self, path: Path, node_credential: Credential, bundle: TrustBundle, timeout: float = 10.0
+    ) -> None:
+        self.path = path
+        self.credential = node_credential
+        self._bundle = bundle
+        self.timeout = timeout
+        trust_domain = NodeId.parse(node_credential.uri).trust_domain
+        self.signer_uri = f"spiffe://{trust_domain}/smesh/signer"
+
+    @classmethod
+    def from_directory(cls, path: Path, credential_dir: Path) -> SignerClient:
+        """Node credentials as the lab writes them: cert.pem, key.pem and bundle.pem."""
+        credential = Credential.read(credential_dir / "cert.pem", credential_dir / "key.pem")
+        try:
+            bundle = TrustBundle.from_pem((credential_dir / "bundle.pem").read_bytes())
+        except FileNotFoundError:
+            raise SignerUnavailable(f"no trust bundle at {credential_dir / 'bundle.pem'}") from None
+        return cls(path, credential, bundle)
+
+    def _call(self, method: str, target: str, body: bytes = b"") -> bytes:
+        ctx = tls.client_context(self.credential, self._bundle)
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(self.timeout)
+        try:
+            raw.connect(str(self.path))
+            with ctx.wrap_socket(raw) as sock:
+                if (
+                    certs.uri_of(x509.load_der_x509_certificate(sock.getpeercert(True) or b""))
+                    != self.signer_uri
+                ):
+                    raise SignerUnavailable(f"{self.path} is not this trust domain's signer")
+                conn = h11.Connection(h11.CLIENT)
+                headers = [("host", "signer"), ("content-length", str(len(body)))]
+                sock.sendall(conn.send(h11.Request(method=method, target=target, headers=headers)))
+                sock.sendall(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+                status, reply = 0, bytearray()
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(sock.recv(65536))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data):
+                        reply += event.data
+                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                        break
+        except (OSError, ssl.SSLError, h11.ProtocolError, ValueError) as exc:
+            raise SignerUnavailable(
+                f"signing service at {self.path} did not answer: {exc}"
+            ) from None
+        finally:
+            raw.close()
+        if status != 200:
+            message = bytes(reply).decode(errors="replace").strip()
+            if status == 403:
+                raise NotEntitled(f"signer refused: {message}")
+            raise SignerUnavailable(f"signer answered {status}: {message}")
+        return bytes(reply)
+
+    def sign(self, csr_pem: bytes) -> IssuedCertificate:
+        doc = json.loads(self._call("POST", "/v1/sign", csr_pem))
+        self._bundle = TrustBundle.from_pem(doc["bundle"])
+        return IssuedCertificate(doc["chain"].encode(), doc["bundle"].encode())
+
+    def bundle(self) -> TrustBundle:
+        self._bundle = TrustBundle.from_pem(self._call("GET", "/v1/bundle"))
+        return self._bundle

@@ -1,0 +1,212 @@
+"""The policy file: its format, validation with errors that name the field, and reloading.
+
+```yaml
+default: allow                # what happens when no rule applies (allow | deny)
+rules:
+  - name: no-batch-to-db      # unique; named in logs and metrics
+    action: deny              # allow | deny
+    from:                     # any of these sources (omit: any source)
+      - identity: spiffe://cluster.local/ns/batch/sa/worker
+      - namespace: batch      # any service account of that namespace
+        trustDomain: cluster.local   # optional with namespace (omit: any)
+      - trustDomain: partner.example # a whole trust domain
+    to:                       # any of these destinations (omit: any workload)
+      - namespace: default    # every given field must match
+        serviceAccount: db
+        pod: pod-3
+    ports: [5432, "8000-8100"]  # omit: any port
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smesh.errors import SmeshError
+from smesh.identity.errors import InvalidSpiffeId
+from smesh.identity.spiffe import SpiffeId, validate_trust_domain
+from smesh.validation import describe
+
+log = logging.getLogger("smesh.policy")
+
+
+class PolicyError(SmeshError):
+    """The policy file is invalid; the message names the field."""
+
+    exit_code = 2
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Label = Annotated[
+    str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+]
+
+
+class Source(_Model):
+    identity: str | None = None
+    namespace: Label | None = None
+    trust_domain: str | None = Field(default=None, alias="trustDomain")
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                SpiffeId.parse(value)
+            except InvalidSpiffeId as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _trust_domain(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                validate_trust_domain(value)
+            except InvalidSpiffeId as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        if self.identity is not None and (self.namespace or self.trust_domain):
+            raise ValueError("identity cannot be combined with namespace or trustDomain")
+        if self.identity is None and self.namespace is None and self.trust_domain is None:
+            raise ValueError("give one of identity, namespace or trustDomain")
+        return self
+
+    def matches(self, source: SpiffeId) -> bool:
+        if self.identity is not None:
+            return str(source) == self.identity
+        if self.trust_domain is not None and source.trust_domain != self.trust_domain:
+            return False
+        return self.namespace is None or source.namespace == self.namespace
+
+
+class Destination(_Model):
+    namespace: Label | None = None
+    service_account: Label | None = Field(default=None, alias="serviceAccount")
+    pod: Label | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Destination:
+        if self.namespace is None and self.service_account is None and self.pod is None:
+            raise ValueError("give at least one of namespace, serviceAccount or pod")
+        return self
+
+
+class PortRange(_Model):
+    first: int
+    last: int
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
+
+
+def _port_range(value: Any) -> PortRange:
+    if isinstance(value, bool):
+        raise ValueError('a port is a number or a range like "8000-8100"')
+    if isinstance(value, int):
+        first = last = value
+    elif isinstance(value, str):
+        low, sep, high = value.partition("-")
+        try:
+            first = int(low)
+            last = int(high) if sep else first
+        except ValueError:
+            raise ValueError(f'{value!r} is not a port or a range like "8000-8100"') from None
+    else:
+        raise ValueError('a port is a number or a range like "8000-8100"')
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"{value!r} is not within 1-65535 (low-high)")
+    return PortRange(first=first, last=last)
+
+
+class Rule(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    action: Literal["allow", "deny"]
+    sources: tuple[Source, ...] = Field(default=(), alias="from")
+    destinations: tuple[Destination, ...] = Field(default=(), alias="to")
+    ports: tuple[PortRange, ...] = ()
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise ValueError("expected a list of ports")
+        ranges = []
+        for i, item in enumerate(value):
+            try:
+                ranges.append(_port_range(item))
+            except ValueError as exc:
+                raise ValueError(f"item {i}: {exc}") from None
+        return tuple(ranges)
+
+
+class Policy(_Model):
+    default: Literal["allow", "deny"] = "allow"
+    rules: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Policy:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"two rules are named {rule.name!r}; names must be unique")
+            seen.add(rule.name)
+        return self
+
+
+def parse(text: str, origin: str = "policy") -> Policy:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PolicyError(f"{origin}: not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{origin}: expected a mapping with 'rules' (and optionally 'default')")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"{origin}: {describe(exc)}") from None
+
+
+def load(path: Path) -> Policy:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: no such file") from None
+    return parse(text, str(path))
+
+
+class PolicyStore:
+    """The policy in force, reloadable without a restart; a bad file keeps the old policy."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.policy = load(path) if path is not None else Policy()
+        self.error: str | None = None
+
+    def reload(self) -> bool:
+        if self.path is None:
+            return False
+        try:
+            self.policy = load(self.path)
+        except PolicyError as exc:
+            self.error = str(exc)
+            log.error("policy not reloaded, keeping the previous one: %s", exc)
+            return False
+        self.error = None
+        log.info("policy reloaded from %s: %d rules", self.path, len(self.policy.rules))
+        return True

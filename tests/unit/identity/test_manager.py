@@ -1,0 +1,86 @@
+"""The certificate manager: local keys, renewal at half-life, hot swap of contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from smesh.identity.ca import CertificateAuthority
+from smesh.identity.manager import CertificateManager, next_wakeup, renewal_time
+from smesh.identity.signer import LocalSigner, StaticEntitlements
+from smesh.identity.tls import peer_identity
+from tests.unit.identity.conftest import handshake, workload
+
+POD1, POD3 = workload("pod-1"), workload("pod-3")
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def test_renewal_is_at_half_life() -> None:
+    assert renewal_time(T0, T0 + dt.timedelta(hours=24)) == T0 + dt.timedelta(hours=12)
+    assert renewal_time(T0, T0 + dt.timedelta(minutes=10)) == T0 + dt.timedelta(minutes=5)
+
+
+def test_next_wakeup() -> None:
+    assert next_wakeup([], 100.0) == 60.0
+    assert next_wakeup([130.0, 110.0], 100.0) == 10.0
+    assert next_wakeup([90.0], 100.0) == 0.0
+    assert next_wakeup([10_000.0], 100.0) == 60.0
+
+
+def manager_for(ca: CertificateAuthority, clock: list[float]) -> CertificateManager:
+    signer = LocalSigner(
+        ca, StaticEntitlements({"node-1": [POD1, POD3]}), ttl=dt.timedelta(hours=2)
+    )
+    return CertificateManager(signer.for_node("node-1"), clock=lambda: clock[0])
+
+
+def test_certificates_renew_after_half_life_and_contexts_swap_hot(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        now = [dt.datetime.now(dt.UTC).timestamp()]
+        manager = manager_for(ca, now)
+        first = await manager.acquire(POD1)
+        await manager.acquire(POD3)
+        old_server, old_generation = manager.server_context(POD1), manager.generation(POD1)
+        assert await manager.renew_due() == []  # nothing is due yet
+
+        now[0] += 3600 + 120  # past half-life of a 2 h certificate
+        assert sorted(await manager.renew_due()) == sorted([POD1, POD3])
+        second = manager.credential(POD1)
+        assert second.serial != first.serial
+        assert second.key is not first.key  # a new key each time, generated here
+        assert manager.generation(POD1) != old_generation
+        assert manager.server_context(POD1) is not old_server
+        # A connection set up before the renewal keeps working with the old context.
+        result, _ = handshake(old_server, manager.client_context(POD3))
+        assert result.ok
+        assert peer_identity(result.server_saw) == POD3
+
+    asyncio.run(scenario())
+
+
+def test_shared_identities_live_while_any_pod_uses_them(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        manager = manager_for(ca, [dt.datetime.now(dt.UTC).timestamp()])
+        a = await manager.acquire(POD1)
+        b = await manager.acquire(POD1)
+        assert a is b
+        assert len(ca.issued()) == 1
+        manager.release(POD1)
+        assert manager.identities() == [POD1]
+        manager.release(POD1)
+        assert manager.identities() == []
+
+    asyncio.run(scenario())
+
+
+def test_a_rotated_bundle_reaches_the_contexts(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        manager = manager_for(ca, [dt.datetime.now(dt.UTC).timestamp()])
+        await manager.acquire(POD1)
+        generation = manager.generation(POD1)
+        ca.rotate()
+        await manager.refresh_bundle()
+        assert len(manager.bundle.roots) == 2
+        assert manager.generation(POD1) != generation
+
+    asyncio.run(scenario())
