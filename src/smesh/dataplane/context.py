@@ -1,0 +1,113 @@
+"""What a pod's listeners need from the rest of the agent, as plain values and callables.
+
+The data plane does not know how routes, certificates or policy are made; the agent
+passes them in here. Tests pass in their own.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from smesh.dataplane.records import NullObserver, Observer
+from smesh.dataplane.relay import Scratch
+from smesh.identity.spiffe import SpiffeId
+from smesh.policy import Decision
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a captured connect goes: through a tunnel to a meshed pod, straight, or nowhere."""
+
+    kind: Literal["tunnel", "passthrough", "deny"]
+    identity: SpiffeId | None = None  # the identity the destination must prove (tunnel)
+    workload: str = ""  # the destination pod, for logs
+
+
+@dataclass(frozen=True)
+class Limits:
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    request_timeout: float = 10.0
+    idle_timeout: float = 0.0  # 0: none
+    max_connections: int = 4096  # per pod, both directions together
+
+
+class TlsProvider(Protocol):
+    """The current TLS contexts of a workload (they change when certificates renew)."""
+
+    def client_context(self, identity: SpiffeId) -> tuple[ssl.SSLContext, int]:
+        """The outbound context and its generation (session caches key on it)."""
+        ...
+
+    def server_context(self, identity: SpiffeId) -> ssl.SSLContext: ...
+
+
+class SocketFactory(Protocol):
+    """Makes sockets inside the pod's network namespace (see smesh.linux.netns.Namespace)."""
+
+    def socket(self, family: int = ..., kind: int = ...) -> socket.socket: ...
+
+
+class SessionCache:
+    """TLS sessions for resumption, per (destination, expected identity, contexts generation).
+
+    Python refuses a session made by another SSLContext, so the generation of the client
+    context is part of the key: a renewed certificate simply starts fresh sessions.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._sessions: collections.OrderedDict[tuple[object, ...], ssl.SSLSession] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, key: tuple[object, ...]) -> ssl.SSLSession | None:
+        session = self._sessions.get(key)
+        if session is not None:
+            self._sessions.move_to_end(key)
+        return session
+
+    def put(self, key: tuple[object, ...], session: ssl.SSLSession | None) -> None:
+        if session is None or not session.has_ticket:
+            return
+        self._sessions[key] = session
+        self._sessions.move_to_end(key)
+        while len(self._sessions) > self.capacity:
+            self._sessions.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """One meshed pod, as its listeners see it."""
+
+    name: str
+    identity: SpiffeId
+    addresses: tuple[IPAddress, ...]
+    sockets: SocketFactory
+    tunnel_port: int = 18001
+    forbidden_ports: frozenset[int] = frozenset({15000, 18000, 18001})
+
+
+@dataclass
+class Services:
+    """Node-wide parts shared by every pod's listeners."""
+
+    tls: TlsProvider
+    route: Callable[[IPAddress, int], Route]
+    authorize: Callable[[SpiffeId, PodConfig, int], Decision]
+    original_destination: Callable[[socket.socket], tuple[IPAddress, int]]
+    observer: Observer = field(default_factory=NullObserver)
+    limits: Limits = field(default_factory=Limits)
+    scratch: Scratch = field(default_factory=Scratch)
+    sessions: SessionCache = field(default_factory=SessionCache)

@@ -1,0 +1,356 @@
+"""The relay: bytes both ways between an app's plain socket and a TLS tunnel.
+
+This is the per-byte path, so it is written for speed and small idle memory:
+
+* reads go into two scratch buffers shared by every connection of the event loop
+  (:class:`Scratch`); one ``recv`` takes up to 256 KiB, so one ``send`` on the tunnel
+  carries many TLS records, and the decrypted side is gathered from many records into one
+  ``send`` to the app;
+* a connection owns memory only while its reader is slower than its writer: the unsent
+  remainder of one batch. Then it stops reading that direction (backpressure), so pending
+  data per direction is bounded by one batch plus TLS overhead (:data:`PENDING_BOUND`);
+* each direction ends on its own (half-close): an app's EOF becomes a TLS close_notify and
+  a TCP half-close toward the peer; the peer's close_notify becomes an EOF for the app;
+* a reset on either side becomes a reset on the other (``SO_LINGER`` 0), and so does a
+  tunnel that ends without close_notify, so a truncated stream never looks complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from smesh.dataplane.records import ConnectionRecord
+from smesh.dataplane.sockets import abort
+from smesh.dataplane.tlsio import TlsSession
+
+log = logging.getLogger("smesh.dataplane")
+
+BATCH = 256 * 1024
+MAX_RECORD = 16 * 1024 + 256
+PENDING_BOUND = 2 * (BATCH + BATCH // 16 + MAX_RECORD)  # both directions, worst case
+
+
+def _read_into(obj: ssl.SSLObject, size: int, view: memoryview) -> int:
+    """Decrypt into *view*; with a buffer, SSLObject.read returns a count, not bytes."""
+    read: Any = obj.read
+    return int(read(size, view))
+
+
+class Scratch:
+    """Buffers shared by all relays of one event loop (callbacks never interleave)."""
+
+    def __init__(self, size: int = BATCH) -> None:
+        self.size = size
+        self.recv = memoryview(bytearray(size))
+        self.plain = memoryview(bytearray(size))
+
+
+class Relay:
+    __slots__ = (
+        "_down_eof",
+        "_down_pending",
+        "_loop",
+        "_on_done",
+        "_plain_fd",
+        "_tls_fd",
+        "_up_eof",
+        "_up_pending",
+        "_up_shutdown",
+        "down_done",
+        "last_active",
+        "plain",
+        "record",
+        "scratch",
+        "tls",
+        "up_done",
+    )
+
+    def __init__(
+        self,
+        plain: socket.socket,
+        tls: TlsSession,
+        record: ConnectionRecord,
+        scratch: Scratch,
+        on_done: Callable[[Relay], None],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.plain = plain
+        self.tls = tls
+        self.record = record
+        self.scratch = scratch
+        self._on_done = on_done
+        self._plain_fd = plain.fileno()
+        self._tls_fd = tls.sock.fileno()
+        self._up_pending: memoryview | None = None  # ciphertext not yet sent to the tunnel
+        self._down_pending: memoryview | None = None  # plaintext not yet sent to the app
+        self._up_eof = False  # the app sent EOF
+        self._up_shutdown = False  # close_notify queued after the app's EOF
+        self._down_eof = False  # the peer sent close_notify
+        self.up_done = False
+        self.down_done = False
+        self.last_active = self._loop.time()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, initial_down: bytes = b"") -> None:
+        """Begin relaying; *initial_down* is app data that arrived with the CONNECT exchange."""
+        self._loop.add_reader(self._plain_fd, self._read_plain)
+        self._loop.add_reader(self._tls_fd, self._read_tls)
+        if initial_down:
+            self._send_plain(memoryview(initial_down), copy=False)
+        if self._down_pending is None and not self.down_done:
+            self._decrypt()  # records that came along with the handshake or the 200
+
+    def pending_bytes(self) -> int:
+        return sum(len(p) for p in (self._up_pending, self._down_pending) if p is not None)
+
+    def _finish(self, result: str, detail: str = "") -> None:
+        loop = self._loop
+        for fd in (self._plain_fd, self._tls_fd):
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+        self._up_pending = self._down_pending = None
+        self.record.finish(result, detail)
+        self._on_done(self)
+
+    def abort(self, detail: str, result: str = "reset") -> None:
+        """Reset both sides (an error, a reset, an idle timeout or a forced stop)."""
+        if self.record.result != "open":
+            return
+        self._finish(result, detail)
+        abort(self.plain)
+        abort(self.tls.sock)
+
+    def _maybe_done(self) -> None:
+        if self.up_done and self.down_done and self.record.result == "open":
+            self._finish("ok")
+            self.plain.close()
+            self.tls.sock.close()
+
+    # -- app → tunnel ------------------------------------------------------------------
+
+    def _read_plain(self) -> None:
+        view = self.scratch.recv
+        try:
+            n = self.plain.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(f"app side: {exc.strerror or exc}")
+            return
+        self.last_active = self._loop.time()
+        if n == 0:
+            self._loop.remove_reader(self._plain_fd)
+            self._up_eof = True
+            self._close_up()
+            return
+        self.record.bytes_from_app += n
+        try:
+            self.tls.obj.write(view[:n])
+        except ssl.SSLError as exc:
+            self.abort(f"TLS: {exc.reason or exc}", "error")
+            return
+        self._send_tls(self.tls.outgoing.read())
+
+    def _send_tls(self, data: bytes) -> None:
+        try:
+            sent = self.tls.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.abort(f"tunnel: {exc.strerror or exc}")
+            return
+        if sent < len(data):
+            self._up_pending = memoryview(data)[sent:]
+            if not self._up_eof:
+                self._loop.remove_reader(self._plain_fd)  # backpressure: stop reading the app
+            self._loop.add_writer(self._tls_fd, self._flush_tls)
+
+    def _flush_tls(self) -> None:
+        pending = self._up_pending
+        if pending is None:
+            return
+        try:
+            sent = self.tls.sock.send(pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(f"tunnel: {exc.strerror or exc}")
+            return
+        if sent < len(pending):
+            self._up_pending = pending[sent:]
+            return
+        self._up_pending = None
+        self._loop.remove_writer(self._tls_fd)
+        if self._up_shutdown:
+            self._half_close_tunnel()
+        elif not self._up_eof:
+            self._loop.add_reader(self._plain_fd, self._read_plain)
+
+    def _close_up(self) -> None:
+        """The app is done sending: close_notify, then a TCP half-close toward the peer."""
+        # Decrypt everything already received first: OpenSSL refuses to finish the
+        # shutdown with unread application data queued, and the connection would break.
+        if self.tls.incoming.pending and not self._drain_for_shutdown():
+            return
+        try:
+            self.tls.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # sent ours; the peer's close_notify comes later
+        except ssl.SSLError as exc:
+            self.abort(f"TLS shutdown: {exc.reason or exc}", "error")
+            return
+        self._up_shutdown = True
+        data = self.tls.outgoing.read()
+        if self._up_pending is not None:  # still flushing earlier data: append
+            data = bytes(self._up_pending) + data
+            self._up_pending = None
+            self._loop.remove_writer(self._tls_fd)
+        self._send_tls(data)
+        if self._up_pending is None and self.record.result == "open":
+            self._half_close_tunnel()
+
+    def _half_close_tunnel(self) -> None:
+        try:
+            self.tls.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.abort(f"tunnel: {exc.strerror or exc}")
+            return
+        self.up_done = True
+        self._maybe_done()
+
+    def _drain_for_shutdown(self) -> bool:
+        """Move all buffered TLS data to the app-side pending buffer (bounded by one batch)."""
+        parts = [bytes(self._down_pending)] if self._down_pending is not None else []
+        view = self.scratch.plain
+        while True:
+            try:
+                n = _read_into(self.tls.obj, self.scratch.size, view)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                n = 0
+            except ssl.SSLError as exc:
+                self.abort(f"TLS: {exc.reason or exc}", "error")
+                return False
+            if n == 0:
+                self._down_eof = True
+                break
+            self.record.bytes_to_app += n
+            parts.append(bytes(view[:n]))
+        if parts:
+            self._loop.remove_reader(self._tls_fd)
+            self._down_pending = memoryview(b"".join(parts))
+            self._loop.add_writer(self._plain_fd, self._flush_plain)
+        elif self._down_eof:
+            self._close_down()
+        return True
+
+    # -- tunnel → app ------------------------------------------------------------------
+
+    def _read_tls(self) -> None:
+        view = self.scratch.recv
+        try:
+            n = self.tls.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(f"tunnel: {exc.strerror or exc}")
+            return
+        self.last_active = self._loop.time()
+        if n == 0:
+            self._loop.remove_reader(self._tls_fd)
+            if not self._down_eof:
+                self.abort("the tunnel closed without close_notify")
+            return
+        self.tls.incoming.write(view[:n])
+        self._decrypt()
+
+    def _decrypt(self) -> None:
+        """Decrypt as many records as fit in one batch, then send them in one call."""
+        view = self.scratch.plain
+        room = self.scratch.size
+        filled = 0
+        eof = False
+        obj = self.tls.obj
+        while room - filled >= MAX_RECORD:
+            try:
+                n = _read_into(obj, room - filled, view[filled:])
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                n = 0
+            except ssl.SSLError as exc:
+                self.abort(f"TLS: {exc.reason or exc}", "error")
+                return
+            if n == 0:
+                eof = True
+                break
+            filled += n
+        if filled:
+            self.record.bytes_to_app += filled
+            self._send_plain(view[:filled], copy=True)
+            if self.record.result != "open":
+                return
+        if eof:
+            self._down_eof = True
+            self._loop.remove_reader(self._tls_fd)
+            if self._down_pending is None:
+                self._close_down()
+        elif filled and self._down_pending is None and (self.tls.incoming.pending or obj.pending()):
+            self._loop.call_soon(self._decrypt_again)  # a full batch: more may be buffered
+
+    def _decrypt_again(self) -> None:
+        if self.record.result == "open" and self._down_pending is None and not self._down_eof:
+            self._decrypt()
+
+    def _send_plain(self, data: memoryview, copy: bool) -> None:
+        try:
+            sent = self.plain.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.abort(f"app side: {exc.strerror or exc}")
+            return
+        if sent < len(data):
+            rest = data[sent:]
+            self._down_pending = memoryview(bytes(rest)) if copy else rest
+            self._loop.remove_reader(self._tls_fd)  # backpressure: stop reading the tunnel
+            self._loop.add_writer(self._plain_fd, self._flush_plain)
+
+    def _flush_plain(self) -> None:
+        pending = self._down_pending
+        if pending is None:
+            return
+        try:
+            sent = self.plain.send(pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(f"app side: {exc.strerror or exc}")
+            return
+        if sent < len(pending):
+            self._down_pending = pending[sent:]
+            return
+        self._down_pending = None
+        self._loop.remove_writer(self._plain_fd)
+        if self._down_eof:
+            self._close_down()
+            return
+        self._loop.add_reader(self._tls_fd, self._read_tls)
+        self._decrypt()  # records may be waiting in the BIO already
+
+    def _close_down(self) -> None:
+        """The peer is done sending: pass the EOF on to the app."""
+        try:
+            self.plain.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.abort(f"app side: {exc.strerror or exc}")
+            return
+        self.down_done = True
+        self._maybe_done()

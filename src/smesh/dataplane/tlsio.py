@@ -1,0 +1,99 @@
+"""TLS over memory BIOs on a raw non-blocking socket: the control path of a connection.
+
+The handshake and the CONNECT exchange run here as coroutines with timeouts. The same
+:class:`TlsSession` is then handed to the relay, which drives it on callbacks, so one
+SSL object serves a connection from its first byte to its last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+READ_CHUNK = 65536
+
+
+class TlsSession:
+    """An SSL object with its two memory BIOs and the socket they feed."""
+
+    __slots__ = ("incoming", "obj", "outgoing", "sock")
+
+    def __init__(
+        self,
+        ctx: ssl.SSLContext,
+        sock: socket.socket,
+        server_side: bool,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(
+            self.incoming, self.outgoing, server_side=server_side, session=session
+        )
+
+    async def flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def _receive(self) -> bool:
+        chunk = await asyncio.get_running_loop().sock_recv(self.sock, READ_CHUNK)
+        if not chunk:
+            return False
+        self.incoming.write(chunk)
+        return True
+
+    async def handshake(self) -> None:
+        """Complete the TLS handshake (the caller bounds it with a timeout)."""
+        while True:
+            try:
+                self.obj.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError:
+                with contextlib.suppress(OSError):  # the alert tells the peer what went wrong
+                    self.sock.send(self.outgoing.read())
+                raise
+            await self.flush()
+            if done:
+                return
+            if not await self._receive():
+                raise ConnectionError("the peer closed the connection during the TLS handshake")
+
+    async def read_until(self, parse: Callable[[bytes], T | None]) -> T:
+        """Feed decrypted bytes to *parse* until it returns a result (b"" means: closed)."""
+        while True:
+            try:
+                data = self.obj.read(READ_CHUNK)
+            except ssl.SSLWantReadError:
+                await self.flush()  # e.g. a key update or ticket acknowledgement
+                if not await self._receive():
+                    data = b""
+                else:
+                    continue
+            except ssl.SSLZeroReturnError:
+                data = b""
+            result = parse(data)
+            if result is not None:
+                return result
+
+    async def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        await self.flush()
+
+    async def close(self) -> None:
+        """Send close_notify and stop writing (used after an error answer)."""
+        with contextlib.suppress(ssl.SSLError):  # SSLWantReadError: the peer's comes later
+            self.obj.unwrap()
+        try:
+            await self.flush()
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass

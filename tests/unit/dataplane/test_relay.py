@@ -1,0 +1,209 @@
+"""The data plane end to end on loopback: byte-exact, half-close, resets, backpressure, scale."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from smesh.dataplane.context import Limits, Route
+from smesh.dataplane.relay import PENDING_BOUND
+from tests.unit.dataplane.harness import SERVER_IP, Mesh, Server, recv_all
+
+MB = 1024 * 1024
+
+
+def test_payload_round_trips_byte_exact_both_directions_at_once(mesh: Mesh) -> None:
+    up = os.urandom(50 * MB)
+    down = os.urandom(50 * MB)
+    seen: dict[str, str] = {}
+
+    def handler(conn: socket.socket) -> None:
+        sender = threading.Thread(
+            target=lambda: (conn.sendall(down), conn.shutdown(socket.SHUT_WR))
+        )
+        sender.start()
+        seen["server"] = hashlib.sha256(recv_all(conn)).hexdigest()
+        sender.join()
+
+    server = Server(handler)
+    mesh.destination = (SERVER_IP, server.port)
+    with mesh.connect() as app:
+        sender = threading.Thread(target=lambda: (app.sendall(up), app.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got = recv_all(app)
+        sender.join()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(down).hexdigest()
+    mesh.recorder.wait_for(lambda r: len(r) == 2 and all(x.result == "ok" for x in r))
+    assert seen["server"] == hashlib.sha256(up).hexdigest()
+    outbound = next(r for r in mesh.recorder.records if r.direction == "outbound")
+    assert (outbound.bytes_sent, outbound.bytes_received) == (len(up), len(down))
+    assert outbound.peer_identity == "spiffe://cluster.local/ns/default/sa/pod-3"
+    inbound = next(r for r in mesh.recorder.records if r.direction == "inbound")
+    assert inbound.peer_identity == "spiffe://cluster.local/ns/default/sa/pod-1"
+    assert (inbound.bytes_sent, inbound.bytes_received) == (len(up), len(down))
+    server.close()
+
+
+def test_half_close_the_client_still_gets_the_full_reply(mesh: Mesh) -> None:
+    def handler(conn: socket.socket) -> None:
+        request = recv_all(conn)  # waits for the client's EOF to come through
+        conn.sendall(b"reply to " + request + b"!" * 100_000)
+
+    server = Server(handler)
+    mesh.destination = (SERVER_IP, server.port)
+    with mesh.connect() as app:
+        app.sendall(b"my request")
+        app.shutdown(socket.SHUT_WR)
+        assert recv_all(app) == b"reply to my request" + b"!" * 100_000
+    server.close()
+
+
+def test_a_closed_port_resets_the_app_within_a_second(mesh: Mesh) -> None:
+    probe = socket.socket()
+    probe.bind((str(SERVER_IP), 0))
+    closed_port = probe.getsockname()[1]
+    probe.close()
+    mesh.destination = (SERVER_IP, closed_port)
+    started = time.monotonic()
+    mesh.expect_reset(b"hello")
+    assert time.monotonic() - started < 1.0
+    records = mesh.recorder.wait_for(lambda r: len(r) == 2)
+    assert {r.result for r in records} == {"refused"}
+
+
+def test_a_reset_mid_stream_resets_the_other_side(mesh: Mesh) -> None:
+    def handler(conn: socket.socket) -> None:
+        conn.recv(5)
+        conn.sendall(b"partial")
+        time.sleep(0.2)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = Server(handler)
+    mesh.destination = (SERVER_IP, server.port)
+    with mesh.connect() as app:
+        app.sendall(b"hello")
+        assert app.recv(7) == b"partial"
+        with pytest.raises(ConnectionResetError):
+            recv_all(app)
+    records = mesh.recorder.wait_for(lambda r: len(r) == 2)
+    assert {r.result for r in records} == {"reset"}
+    server.close()
+
+
+def test_a_slow_reader_does_not_make_the_proxies_buffer_without_bound(mesh: Mesh) -> None:
+    total = 64 * MB
+    done = threading.Event()
+
+    def handler(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(b"x" * total)
+        done.set()
+
+    server = Server(handler)
+    mesh.destination = (SERVER_IP, server.port)
+    peak = 0
+    with mesh.connect() as app:
+        app.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(30):  # about 1 KB every 0.1 s for 3 s
+            app.recv(100)
+            time.sleep(0.1)
+            peak = max(
+                peak, mesh.call(lambda: mesh.client.pending_bytes() + mesh.server.pending_bytes())
+            )
+    assert peak > 0, "the relays never held anything: the test did not create backpressure"
+    assert peak <= PENDING_BOUND
+    assert not done.is_set(), "the server could send everything: nothing pushed back"
+    server.close()
+
+
+def test_a_thousand_concurrent_tunnels_open_exchange_and_close(mesh: Mesh) -> None:
+    server = Server(lambda conn: conn.sendall(recv_all(conn)))
+    mesh.destination = (SERVER_IP, server.port)
+    apps = [mesh.connect(timeout=30) for _ in range(1000)]
+    for i, app in enumerate(apps):
+        app.sendall(b"%d" % i)
+        app.shutdown(socket.SHUT_WR)
+    for i, app in enumerate(apps):
+        assert recv_all(app) == b"%d" % i
+        app.close()
+    records = mesh.recorder.wait_for(lambda r: len(r) == 2000, timeout=30)
+    assert {r.result for r in records} == {"ok"}
+    assert mesh.call(mesh.client.active_connections) == 0
+    server.close()
+
+
+def test_second_connection_resumes_the_tls_session(mesh: Mesh) -> None:
+    server = Server(lambda conn: conn.sendall(recv_all(conn)))
+    mesh.destination = (SERVER_IP, server.port)
+    for _ in range(3):
+        with mesh.connect() as app:
+            app.sendall(b"ping")
+            app.shutdown(socket.SHUT_WR)
+            assert recv_all(app) == b"ping"
+    records = mesh.recorder.wait_for(lambda r: len(r) == 6)
+    resumed = [r.resumed for r in records if r.direction == "outbound"]
+    assert resumed[0] is False
+    assert resumed[1:] == [True, True]
+    server.close()
+
+
+def test_the_per_pod_connection_cap_resets_and_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mesh = Mesh(tmp_path, Limits(max_connections=2))
+    try:
+        release = threading.Event()
+        server = Server(lambda conn: release.wait(10))
+        mesh.destination = (SERVER_IP, server.port)
+        held = [mesh.connect(), mesh.connect()]
+        time.sleep(0.3)
+        mesh.expect_reset()
+        assert "at its cap of 2 concurrent connections" in caplog.text
+        release.set()
+        for app in held:
+            app.close()
+        server.close()
+    finally:
+        mesh.close()
+
+
+def test_idle_connections_time_out(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path, Limits(idle_timeout=0.3))
+    try:
+        server = Server(lambda conn: conn.recv(1))
+        mesh.destination = (SERVER_IP, server.port)
+        with mesh.connect() as app, pytest.raises(ConnectionResetError):
+            app.recv(1)
+        records = mesh.recorder.wait_for(lambda r: len(r) >= 1)
+        assert "timeout" in {r.result for r in records}
+        server.close()
+    finally:
+        mesh.close()
+
+
+def test_passthrough_relays_plain(mesh: Mesh) -> None:
+    server = Server(lambda conn: conn.sendall(b"plain:" + recv_all(conn)))
+    mesh.destination = (SERVER_IP, server.port)
+    mesh.route = Route("passthrough", None, "")
+    with mesh.connect() as app:
+        app.sendall(b"abc")
+        app.shutdown(socket.SHUT_WR)
+        assert recv_all(app) == b"plain:abc"
+    [record] = mesh.recorder.wait_for(lambda r: len(r) == 1)
+    assert (record.route, record.result) == ("passthrough", "ok")
+    server.close()
+
+
+def test_deny_route_resets_the_app(mesh: Mesh) -> None:
+    mesh.route = Route("deny")
+    mesh.expect_reset()
+    [record] = mesh.recorder.wait_for(lambda r: len(r) == 1)
+    assert record.result == "denied"
