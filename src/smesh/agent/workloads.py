@@ -155,11 +155,16 @@ class Registry:
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         self._by_ip: dict[IPAddress, Workload] = {}
+        self._snapshot = Snapshot({})
         if snapshot is not None:
             self.update(snapshot)
 
     def update(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
         self._by_ip = {ip: w for w in snapshot.workloads.values() for ip in w.ips}
+
+    def workloads(self) -> list[Workload]:
+        return list(self._snapshot.workloads.values())
 
     def lookup(self, ip: IPAddress) -> Workload | None:
         return self._by_ip.get(ip)

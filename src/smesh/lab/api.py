@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from smesh.agent import workloads
-from smesh.lab import builder, state, topology
+from smesh.lab import agents, builder, control, state, topology
 from smesh.lab.errors import CommandNotFound, LabError, LabExists, LabNotFound
 from smesh.lab.topology import Pod, Topology
 from smesh.linux import cgroups, netns, privileges
@@ -69,12 +69,26 @@ def up(
         try:
             builder.build(topo, cgroup_root)
             publish_workloads(topo, cgroup_root)
+            if mesh:
+                _start_mesh(lab, topo, cgroup_root)
             lab.phase = "up"
             state.save(lab)
         except BaseException:
             _teardown(name, cgroup_root)
             raise
     return topo
+
+
+def _start_mesh(lab: state.LabState, topo: Topology, cgroup_root: Path) -> None:
+    """The control plane, then one agent per node; returns once every agent is ready."""
+    control.set_up_identity(topo)
+    lab.signer = control.start_signer(topo, cgroup_root)
+    state.save(lab)
+    for node in topo.nodes:
+        lab.agents[node.name] = agents.start(topo, node, cgroup_root)
+        state.save(lab)
+    for node in topo.nodes:
+        agents.wait_ready(topo, node, lab.agents[node.name])
 
 
 def publish_workloads(topo: Topology, cgroup_root: Path) -> None:
@@ -97,6 +111,12 @@ def publish_workloads(topo: Topology, cgroup_root: Path) -> None:
 
 
 def _teardown(name: str, cgroup_root: Path) -> None:
+    lab = _saved(name)
+    if lab is not None:  # stop daemons gently first: agents drain and detach capture
+        for process in lab.agents.values():
+            agents.stop(process)
+        if lab.signer is not None:
+            agents.stop(lab.signer)
     builder.teardown(name, cgroup_root, state.bpf_pin_dir(name))
     directory = state.directory(name)
     if directory.exists():
@@ -115,6 +135,13 @@ def down(name: str = topology.DEFAULT_NAME) -> bool:
     with contextlib.suppress(FileNotFoundError):
         (state.STATE_ROOT / f".{name}.lock").unlink()
     return existed
+
+
+def _saved(name: str) -> state.LabState | None:
+    try:
+        return state.load(name)
+    except LabError:
+        return None  # damaged state: teardown works from names alone
 
 
 def load(name: str) -> tuple[state.LabState, Topology]:
@@ -139,6 +166,7 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     nodes = []
     for node in topo.nodes:
         agent = lab.agents.get(node.name)
+        health = agents.health(node, agent)
         nodes.append(
             {
                 "name": node.name,
@@ -149,7 +177,7 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
                 "pod_cidr6": str(node.pod_cidr6),
                 "present": netns.exists(node.netns),
                 "agent_pid": agent.pid if agent else None,
-                "agent_health": ("alive" if agent.alive() else "dead") if agent else "none",
+                "agent_health": health,
             }
         )
     pods = [

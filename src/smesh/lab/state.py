@@ -38,6 +38,7 @@ class LabState:
     identities: dict[str, list[str]] = field(default_factory=dict)
     phase: str = "building"  # building → up
     agents: dict[str, Process] = field(default_factory=dict)
+    signer: Process | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def topology(self) -> topology.Topology:
@@ -81,6 +82,8 @@ def load(name: str) -> LabState | None:
             f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --name {name}`"
         ) from exc
     data["agents"] = {node: Process(**proc) for node, proc in data.get("agents", {}).items()}
+    if data.get("signer"):
+        data["signer"] = Process(**data["signer"])
     return LabState(**data)
 
 

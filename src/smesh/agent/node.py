@@ -1,0 +1,241 @@
+"""The node agent's lifecycle: own the node's capture, mesh each pod, answer the admin API.
+
+The agent is a reconciler: every workload snapshot says which pods of this node should be
+meshed, and the agent starts or stops :class:`~smesh.agent.pods.PodRuntime`s until what
+runs matches. A pod is captured only after its listeners and certificate are in place,
+and released (capture first) before its listeners close.
+
+Stopping: SIGTERM stops accepting, drains open connections up to ``timeouts.drain``,
+detaches capture (the pods go back to plain networking) and exits 0. A crash or SIGKILL
+skips all that: capture stays pinned while nothing listens on 18000, so captured
+connects are refused — the mesh fails closed, never open. A restarted agent takes the
+pinned capture over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from smesh.agent import logs
+from smesh.agent.admin import AdminServer, Response
+from smesh.agent.config import AgentConfig
+from smesh.agent.metrics import AgentMetrics
+from smesh.agent.pods import PodRuntime, PodWiring
+from smesh.agent.workloads import DirectorySource, Registry, Snapshot, Workload, WorkloadSource
+from smesh.capture import CaptureConfig, NodeCapture, select_mode
+from smesh.capture.backends import node_capture
+from smesh.errors import SmeshError
+from smesh.linux import cgroups
+
+log = logging.getLogger("smesh.agent")
+
+RETRY_INTERVAL = 2.0
+COUNTER_INTERVAL = 2.0
+
+
+class AgentError(SmeshError):
+    """The agent cannot start."""
+
+
+def capture_config(config: AgentConfig) -> CaptureConfig:
+    return CaptureConfig.build(
+        mesh_cidrs=list(config.capture.mesh_cidrs),
+        excluded_ports=[*config.capture.excluded_ports, config.admin.port],
+        listener_port=config.ports.outbound,
+        tunnel_port=config.ports.inbound,
+    )
+
+
+class Agent:
+    def __init__(
+        self, config: AgentConfig, wiring: PodWiring, source: WorkloadSource | None = None
+    ) -> None:
+        self.config = config
+        self.wiring = wiring
+        self.source = source or DirectorySource(config.workloads)
+        self.metrics = AgentMetrics()
+        self.registry = Registry()
+        self.pods: dict[str, PodRuntime] = {}
+        self.capture: NodeCapture | None = None
+        self.capture_mode = ""
+        self.started = time.time()
+        self._stopping = asyncio.Event()
+        self._desired: dict[str, Workload] = {}
+        self._synced = False
+        self._admin = AdminServer(
+            {
+                "/healthz": lambda: Response(200, b"ok\n"),
+                "/ready": self._ready,
+                "/metrics": self._metrics,
+                "/debug/workloads": self._debug_workloads,
+                "/debug/connections": self._debug_connections,
+            }
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._open_capture()
+        await self.wiring.start(self)
+        await self._admin.start(self.config.admin.address, self.config.admin.port)
+        log.info(
+            "agent started",
+            extra=logs.fields(
+                node=self.config.node,
+                capture=self.capture_mode,
+                admin=f"{self.config.admin.address}:{self.config.admin.port}",
+            ),
+        )
+        tasks = [
+            asyncio.create_task(self._watch(), name="workloads"),
+            asyncio.create_task(self._retry_failed(), name="retry"),
+            asyncio.create_task(self._export_counters(), name="counters"),
+        ]
+        try:
+            await self._stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._shutdown()
+        return 0
+
+    def _open_capture(self) -> None:
+        choice = select_mode(self.config.capture.mode)
+        pin_dir = self.config.capture.pin_dir or Path("/sys/fs/bpf/smesh") / self.config.node
+        capture = node_capture(choice.mode, pin_dir, capture_config(self.config))
+        capture.open()
+        own = cgroups.v2_root() / cgroups.of_pid().lstrip("/")
+        capture.attach_proxy(own)
+        self.capture, self.capture_mode = capture, choice.mode
+        log.info("capture mode %s: %s", choice.mode, choice.reason)
+
+    async def _shutdown(self) -> None:
+        log.info(
+            "stopping: draining connections",
+            extra=logs.fields(deadline_s=self.config.timeouts.drain),
+        )
+        await self._admin.close()
+        for pod in self.pods.values():
+            pod.stop_accepting()
+        deadline = time.monotonic() + self.config.timeouts.drain
+        while time.monotonic() < deadline and any(
+            p.active_connections() for p in self.pods.values()
+        ):
+            await asyncio.sleep(0.05)
+        left = sum(p.active_connections() for p in self.pods.values())
+        if left:
+            log.warning("drain deadline reached; closing %d connections", left)
+        assert self.capture is not None
+        for key in list(self.pods):
+            await self.pods.pop(key).stop(self.capture)
+        self.capture.detach_all()
+        self.capture.close()
+        await self.wiring.stop()
+        log.info("agent stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: reload what can change live (authorization policy)."""
+        self.wiring.reload()
+
+    # -- reconcile -------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        async for snapshot in self.source.watch():
+            await self.reconcile(snapshot)
+
+    async def reconcile(self, snapshot: Snapshot) -> None:
+        self.registry.update(snapshot)
+        self.wiring.workloads_changed(snapshot)
+        self._desired = {k: w for k, w in snapshot.on_node(self.config.node).items() if w.meshed}
+        assert self.capture is not None
+        for key in list(self.pods):
+            if self._desired.get(key) != self.pods[key].workload:
+                pod = self.pods.pop(key)
+                log.info("releasing pod", extra=logs.fields(pod=key))
+                await pod.stop(self.capture)
+        await asyncio.gather(
+            *(self._start(w) for k, w in self._desired.items() if k not in self.pods)
+        )
+        self._synced = True
+        self.metrics.workloads.labels("ready").set(sum(p.ready for p in self.pods.values()))
+        self.metrics.workloads.labels("pending").set(
+            len(self._desired) - sum(p.ready for p in self.pods.values())
+        )
+
+    async def _start(self, workload: Workload) -> None:
+        assert self.capture is not None
+        pod = PodRuntime(workload, self.wiring)
+        self.pods[workload.key] = pod
+        await pod.start(self.capture)
+
+    async def _retry_failed(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_INTERVAL)
+            assert self.capture is not None
+            for pod in list(self.pods.values()):
+                if pod.error is not None and self.pods.get(pod.workload.key) is pod:
+                    await pod.start(self.capture)
+
+    async def _export_counters(self) -> None:
+        last: dict[tuple[str, str], int] = {}
+        while True:
+            await asyncio.sleep(COUNTER_INTERVAL)
+            assert self.capture is not None
+            for key, pod in list(self.pods.items()):
+                if not pod.ready:
+                    continue
+                with contextlib.suppress(SmeshError):
+                    counts = self.capture.counters(key).as_dict()
+                    for decision, value in counts.items():
+                        seen = last.get((key, decision), 0)
+                        if value > seen:
+                            self.metrics.capture_events.labels(pod.workload.name, decision).inc(
+                                value - seen
+                            )
+                        last[(key, decision)] = value
+
+    # -- admin -----------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self._synced and all(
+            key in self.pods and self.pods[key].ready for key in self._desired
+        )
+
+    def _ready(self) -> Response:
+        if self.ready():
+            return Response(200, b"ready\n")
+        waiting = [k for k in self._desired if not (k in self.pods and self.pods[k].ready)]
+        detail = "; ".join(
+            f"{k}: {self.pods[k].error or self.pods[k].stage if k in self.pods else 'not started'}"
+            for k in waiting
+        )
+        return Response(503, f"not ready: {detail or 'no workload snapshot yet'}\n".encode())
+
+    def _metrics(self) -> Response:
+        return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    def _debug_workloads(self) -> Response:
+        doc: dict[str, Any] = {
+            "node": self.config.node,
+            "capture": self.capture_mode,
+            "workloads": [pod.describe() for pod in self.pods.values()],
+        }
+        return Response(200, json.dumps(doc, indent=2).encode(), "application/json")
+
+    def _debug_connections(self) -> Response:
+        doc = {"connections": [c for pod in self.pods.values() for c in pod.connections()]}
+        return Response(200, json.dumps(doc, indent=2).encode(), "application/json")

@@ -1,0 +1,137 @@
+"""One meshed pod inside the agent: its certificate, its listeners, its capture.
+
+The order matters and is the point of this module. A pod is captured only when its
+certificate and both listeners exist, so no captured connect ever finds an empty port;
+it is released capture-first, so the app falls back to plain networking before its
+listeners close under it. A failed step is remembered and retried by the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from smesh.agent import logs
+from smesh.agent.workloads import Snapshot, Workload
+from smesh.capture import NodeCapture
+from smesh.errors import SmeshError
+
+if TYPE_CHECKING:
+    from smesh.agent.node import Agent
+
+log = logging.getLogger("smesh.agent")
+
+
+class PodListeners(Protocol):
+    """A pod's running data plane: outbound 127.0.0.1/::1:18000 and inbound podIP:18001."""
+
+    def stop_accepting(self) -> None: ...
+
+    def active_connections(self) -> int: ...
+
+    def connections(self) -> list[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+class PodWiring(Protocol):
+    """The node-wide services a pod needs: identity, data plane, policy."""
+
+    async def start(self, agent: Agent) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def reload(self) -> None: ...
+
+    def workloads_changed(self, snapshot: Snapshot) -> None: ...
+
+    async def issue(self, workload: Workload) -> float:
+        """Make sure *workload* has a certificate; return its expiry (Unix time)."""
+        ...
+
+    def release(self, workload: Workload) -> None: ...
+
+    async def listen(self, workload: Workload) -> PodListeners: ...
+
+
+class PodRuntime:
+    def __init__(self, workload: Workload, wiring: PodWiring) -> None:
+        self.workload = workload
+        self.wiring = wiring
+        self.stage = "certificate"
+        self.error: str | None = None
+        self.expires: float | None = None
+        self.listeners: PodListeners | None = None
+        self.captured = False
+        self.since = time.time()
+
+    @property
+    def ready(self) -> bool:
+        return self.stage == "ready"
+
+    async def start(self, capture: NodeCapture) -> None:
+        """Run the remaining steps; on failure remember why (the agent retries)."""
+        w = self.workload
+        try:
+            if self.stage == "certificate":
+                self.expires = await self.wiring.issue(w)
+                self.stage = "listeners"
+            if self.stage == "listeners":
+                self.listeners = await self.wiring.listen(w)
+                self.stage = "capture"
+            if self.stage == "capture":
+                capture.add_pod(w.key, w.name, w.cgroup, w.netns, ipv4=w.ipv4, ipv6=w.ipv6)
+                self.captured = True
+                self.stage = "ready"
+        except SmeshError as exc:
+            if self.error != str(exc):
+                log.error(
+                    "cannot mesh pod at step %s: %s",
+                    self.stage,
+                    exc,
+                    extra=logs.fields(pod=w.key),
+                )
+            self.error = str(exc)
+            return
+        self.error = None
+        log.info("pod meshed", extra=logs.fields(pod=w.key, ips=[str(ip) for ip in w.ips]))
+
+    def stop_accepting(self) -> None:
+        if self.listeners is not None:
+            self.listeners.stop_accepting()
+
+    def active_connections(self) -> int:
+        return self.listeners.active_connections() if self.listeners is not None else 0
+
+    def connections(self) -> list[dict[str, Any]]:
+        return self.listeners.connections() if self.listeners is not None else []
+
+    async def stop(self, capture: NodeCapture) -> None:
+        """Release capture first, then close the listeners and their connections."""
+        if self.captured:
+            try:
+                capture.remove_pod(self.workload.key)
+            except SmeshError as exc:
+                log.error(
+                    "cannot release capture: %s", exc, extra=logs.fields(pod=self.workload.key)
+                )
+            self.captured = False
+        if self.listeners is not None:
+            await self.listeners.close()
+            self.listeners = None
+        self.wiring.release(self.workload)
+        self.stage = "stopped"
+
+    def describe(self) -> dict[str, Any]:
+        w = self.workload
+        return {
+            "pod": w.key,
+            "name": w.name,
+            "identity": f"ns/{w.namespace}/sa/{w.service_account}",
+            "ips": [str(ip) for ip in w.ips],
+            "stage": self.stage,
+            "error": self.error,
+            "certificate_expires": self.expires,
+            "active_connections": self.active_connections(),
+        }

@@ -1,0 +1,231 @@
+"""The agent's concrete pod wiring: certificates, listeners, routes and policy.
+
+This is where identity, policy, capture and the data plane meet; each of them stays
+ignorant of the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from smesh.agent import logs
+from smesh.agent.config import AgentConfig
+from smesh.agent.metrics import AgentMetrics
+from smesh.agent.pods import PodListeners
+from smesh.agent.workloads import Snapshot, Workload
+from smesh.capture import original_destination
+from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services
+from smesh.dataplane.endpoint import PodEndpoint
+from smesh.dataplane.records import ConnectionRecord
+from smesh.errors import SmeshError
+from smesh.identity.ca import CertificateAuthority
+from smesh.identity.credential import Credential
+from smesh.identity.manager import CertificateManager
+from smesh.identity.service import SignerClient
+from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSigner
+from smesh.identity.spiffe import SpiffeId
+from smesh.linux.netns import Namespace
+from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
+
+if TYPE_CHECKING:
+    from smesh.agent.node import Agent
+
+log = logging.getLogger("smesh.agent")
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
+
+
+class ListenError(SmeshError):
+    """A pod's listener could not be opened inside its namespace."""
+
+
+class MetricsObserver:
+    """Connection events → Prometheus metrics and one access-log line per connection."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.m = metrics
+
+    def opened(self, record: ConnectionRecord) -> None:
+        self.m.connections_opened.labels(record.direction).inc()
+        self.m.active_connections.labels(record.direction).inc()
+
+    def closed(self, record: ConnectionRecord) -> None:
+        self.m.connections_closed.labels(record.direction, record.result).inc()
+        self.m.active_connections.labels(record.direction).dec()
+        self.m.bytes_sent.labels(record.direction).inc(record.bytes_sent)
+        self.m.bytes_received.labels(record.direction).inc(record.bytes_received)
+        access_log.info("connection", extra=logs.fields(**record.as_dict()))
+
+    def handshake(self, side: str, seconds: float, resumed: bool) -> None:
+        self.m.tls_handshake.labels(side, "true" if resumed else "false").observe(seconds)
+
+    def tunnel_ready(self, seconds: float) -> None:
+        self.m.tunnel_setup.observe(seconds)
+
+
+def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
+    """The signing service if configured, else a CA directory in this process."""
+    ident = config.identity
+    if ident.signer_socket is not None:
+        if ident.node_credential_dir is None:
+            raise SmeshError("identity.nodeCredentialDir is required with identity.signerSocket")
+        return SignerClient.from_directory(ident.signer_socket, ident.node_credential_dir)
+    if ident.ca_dir is not None:
+        ca = CertificateAuthority.load(ident.ca_dir)
+
+        def pairs() -> list[tuple[str, SpiffeId]]:
+            return [
+                (w.node, SpiffeId(ca.trust_domain, w.namespace, w.service_account))
+                for w in agent.registry.workloads()
+            ]
+
+        return LocalSigner(ca, LiveEntitlements(pairs)).for_node(config.node)
+    raise SmeshError("configure identity.signerSocket (with nodeCredentialDir) or identity.caDir")
+
+
+class MeshWiring:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.policy = PolicyStore(config.policy)
+        self.certs: CertificateManager | None = None
+        self.services: Services | None = None
+        self._agent: Agent | None = None
+        self._renewals: asyncio.Task[None] | None = None
+        self._namespaces: dict[str, Namespace] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, agent: Agent) -> None:
+        self._agent = agent
+        source = certificate_source(self.config, agent)
+        self.certs = CertificateManager(source, on_renewed=self._renewed)
+        t = self.config.timeouts
+        self.services = Services(
+            tls=self,
+            route=self._route,
+            authorize=self._authorize,
+            original_destination=original_destination,
+            observer=MetricsObserver(agent.metrics),
+            limits=Limits(
+                handshake_timeout=t.tls_handshake,
+                connect_timeout=t.connect,
+                request_timeout=t.request,
+                idle_timeout=t.idle,
+                max_connections=self.config.limits.max_connections_per_pod,
+            ),
+        )
+        self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
+
+    async def stop(self) -> None:
+        if self._renewals is not None:
+            self._renewals.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewals
+        for ns in self._namespaces.values():
+            ns.close()
+        self._namespaces.clear()
+
+    def reload(self) -> None:
+        self.policy.reload()
+
+    def workloads_changed(self, snapshot: Snapshot) -> None:
+        pass  # routes read the agent's registry on every connection
+
+    # -- identity ------------------------------------------------------------------------
+
+    def identity_of(self, workload: Workload) -> SpiffeId:
+        return SpiffeId(
+            self.config.identity.trust_domain, workload.namespace, workload.service_account
+        )
+
+    async def issue(self, workload: Workload) -> float:
+        assert self.certs is not None
+        assert self._agent is not None
+        credential = await self.certs.acquire(self.identity_of(workload))
+        self._renewed(self.identity_of(workload), credential)
+        return credential.not_after.timestamp()
+
+    def release(self, workload: Workload) -> None:
+        if self.certs is not None:
+            self.certs.release(self.identity_of(workload))
+
+    def _renewed(self, identity: SpiffeId, credential: Credential) -> None:
+        if self._agent is not None:
+            label = f"{identity.namespace}/{identity.service_account}"
+            self._agent.metrics.certificate_expiry.labels(label).set(
+                credential.not_after.timestamp()
+            )
+
+    # TlsProvider for the data plane
+    def client_context(self, identity: SpiffeId) -> tuple[ssl.SSLContext, int]:
+        assert self.certs is not None
+        return self.certs.client_context(identity), self.certs.generation(identity)
+
+    def server_context(self, identity: SpiffeId) -> ssl.SSLContext:
+        assert self.certs is not None
+        return self.certs.server_context(identity)
+
+    # -- routing and policy ----------------------------------------------------------------
+
+    def _route(self, ip: IPAddress, port: int) -> Route:
+        assert self._agent is not None
+        workload = self._agent.registry.lookup(ip)
+        if workload is not None and workload.meshed:
+            return Route("tunnel", self.identity_of(workload), workload.name)
+        if self.config.non_meshed == "passthrough":
+            return Route("passthrough", None, workload.name if workload else "")
+        return Route("deny", None, workload.name if workload else "")
+
+    def _authorize(self, peer: SpiffeId, pod: PodConfig, port: int) -> Decision:
+        dest = DestinationWorkload(pod.identity.namespace, pod.identity.service_account, pod.name)
+        decision = decide(self.policy.policy, peer, dest, port)
+        if not decision.allowed and self._agent is not None:
+            self._agent.metrics.policy_denials.labels(decision.rule or "not-allow-listed").inc()
+        return decision
+
+    # -- listeners -----------------------------------------------------------------------
+
+    async def listen(self, workload: Workload) -> PodListeners:
+        assert self.services is not None
+        ns = self._namespaces.get(workload.key)
+        if ns is None:
+            ns = self._namespaces[workload.key] = Namespace(workload.netns)
+        ports = self.config.ports
+        opened: list[socket.socket] = []
+        try:
+            outbound = [self._listener(ns, "127.0.0.1", ports.outbound, opened)]
+            outbound.append(self._listener(ns, "::1", ports.outbound, opened))
+            inbound = [self._listener(ns, str(ip), ports.inbound, opened) for ip in workload.ips]
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            raise ListenError(f"cannot listen in {workload.key}'s namespace: {exc}") from None
+        pod = PodConfig(
+            name=workload.name,
+            identity=self.identity_of(workload),
+            addresses=workload.ips,
+            sockets=ns,
+            tunnel_port=ports.inbound,
+            forbidden_ports=frozenset({ports.outbound, ports.inbound, self.config.admin.port}),
+        )
+        endpoint = PodEndpoint(pod, self.services)
+        endpoint.start(outbound, inbound)
+        return endpoint
+
+    @staticmethod
+    def _listener(
+        ns: Namespace, host: str, port: int, opened: list[socket.socket]
+    ) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = ns.socket(family)
+        opened.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+        return sock

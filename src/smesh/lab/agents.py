@@ -1,0 +1,135 @@
+"""Run one node agent per lab node, the way a DaemonSet would.
+
+Each agent runs in its node's network namespace and in the node's ``agent`` cgroup, so
+capture (attached to pod cgroups) never sees the agent's own sockets. Agents outlive the
+``lab up`` command; ``lab down`` stops them (SIGTERM, then SIGKILL through the cgroup).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smesh.agent import client
+from smesh.lab import state
+from smesh.lab.errors import LabError
+from smesh.lab.topology import Node, Topology
+from smesh.linux import cgroups, netns
+
+ADMIN_PORT = 15000
+
+
+def node_dir(lab: str, node: str) -> Path:
+    return state.directory(lab) / node
+
+
+def config_for(topo: Topology, node: Node, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The agent configuration file of one lab node."""
+    config: dict[str, Any] = {
+        "node": node.name,
+        "workloads": str(state.workloads_dir(topo.name)),
+        "capture": {
+            "mode": "auto",
+            "meshCidrs": ["198.18.0.0/16", "fd00:198:18::/48"],
+            "pinDir": str(state.bpf_pin_dir(topo.name) / node.name),
+        },
+        "admin": {"address": "0.0.0.0", "port": ADMIN_PORT},
+        "timeouts": {"drain": "5s"},  # lab down should not wait long for open connections
+        "identity": {
+            "trustDomain": "cluster.local",
+            "signerSocket": str(state.directory(topo.name) / "ca" / "signer.sock"),
+            "nodeCredentialDir": str(node_dir(topo.name, node.name) / "credential"),
+        },
+    }
+    for key, value in (extra or {}).items():
+        section = config.setdefault(key, {})
+        if isinstance(section, dict) and isinstance(value, dict):
+            section.update(value)
+        else:
+            config[key] = value
+    return config
+
+
+def spawn(argv: list[str], cgroup: Path, netns_name: str | None, log_path: Path) -> state.Process:
+    """Start a lab daemon detached from this process, in *cgroup* (and *netns_name*)."""
+    cgroups.create(cgroup)
+
+    def place() -> None:  # in the child, before exec: the cgroup first, then the namespace
+        cgroups.join(cgroup, os.getpid())
+        if netns_name is not None:
+            netns.enter(netns_name)
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=place,  # noqa: PLW1509 - lab up is single-threaded at this point
+            start_new_session=True,
+        )
+    start_time = state.start_time_of(proc.pid)
+    if start_time is None:
+        raise LabError(f"`smesh {argv[3]}` exited at once; see {log_path}")
+    return state.Process(pid=proc.pid, start_time=start_time)
+
+
+def start(
+    topo: Topology, node: Node, cgroup_root: Path, extra: dict[str, Any] | None = None
+) -> state.Process:
+    """Start *node*'s agent; its output goes to NODE/agent.log in the lab's state."""
+    directory = node_dir(topo.name, node.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "agent.yaml"
+    config_path.write_text(yaml.safe_dump(config_for(topo, node, extra), sort_keys=False))
+    argv = [sys.executable, "-m", "smesh", "agent", "--config", str(config_path)]
+    return spawn(argv, cgroup_root / node.agent_cgroup, node.netns, directory / "agent.log")
+
+
+def health(node: Node, process: state.Process | None) -> str:
+    """``ready``, ``starting`` (alive, not ready yet), ``dead`` or ``none``."""
+    if process is None:
+        return "none"
+    if not process.alive():
+        return "dead"
+    try:
+        reply = client.get("127.0.0.1", ADMIN_PORT, "/ready", netns=node.netns, timeout=1.0)
+    except client.AdminUnreachable:
+        return "starting"
+    return "ready" if reply.status == 200 else "starting"
+
+
+def wait_ready(topo: Topology, node: Node, process: state.Process, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = health(node, process)
+        if status == "ready":
+            return
+        if status == "dead":
+            break
+        time.sleep(0.1)
+    log = node_dir(topo.name, node.name) / "agent.log"
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    raise LabError(
+        f"the agent of {node.name} did not become ready within {timeout:.0f}s"
+        + (f"; last log line: {tail[0]}" if tail else "")
+        + f" (full log: {log})"
+    )
+
+
+def stop(process: state.Process, timeout: float = 10.0) -> None:
+    """SIGTERM (the agent drains and detaches capture), then give up waiting."""
+    if not process.alive():
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
