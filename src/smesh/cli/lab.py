@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from smesh.cli.output import table
@@ -31,6 +32,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="POD=NS/SA",
         help="a pod's Kubernetes namespace and service account (default: default/POD)",
     )
+    up.add_argument("--policy", type=Path, help="authorization policy file for the agents")
+    up.add_argument(
+        "--agent-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an agent setting, e.g. --agent-set timeouts.request=1s",
+    )
     up.set_defaults(func=_up)
 
     down = named(verbs.add_parser("down", help="remove everything the lab made"))
@@ -48,7 +57,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _up(args: argparse.Namespace) -> int:
     topo = api.up(
-        args.name, args.nodes, args.pods_per_node, mesh=not args.no_mesh, identities=args.identity
+        args.name,
+        args.nodes,
+        args.pods_per_node,
+        mesh=not args.no_mesh,
+        identities=args.identity,
+        policy=args.policy,
+        agent_overrides=args.agent_set,
     )
     mode = "mesh on" if topo.mesh else "mesh off (--no-mesh)"
     print(f"lab {topo.name!r} is up: {len(topo.nodes)} nodes, {len(topo.pods)} pods, {mode}")

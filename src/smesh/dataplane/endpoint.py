@@ -78,7 +78,10 @@ class PodEndpoint:
         return len(self._connections)
 
     def connections(self) -> list[dict[str, Any]]:
-        return [c.record.as_dict() for c in self._connections]
+        return [
+            c.record.as_dict() | {"pending_bytes": c.active.pending_bytes() if c.active else 0}
+            for c in self._connections
+        ]
 
     def pending_bytes(self) -> int:
         """What the relays hold in memory now (bounded by backpressure)."""

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,11 @@ def spawn(argv: list[str], cgroup: Path, netns_name: str | None, log_path: Path)
 
 
 def start(
-    topo: Topology, node: Node, cgroup_root: Path, extra: dict[str, Any] | None = None
+    topo: Topology,
+    node: Node,
+    cgroup_root: Path,
+    extra: dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
 ) -> state.Process:
     """Start *node*'s agent; its output goes to NODE/agent.log in the lab's state."""
     directory = node_dir(topo.name, node.name)
@@ -91,6 +96,8 @@ def start(
     config_path = directory / "agent.yaml"
     config_path.write_text(yaml.safe_dump(config_for(topo, node, extra), sort_keys=False))
     argv = [sys.executable, "-m", "smesh", "agent", "--config", str(config_path)]
+    for item in overrides:
+        argv += ["--set", item]
     return spawn(argv, cgroup_root / node.agent_cgroup, node.netns, directory / "agent.log")
 
 

@@ -46,10 +46,17 @@ def up(
     name: str = topology.DEFAULT_NAME,
     nodes: int = 2,
     pods_per_node: int = 2,
+    *,
     mesh: bool = True,
     identities: Sequence[str] = (),
+    policy: Path | None = None,
+    agent_overrides: Sequence[str] = (),
 ) -> Topology:
     """Build lab *name*; on any failure remove what was built and re-raise."""
+    if policy is not None:
+        from smesh.policy import load as load_policy  # noqa: PLC0415
+
+        load_policy(policy)  # refuse a bad policy before building anything
     parsed = [topology.parse_identity(text) for text in identities]
     topo = topology.plan(name, nodes, pods_per_node, mesh, {p: (n, s) for p, n, s in parsed})
     cgroup_root = _preflight("smesh lab up")
@@ -64,13 +71,14 @@ def up(
             pods_per_node=pods_per_node,
             mesh=mesh,
             identities={p: [n, s] for p, n, s in parsed},
+            settings={"agent_overrides": list(agent_overrides)},
         )
         state.save(lab)
         try:
             builder.build(topo, cgroup_root)
             publish_workloads(topo, cgroup_root)
             if mesh:
-                _start_mesh(lab, topo, cgroup_root)
+                _start_mesh(lab, topo, cgroup_root, policy)
             lab.phase = "up"
             state.save(lab)
         except BaseException:
@@ -79,13 +87,19 @@ def up(
     return topo
 
 
-def _start_mesh(lab: state.LabState, topo: Topology, cgroup_root: Path) -> None:
+def _start_mesh(
+    lab: state.LabState, topo: Topology, cgroup_root: Path, policy: Path | None
+) -> None:
     """The control plane, then one agent per node; returns once every agent is ready."""
     control.set_up_identity(topo)
     lab.signer = control.start_signer(topo, cgroup_root)
     state.save(lab)
+    extra: dict[str, Any] = {}
+    if policy is not None:
+        extra["policy"] = str(policy.resolve())
+    overrides = list(lab.settings.get("agent_overrides", []))
     for node in topo.nodes:
-        lab.agents[node.name] = agents.start(topo, node, cgroup_root)
+        lab.agents[node.name] = agents.start(topo, node, cgroup_root, extra, overrides)
         state.save(lab)
     for node in topo.nodes:
         agents.wait_ready(topo, node, lab.agents[node.name])
