@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from smesh import __version__
 from smesh.errors import SmeshError
 
-COMMANDS: tuple[str, ...] = ("lab", "agent", "demo", "ca", "policy", "capture", "trace")
+COMMANDS: tuple[str, ...] = (
+    "lab",
+    "agent",
+    "status",
+    "demo",
+    "ca",
+    "policy",
+    "capture",
+    "trace",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

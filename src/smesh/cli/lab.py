@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 
+    restart = named(verbs.add_parser("restart-agent", help="start a node's agent again"))
+    restart.add_argument("node", metavar="NODE", help="e.g. node-1")
+    restart.set_defaults(func=_restart)
+
     run = named(verbs.add_parser("exec", help="run a command inside a pod (or node)"))
     run.add_argument("member", metavar="POD", help="pod (or node) name, e.g. pod-1")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
@@ -83,6 +87,12 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         _print_tables(doc)
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    process = api.restart_agent(args.name, args.node)
+    print(f"agent of {args.node} restarted (pid {process.pid}) and ready")
     return 0
 
 

@@ -101,6 +101,21 @@ def start(
     return spawn(argv, cgroup_root / node.agent_cgroup, node.netns, directory / "agent.log")
 
 
+def restart(
+    topo: Topology,
+    node: Node,
+    cgroup_root: Path,
+    config_path: Path,
+    overrides: Sequence[str] = (),
+) -> state.Process:
+    """Start the agent again with the configuration it had."""
+    argv = [sys.executable, "-m", "smesh", "agent", "--config", str(config_path)]
+    for item in overrides:
+        argv += ["--set", item]
+    log = node_dir(topo.name, node.name) / "agent.log"
+    return spawn(argv, cgroup_root / node.agent_cgroup, node.netns, log)
+
+
 def health(node: Node, process: state.Process | None) -> str:
     """``ready``, ``starting`` (alive, not ready yet), ``dead`` or ``none``."""
     if process is None:

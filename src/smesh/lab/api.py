@@ -212,6 +212,26 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     return {"name": topo.name, "mesh": topo.mesh, "nodes": nodes, "pods": pods}
 
 
+def restart_agent(name: str, node_name: str) -> state.Process:
+    """Start *node_name*'s agent again (after a crash or a stop); it takes over pinned capture."""
+    cgroup_root = _preflight("smesh lab restart-agent")
+    with _locked(name):
+        lab, topo = load(name)
+        if not topo.mesh:
+            raise LabError(f"lab {name!r} runs without the mesh (--no-mesh): it has no agents")
+        node = topo.node(node_name)
+        old = lab.agents.get(node.name)
+        if old is not None and old.alive():
+            agents.stop(old)
+        overrides = list(lab.settings.get("agent_overrides", []))
+        config_path = agents.node_dir(name, node.name) / "agent.yaml"
+        process = agents.restart(topo, node, cgroup_root, config_path, overrides)
+        lab.agents[node.name] = process
+        state.save(lab)
+    agents.wait_ready(topo, node, process)
+    return process
+
+
 def exec_argv(name: str, member: str, argv: Sequence[str]) -> None:
     """Replace this process with *argv* running in *member*'s cgroup and network namespace.
 

@@ -10,7 +10,7 @@ Servers print READY once listening, then one JSON line per finished connection.
 
 Clients print one JSON line:
 
-    xfer HOST PORT N SEED           the same, from the client side
+    xfer HOST PORT N SEED [SECS]    the same, from the client side (spread over SECS)
     halfclose HOST PORT N           send N bytes, shut down writing, read the whole answer
     expect-reset HOST PORT          how the connection ended (reset, eof, data) and when
     read-to-end HOST PORT           send "hello", read until EOF or reset; report which
@@ -61,13 +61,16 @@ def seeded(n: int, seed: int):  # type: ignore[no-untyped-def]
         left -= size
 
 
-def transfer(sock: socket.socket, n: int, seed: int) -> dict[str, object]:
+def transfer(sock: socket.socket, n: int, seed: int, seconds: float = 0) -> dict[str, object]:
     sent = hashlib.sha256()
+    pause = seconds / max(1, n // CHUNK)
 
     def send() -> None:
         for block in seeded(n, seed):
             sent.update(block)
             sock.sendall(block)
+            if pause:
+                time.sleep(pause)
         sock.shutdown(socket.SHUT_WR)
 
     sender = threading.Thread(target=send)
@@ -158,12 +161,21 @@ def slow_read(host: str, port: int, rate: int, seconds: float) -> dict[str, obje
     sock = connect(host, port)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     total = 0
+    ended = "time"
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        total += len(sock.recv(rate // 10 or 1))
+        try:
+            data = sock.recv(rate // 10 or 1)
+        except ConnectionResetError:
+            ended = "reset"
+            break
+        if not data:
+            ended = "eof"
+            break
+        total += len(data)
         time.sleep(0.1)
     sock.close()
-    return {"read": total}
+    return {"read": total, "ended": ended}
 
 
 def many(host: str, port: int, count: int) -> dict[str, object]:
@@ -206,8 +218,9 @@ def main() -> None:
         n, seed = int(args[1]), int(args[2])
         serve(int(args[0]), lambda conn: transfer(conn, n, seed))
     elif mode == "xfer":
+        seconds = float(args[4]) if len(args) > 4 else 0.0
         with connect(args[0], int(args[1])) as sock:
-            report(**transfer(sock, int(args[2]), int(args[3])))
+            report(**transfer(sock, int(args[2]), int(args[3]), seconds))
     elif mode == "halfclose" and len(args) == 1:
         serve(int(args[0]), halfclose_server)
     elif mode == "halfclose":

@@ -1,0 +1,235 @@
+"""The node agent in the lab: pods coming and going, readiness, metrics, logs, stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smesh.agent import client
+from smesh.lab import state
+from tests.integration.labkit import Lab, smesh
+from tests.integration.mesh.conftest import APP, Apps
+
+POD3 = "198.18.2.2"
+
+
+def node(lab: Lab, name: str) -> dict[str, Any]:
+    return next(n for n in lab.status()["nodes"] if n["name"] == name)
+
+
+def admin(lab: Lab, node_name: str, path: str) -> client.AdminReply:
+    return client.get("127.0.0.1", 15000, path, netns=node(lab, node_name)["netns"])
+
+
+def metric(body: bytes, name: str, labels: str) -> float:
+    selector = rf"\{{{labels}\}}" if labels else ""
+    match = re.search(rf"^{name}{selector} (\S+)$", body.decode(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def set_meshed(lab: Lab, pod: str, meshed: bool | None) -> None:
+    """Change a pod in the workload source, as the Kubernetes API would."""
+    path = state.workloads_dir(lab.name) / f"{pod}.json"
+    if meshed is None:
+        path.unlink()
+        return
+    doc = json.loads(path.read_text())
+    doc["meshed"] = meshed
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+def seen_from(lab: Lab, server: subprocess.Popen[str]) -> str:
+    """Connect from pod-1 to pod-3's echo-peer server; return the peer address it saw."""
+    result = Apps(lab).run("pod-1", "halfclose", POD3, 9100, 10)
+    assert result["ok"]
+    return str(Apps.report(server)["peer"]).removeprefix("::ffff:")
+
+
+def wait(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_pods_leave_and_join_the_mesh_at_run_time(meshed: Lab, apps: Apps) -> None:
+    server = apps.serve("pod-3", "halfclose", 9100)
+    # Meshed: pod-3's agent delivers the bytes, from pod-3's own address.
+    assert seen_from(meshed, server) == POD3
+    apps.serve("pod-3", "echo", 9101)
+    long_lived = meshed.spawn(  # one exchange, then an idle, open connection
+        "pod-1",
+        [sys.executable, APP, "read-to-end", POD3, "9101"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    wait(lambda: admin(meshed, "node-1", "/debug/connections").json()["connections"] != [])
+
+    started = time.monotonic()
+    set_meshed(meshed, "pod-1", meshed=False)
+    wait(
+        lambda: (
+            not any(
+                w["name"] == "pod-1"
+                for w in admin(meshed, "node-1", "/debug/workloads").json()["workloads"]
+            )
+        )
+    )
+    assert time.monotonic() - started < 1.5  # within a second of the change (plus polling)
+    out, _ = long_lived.communicate(timeout=10)
+    assert json.loads(out)["ended"] == "reset"  # its open connection was closed, loudly
+    assert seen_from(meshed, server) == "198.18.1.2"  # pod-1 now talks plain, directly
+
+    set_meshed(meshed, "pod-1", meshed=True)
+    wait(lambda: admin(meshed, "node-1", "/ready").status == 200)
+    assert seen_from(meshed, server) == POD3
+
+
+def test_readiness_names_what_a_pod_is_waiting_for(meshed: Lab) -> None:
+    assert admin(meshed, "node-1", "/ready").status == 200
+    lab = state.load(meshed.name)
+    assert lab is not None
+    assert lab.signer is not None
+    os.kill(lab.signer.pid, signal.SIGKILL)  # the signing service is gone
+    set_meshed(meshed, "pod-2", meshed=False)
+    wait(lambda: "pod-2" not in admin(meshed, "node-1", "/debug/workloads").body.decode())
+    set_meshed(meshed, "pod-2", meshed=True)
+    wait(lambda: admin(meshed, "node-1", "/ready").status == 503)
+    reply = admin(meshed, "node-1", "/ready")
+    assert b"default/pod-2: signing service" in reply.body
+    assert admin(meshed, "node-1", "/healthz").status == 200  # alive, just not ready
+
+
+def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> None:
+    apps.serve("pod-3", "halfclose", 9102)
+    for _ in range(5):
+        assert apps.run("pod-1", "halfclose", POD3, 9102, 1000)["ok"]
+    time.sleep(0.3)
+    out = admin(meshed, "node-1", "/metrics").body
+    inb = admin(meshed, "node-2", "/metrics").body
+    assert metric(out, "smesh_connections_opened_total", 'direction="outbound"') == 5
+    assert metric(out, "smesh_connections_closed_total", 'direction="outbound",result="ok"') == 5
+    assert metric(inb, "smesh_connections_closed_total", 'direction="inbound",result="ok"') == 5
+    assert metric(out, "smesh_sent_bytes_total", 'direction="outbound"') == 5 * 1000
+    assert metric(out, "smesh_received_bytes_total", 'direction="outbound"') >= 5 * 70
+    assert (
+        metric(out, "smesh_tls_handshake_duration_seconds_count", 'resumed="false",side="client"')
+        >= 1
+    )
+    assert (
+        metric(out, "smesh_tls_handshake_duration_seconds_count", 'resumed="true",side="client"')
+        >= 3
+    )
+    assert metric(out, "smesh_tunnel_setup_duration_seconds_count", "") == 5
+    assert (
+        metric(out, "smesh_certificate_expiry_timestamp_seconds", 'workload="default/pod-1"')
+        > time.time()
+    )
+    assert b"smesh_build_info{" in out
+    assert metric(out, "smesh_active_connections", 'direction="outbound"') == 0
+
+    log = Path(f"/run/smesh/labs/{meshed.name}/node-1/agent.log").read_text().splitlines()
+    records = [json.loads(line) for line in log if '"smesh.access"' in line]
+    record = next(r for r in records if r["destination"] == f"{POD3}:9102")
+    assert record["pod"] == "pod-1"
+    assert record["identity"] == "spiffe://cluster.local/ns/default/sa/pod-1"
+    assert record["destination_pod"] == "pod-3"
+    assert record["peer_identity"] == "spiffe://cluster.local/ns/default/sa/pod-3"
+    assert record["bytes_sent"] == 1000
+    assert record["bytes_received"] > 0
+    assert record["duration_s"] > 0
+    assert record["result"] == "ok"
+
+
+def test_sigterm_drains_a_long_transfer_then_detaches_capture(meshed: Lab, apps: Apps) -> None:
+    size = 40 * 1024 * 1024
+    server = apps.serve("pod-3", "xfer", 9103, size, 7)
+    transfer = meshed.spawn(
+        "pod-1",
+        [sys.executable, APP, "xfer", POD3, "9103", str(size), "8", "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    agent = node(meshed, "node-1")
+    os.kill(agent["agent_pid"], signal.SIGTERM)
+    out, _ = transfer.communicate(timeout=30)
+    mine, theirs = json.loads(out), Apps.report(server)
+    assert mine["received"] == size
+    assert mine["sent_sha256"] == theirs["received_sha256"]  # completed intact
+    assert theirs["sent_sha256"] == mine["received_sha256"]
+    wait(lambda: node(meshed, "node-1")["agent_health"] == "dead", timeout=10)
+    log = Path(f"/run/smesh/labs/{meshed.name}/node-1/agent.log").read_text()
+    assert '"msg": "agent stopped"' in log
+    # Detached: pod-1's connects now go straight to pod-3 (a clean stop un-meshes the node).
+    echo = apps.serve("pod-3", "halfclose", 9104)
+    assert apps.run("pod-1", "halfclose", POD3, 9104, 10)["ok"]
+    assert str(Apps.report(echo)["peer"]).removeprefix("::ffff:") == "198.18.1.2"
+
+
+def test_after_kill_9_captured_connects_fail_closed_and_a_restart_takes_over(
+    meshed: Lab, apps: Apps
+) -> None:
+    server = apps.serve("pod-3", "halfclose", 9105)
+    os.kill(node(meshed, "node-1")["agent_pid"], signal.SIGKILL)
+    wait(lambda: node(meshed, "node-1")["agent_health"] == "dead")
+    refused = apps.run("pod-1", "expect-reset", POD3, 9105)
+    assert refused["outcome"] in {"ConnectionRefusedError", "reset"}  # never plaintext
+    assert server.stdout is not None
+    os.set_blocking(server.stdout.fileno(), False)
+    assert server.stdout.readline() == "", (
+        "pod-3 received a connection while pod-1's agent was dead"
+    )
+    os.set_blocking(server.stdout.fileno(), True)
+
+    smesh("lab", "restart-agent", "--name", meshed.name, "node-1")
+    assert apps.run("pod-1", "halfclose", POD3, 9105, 10)["ok"]
+    assert str(Apps.report(server)["peer"]).removeprefix("::ffff:") == POD3  # tunnelled again
+
+
+def test_a_bad_config_file_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("node: node-1\nworkloads: /tmp\nadmin:\n  port: 99999\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "smesh", "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"smesh: error: {config}: admin.port: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--set", "timeouts.drain=soon"], {}), ([], {"SMESH__TIMEOUTS__DRAIN": "soon"})],
+)
+def test_a_bad_override_is_one_line_naming_the_field(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("node: node-1\nworkloads: /tmp\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "smesh", "agent", "--config", str(config), *args],
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "timeouts.drain: 'soon' is not a duration" in proc.stderr
