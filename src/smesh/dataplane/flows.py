@@ -173,6 +173,7 @@ async def inbound(pod: PodConfig, svc: Services, conn: socket.socket, tracked: T
     """A tunnel request from another pod's agent: prove, authorize, connect, relay."""
     loop = asyncio.get_running_loop()
     record = tracked.record
+    record.route = "tunnel"
     local: socket.socket | None = None
     tls = TlsSession(svc.tls.server_context(pod.identity), conn, server_side=True)
     try:
