@@ -7,9 +7,10 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
+
+from smesh.lab import probe
 
 SMESH = [sys.executable, "-m", "smesh"]
 
@@ -67,16 +68,8 @@ class Lab:
         return proc
 
     def wait_tcp(self, member: str, host: str, port: int, timeout: float = 10) -> None:
-        """Wait until *member* can connect to host:port (a server has started listening)."""
-        deadline = time.monotonic() + timeout
-        probe = ["socat", "-u", "OPEN:/dev/null", f"TCP:{host}:{port},connect-timeout=1"]
-        if ":" in host:
-            probe[-1] = f"TCP6:[{host}]:{port},connect-timeout=1"
-        while time.monotonic() < deadline:
-            if self.exec(member, probe).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"{host}:{port} never accepted a connection from {member}")
+        """Wait until a server really answers on host:port (through the mesh, if on)."""
+        probe.wait_tcp(self.name, member, host, port, timeout)
 
     def stop_background(self) -> None:
         for proc in self._background:

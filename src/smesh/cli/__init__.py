@@ -1,7 +1,8 @@
 """The `smesh` command: subcommands only parse their arguments and call the packages.
 
-Each subcommand lives in its own module with a ``register(subparsers)`` function; adding
-one means adding its module name to :data:`COMMANDS`.
+Each subcommand lives in its own module with a ``configure(parser)`` function; adding one
+means adding its name and one-line help to :data:`COMMANDS`. Only the module of the command
+being run is imported, so ``smesh lab exec`` starts without loading TLS, BPF or the agent.
 """
 
 from __future__ import annotations
@@ -15,32 +16,36 @@ from collections.abc import Sequence
 from smesh import __version__
 from smesh.errors import SmeshError
 
-COMMANDS: tuple[str, ...] = (
-    "lab",
-    "agent",
-    "status",
-    "demo",
-    "ca",
-    "policy",
-    "capture",
-    "trace",
-)
+COMMANDS: dict[str, str] = {
+    "lab": "a virtual cluster of namespace pods on this machine",
+    "agent": "run the node agent",
+    "status": "workloads, certificates and connections of running agents",
+    "demo": "pod-to-pod traffic as an attacker on the wire sees it, without and with smesh",
+    "ca": "the certificate authority and its signing service",
+    "policy": "authorization policy",
+    "capture": "redirect pods' outbound TCP to the node proxy (eBPF or nftables)",
+    "trace": "stream capture events: which connect was captured or left alone",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smesh", description="Transparent mutual TLS between pods, captured by eBPF."
     )
     parser.add_argument("--version", action="version", version=f"smesh {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"smesh.cli.{name}").register(subparsers)
+    words = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((w for w in words if not w.startswith("-")), None)
+    for name, summary in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=summary, description=summary)
+        if name == chosen:
+            importlib.import_module(f"smesh.cli.{name}").configure(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -10,8 +10,7 @@ from smesh.agent import logs
 from smesh.agent.config import load
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    agent = subparsers.add_parser("agent", help="run the node agent")
+def configure(agent: argparse.ArgumentParser) -> None:
     agent.add_argument("--config", type=Path, required=True, help="agent YAML configuration")
     agent.add_argument(
         "--set",

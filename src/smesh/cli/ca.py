@@ -16,8 +16,7 @@ from smesh.identity.signer import LiveEntitlements, LocalSigner
 from smesh.identity.spiffe import SpiffeId
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ca = subparsers.add_parser("ca", help="the certificate authority")
+def configure(ca: argparse.ArgumentParser) -> None:
     verbs = ca.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def with_dir(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -13,10 +13,7 @@ from smesh.cli.output import table
 from smesh.lab import topology
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    capture = subparsers.add_parser(
-        "capture", help="redirect pods' outbound TCP to the node proxy (eBPF or nftables)"
-    )
+def configure(capture: argparse.ArgumentParser) -> None:
     verbs = capture.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def lab_args(parser: argparse.ArgumentParser, node_help: str) -> argparse.ArgumentParser:

@@ -8,10 +8,7 @@ from smesh.demo import story
 from smesh.linux import privileges
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = subparsers.add_parser(
-        "demo", help="show pod-to-pod traffic, as an attacker would see it"
-    )
+def configure(demo: argparse.ArgumentParser) -> None:
     demo.set_defaults(func=_demo)
 
 

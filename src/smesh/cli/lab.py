@@ -11,8 +11,7 @@ from smesh.cli.output import table
 from smesh.lab import api, topology
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    lab = subparsers.add_parser("lab", help="a virtual cluster of namespace pods on this machine")
+def configure(lab: argparse.ArgumentParser) -> None:
     verbs = lab.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def named(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

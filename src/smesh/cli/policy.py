@@ -8,8 +8,7 @@ from pathlib import Path
 from smesh.policy import load
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    policy = subparsers.add_parser("policy", help="authorization policy")
+def configure(policy: argparse.ArgumentParser) -> None:
     verbs = policy.add_subparsers(dest="verb", metavar="VERB", required=True)
     check = verbs.add_parser("check", help="validate a policy file")
     check.add_argument("file", type=Path)

@@ -12,10 +12,7 @@ from smesh.cli.output import table
 from smesh.lab import api as lab_api
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    status = subparsers.add_parser(
-        "status", help="workloads, certificates and connections of agents"
-    )
+def configure(status: argparse.ArgumentParser) -> None:
     where = status.add_mutually_exclusive_group()
     where.add_argument("--lab", default="smesh", help="every agent of this lab (default smesh)")
     where.add_argument("--admin", metavar="HOST:PORT", help="one agent's admin endpoint")

@@ -12,10 +12,7 @@ from smesh.capture.trace import Tracer
 from smesh.lab import topology
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    trace = subparsers.add_parser(
-        "trace", help="stream capture events: which connect was captured or left alone"
-    )
+def configure(trace: argparse.ArgumentParser) -> None:
     trace.add_argument("--lab", default=topology.DEFAULT_NAME, help="lab name (default: smesh)")
     trace.add_argument("--node", help="only this node (default: every captured node)")
     trace.add_argument("--pod", help="only events of this pod")

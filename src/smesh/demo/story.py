@@ -8,9 +8,12 @@ TLS records to the tunnel port. Every claim is checked; the verdict table says w
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import select
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 from smesh.cli.output import table
 from smesh.demo.wire import Capture, WireSummary, in_member, summarize
-from smesh.lab import api, state
+from smesh.lab import api, probe, state
 
 MESSAGE = "Hello from pod-01"
 PORT = 8080
@@ -70,11 +73,14 @@ def _tell(name: str, mesh: bool, workdir: Path, say: Say) -> Observed:
     topo = api.up(name, nodes=2, pods_per_node=2, mesh=mesh)
     try:
         server_ip = str(topo.pod("pod-3").ip4)
-        server = subprocess.Popen(
-            in_member(name, "pod-3", ["socat", "-u", f"TCP-LISTEN:{PORT},reuseaddr", "STDOUT"]),
+        server = subprocess.Popen(  # fork: the readiness probe is a connection too
+            in_member(
+                name, "pod-3", ["socat", "-u", f"TCP-LISTEN:{PORT},reuseaddr,fork", "STDOUT"]
+            ),
             stdout=subprocess.PIPE,
             text=True,
         )
+        probe.wait_tcp(name, "pod-1", server_ip, PORT)
         tracer = None
         if mesh:
             argv = ["smesh", "trace", "--lab", name, "--node", "node-1", "--pod", "pod-1"]
@@ -86,9 +92,9 @@ def _tell(name: str, mesh: bool, workdir: Path, say: Say) -> Observed:
             )
         capture = Capture.start(name, "node-1", workdir / f"{name}.pcap")
         say(f"  pod-1 (node-1) sends {MESSAGE!r} to pod-3 (node-2) at {server_ip}:{PORT}")
-        client = ["socat", "-u", "STDIN", f"TCP:{server_ip}:{PORT},retry=50,interval=0.1"]
+        client = ["socat", "-u", "STDIN", f"TCP:{server_ip}:{PORT}"]
         subprocess.run(in_member(name, "pod-1", client), input=MESSAGE, text=True, check=True)
-        received, _ = server.communicate(timeout=15)
+        received = _read_until(server, MESSAGE)
         pcap = capture.stop()
         observed = Observed(
             received.strip(), summarize(pcap, MESSAGE.encode()), capture.text(MESSAGE)
@@ -102,6 +108,21 @@ def _tell(name: str, mesh: bool, workdir: Path, say: Say) -> Observed:
         api.down(name)
 
 
+def _read_until(server: subprocess.Popen[str], text: str, timeout: float = 15) -> str:
+    """What the server printed until *text* arrived (or the timeout); then stop it."""
+    assert server.stdout is not None
+    os.set_blocking(server.stdout.fileno(), False)
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([server.stdout], [], [], 0.1)
+        if ready:
+            seen += server.stdout.read() or ""
+    server.kill()
+    server.wait()
+    return seen
+
+
 def _python() -> list[str]:
     import sys  # noqa: PLC0415
 
@@ -109,13 +130,15 @@ def _python() -> list[str]:
 
 
 def _access_record(lab: str, destination: str) -> dict[str, Any] | None:
+    """The access-log record of the message's connection: the last one to *destination*."""
     log = state.directory(lab) / "node-1" / "agent.log"
+    found = None
     for line in log.read_text().splitlines():
         if '"smesh.access"' in line:
             record: dict[str, Any] = json.loads(line)
             if record.get("destination") == destination and record.get("direction") == "outbound":
-                return record
-    return None
+                found = record
+    return found
 
 
 def _show(observed: Observed, say: Say) -> None:

@@ -9,8 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from smesh.agent import workloads
-from smesh.lab import agents, builder, control, state, topology
+from smesh.lab import builder, state, topology
 from smesh.lab.errors import CommandNotFound, LabError, LabExists, LabNotFound
 from smesh.lab.topology import Pod, Topology
 from smesh.linux import cgroups, netns, privileges
@@ -91,6 +90,8 @@ def _start_mesh(
     lab: state.LabState, topo: Topology, cgroup_root: Path, policy: Path | None
 ) -> None:
     """The control plane, then one agent per node; returns once every agent is ready."""
+    from smesh.lab import agents, control  # noqa: PLC0415 - TLS and HTTP only when meshed
+
     control.set_up_identity(topo)
     lab.signer = control.start_signer(topo, cgroup_root)
     state.save(lab)
@@ -107,6 +108,8 @@ def _start_mesh(
 
 def publish_workloads(topo: Topology, cgroup_root: Path) -> None:
     """Describe every pod to the agents, the way a Kubernetes API would."""
+    from smesh.agent import workloads  # noqa: PLC0415 - pydantic only where it is needed
+
     directory = state.workloads_dir(topo.name)
     for pod in topo.pods:
         workloads.write(
@@ -126,7 +129,9 @@ def publish_workloads(topo: Topology, cgroup_root: Path) -> None:
 
 def _teardown(name: str, cgroup_root: Path) -> None:
     lab = _saved(name)
-    if lab is not None:  # stop daemons gently first: agents drain and detach capture
+    if lab is not None and (lab.agents or lab.signer):  # gently first: agents drain, detach
+        from smesh.lab import agents  # noqa: PLC0415
+
         for process in lab.agents.values():
             agents.stop(process)
         if lab.signer is not None:
@@ -175,6 +180,8 @@ def load(name: str) -> tuple[state.LabState, Topology]:
 
 def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     """The lab as the stable JSON document of ``smesh lab status --json``."""
+    from smesh.lab import agents  # noqa: PLC0415
+
     lab, topo = load(name)
     root = cgroups.v2_root()
     nodes = []
@@ -214,6 +221,8 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
 
 def restart_agent(name: str, node_name: str) -> state.Process:
     """Start *node_name*'s agent again (after a crash or a stop); it takes over pinned capture."""
+    from smesh.lab import agents  # noqa: PLC0415
+
     cgroup_root = _preflight("smesh lab restart-agent")
     with _locked(name):
         lab, topo = load(name)

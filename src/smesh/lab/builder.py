@@ -108,4 +108,4 @@ def teardown(name: str, cgroup_root: Path | None, pin_dir: Path) -> None:
         with contextlib.suppress(OSError):  # other labs may still pin there
             pin_dir.parent.rmdir()
     if lab_cgroup is not None:
-        cgroups.remove_tree(lab_cgroup)
+        cgroups.remove_tree(lab_cgroup, kill=True)

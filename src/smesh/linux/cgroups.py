@@ -75,8 +75,12 @@ def kill_all(path: Path) -> None:
             os.kill(pid, 9)
 
 
-def remove_tree(path: Path, timeout: float = 5.0) -> None:
-    """Remove cgroup *path* and its children, bottom-up, waiting for dying processes."""
+def remove_tree(path: Path, timeout: float = 5.0, kill: bool = False) -> None:
+    """Remove cgroup *path* and its children, bottom-up, waiting for dying processes.
+
+    With *kill*, processes that joined after the caller's :func:`kill_all` (a command
+    starting up just then) are killed too, instead of failing the removal.
+    """
     if not path.exists():
         return
     deadline = time.monotonic() + timeout
@@ -93,4 +97,6 @@ def remove_tree(path: Path, timeout: float = 5.0) -> None:
                         f"cannot remove cgroup {directory}: {exc.strerror} "
                         f"(processes still in it: {pids(Path(directory))})"
                     ) from exc
+                if kill:
+                    kill_all(Path(directory))
                 time.sleep(0.02)

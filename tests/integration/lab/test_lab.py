@@ -194,8 +194,11 @@ def test_down_cleans_a_lab_whose_up_was_killed_midway() -> None:
 def test_processes_killed_with_sigkill_leave_nothing_after_down(lab_factory: LabFactory) -> None:
     lab = lab_factory("--no-mesh")
     procs = [lab.spawn(pod, ["sleep", "300"]) for pod in ("pod-1", "pod-4")]
-    time.sleep(0.3)
-    for member_pid in cgroups.pids(cgroups.v2_root() / f"smesh-lab-{lab.name}"):
+    lab_cgroup = cgroups.v2_root() / f"smesh-lab-{lab.name}"
+    deadline = time.monotonic() + 10
+    while len(cgroups.pids(lab_cgroup)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # until both have joined their pods
+    for member_pid in cgroups.pids(lab_cgroup):
         os.kill(member_pid, signal.SIGKILL)
     for proc in procs:
         proc.wait(timeout=10)

@@ -24,6 +24,7 @@ def test_payload_round_trips_byte_exact_both_directions_at_once(mesh: Mesh) -> N
     up = os.urandom(50 * MB)
     down = os.urandom(50 * MB)
     seen: dict[str, str] = {}
+    handled = threading.Event()
 
     def handler(conn: socket.socket) -> None:
         sender = threading.Thread(
@@ -32,6 +33,7 @@ def test_payload_round_trips_byte_exact_both_directions_at_once(mesh: Mesh) -> N
         sender.start()
         seen["server"] = hashlib.sha256(recv_all(conn)).hexdigest()
         sender.join()
+        handled.set()
 
     server = Server(handler)
     mesh.destination = (SERVER_IP, server.port)
@@ -42,6 +44,7 @@ def test_payload_round_trips_byte_exact_both_directions_at_once(mesh: Mesh) -> N
         sender.join()
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(down).hexdigest()
     mesh.recorder.wait_for(lambda r: len(r) == 2 and all(x.result == "ok" for x in r))
+    assert handled.wait(10)
     assert seen["server"] == hashlib.sha256(up).hexdigest()
     outbound = next(r for r in mesh.recorder.records if r.direction == "outbound")
     assert (outbound.bytes_sent, outbound.bytes_received) == (len(up), len(down))
