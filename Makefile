@@ -10,7 +10,7 @@ SYSTEM_PYTHON := $(shell command -v /usr/bin/python3 || command -v python3)
 APT_PACKAGES := make clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool \
 	iproute2 nftables iputils-ping procps util-linux kmod \
 	python3 python3-venv python3-dev \
-	curl socat openssl tcpdump iperf3 stunnel4 haproxy ca-certificates
+	curl socat openssl tcpdump iperf3 sockperf stunnel4 haproxy ca-certificates
 
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRC))
@@ -31,7 +31,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml | apt
 	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	@touch $@
 
 bpf: $(BPF_OBJ)
@@ -61,7 +61,7 @@ demo: setup
 	$(VENV)/bin/smesh demo
 
 bench: setup
-	$(VENV)/bin/smesh bench
+	$(VENV)/bin/smesh bench --models
 
 clean:
 	rm -rf build $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "policy": "authorization policy",
     "capture": "redirect pods' outbound TCP to the node proxy (eBPF or nftables)",
     "trace": "stream capture events: which connect was captured or left alone",
+    "bench": "measure smesh against direct TCP, stunnel and haproxy, side by side",
 }
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: smesh against direct TCP and the C tunnels."""

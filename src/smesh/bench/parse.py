@@ -1,0 +1,66 @@
+"""Reading what the measuring tools print (iperf3 JSON, sockperf text, /proc)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from smesh.bench.errors import BenchError
+
+_PERCENTILE = re.compile(r"percentile\s+(\d+\.\d+)\s*=\s*([\d.]+)")
+_OBSERVATIONS = re.compile(r"Total\s+(\d+)\s+observations")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Throughput:
+    gbps: float
+    bytes: int
+
+
+def iperf3(text: str) -> Throughput:
+    """The receiver's view of an ``iperf3 -J`` run (what arrived, not what was queued)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise BenchError(f"iperf3 did not print JSON: {text[:200]!r}") from exc
+    if "error" in doc:
+        raise BenchError(f"iperf3 failed: {doc['error']}")
+    try:
+        received = doc["end"]["sum_received"]
+        return Throughput(received["bits_per_second"] / 1e9, int(received["bytes"]))
+    except (KeyError, TypeError) as exc:
+        raise BenchError(f"iperf3 JSON lacks end.sum_received: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_us: float
+    p99_us: float
+    round_trips: int
+
+
+def sockperf(text: str) -> Latency:
+    """Percentiles of a ``sockperf ping-pong --full-rtt`` run."""
+    found = {float(p): float(v) for p, v in _PERCENTILE.findall(text)}
+    count = _OBSERVATIONS.search(text)
+    if 50.0 not in found or 99.0 not in found or count is None:
+        raise BenchError(f"sockperf printed no percentiles: {text[-300:]!r}")
+    return Latency(found[50.0], found[99.0], int(count.group(1)))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of a process and all its threads so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"process {pid} reports no resident memory (a zombie?)")

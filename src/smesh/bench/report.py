@@ -1,0 +1,126 @@
+"""Turning a results document into what people read: tables, the targets, a chart.
+
+The Markdown goes to the terminal and into docs/benchmarks.md between two markers, so the
+hand-written analysis around it (why this concurrency model, where time goes) survives
+every new run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from smesh.bench import figures
+
+BEGIN = "<!-- bench:results:begin -->"
+END = "<!-- bench:results:end -->"
+
+
+def _value(summary: Mapping[str, float] | None) -> str:
+    if summary is None:
+        return "-"
+    median, low, high = summary["median"], summary["min"], summary["max"]
+    digits = 0 if median >= 100 else 1 if median >= 10 else 2
+    if low == high:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def figures_table(variants: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    names = list(variants)
+    lines = [
+        "| figure | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for figure in figures.FIGURES:
+        cells = [_value(variants[v].get(figure.name)) for v in names]
+        lines.append(f"| {figure.name} ({figure.unit}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_table(targets: Sequence[figures.Target]) -> str:
+    lines = ["| target | against | smesh ratio | goal | met |", "|---|---|---|---|---|"]
+    for t in targets:
+        ratio = "-" if t.ratio is None else f"{t.ratio:.2f}x"
+        goal = f"{'≥' if t.at_least else '≤'} {t.bound:g}x"
+        met = {True: "yes", False: "**no**", None: "not measured"}[t.met]
+        lines.append(f"| {t.name} | {t.reference} | {ratio} | {goal} | {met} |")
+    return "\n".join(lines)
+
+
+def machine_line(machine: Mapping[str, Any]) -> str:
+    peers = ", ".join(f"{v}" for v in machine.get("peers", {}).values())
+    return (
+        f"{machine['cpu']}, {machine['cpus']} CPUs, {machine['memory_gib']} GiB; "
+        f"Linux {machine['kernel']}; Python {machine['python']}; {machine['openssl']}; "
+        f"{peers}"
+    )
+
+
+def markdown(document: Mapping[str, Any], chart: str | None = None) -> str:
+    variants = document["variants"]
+    plan = document.get("plan", {})
+    parts = [
+        f"Run of {document['date']} on: {machine_line(document['machine'])}.",
+        "",
+        f"Median of {plan.get('repetitions', '?')} repetitions (min-max in brackets); "
+        f"iperf3 {plan.get('iperf_seconds', '?')} s per run, sockperf "
+        f"{plan.get('rtt_seconds', '?')} s per run, connections/s at concurrency "
+        f"{plan.get('cps_concurrency', '?')}, memory with {plan.get('idle_connections', '?')} "
+        "idle connections (growth of both proxies together, per connection).",
+        "",
+        figures_table(variants),
+        "",
+        targets_table(figures.targets(variants)),
+    ]
+    if chart:
+        parts += ["", f"![smesh and the C tunnels relative to the best C peer]({chart})"]
+    return "\n".join(parts) + "\n"
+
+
+def update_document(path: Path, generated: str) -> None:
+    """Replace the generated section of *path*, keeping everything written by hand."""
+    block = f"{BEGIN}\n{generated}{END}"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def chart(document: Mapping[str, Any], path: Path) -> None:
+    """Each variant's figures as a ratio to the best C peer (1.0 = as good as C)."""
+    import matplotlib  # noqa: PLC0415 - heavy, and only the report needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    variants = document["variants"]
+    shown = [f for f in figures.FIGURES if f.name != "rtt_p99_us"]
+    names = [v for v in variants if v != "direct"]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        ratios = []
+        for figure in shown:
+            peer = figures.best_peer(variants, figure.name)
+            mine = variants[name].get(figure.name)
+            ref = variants[peer][figure.name]["median"] if peer else 0.0
+            value = mine["median"] if mine else 0.0
+            if not figure.higher_is_better:  # so that taller is better everywhere
+                value, ref = ref, value
+            ratios.append(value / ref if ref > 0 else 0.0)
+        ax.bar([x + i * width for x in range(len(shown))], ratios, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(shown))])
+    ax.set_xticklabels([f.name for f in shown], rotation=15, fontsize=8)
+    ax.set_ylabel("relative to the best C peer (higher is better)")
+    ax.set_title("smesh against stunnel and haproxy, same run")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
