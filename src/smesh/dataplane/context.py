@@ -61,24 +61,37 @@ class SessionCache:
 
     Python refuses a session made by another SSLContext, so the generation of the client
     context is part of the key: a renewed certificate simply starts fresh sessions.
+
+    Reading a session out of Python's ssl costs about as much as half a resumed handshake
+    (it is serialized and parsed back, peer certificate included), so a session is taken
+    only when the cache needs one: none yet, the handshake was not resumed (the old ticket
+    was refused), or the cached ticket is getting old. TLS 1.3 tickets may be presented
+    more than once, and the server's lifetime for them is hours, not minutes.
     """
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int = 4096, refresh_after: float = 300.0) -> None:
         self.capacity = capacity
-        self._sessions: collections.OrderedDict[tuple[object, ...], ssl.SSLSession] = (
-            collections.OrderedDict()
-        )
+        self.refresh_after = refresh_after
+        self._sessions: collections.OrderedDict[
+            tuple[object, ...], tuple[ssl.SSLSession, float]
+        ] = collections.OrderedDict()
 
     def get(self, key: tuple[object, ...]) -> ssl.SSLSession | None:
-        session = self._sessions.get(key)
-        if session is not None:
-            self._sessions.move_to_end(key)
-        return session
+        entry = self._sessions.get(key)
+        if entry is None:
+            return None
+        self._sessions.move_to_end(key)
+        return entry[0]
 
-    def put(self, key: tuple[object, ...], session: ssl.SSLSession | None) -> None:
+    def wants(self, key: tuple[object, ...], resumed: bool, now: float) -> bool:
+        """Whether the session of a connection that just finished its handshake is needed."""
+        entry = self._sessions.get(key)
+        return not resumed or entry is None or now - entry[1] >= self.refresh_after
+
+    def put(self, key: tuple[object, ...], session: ssl.SSLSession | None, now: float) -> None:
         if session is None or not session.has_ticket:
             return
-        self._sessions[key] = session
+        self._sessions[key] = (session, now)
         self._sessions.move_to_end(key)
         while len(self._sessions) > self.capacity:
             self._sessions.popitem(last=False)

@@ -146,7 +146,9 @@ async def _tunnel(
     answer: Established | Refused = await asyncio.wait_for(
         tls.read_until(client.receive), svc.limits.request_timeout
     )
-    svc.sessions.put(key, tls.obj.session)
+    now = loop.time()
+    if svc.sessions.wants(key, record.resumed, now):
+        svc.sessions.put(key, tls.obj.session, now)
     if isinstance(answer, Refused):
         result = REFUSAL_RESULTS.get(answer.status, "error")
         record.finish(result, f"peer answered {answer.status} {answer.reason}")
