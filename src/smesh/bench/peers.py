@@ -93,7 +93,7 @@ def haproxy_config(role: str, routes: Sequence[Hop], files: NodeFiles, ca: Path)
 
 @dataclass(frozen=True)
 class Model:
-    """A candidate concurrency model for smesh's data plane (src/smesh/bench/models)."""
+    """A candidate concurrency model for smesh's data plane (src/smesh/bench/candidates)."""
 
     name: str
     module: str
@@ -108,7 +108,7 @@ class Model:
         listen = hop.client_listen if role == "client" else hop.tunnel
         target = hop.tunnel if role == "client" else hop.target
         return [
-            python, "-m", "smesh.bench.models", self.module,
+            python, "-m", "smesh.bench.candidates", self.module,
             "--role", role, "--listen", _addr(listen), "--target", _addr(target),
             "--cert", str(files.cert), "--key", str(files.key), "--ca", str(ca),
             "--loop", self.loop, "--workers", str(self.workers),

@@ -47,7 +47,7 @@ def test_haproxy_tls_is_on_the_tunnel_side_only() -> None:
 def test_model_argv_names_role_addresses_and_loop() -> None:
     model = next(m for m in peers.MODELS if m.name == "memorybio-uvloop")
     argv = model.argv("py", "client", HOPS[0], FILES, CA)
-    assert argv[:4] == ["py", "-m", "smesh.bench.models", "memorybio"]
+    assert argv[:4] == ["py", "-m", "smesh.bench.candidates", "memorybio"]
     assert argv[argv.index("--listen") + 1] == "198.18.1.1:27000"
     assert argv[argv.index("--target") + 1] == "198.19.0.2:37000"
     assert argv[argv.index("--loop") + 1] == "uvloop"
