@@ -17,7 +17,10 @@ def _pipe(src: socket.socket, dst: socket.socket, done: threading.Event) -> None
         while n := src.recv_into(view):
             dst.sendall(view[:n])
         with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)  # half-close (for TLS: without close_notify)
+            # Half-close. SSLSocket.shutdown would drop TLS for the other direction too
+            # (its reads would return raw records), so shut the TCP socket underneath:
+            # a FIN without close_notify, which Python's ssl reads as a clean end.
+            socket.socket.shutdown(dst, socket.SHUT_WR)
     except (OSError, ssl.SSLError):
         for sock in (src, dst):
             with contextlib.suppress(OSError):
