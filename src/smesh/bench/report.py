@@ -70,10 +70,20 @@ def markdown(document: Mapping[str, Any], chart: str | None = None) -> str:
         f"{plan.get('cps_concurrency', '?')}, memory with {plan.get('idle_connections', '?')} "
         "idle connections (growth of both proxies together, per connection).",
         "",
-        figures_table(variants),
+        figures_table({v: variants[v] for v in variants if v in figures.MAIN_VARIANTS}),
         "",
         targets_table(figures.targets(variants)),
     ]
+    candidates = [v for v in variants if v.startswith("model-")]
+    if candidates:
+        shown = [v for v in ("smesh", "haproxy", "stunnel") if v in variants] + candidates
+        parts += [
+            "",
+            "Concurrency-model candidates, as proxy pairs on the nodes (like stunnel and "
+            "haproxy), in the same run:",
+            "",
+            figures_table({v: variants[v] for v in shown}),
+        ]
     if chart:
         parts += ["", f"![smesh and the C tunnels relative to the best C peer]({chart})"]
     return "\n".join(parts) + "\n"
@@ -101,7 +111,7 @@ def chart(document: Mapping[str, Any], path: Path) -> None:
 
     variants = document["variants"]
     shown = [f for f in figures.FIGURES if f.name != "rtt_p99_us"]
-    names = [v for v in variants if v != "direct"]
+    names = [v for v in figures.MAIN_VARIANTS if v in variants and v != "direct"]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from smesh.bench import figures, peers
 from smesh.bench.errors import BenchError
@@ -38,6 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where a full run writes benchmarks.md and benchmarks.png (default: %(default)s)",
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="measure nothing: print (and publish, if complete) the results saved in FILE",
+    )
     parser.set_defaults(func=run)
 
 
@@ -62,9 +69,16 @@ def _selection(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smesh.bench import report, runner  # noqa: PLC0415
+    from smesh.bench import runner  # noqa: PLC0415
     from smesh.linux import privileges  # noqa: PLC0415
 
+    if args.report:
+        try:
+            document = json.loads(args.report.read_text())
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"--report {args.report}: {exc}") from None
+        quick = document.get("plan", {}).get("repetitions", 0) < 3
+        return _publish(args, document, complete=not figures.missing(document), quick=quick)
     names, groups = _selection(args)
     privileges.require("smesh bench")
     plan = (runner.Plan.quick if args.quick else runner.Plan.full)(names, groups)
@@ -77,14 +91,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     complete = not figures.missing(document) and set(groups) == set(runner.GROUPS)
+    return _publish(args, document, complete=complete, quick=args.quick)
+
+
+def _publish(
+    args: argparse.Namespace, document: dict[str, Any], complete: bool, quick: bool
+) -> int:
+    """Print the tables; a complete, full run also updates the published document."""
+    from smesh.bench import report  # noqa: PLC0415
+
     chart_name = None
-    if complete and not args.quick:
+    if complete and not quick:
         args.docs.mkdir(parents=True, exist_ok=True)
         report.chart(document, args.docs / "benchmarks.png")
         chart_name = "benchmarks.png"
     text = report.markdown(document, chart_name)
     print(text)
-    if complete and not args.quick:
+    if complete and not quick:
         report.update_document(args.docs / "benchmarks.md", text)
         print(f"wrote {args.docs / 'benchmarks.md'} and {args.docs / 'benchmarks.png'}")
     return 0

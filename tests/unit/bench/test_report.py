@@ -61,3 +61,12 @@ def test_chart_is_a_png(tmp_path: Path) -> None:
     path = tmp_path / "chart.png"
     report.chart(_document(), path)
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_candidates_get_their_own_table_beside_smesh_and_the_peers() -> None:
+    document = _document()
+    document["variants"]["model-threads"] = document["variants"]["smesh"]
+    text = report.markdown(document)
+    main = next(line for line in text.splitlines() if line.startswith("| figure"))
+    assert "model-threads" not in main
+    assert "| figure | smesh | haproxy | stunnel | model-threads |" in text
