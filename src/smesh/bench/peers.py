@@ -72,7 +72,7 @@ def haproxy_config(role: str, routes: Sequence[Hop], files: NodeFiles, ca: Path)
     tls = f"crt {files.combined} ca-file {ca} verify required ssl-min-ver TLSv1.3"
     lines = [
         "global",
-        "    maxconn 8000",
+        "    maxconn 9000",  # 3 x 1000 idle connections, within a 20000 descriptor limit
         "defaults",
         "    mode tcp",
         "    timeout connect 5s",
@@ -119,7 +119,6 @@ MODELS = (
     Model("streams", "streams"),
     Model("streams-uvloop", "streams", loop="uvloop"),
     Model("protocols-uvloop", "protocols", loop="uvloop"),
-    Model("threads", "threads"),
     Model("memorybio", "memorybio"),
     Model("memorybio-uvloop", "memorybio", loop="uvloop"),
     Model("memorybio-2-workers", "memorybio", workers=2),

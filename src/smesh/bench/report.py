@@ -84,6 +84,8 @@ def markdown(document: Mapping[str, Any], chart: str | None = None) -> str:
             "",
             figures_table({v: variants[v] for v in shown}),
         ]
+    for name, why in document.get("failed", {}).items():
+        parts += ["", f"**{name} failed:** {why}"]
     if chart:
         parts += ["", f"![smesh and the C tunnels relative to the best C peer]({chart})"]
     return "\n".join(parts) + "\n"

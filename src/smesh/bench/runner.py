@@ -128,6 +128,7 @@ class Measurement:
         self.progress = progress
         self.samples = Samples()
         self.servers: list[Started] = []
+        self.holders: list[Started] = []
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class Measurement:
             server.wait_listening([port])
 
     def stop(self) -> None:
+        self._release_holders()
         self.variant.stop()
         for server in self.servers:
             server.stop()
@@ -219,6 +221,11 @@ class Measurement:
         self.progress(f"{rate:.0f} connections/s ({result['errors']} failed)")
 
     def memory(self, rep: int) -> None:
+        """Growth with *count* more idle connections while the earlier ones stay open.
+
+        Holding on to the previous repetition's connections keeps each measurement honest:
+        memory freed by closed connections would be reused without showing up as growth.
+        """
         count = self.plan.idle_connections
         host, port = self.variant.target(self.ctx, "echo")
         time.sleep(0.5)  # let connections of the previous figure wind down
@@ -226,22 +233,28 @@ class Measurement:
         log = self.ctx.workdir / f"idle-{rep}.log"
         argv = [sys.executable, "-m", "smesh.bench.load", "idle", host, str(port), str(count)]
         holder = Started(self.ctx.lab, CLIENT_POD, argv, log)
-        try:
-            deadline = time.monotonic() + 120
-            while '"open"' not in log.read_text(errors="replace"):
-                if holder.proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log.read_text(errors="replace").strip()[-400:]
-                    raise BenchError(
-                        f"{self.variant.name}: {count} idle connections failed: {tail}"
-                    )
-                time.sleep(0.1)
-            time.sleep(0.5)  # buffers settle
-            grown = self._rss() - before
-        finally:
-            holder.stop()
+        self.holders.append(holder)
+        deadline = time.monotonic() + 120
+        while '"open"' not in log.read_text(errors="replace"):
+            if holder.proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").strip()[-400:]
+                raise BenchError(f"{self.variant.name}: {count} idle connections failed: {tail}")
+            time.sleep(0.1)
+        time.sleep(0.5)  # buffers settle
+        grown = self._rss() - before
         per_connection = max(grown, 0) / count
         self.samples.add("rss_kib_per_idle_conn", per_connection)
-        self.progress(f"{count} idle connections: {per_connection:.1f} KiB each (both proxies)")
+        self.progress(
+            f"{count} more idle connections ({count * len(self.holders)} open): "
+            f"{per_connection:.1f} KiB each (both proxies)"
+        )
+        if rep == self.plan.repetitions:
+            self._release_holders()
+
+    def _release_holders(self) -> None:
+        for holder in self.holders:
+            holder.stop()
+        self.holders.clear()
 
 
 def _tune(ctx: Context) -> None:
@@ -297,6 +310,7 @@ def run(plan: Plan, progress: Progress) -> dict[str, Any]:
         },
         "variants": {},
         "notes": {},
+        "failed": {},
     }
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # proxies inherit: 1000s of fds
@@ -305,10 +319,15 @@ def run(plan: Plan, progress: Progress) -> dict[str, Any]:
     try:
         for index, name in enumerate(plan.variants, 1):
             prefix = f"[{index}/{len(plan.variants)} {name}]"
-            samples = run_variant(plan, name, workdir, _prefixed(progress, prefix))
+            try:
+                samples = run_variant(plan, name, workdir, _prefixed(progress, prefix))
+            except BenchError as exc:  # the other variants still run; the report says why
+                document["failed"][name] = str(exc)
+                progress(f"{prefix} FAILED: {exc}")
+                continue
             document["variants"][name] = samples.summary()
             document["notes"][name] = samples.notes
-        ok = True
+        ok = not document["failed"]
     finally:
         if ok:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -110,4 +110,9 @@ def _publish(
     if complete and not quick:
         report.update_document(args.docs / "benchmarks.md", text)
         print(f"wrote {args.docs / 'benchmarks.md'} and {args.docs / 'benchmarks.png'}")
-    return 0
+    failed = document.get("failed", {})
+    if failed:
+        print(
+            f"smesh: error: {len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr
+        )
+    return 1 if failed else 0

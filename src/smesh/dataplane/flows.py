@@ -137,7 +137,7 @@ async def _tunnel(
     key = (target[0], expected, pod.identity, generation)
     tls = TlsSession(ctx, upstream, server_side=False, session=svc.sessions.get(key))
     t0 = loop.time()
-    await asyncio.wait_for(tls.handshake(), svc.limits.handshake_timeout)
+    await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.handshake_timeout)
     record.resumed = tls.obj.session_reused
     svc.observer.handshake("client", loop.time() - t0, record.resumed)
     record.peer_identity = str(verify_peer(tls.obj.getpeercert(True), expected))
@@ -180,7 +180,7 @@ async def inbound(pod: PodConfig, svc: Services, conn: socket.socket, tracked: T
     tls = TlsSession(svc.tls.server_context(pod.identity), conn, server_side=True)
     try:
         t0 = loop.time()
-        await asyncio.wait_for(tls.handshake(), svc.limits.handshake_timeout)
+        await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.handshake_timeout)
         svc.observer.handshake("server", loop.time() - t0, tls.obj.session_reused)
         record.resumed = tls.obj.session_reused
         peer = peer_identity(tls.obj.getpeercert(True))

@@ -6,6 +6,8 @@ This is the per-byte path, so it is written for speed and small idle memory:
   (:class:`Scratch`); one ``recv`` takes up to 256 KiB, so one ``send`` on the tunnel
   carries many TLS records, and the decrypted side is gathered from many records into one
   ``send`` to the app;
+* bytes pass through the TLS object's memory BIOs one record-sized slice at a time: a BIO
+  keeps the largest size it ever held, so a whole batch would stay pinned per connection;
 * a connection owns memory only while its reader is slower than its writer: the unsent
   remainder of one batch. Then it stops reading that direction (backpressure), so pending
   data per direction is bounded by one batch plus TLS overhead (:data:`PENDING_BOUND`);
@@ -32,6 +34,7 @@ log = logging.getLogger("smesh.dataplane")
 
 BATCH = 256 * 1024
 MAX_RECORD = 16 * 1024 + 256
+SLICE = 16 * 1024  # bytes moved through a TLS memory BIO at a time (one record's worth)
 PENDING_BOUND = 2 * (BATCH + BATCH // 16 + MAX_RECORD)  # both directions, worst case
 
 
@@ -150,22 +153,29 @@ class Relay:
             self._close_up()
             return
         self.record.bytes_from_app += n
+        obj, outgoing = self.tls.obj, self.tls.outgoing
+        parts = []
         try:
-            self.tls.obj.write(view[:n])
+            for start in range(0, n, SLICE):  # the BIO never holds more than one slice
+                obj.write(view[start : min(n, start + SLICE)])
+                parts.append(outgoing.read())
         except ssl.SSLError as exc:
             self.abort(f"TLS: {exc.reason or exc}", "error")
             return
-        self._send_tls(self.tls.outgoing.read())
+        self._send_tls(parts)
 
-    def _send_tls(self, data: bytes) -> None:
+    def _send_tls(self, parts: list[bytes]) -> None:
+        """Send the records of one batch in one call (``sendmsg`` gathers without a copy)."""
         try:
-            sent = self.tls.sock.send(data)
+            sent = self.tls.sock.send(parts[0]) if len(parts) == 1 else self.tls.sock.sendmsg(parts)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
             self.abort(f"tunnel: {exc.strerror or exc}")
             return
-        if sent < len(data):
+        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+        if sent < size:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
             self._up_pending = memoryview(data)[sent:]
             if not self._up_eof:
                 self._loop.remove_reader(self._plain_fd)  # backpressure: stop reading the app
@@ -211,7 +221,7 @@ class Relay:
             data = bytes(self._up_pending) + data
             self._up_pending = None
             self._loop.remove_writer(self._tls_fd)
-        self._send_tls(data)
+        self._send_tls([data])
         if self._up_pending is None and self.record.result == "open":
             self._half_close_tunnel()
 
@@ -268,20 +278,30 @@ class Relay:
             if not self._down_eof:
                 self.abort("the tunnel closed without close_notify")
             return
-        self.tls.incoming.write(view[:n])
-        self._decrypt()
+        self._decrypt(view[:n])
 
-    def _decrypt(self) -> None:
-        """Decrypt as many records as fit in one batch, then send them in one call."""
+    def _decrypt(self, cipher: memoryview | None = None) -> None:
+        """Decrypt as many records as fit in one batch, then send them in one call.
+
+        *cipher* (just received) goes into the TLS object one slice at a time, as records
+        are taken out: a memory BIO keeps the largest size it ever held until the
+        connection ends, so feeding it a whole batch would pin a batch per connection.
+        """
         view = self.scratch.plain
         room = self.scratch.size
         filled = 0
         eof = False
         obj = self.tls.obj
+        fed, total = 0, 0 if cipher is None else len(cipher)
         while room - filled >= MAX_RECORD:
             try:
                 n = _read_into(obj, room - filled, view[filled:])
             except ssl.SSLWantReadError:
+                if fed < total:
+                    assert cipher is not None
+                    self.tls.incoming.write(cipher[fed : fed + SLICE])
+                    fed += SLICE
+                    continue
                 break
             except ssl.SSLZeroReturnError:
                 n = 0
@@ -292,6 +312,9 @@ class Relay:
                 eof = True
                 break
             filled += n
+        if fed < total:  # the batch is full of records that were already queued: keep the rest
+            assert cipher is not None
+            self.tls.incoming.write(cipher[fed:])
         if filled:
             self.record.bytes_to_app += filled
             self._send_plain(view[:filled], copy=True)

@@ -49,8 +49,13 @@ class TlsSession:
         self.incoming.write(chunk)
         return True
 
-    async def handshake(self) -> None:
-        """Complete the TLS handshake (the caller bounds it with a timeout)."""
+    async def handshake(self, flush_last: bool = True) -> None:
+        """Complete the TLS handshake (the caller bounds it with a timeout).
+
+        With *flush_last* false the final flight stays queued, so it leaves in one segment
+        with what the caller sends next (the client's Finished with its CONNECT; the
+        server's session tickets with its answer): one send and one wake-up less each.
+        """
         while True:
             try:
                 self.obj.do_handshake()
@@ -61,9 +66,11 @@ class TlsSession:
                 with contextlib.suppress(OSError):  # the alert tells the peer what went wrong
                     self.sock.send(self.outgoing.read())
                 raise
-            await self.flush()
             if done:
+                if flush_last:
+                    await self.flush()
                 return
+            await self.flush()
             if not await self._receive():
                 raise ConnectionError("the peer closed the connection during the TLS handshake")
 

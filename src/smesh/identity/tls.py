@@ -21,7 +21,7 @@ from smesh.identity.credential import Credential
 from smesh.identity.errors import IdentityMismatch, InvalidSpiffeId, PeerIdentityError
 from smesh.identity.spiffe import SpiffeId
 
-TICKETS_PER_HANDSHAKE = 2
+TICKETS_PER_HANDSHAKE = 1  # the client presents one ticket again and again (dataplane.md)
 
 
 @contextlib.contextmanager

@@ -25,11 +25,10 @@ from smesh.bench import material
 CANDIDATES = [
     ("streams", "default", 1),
     ("protocols", "uvloop", 1),
-    ("threads", "default", 1),
     ("memorybio", "default", 1),
     ("memorybio", "uvloop", 2),
 ]
-HALF_CLOSE = {"threads", "memorybio"}  # asyncio's TLS transports cannot half-close
+HALF_CLOSE = {"memorybio"}  # asyncio's TLS transports cannot half-close
 
 
 def _free_port() -> int:

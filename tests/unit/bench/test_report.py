@@ -65,8 +65,8 @@ def test_chart_is_a_png(tmp_path: Path) -> None:
 
 def test_candidates_get_their_own_table_beside_smesh_and_the_peers() -> None:
     document = _document()
-    document["variants"]["model-threads"] = document["variants"]["smesh"]
+    document["variants"]["model-streams"] = document["variants"]["smesh"]
     text = report.markdown(document)
     main = next(line for line in text.splitlines() if line.startswith("| figure"))
-    assert "model-threads" not in main
-    assert "| figure | smesh | haproxy | stunnel | model-threads |" in text
+    assert "model-streams" not in main
+    assert "| figure | smesh | haproxy | stunnel | model-streams |" in text

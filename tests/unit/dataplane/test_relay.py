@@ -210,3 +210,44 @@ def test_deny_route_resets_the_app(mesh: Mesh) -> None:
     mesh.expect_reset()
     [record] = mesh.recorder.wait_for(lambda r: len(r) == 1)
     assert record.result == "denied"
+
+
+def _rss_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
+
+
+def test_connections_idle_after_bulk_data_hold_no_batch_buffers(mesh: Mesh) -> None:
+    """A TLS memory BIO keeps the largest size it ever held: feeding it a whole 256 KiB
+    batch at once pinned ~1 MiB per connection (four BIOs) for as long as it stayed open."""
+
+    def echo(conn: socket.socket) -> None:  # small fixed buffers: the test's own share
+        buffer = memoryview(bytearray(16384))
+        with contextlib.suppress(OSError):
+            while n := conn.recv_into(buffer):
+                conn.sendall(buffer[:n])
+
+    server = Server(echo)
+    mesh.destination = (SERVER_IP, server.port)
+    payload = os.urandom(4 * MB)
+    sink = memoryview(bytearray(1 << 20))
+    warm = mesh.connect()  # one-time costs (scratch buffers, caches) before measuring
+    apps = [warm]
+    before = 0
+    for i in range(41):
+        app = warm if i == 0 else mesh.connect()
+        if i == 1:
+            before = _rss_kib()
+        sender = threading.Thread(target=app.sendall, args=(payload,))
+        sender.start()
+        got = 0
+        while got < len(payload):
+            got += app.recv_into(sink)
+        sender.join()
+        if i:
+            apps.append(app)
+    per_connection = (_rss_kib() - before) / 40
+    for app in apps:
+        app.close()
+    server.close()
+    assert per_connection < 400, f"{per_connection:.0f} KiB stay with each idle connection"

@@ -46,7 +46,7 @@ def context(role: str, cert: str, key: str, ca: str) -> ssl.SSLContext:
 
 def parse(argv: list[str]) -> tuple[str, Options]:
     parser = argparse.ArgumentParser(prog="python -m smesh.bench.candidates")
-    parser.add_argument("model", choices=["streams", "protocols", "threads", "memorybio"])
+    parser.add_argument("model", choices=["streams", "protocols", "memorybio"])
     parser.add_argument("--role", choices=["client", "server"], required=True)
     parser.add_argument("--listen", type=_address, required=True)
     parser.add_argument("--target", type=_address, required=True)
