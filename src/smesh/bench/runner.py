@@ -14,6 +14,7 @@ import platform
 import resource
 import secrets
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -56,6 +57,7 @@ class Plan:
     rtt_seconds: int = 6
     cps_seconds: float = 3.0
     idle_connections: int = 1000
+    profile: Path | None = None  # py-spy flame graphs of Python proxies go here
 
     @classmethod
     def full(cls, variants: Sequence[str], groups: Sequence[str] = GROUPS) -> Plan:
@@ -278,9 +280,13 @@ def run_variant(plan: Plan, name: str, workdir: Path, progress: Progress) -> Sam
             variant.start(ctx)
             measure.warm_up()
             for group in plan.groups:
-                for rep in range(1, plan.repetitions + 1):
-                    progress(f"{group}, repetition {rep}/{plan.repetitions}")
-                    getattr(measure, group)(rep)
+                profilers = _profile(plan, variant, ctx, group)
+                try:
+                    for rep in range(1, plan.repetitions + 1):
+                        progress(f"{group}, repetition {rep}/{plan.repetitions}")
+                        getattr(measure, group)(rep)
+                finally:
+                    _stop_profilers(profilers)
         finally:
             measure.stop()
         if not variant.proxy_cgroups(ctx):  # no proxy: it costs no memory and no CPU
@@ -289,6 +295,42 @@ def run_variant(plan: Plan, name: str, workdir: Path, progress: Progress) -> Sam
         return measure.samples
     finally:
         api.down(lab)
+
+
+PROFILED_GROUPS = ("throughput", "cps")
+
+
+def _profile(
+    plan: Plan, variant: Variant, ctx: Context, group: str
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every process of a Python proxy while *group* runs (one SVG each)."""
+    python = variant.name == "smesh" or variant.name.startswith("model-")
+    if plan.profile is None or group not in PROFILED_GROUPS or not python:
+        return []
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    plan.profile.mkdir(parents=True, exist_ok=True)
+    started = []
+    for cgroup in variant.proxy_cgroups(ctx):
+        for pid in (cgroup / "cgroup.procs").read_text().split():
+            node = cgroup.parent.name
+            out = plan.profile / f"{variant.name}-{group}-{node}-{pid}.svg"
+            argv = [py_spy, "record", "--pid", pid, "--rate", "200", "--nonblocking",
+                    "--output", str(out)]  # fmt: skip
+            started.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+    return started
+
+
+def _stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    for proc in profilers:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its flame graph and exits
+    for proc in profilers:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _prefixed(progress: Progress, prefix: str) -> Progress:

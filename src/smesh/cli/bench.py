@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,6 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=PROJECT_DOCS,
         metavar="DIR",
         help="where a full run writes benchmarks.md and benchmarks.png (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="write py-spy flame graphs of the Python proxies (throughput, cps) into DIR",
     )
     parser.add_argument(
         "--report",
@@ -82,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     names, groups = _selection(args)
     privileges.require("smesh bench")
     plan = (runner.Plan.quick if args.quick else runner.Plan.full)(names, groups)
+    if args.profile:
+        plan = dataclasses.replace(plan, profile=args.profile.resolve())
     started = time.monotonic()
 
     def progress(text: str) -> None:

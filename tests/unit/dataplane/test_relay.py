@@ -158,6 +158,29 @@ def test_second_connection_resumes_the_tls_session(mesh: Mesh) -> None:
     server.close()
 
 
+def test_parallel_connections_each_resume_once_the_pool_has_grown(mesh: Mesh) -> None:
+    """Server-side tickets are single use: each parallel connection needs its own."""
+    server = Server(lambda conn: conn.sendall(recv_all(conn)))
+    mesh.destination = (SERVER_IP, server.port)
+
+    def wave() -> None:
+        apps = [mesh.connect() for _ in range(4)]
+        for app in apps:
+            app.sendall(b"ping")
+            app.shutdown(socket.SHUT_WR)
+        for app in apps:
+            assert recv_all(app) == b"ping"
+            app.close()
+
+    for count in (8, 16, 24):
+        wave()
+        mesh.recorder.wait_for(lambda r, n=count: len(r) == n)
+    outbound = [r for r in mesh.recorder.records if r.direction == "outbound"]
+    assert not all(r.resumed for r in outbound[:4])  # nothing to resume at first
+    assert all(r.resumed for r in outbound[8:]), [r.resumed for r in outbound]
+    server.close()
+
+
 def test_the_per_pod_connection_cap_resets_and_logs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -63,6 +63,7 @@ def handshake(
             with server_ctx.wrap_socket(a, server_side=True) as tls:
                 result["server_saw"] = tls.getpeercert(binary_form=True)
                 tls.sendall(tls.recv(1))
+                tls.unwrap()  # a session ended without TLS shutdown is not resumable
         except (ssl.SSLError, OSError) as exc:
             result["server_error"] = exc
 
@@ -76,6 +77,7 @@ def handshake(
             tls.recv(1)
             result["resumed"] = tls.session_reused
             got_session = tls.session
+            tls.unwrap()
     except (ssl.SSLError, OSError) as exc:
         result["client_error"] = exc
     thread.join(10)
