@@ -62,46 +62,42 @@ class SessionCache:
     Python refuses a session made by another SSLContext, so the generation of the client
     context is part of the key: a renewed certificate simply starts fresh sessions.
 
-    The servers keep sessions themselves (stateful TLS 1.3 tickets, see
-    :func:`smesh.identity.tls.server_context`), and such a ticket is good for one
-    resumption. So each key holds a small pool: a connection takes a session out, and puts
-    the one its own handshake received back in. Parallel connections to one destination
-    each find their own ticket once the pool has grown to their number.
+    Reading a session out of Python's ssl costs about as much as half a resumed handshake
+    (it is serialized and parsed back, peer certificate included), so a session is taken
+    only when the cache needs one: none yet, the handshake was not resumed (the old ticket
+    was refused), or the cached ticket is getting old. TLS 1.3 tickets may be presented
+    more than once, and the server's lifetime for them is hours, not minutes.
     """
 
-    def __init__(self, capacity: int = 4096, per_key: int = 16, max_age: float = 3600.0) -> None:
-        self.capacity = capacity  # keys
-        self.per_key = per_key
-        self.max_age = max_age  # well inside the servers' session lifetime (2 h)
-        self._pools: collections.OrderedDict[
-            tuple[object, ...], collections.deque[tuple[ssl.SSLSession, float]]
+    def __init__(self, capacity: int = 4096, refresh_after: float = 300.0) -> None:
+        self.capacity = capacity
+        self.refresh_after = refresh_after
+        self._sessions: collections.OrderedDict[
+            tuple[object, ...], tuple[ssl.SSLSession, float]
         ] = collections.OrderedDict()
 
-    def take(self, key: tuple[object, ...], now: float) -> ssl.SSLSession | None:
-        """A session to offer for *key*, removed from the cache (tickets are single use)."""
-        pool = self._pools.get(key)
-        while pool:
-            session, stored = pool.pop()  # the newest first
-            if now - stored < self.max_age:
-                if not pool:
-                    del self._pools[key]
-                return session
-        self._pools.pop(key, None)
-        return None
+    def get(self, key: tuple[object, ...]) -> ssl.SSLSession | None:
+        entry = self._sessions.get(key)
+        if entry is None:
+            return None
+        self._sessions.move_to_end(key)
+        return entry[0]
+
+    def wants(self, key: tuple[object, ...], resumed: bool, now: float) -> bool:
+        """Whether the session of a connection that just finished its handshake is needed."""
+        entry = self._sessions.get(key)
+        return not resumed or entry is None or now - entry[1] >= self.refresh_after
 
     def put(self, key: tuple[object, ...], session: ssl.SSLSession | None, now: float) -> None:
         if session is None or not session.has_ticket:
             return
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = collections.deque(maxlen=self.per_key)
-        pool.append((session, now))
-        self._pools.move_to_end(key)
-        while len(self._pools) > self.capacity:
-            self._pools.popitem(last=False)
+        self._sessions[key] = (session, now)
+        self._sessions.move_to_end(key)
+        while len(self._sessions) > self.capacity:
+            self._sessions.popitem(last=False)
 
     def __len__(self) -> int:
-        return sum(len(pool) for pool in self._pools.values())
+        return len(self._sessions)
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,7 @@ async def _tunnel(
     record = tracked.record
     ctx, generation = svc.tls.client_context(pod.identity)
     key = (target[0], expected, pod.identity, generation)
-    session = svc.sessions.take(key, loop.time())
-    tls = TlsSession(ctx, upstream, server_side=False, session=session)
+    tls = TlsSession(ctx, upstream, server_side=False, session=svc.sessions.get(key))
     t0 = loop.time()
     await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.handshake_timeout)
     record.resumed = tls.obj.session_reused
@@ -147,7 +146,9 @@ async def _tunnel(
     answer: Established | Refused = await asyncio.wait_for(
         tls.read_until(client.receive), svc.limits.request_timeout
     )
-    svc.sessions.put(key, tls.obj.session, loop.time())  # its ticket came with the answer
+    now = loop.time()
+    if svc.sessions.wants(key, record.resumed, now):
+        svc.sessions.put(key, tls.obj.session, now)
     if isinstance(answer, Refused):
         result = REFUSAL_RESULTS.get(answer.status, "error")
         record.finish(result, f"peer answered {answer.status} {answer.reason}")

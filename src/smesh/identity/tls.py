@@ -21,7 +21,7 @@ from smesh.identity.credential import Credential
 from smesh.identity.errors import IdentityMismatch, InvalidSpiffeId, PeerIdentityError
 from smesh.identity.spiffe import SpiffeId
 
-TICKETS_PER_HANDSHAKE = 1  # one new ticket per connection replaces the one it used
+TICKETS_PER_HANDSHAKE = 1  # the client presents one ticket again and again (dataplane.md)
 
 
 @contextlib.contextmanager
@@ -52,11 +52,6 @@ def server_context(credential: Credential, bundle: TrustBundle) -> ssl.SSLContex
     """For the inbound side: TLS 1.3, client certificate required and verified."""
     ctx = _base(ssl.PROTOCOL_TLS_SERVER, credential, bundle)
     ctx.num_tickets = TICKETS_PER_HANDSHAKE
-    # Stateful tickets: the server keeps the session and the ticket only names it, so a
-    # resumption needs no ticket encryption and no (de)serialization of the session with
-    # the client's certificate: a quarter of the CPU of a resumed handshake. Each ticket
-    # is good once (OpenSSL's replay protection); clients keep a pool (SessionCache).
-    ctx.options |= ssl.OP_NO_TICKET
     return ctx
 
 
