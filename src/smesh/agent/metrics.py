@@ -81,6 +81,12 @@ class AgentMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.carriers = Gauge(
+            "smesh_tunnel_carriers",
+            "Pooled mutual-TLS connections open now, each carrying many connections as streams.",
+            ["side"],
+            registry=r,
+        )
         self.policy_denials = Counter(
             "smesh_policy_denials_total",
             "Inbound connections refused by authorization policy.",

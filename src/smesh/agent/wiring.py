@@ -66,6 +66,9 @@ class MetricsObserver:
     def tunnel_ready(self, seconds: float) -> None:
         self.m.tunnel_setup.observe(seconds)
 
+    def carriers(self, side: str, delta: int) -> None:
+        self.m.carriers.labels(side).inc(delta)
+
 
 def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
     """The signing service if configured, else a CA directory in this process."""

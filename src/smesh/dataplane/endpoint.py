@@ -14,7 +14,9 @@ import time
 from typing import Any, Literal
 
 from smesh.dataplane import flows
+from smesh.dataplane.carrier import Carrier, Stream
 from smesh.dataplane.context import PodConfig, Services
+from smesh.dataplane.pool import CarrierPool
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.relay import Relay
 from smesh.dataplane.sockets import abort, endpoint, prepare
@@ -28,18 +30,25 @@ CAP_LOG_INTERVAL = 5.0
 
 
 class Connection:
-    """The endpoint's entry for one connection, from accept to close."""
+    """The endpoint's entry for one app connection (or stream), from accept to close."""
 
-    __slots__ = ("_endpoint", "active", "record", "task")
+    __slots__ = ("_endpoint", "active", "carried", "record", "reported", "task")
 
     def __init__(self, endpoint: PodEndpoint, record: ConnectionRecord) -> None:
         self._endpoint = endpoint
         self.record = record
-        self.active: Relay | Splice | None = None
+        self.active: Relay | Splice | Stream | None = None
         self.task: asyncio.Task[None] | None = None
+        self.reported = False  # observer told it opened
+        self.carried = False  # it became a carrier of streams: not an app connection
 
-    def relay_done(self, relay: Relay | Splice) -> None:
+    def relay_done(self, relay: object) -> None:
         self._endpoint._closed(self)
+
+    def report_opened(self) -> None:
+        if not self.reported:
+            self.reported = True
+            self._endpoint.services.observer.opened(self.record)
 
 
 class PodEndpoint:
@@ -49,6 +58,9 @@ class PodEndpoint:
         self._loop = asyncio.get_running_loop()
         self._listeners: list[tuple[socket.socket, Direction]] = []
         self._connections: set[Connection] = set()
+        self._carriers: set[Carrier] = set()  # inbound ones; outbound ones are the pool's
+        self.pool = CarrierPool(pod, services)
+        self.draining = False
         self._last_cap_log = 0.0
         self._sweeper: asyncio.Task[None] | None = None
         self.refused_at_cap = 0
@@ -69,6 +81,7 @@ class PodEndpoint:
             self._sweeper = self._loop.create_task(self._sweep_idle())
 
     def stop_accepting(self) -> None:
+        self.draining = True  # carriers refuse new streams from now on
         for sock, _direction in self._listeners:
             self._loop.remove_reader(sock.fileno())
             sock.close()
@@ -95,8 +108,11 @@ class PodEndpoint:
         for conn in list(self._connections):
             if conn.active is not None:
                 conn.active.abort("the pod left the mesh", "reset")
-            elif conn.task is not None:
+            if conn.task is not None:
                 conn.task.cancel()
+        self.pool.close()
+        for carrier in list(self._carriers):
+            carrier.abort("the pod left the mesh")
         tasks = [c.task for c in self._connections if c.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -125,13 +141,42 @@ class PodEndpoint:
             )
             conn = Connection(self, record)
             self._connections.add(conn)
-            self.services.observer.opened(record)
-            flow = flows.outbound if direction == "outbound" else flows.inbound
+            flow: Any
+            if direction == "outbound":
+                conn.report_opened()
+                flow = flows.outbound
+            else:
+                flow = flows.inbound  # an app connection, or a carrier of streams?
             conn.task = self._loop.create_task(self._set_up(flow, sock, conn))
+
+    # -- the flows' Hooks ----------------------------------------------------------------
+
+    def carry(self, tracked: flows.Tracked, carrier: Carrier) -> None:
+        assert isinstance(tracked, Connection)
+        tracked.carried = True
+        self._connections.discard(tracked)
+        self._carriers.add(carrier)
+        carrier.on_closed = self._carrier_closed
+        self.services.observer.carriers("server", 1)
+
+    def _carrier_closed(self, carrier: Carrier) -> None:
+        if carrier in self._carriers:
+            self._carriers.discard(carrier)
+            self.services.observer.carriers("server", -1)
+
+    def track(self, record: ConnectionRecord) -> Connection | None:
+        if self.draining or len(self._connections) >= self.services.limits.max_connections:
+            if not self.draining:
+                self._at_cap("inbound")
+            return None
+        conn = Connection(self, record)
+        self._connections.add(conn)
+        conn.report_opened()
+        return conn
 
     async def _set_up(self, flow: Any, sock: socket.socket, conn: Connection) -> None:
         try:
-            await flow(self.pod, self.services, sock, conn)
+            await flow(self.pod, self.services, sock, conn, self)
         except asyncio.CancelledError:
             conn.record.finish("reset", "the pod left the mesh")
             abort(sock)
@@ -141,13 +186,14 @@ class PodEndpoint:
             abort(sock)
         finally:
             conn.task = None
-        if conn.active is None:
+        if conn.active is None and not conn.carried:
             self._closed(conn)
 
     def _closed(self, conn: Connection) -> None:
         if conn in self._connections:
             self._connections.discard(conn)
             conn.active = None
+            conn.report_opened()  # one that failed before it was known counts too
             self.services.observer.closed(conn.record)
 
     def _at_cap(self, direction: str) -> None:

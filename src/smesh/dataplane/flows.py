@@ -13,76 +13,62 @@ import socket
 import ssl
 from typing import Protocol
 
+from smesh.dataplane.carrier import REFUSAL_RESULTS, Carrier, Stream
 from smesh.dataplane.context import IPAddress, PodConfig, Services
+from smesh.dataplane.dial import ConnectFailed, dial
+from smesh.dataplane.pool import CarrierPool
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.relay import Relay
-from smesh.dataplane.sockets import abort, endpoint, family_of, prepare
+from smesh.dataplane.sockets import abort, endpoint
 from smesh.dataplane.splice import Splice
 from smesh.dataplane.tlsio import TlsSession
 from smesh.errors import SmeshError
 from smesh.identity.errors import IdentityError
 from smesh.identity.spiffe import SpiffeId
-from smesh.identity.tls import peer_identity, verify_peer
-from smesh.tunnel import (
-    ClientHandshake,
-    Established,
-    Refused,
-    RemoteProtocolError,
-    ServerHandshake,
-    TunnelRequest,
-)
+from smesh.identity.tls import peer_identity
+from smesh.tunnel import RemoteProtocolError, ServerHandshake, mux
 from smesh.tunnel.connect import authority, response
 
 log = logging.getLogger("smesh.dataplane")
-
-REFUSAL_RESULTS = {403: "denied", 502: "refused", 504: "timeout"}
 
 
 class Tracked(Protocol):
     """The endpoint's entry for one connection: its record, and where the relay goes."""
 
     record: ConnectionRecord
-    active: Relay | Splice | None
+    active: Relay | Splice | Stream | None
+    task: asyncio.Task[None] | None
 
-    def relay_done(self, relay: Relay | Splice) -> None: ...
+    def relay_done(self, relay: object) -> None: ...
+
+    def report_opened(self) -> None:
+        """Count the connection as open now (an inbound one is known only after TLS)."""
+
+
+class Hooks(Protocol):
+    """What the flows need from the pod's endpoint beyond one connection's entry."""
+
+    pool: CarrierPool
+
+    def carry(self, tracked: Tracked, carrier: Carrier) -> None:
+        """An accepted connection turned out to be a carrier of streams, not one connection."""
+
+    def track(self, record: ConnectionRecord) -> Tracked | None:
+        """An entry for a stream that arrived on a carrier (None: the pod is at its cap)."""
 
 
 def _fields(record: ConnectionRecord) -> dict[str, dict[str, object]]:
     return {"fields": record.as_dict()}
 
 
-class ConnectFailed(Exception):
-    def __init__(self, result: str, detail: str) -> None:
-        super().__init__(detail)
-        self.result = result
-        self.detail = detail
-
-
-async def _connect(svc: Services, pod: PodConfig, ip: IPAddress, port: int) -> socket.socket:
-    """A socket made inside the pod's namespace, connected to ip:port."""
-    sock = prepare(pod.sockets.socket(family_of(ip), socket.SOCK_STREAM))
-    try:
-        await asyncio.wait_for(
-            asyncio.get_running_loop().sock_connect(sock, (str(ip), port)),
-            svc.limits.connect_timeout,
-        )
-    except TimeoutError:
-        sock.close()
-        raise ConnectFailed("timeout", f"connecting to {authority(ip, port)} timed out") from None
-    except OSError as exc:
-        sock.close()
-        result = "refused" if isinstance(exc, ConnectionRefusedError) else "error"
-        raise ConnectFailed(
-            result, f"connecting to {authority(ip, port)}: {exc.strerror or exc}"
-        ) from None
-    return sock
-
-
-async def outbound(pod: PodConfig, svc: Services, app: socket.socket, tracked: Tracked) -> None:
+async def outbound(
+    pod: PodConfig, svc: Services, app: socket.socket, tracked: Tracked, hooks: Hooks
+) -> None:
     """A captured connect: find where it was going, then tunnel, pass through or refuse."""
+    loop = asyncio.get_running_loop()
     record = tracked.record
     upstream: socket.socket | None = None
-    started = asyncio.get_running_loop().time()
+    started = loop.time()
     try:
         dst_ip, dst_port = svc.original_destination(app)
         record.destination = authority(dst_ip, dst_port)
@@ -91,23 +77,31 @@ async def outbound(pod: PodConfig, svc: Services, app: socket.socket, tracked: T
         if route.kind == "deny":
             record.finish("denied", "destination is outside the mesh and passthrough is off")
             return
-        port = pod.tunnel_port if route.kind == "tunnel" else dst_port
-        upstream = await _connect(svc, pod, dst_ip, port)
         if route.kind == "passthrough":
+            upstream = await dial(svc, pod, dst_ip, dst_port)
             splice = Splice(app, upstream, record, svc.scratch, tracked.relay_done)
             tracked.active = splice
             splice.start()
             return
         assert route.identity is not None
-        await _tunnel(
-            pod, svc, app, upstream, tracked, expected=route.identity, target=(dst_ip, dst_port)
+        carrier = await hooks.pool.get(dst_ip, route.identity)
+        record.peer_identity = carrier.peer_identity
+        record.resumed = carrier.resumed
+        request_id = secrets.token_hex(8)
+        stream = carrier.open_stream(
+            app,
+            record,
+            tracked.relay_done,
+            lambda stream_id: mux.open_frame(stream_id, dst_ip, dst_port, request_id),
         )
-        if tracked.active is not None:
-            svc.observer.tunnel_ready(asyncio.get_running_loop().time() - started)
+        tracked.active = stream
+        stream.expect_answer(
+            svc.limits.request_timeout, lambda: svc.observer.tunnel_ready(loop.time() - started)
+        )
     except ConnectFailed as exc:
         record.finish(exc.result, exc.detail)
     except TimeoutError:
-        record.finish("timeout", "TLS handshake or CONNECT answer timed out")
+        record.finish("timeout", "TLS handshake with the destination's agent timed out")
     except IdentityError as exc:
         record.finish("error", f"peer identity: {exc}")
         log.warning("refusing a tunnel: %s", exc, extra=_fields(record))
@@ -120,63 +114,19 @@ async def outbound(pod: PodConfig, svc: Services, app: socket.socket, tracked: T
                 upstream.close()
 
 
-async def _tunnel(
-    pod: PodConfig,
-    svc: Services,
-    app: socket.socket,
-    upstream: socket.socket,
-    tracked: Tracked,
-    *,
-    expected: SpiffeId,
-    target: tuple[IPAddress, int],
+async def inbound(
+    pod: PodConfig, svc: Services, conn: socket.socket, tracked: Tracked, hooks: Hooks
 ) -> None:
-    """Mutual TLS to the destination's agent, prove identities, CONNECT, then relay."""
-    loop = asyncio.get_running_loop()
-    record = tracked.record
-    ctx, generation = svc.tls.client_context(pod.identity)
-    key = (target[0], expected, pod.identity, generation)
-    tls = TlsSession(ctx, upstream, server_side=False, session=svc.sessions.get(key))
-    t0 = loop.time()
-    await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.handshake_timeout)
-    record.resumed = tls.obj.session_reused
-    svc.observer.handshake("client", loop.time() - t0, record.resumed)
-    record.peer_identity = str(verify_peer(tls.obj.getpeercert(True), expected))
-    client = ClientHandshake(*target, headers=(("x-request-id", secrets.token_hex(8)),))
-    await tls.send(client.request())
-    answer: Established | Refused = await asyncio.wait_for(
-        tls.read_until(client.receive), svc.limits.request_timeout
-    )
-    now = loop.time()
-    if svc.sessions.wants(key, record.resumed, now):
-        svc.sessions.put(key, tls.obj.session, now)
-    if isinstance(answer, Refused):
-        result = REFUSAL_RESULTS.get(answer.status, "error")
-        record.finish(result, f"peer answered {answer.status} {answer.reason}")
-        await tls.close()
-        return
-    relay = Relay(app, tls, record, svc.scratch, tracked.relay_done)
-    tracked.active = relay
-    relay.start(answer.trailing)
+    """A tunnel connection from another pod's agent: prove, then carry streams.
 
-
-async def _refuse(tls: TlsSession, record: ConnectionRecord, status: int, why: str) -> None:
-    """Answer with an error status, close_notify and a half-close, so the peer reads it all."""
-    record.finish(REFUSAL_RESULTS.get(status, "error"), why)
-    try:
-        await tls.send(response(status, why))
-        await tls.close()
-    except (OSError, ssl.SSLError):
-        return
-    record.detail = f"{status}: {why}"
-    tls.sock.close()
-
-
-async def inbound(pod: PodConfig, svc: Services, conn: socket.socket, tracked: Tracked) -> None:
-    """A tunnel request from another pod's agent: prove, authorize, connect, relay."""
+    A peer that negotiated smesh-mux/1 (ALPN) gets a carrier; one that did not (openssl
+    s_client, curl, a debugging operator) may still ask one ``CONNECT`` in HTTP/1.1.
+    """
     loop = asyncio.get_running_loop()
     record = tracked.record
     record.route = "tunnel"
     local: socket.socket | None = None
+    carried = False
     tls = TlsSession(svc.tls.server_context(pod.identity), conn, server_side=True)
     try:
         t0 = loop.time()
@@ -185,28 +135,15 @@ async def inbound(pod: PodConfig, svc: Services, conn: socket.socket, tracked: T
         record.resumed = tls.obj.session_reused
         peer = peer_identity(tls.obj.getpeercert(True))
         record.peer_identity = str(peer)
-        try:
-            request = await asyncio.wait_for(
-                tls.read_until(ServerHandshake().receive), svc.limits.request_timeout
-            )
-        except RemoteProtocolError as exc:
-            await _refuse(tls, record, exc.status, str(exc))
-            log.warning("bad tunnel request: %s", exc, extra=_fields(record))
+        if tls.obj.selected_alpn_protocol() == mux.ALPN:
+            streams = InboundStreams(pod, svc, hooks, peer, record.source)
+            carrier = Carrier(tls, "server", svc.scratch, str(peer), on_open=streams.opened)
+            hooks.carry(tracked, carrier)
+            carried = True
+            carrier.start()  # also sends the handshake's last flight
             return
-        record.destination = authority(request.ip, request.port)
-        refusal = _admit(pod, svc, peer, request, record)
-        if refusal is not None:
-            await _refuse(tls, record, 403, refusal)
-            return
-        try:
-            local = await _connect(svc, pod, request.ip, request.port)
-        except ConnectFailed as exc:
-            await _refuse(tls, record, 504 if exc.result == "timeout" else 502, exc.detail)
-            return
-        await tls.send(response(200))
-        relay = Relay(local, tls, record, svc.scratch, tracked.relay_done)
-        tracked.active = relay
-        relay.start(request.trailing)
+        tracked.report_opened()
+        local = await _serve_connect(pod, svc, tls, tracked, peer)
     except TimeoutError:
         record.finish("timeout", "TLS handshake or tunnel request timed out")
     except ssl.SSLError as exc:
@@ -221,22 +158,133 @@ async def inbound(pod: PodConfig, svc: Services, conn: socket.socket, tracked: T
     except (OSError, SmeshError) as exc:
         record.finish("error", f"{type(exc).__name__}: {exc}")
     finally:
-        if tracked.active is None:
+        if tracked.active is None and not carried:
             if conn.fileno() >= 0:  # not already closed after an error answer
                 abort(conn)
             if local is not None:
                 local.close()
 
 
+class InboundStreams:
+    """The OPENs of one inbound carrier: each checked like a CONNECT, then connected."""
+
+    def __init__(
+        self, pod: PodConfig, svc: Services, hooks: Hooks, peer: SpiffeId, source: str
+    ) -> None:
+        self.pod = pod
+        self.svc = svc
+        self.hooks = hooks
+        self.peer = peer
+        self.source = source  # the peer agent's address, for the records
+
+    def opened(self, carrier: Carrier, stream_id: int, payload: bytes) -> None:
+        pod = self.pod
+        try:
+            ip, port, _request_id = mux.parse_open(payload)
+        except RemoteProtocolError as exc:
+            log.warning("bad stream request from %s: %s", self.peer, exc)
+            carrier.refuse(stream_id, 400, str(exc))
+            return
+        record = ConnectionRecord(
+            direction="inbound",
+            pod=pod.name,
+            source=self.source,
+            identity=str(pod.identity),
+            peer_identity=str(self.peer),
+            destination=authority(ip, port),
+            route="tunnel",
+            resumed=carrier.resumed,
+        )
+        tracked = self.hooks.track(record)
+        if tracked is None:
+            carrier.refuse(stream_id, 503, f"{pod.name} is at its connection cap or leaving")
+            return
+        refusal = _admit(pod, self.svc, self.peer, ip, port, record=record)
+        if refusal is not None:
+            record.finish("denied", refusal)
+            carrier.refuse(stream_id, 403, refusal)
+            tracked.relay_done(None)
+            return
+        stream = carrier.accept_stream(stream_id, record, tracked.relay_done)
+        tracked.active = stream
+        connecting = self._connect(carrier, stream, (ip, port), tracked)
+        tracked.task = asyncio.get_running_loop().create_task(connecting)
+
+    async def _connect(
+        self,
+        carrier: Carrier,
+        stream: Stream,
+        target: tuple[IPAddress, int],
+        tracked: Tracked,
+    ) -> None:
+        try:
+            sock = await dial(self.svc, self.pod, *target)
+        except ConnectFailed as exc:
+            if stream.record.result == "open":
+                carrier.answer(stream, 504 if exc.result == "timeout" else 502, exc.detail)
+                stream.refused(exc.result, exc.detail)
+            return
+        finally:
+            tracked.task = None
+        if stream.record.result != "open":
+            sock.close()  # reset, or the carrier ended, while connecting
+            return
+        carrier.answer(stream, 200)
+        stream.attach(sock)
+
+
+async def _serve_connect(
+    pod: PodConfig, svc: Services, tls: TlsSession, tracked: Tracked, peer: SpiffeId
+) -> socket.socket | None:
+    """One HTTP/1.1 CONNECT on a TLS connection of its own; the app socket, if connected."""
+    record = tracked.record
+    try:
+        request = await asyncio.wait_for(
+            tls.read_until(ServerHandshake().receive), svc.limits.request_timeout
+        )
+    except RemoteProtocolError as exc:
+        await _refuse(tls, record, exc.status, str(exc))
+        log.warning("bad tunnel request: %s", exc, extra=_fields(record))
+        return None
+    record.destination = authority(request.ip, request.port)
+    refusal = _admit(pod, svc, peer, request.ip, request.port, record=record)
+    if refusal is not None:
+        await _refuse(tls, record, 403, refusal)
+        return None
+    try:
+        local = await dial(svc, pod, request.ip, request.port)
+    except ConnectFailed as exc:
+        await _refuse(tls, record, 504 if exc.result == "timeout" else 502, exc.detail)
+        return None
+    await tls.send(response(200))
+    relay = Relay(local, tls, record, svc.scratch, tracked.relay_done)
+    tracked.active = relay
+    relay.start(request.trailing)
+    return local
+
+
+async def _refuse(tls: TlsSession, record: ConnectionRecord, status: int, why: str) -> None:
+    """Answer with an error status, close_notify and a half-close, so the peer reads it all."""
+    record.finish(REFUSAL_RESULTS.get(status, "error"), why)
+    try:
+        await tls.send(response(status, why))
+        await tls.close()
+    except (OSError, ssl.SSLError):
+        return
+    record.detail = f"{status}: {why}"
+    tls.sock.close()
+
+
 def _admit(
     pod: PodConfig,
     svc: Services,
     peer: SpiffeId,
-    request: TunnelRequest,
+    ip: IPAddress,
+    port: int,
+    *,
     record: ConnectionRecord,
 ) -> str | None:
     """Why the tunnel request must be refused (403), or None to let it through."""
-    ip, port = request.ip, request.port
     if ip not in pod.addresses:
         log.warning(
             "refused a tunnel to another address (open relay attempt)", extra=_fields(record)

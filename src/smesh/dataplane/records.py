@@ -75,6 +75,9 @@ class Observer(Protocol):
 
     def tunnel_ready(self, seconds: float) -> None: ...
 
+    def carriers(self, side: str, delta: int) -> None:
+        """A pooled tunnel connection (carrier of streams) opened (+1) or closed (-1)."""
+
 
 class NullObserver:
     def opened(self, record: ConnectionRecord) -> None:
@@ -87,4 +90,7 @@ class NullObserver:
         pass
 
     def tunnel_ready(self, seconds: float) -> None:
+        pass
+
+    def carriers(self, side: str, delta: int) -> None:
         pass

@@ -20,6 +20,7 @@ from smesh.identity.bundle import TrustBundle
 from smesh.identity.credential import Credential
 from smesh.identity.errors import IdentityMismatch, InvalidSpiffeId, PeerIdentityError
 from smesh.identity.spiffe import SpiffeId
+from smesh.tunnel import mux
 
 TICKETS_PER_HANDSHAKE = 1  # the client presents one ticket again and again (dataplane.md)
 
@@ -52,6 +53,7 @@ def server_context(credential: Credential, bundle: TrustBundle) -> ssl.SSLContex
     """For the inbound side: TLS 1.3, client certificate required and verified."""
     ctx = _base(ssl.PROTOCOL_TLS_SERVER, credential, bundle)
     ctx.num_tickets = TICKETS_PER_HANDSHAKE
+    ctx.set_alpn_protocols([mux.ALPN])  # a peer offering none may still speak CONNECT
     return ctx
 
 
@@ -63,6 +65,7 @@ def client_context(credential: Credential, bundle: TrustBundle) -> ssl.SSLContex
     """
     ctx = _base(ssl.PROTOCOL_TLS_CLIENT, credential, bundle)
     ctx.check_hostname = False
+    ctx.set_alpn_protocols([mux.ALPN])
     return ctx
 
 

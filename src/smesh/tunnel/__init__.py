@@ -1,9 +1,10 @@
-"""The tunnel protocol, sans I/O: HTTP/1.1 CONNECT inside mutual TLS.
+"""The tunnel protocols, sans I/O, both inside mutual TLS.
 
-The outbound side asks ``CONNECT <ip>:<port>``; the inbound side answers ``200`` and from
-then on the stream carries raw bytes (Istio's HBONE does the same over HTTP/2). Both
-cores take bytes and return events or bytes to send, so they are tested joined to each
-other with no sockets, and fuzzed.
+:mod:`smesh.tunnel.mux` (smesh-mux/1, chosen by ALPN) is what agents speak: many app
+connections as streams of one pooled TLS connection. :mod:`smesh.tunnel.connect` is
+HTTP/1.1 ``CONNECT <ip>:<port>``, one per TLS connection, answered ``200`` and then raw
+bytes, for peers without smesh-mux/1 (openssl s_client, curl). Both take bytes and
+return events or bytes to send, so they are tested with no sockets, and fuzzed.
 """
 
 from smesh.tunnel.connect import (

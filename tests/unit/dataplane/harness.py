@@ -53,6 +53,7 @@ class StaticTls:
 class Recorder:
     records: list[ConnectionRecord] = field(default_factory=list)
     handshakes: list[tuple[str, bool]] = field(default_factory=list)
+    open_carriers: dict[str, int] = field(default_factory=dict)
     closed_event: threading.Condition = field(default_factory=threading.Condition)
 
     def opened(self, record: ConnectionRecord) -> None:
@@ -68,6 +69,9 @@ class Recorder:
 
     def tunnel_ready(self, seconds: float) -> None:
         pass
+
+    def carriers(self, side: str, delta: int) -> None:
+        self.open_carriers[side] = self.open_carriers.get(side, 0) + delta
 
     def wait_for(
         self, predicate: Callable[[list[ConnectionRecord]], bool], timeout: float = 10

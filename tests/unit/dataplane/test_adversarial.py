@@ -43,10 +43,14 @@ def raw_tunnel(mesh: Mesh) -> socket.socket:
 def tls_tunnel(
     mesh: Mesh, ca: CertificateAuthority | None = None, identity: SpiffeId = CLIENT_ID
 ) -> ssl.SSLSocket:
-    """An attacker's own TLS client, with a certificate of *ca* (default: the mesh's)."""
+    """An attacker's own TLS client, with a certificate of *ca* (default: the mesh's).
+
+    Like openssl s_client it offers no smesh-mux/1, so it gets an HTTP/1.1 CONNECT tunnel.
+    """
     ca = ca or mesh.ca
     cred = ca.issue_credential(str(identity), dt.timedelta(hours=1), "node")
     ctx = tls.client_context(cred, mesh.ca.bundle())
+    ctx.set_alpn_protocols(["http/1.1"])
     return ctx.wrap_socket(raw_tunnel(mesh))
 
 

@@ -143,41 +143,60 @@ def test_a_thousand_concurrent_tunnels_open_exchange_and_close(mesh: Mesh) -> No
     server.close()
 
 
-def test_second_connection_resumes_the_tls_session(mesh: Mesh) -> None:
-    server = Server(lambda conn: conn.sendall(recv_all(conn)))
+def echo_server() -> Server:
+    return Server(lambda conn: conn.sendall(recv_all(conn)))
+
+
+def ping(mesh: Mesh) -> None:
+    with mesh.connect() as app:
+        app.sendall(b"ping")
+        app.shutdown(socket.SHUT_WR)
+        assert recv_all(app) == b"ping"
+
+
+def test_connections_to_one_pod_share_one_tls_connection(mesh: Mesh) -> None:
+    server = echo_server()
     mesh.destination = (SERVER_IP, server.port)
     for _ in range(3):
-        with mesh.connect() as app:
-            app.sendall(b"ping")
-            app.shutdown(socket.SHUT_WR)
-            assert recv_all(app) == b"ping"
+        ping(mesh)
     records = mesh.recorder.wait_for(lambda r: len(r) == 6)
-    resumed = [r.resumed for r in records if r.direction == "outbound"]
-    assert resumed[0] is False
-    assert resumed[1:] == [True, True]
+    assert {r.result for r in records} == {"ok"}
+    assert mesh.recorder.handshakes == [("client", False), ("server", False)]
+    assert mesh.recorder.open_carriers == {"client": 1, "server": 1}
     server.close()
 
 
-def test_parallel_connections_each_resume_once_the_pool_has_grown(mesh: Mesh) -> None:
-    """Server-side tickets are single use: each parallel connection needs its own."""
-    server = Server(lambda conn: conn.sendall(recv_all(conn)))
+def test_a_new_tls_connection_resumes_the_session_of_the_last(mesh: Mesh) -> None:
+    server = echo_server()
     mesh.destination = (SERVER_IP, server.port)
+    ping(mesh)
+    mesh.call(lambda: [c.close() for c in mesh.client.pool.carriers()])  # as if idle
+    deadline = time.monotonic() + 5
+    while mesh.recorder.open_carriers != {"client": 0, "server": 0}:
+        assert time.monotonic() < deadline, mesh.recorder.open_carriers
+        time.sleep(0.01)
+    ping(mesh)
+    mesh.recorder.wait_for(lambda r: len(r) == 4)
+    assert [h for h in mesh.recorder.handshakes if h[0] == "client"] == [
+        ("client", False),
+        ("client", True),
+    ]
+    server.close()
 
-    def wave() -> None:
-        apps = [mesh.connect() for _ in range(4)]
-        for app in apps:
-            app.sendall(b"ping")
-            app.shutdown(socket.SHUT_WR)
-        for app in apps:
-            assert recv_all(app) == b"ping"
-            app.close()
 
-    for count in (8, 16, 24):
-        wave()
-        mesh.recorder.wait_for(lambda r, n=count: len(r) == n)
-    outbound = [r for r in mesh.recorder.records if r.direction == "outbound"]
-    assert not all(r.resumed for r in outbound[:4])  # nothing to resume at first
-    assert all(r.resumed for r in outbound[8:]), [r.resumed for r in outbound]
+def test_parallel_first_connections_wait_for_one_handshake(mesh: Mesh) -> None:
+    server = echo_server()
+    mesh.destination = (SERVER_IP, server.port)
+    apps = [mesh.connect() for _ in range(32)]
+    for app in apps:
+        app.sendall(b"ping")
+        app.shutdown(socket.SHUT_WR)
+    for app in apps:
+        assert recv_all(app) == b"ping"
+        app.close()
+    records = mesh.recorder.wait_for(lambda r: len(r) == 64)
+    assert {r.result for r in records} == {"ok"}
+    assert mesh.recorder.handshakes == [("client", False), ("server", False)]
     server.close()
 
 

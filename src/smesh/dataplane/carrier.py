@@ -1,0 +1,628 @@
+"""One long-lived mutual-TLS connection carrying many app connections (smesh-mux/1).
+
+A TLS handshake per app connection is what bounded the connection rate, and one OpenSSL
+object per idle connection what bounded memory (docs/benchmarks.md). A carrier pays both
+once per pair of pods: each app connection rides it as a :class:`Stream` of a few hundred
+bytes, opened by one frame.
+
+The per-byte path keeps the relay's design (relay.py): shared scratch buffers, TLS memory
+BIOs fed one record-sized slice at a time, ``sendmsg`` of many records at once. What is
+new is sharing:
+
+* all streams write into one SSL object, one frame at a time (callbacks never interleave);
+  when the TLS socket is full, every stream stops reading its app until it drains;
+* incoming frames are dispatched as they are decrypted; a stream whose app is slow keeps
+  what its app has not taken, at most one window (:data:`INITIAL_WINDOW`), and the peer
+  stops sending it more, so the other streams keep moving;
+* small frames produced while dispatching (credit, FIN, answers) leave together in one
+  record after the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, Literal
+
+from smesh.dataplane.records import ConnectionRecord
+from smesh.dataplane.relay import MAX_RECORD, SLICE, Scratch, _read_into
+from smesh.dataplane.sockets import abort
+from smesh.dataplane.tlsio import TlsSession
+from smesh.tunnel import mux
+from smesh.tunnel.errors import RemoteProtocolError
+
+log = logging.getLogger("smesh.dataplane")
+
+Side = Literal["client", "server"]
+REFUSAL_RESULTS = {403: "denied", 502: "refused", 503: "refused", 504: "timeout"}
+
+
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 60), (socket.TCP_KEEPINTVL, 10), (socket.TCP_KEEPCNT, 3))
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """A carrier outlives its streams: find out within ~90 s if its peer's node is gone."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+class Stream:
+    """One app connection riding a carrier; the endpoint sees it like a relay."""
+
+    __slots__ = (
+        "_loop",
+        "_on_done",
+        "_on_ready",
+        "_timer",
+        "app",
+        "carrier",
+        "id",
+        "last_active",
+        "local_fin",
+        "pending",
+        "pending_size",
+        "record",
+        "recv_left",
+        "remote_fin",
+        "send_credit",
+        "state",
+        "unacked",
+    )
+
+    def __init__(
+        self,
+        carrier: Carrier,
+        stream_id: int,
+        record: ConnectionRecord,
+        on_done: Callable[[Stream], None],
+    ) -> None:
+        self._loop = carrier.loop
+        self.carrier = carrier
+        self.id = stream_id
+        self.record = record
+        self._on_done = on_done
+        self._on_ready: Callable[[], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.app: socket.socket | None = None  # None while the server side connects
+        self.state: Literal["opening", "open"] = "opening"
+        self.send_credit = mux.INITIAL_WINDOW  # DATA we may still send
+        self.recv_left = mux.INITIAL_WINDOW  # DATA the peer may still send
+        self.unacked = 0  # DATA delivered to the app, credit not yet handed back
+        self.pending: list[bytes] = []  # DATA the app has not taken yet
+        self.pending_size = 0
+        self.local_fin = False  # our app sent EOF (FIN sent)
+        self.remote_fin = False  # the peer sent FIN
+        self.last_active = self._loop.time()
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def attach(self, app: socket.socket) -> None:
+        """Start relaying with the app's socket (the server side has just connected it)."""
+        self.app = app
+        self._loop.add_reader(app.fileno(), self._read_app)
+        if self.pending:
+            self._loop.add_writer(app.fileno(), self._flush_app)
+        elif self.remote_fin:
+            self._eof_to_app()
+
+    def expect_answer(self, timeout: float, on_ready: Callable[[], None]) -> None:
+        self._on_ready = on_ready
+        self._timer = self._loop.call_later(
+            timeout, self.abort, "the peer did not answer the stream's OPEN in time", "timeout"
+        )
+
+    def answered(self, status: int, reason: str) -> None:
+        """The server's OK (status 200) or REFUSE."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if status == 200:
+            self.state = "open"
+            if self._on_ready is not None:
+                self._on_ready()
+            self._maybe_done()
+            return
+        result = REFUSAL_RESULTS.get(status, "error")
+        self._end(result, f"peer answered {status} {reason}", notify=False)
+
+    def refused(self, result: str, detail: str) -> None:
+        """Server side: the stream ends with the REFUSE already sent."""
+        self._end(result, detail, notify=False)
+
+    def pending_bytes(self) -> int:
+        return self.pending_size
+
+    # -- app → peer --------------------------------------------------------------------
+
+    def _read_app(self) -> None:
+        carrier = self.carrier
+        app = self.app
+        assert app is not None
+        if carrier.congested:
+            self._loop.remove_reader(app.fileno())
+            carrier.blocked.add(self)
+            return
+        credit = self.send_credit
+        if credit <= 0:
+            self._loop.remove_reader(app.fileno())  # WINDOW resumes it
+            return
+        view = carrier.scratch.recv
+        limit = min(credit, len(view) - mux.HEADER_SIZE)
+        try:
+            n = app.recv_into(view[mux.HEADER_SIZE : mux.HEADER_SIZE + limit])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(f"app side: {exc.strerror or exc}")
+            return
+        self.last_active = self._loop.time()
+        if n == 0:
+            self._loop.remove_reader(app.fileno())
+            self.local_fin = True
+            carrier.send_control(mux.frame(mux.FIN, self.id))
+            self._maybe_done()
+            return
+        self.send_credit = credit - n
+        self.record.bytes_from_app += n
+        mux.data_header(view, self.id, n)
+        carrier.send_data(view[: mux.HEADER_SIZE + n])
+
+    def credit(self, increment: int) -> None:
+        """WINDOW from the peer: read the app again if it was waiting for credit."""
+        was_out = self.send_credit <= 0
+        self.send_credit += increment
+        if was_out and self.app is not None and not self.local_fin and self.record.result == "open":
+            if self.carrier.congested:
+                self.carrier.blocked.add(self)
+            else:
+                self._loop.add_reader(self.app.fileno(), self._read_app)
+
+    def resume(self) -> None:
+        """The carrier's socket drained: read the app again (if credit allows)."""
+        if self.app is not None and not self.local_fin and self.record.result == "open":
+            self._loop.add_reader(self.app.fileno(), self._read_app)
+
+    # -- peer → app --------------------------------------------------------------------
+
+    def deliver(self, data: memoryview) -> None:
+        size = len(data)
+        self.recv_left -= size
+        if self.recv_left < 0:
+            self.abort("the peer sent more than its window")
+            return
+        if self.remote_fin:
+            self.abort("the peer sent DATA after FIN")
+            return
+        self.last_active = self._loop.time()
+        app = self.app
+        if self.pending or app is None:
+            self.pending.append(bytes(data))
+            self.pending_size += size
+            return
+        try:
+            sent = app.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.abort(f"app side: {exc.strerror or exc}")
+            return
+        self.record.bytes_to_app += sent
+        if sent:
+            self._taken(sent)
+        if sent < size:
+            self.pending.append(bytes(data[sent:]))
+            self.pending_size += size - sent
+            self._loop.add_writer(app.fileno(), self._flush_app)
+
+    def _taken(self, size: int) -> None:
+        """The app took *size* bytes: hand the credit back once there is enough of it."""
+        self.unacked += size
+        if self.unacked >= mux.WINDOW_UPDATE and not self.remote_fin:
+            self.carrier.send_control(mux.window_frame(self.id, self.unacked))
+            self.recv_left += self.unacked
+            self.unacked = 0
+
+    def _flush_app(self) -> None:
+        app = self.app
+        assert app is not None
+        while self.pending:
+            chunk = self.pending[0]
+            try:
+                sent = app.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.abort(f"app side: {exc.strerror or exc}")
+                return
+            self.record.bytes_to_app += sent
+            self.pending_size -= sent
+            self._taken(sent)
+            if sent < len(chunk):
+                self.pending[0] = chunk[sent:]
+                return
+            self.pending.pop(0)
+        self._loop.remove_writer(app.fileno())
+        if self.remote_fin:
+            self._eof_to_app()
+
+    def peer_fin(self) -> None:
+        self.remote_fin = True
+        if self.app is not None and not self.pending:
+            self._eof_to_app()
+
+    def _eof_to_app(self) -> None:
+        assert self.app is not None
+        try:
+            self.app.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.abort(f"app side: {exc.strerror or exc}")
+            return
+        self._maybe_done()
+
+    # -- the end -----------------------------------------------------------------------
+
+    def _maybe_done(self) -> None:
+        if self.local_fin and self.remote_fin and not self.pending and self.state == "open":
+            self._end("ok", "", notify=False)
+
+    def abort(self, detail: str, result: str = "reset") -> None:
+        """Reset the app's connection and the peer's stream (error, reset, timeout, stop)."""
+        self._end(result, detail, notify=True)
+
+    def peer_reset(self, reason: str) -> None:
+        self._end("reset", f"peer reset the stream: {reason}" if reason else "peer reset", False)
+
+    def _end(self, result: str, detail: str, notify: bool) -> None:
+        if self.record.result != "open":
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.record.finish(result, detail)
+        self.pending.clear()
+        self.pending_size = 0
+        self.carrier.forget(self, notify, detail)
+        app = self.app
+        if app is not None:
+            fd = app.fileno()
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+            if result == "ok":
+                app.close()
+            else:
+                abort(app)
+        self._on_done(self)
+
+
+class Carrier:
+    """The TLS connection under the streams, on either side."""
+
+    def __init__(
+        self,
+        tls: TlsSession,
+        side: Side,
+        scratch: Scratch,
+        peer_identity: str,
+        *,
+        on_open: Callable[[Carrier, int, bytes], None] | None = None,
+        on_closed: Callable[[Carrier], None] | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.tls = tls
+        self.side = side
+        self.scratch = scratch
+        self.peer_identity = peer_identity
+        self.resumed = tls.obj.session_reused
+        self._on_open = on_open  # server: an OPEN frame arrived
+        self.on_closed = on_closed
+        self._fd = tls.sock.fileno()
+        _keepalive(tls.sock)
+        self._reader = mux.FrameReader()
+        self.streams: dict[int, Stream] = {}
+        self._next_id = 1
+        self._last_opened = 0  # server: highest stream id seen
+        self.congested = False  # ciphertext waits for the socket; streams stop reading
+        self.blocked: set[Stream] = set()
+        self._pending: memoryview | None = None
+        self._control: list[bytes] = []
+        self._dispatching = False
+        self.closed = False
+        self.key: Any = None  # the pool's, on the client side
+        # Client side: called once, at the first answer, by when the server's session
+        # ticket (sent after the handshake, before any answer) has been read.
+        self.on_first_answer: Callable[[], None] | None = None
+        self.created = self.loop.time()
+        self.opened_streams = 0
+        self.last_active = self.loop.time()
+
+    def start(self) -> None:
+        self.loop.add_reader(self._fd, self._read_tls)
+        self._decrypt()  # frames that came along with the handshake
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    # -- streams -------------------------------------------------------------------------
+
+    def open_stream(
+        self,
+        app: socket.socket,
+        record: ConnectionRecord,
+        on_done: Callable[[Stream], None],
+        frame: Callable[[int], bytes],
+    ) -> Stream:
+        """Client side: a new stream for *app*; *frame* makes its OPEN for the id."""
+        stream_id = self._next_id
+        self._next_id += 2
+        stream = Stream(self, stream_id, record, on_done)
+        self.streams[stream_id] = stream
+        self.opened_streams += 1
+        self.send_control(frame(stream_id))
+        stream.attach(app)  # DATA may follow OPEN at once: the server buffers it
+        return stream
+
+    def accept_stream(
+        self, stream_id: int, record: ConnectionRecord, on_done: Callable[[Stream], None]
+    ) -> Stream:
+        """Server side: the stream of an OPEN that was let through (app attached later)."""
+        stream = Stream(self, stream_id, record, on_done)
+        self.streams[stream_id] = stream
+        self.opened_streams += 1
+        return stream
+
+    def answer(self, stream: Stream, status: int, reason: str = "") -> None:
+        """Server side: OK once the app is connected, or REFUSE (the stream ends here)."""
+        if status == 200:
+            stream.state = "open"
+            self.send_control(mux.frame(mux.OK, stream.id))
+        else:
+            self.send_control(mux.refuse_frame(stream.id, status, reason))
+
+    def refuse(self, stream_id: int, status: int, reason: str) -> None:
+        """Server side: REFUSE an OPEN that never became a stream."""
+        self.send_control(mux.refuse_frame(stream_id, status, reason))
+
+    def forget(self, stream: Stream, notify: bool, reason: str) -> None:
+        if self.streams.pop(stream.id, None) is None:
+            return
+        self.blocked.discard(stream)
+        if notify and not self.closed:
+            self.send_control(mux.rst_frame(stream.id, reason))
+        self.last_active = self.loop.time()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def send_control(self, frame: bytes) -> None:
+        """Queue a small frame; it leaves now, or with the others after the batch."""
+        self._control.append(frame)
+        if not self._dispatching:
+            self._flush_control()
+
+    def _flush_control(self) -> None:
+        if not self._control or self.closed:
+            return
+        data = b"".join(self._control)
+        self._control.clear()
+        self._write(memoryview(data))
+
+    def send_data(self, frame: memoryview) -> None:
+        """One DATA frame (header and payload, in the shared scratch buffer)."""
+        if self._control:
+            data = b"".join(self._control)
+            self._control.clear()
+            self._write(memoryview(data), more=frame)
+        else:
+            self._write(frame)
+
+    def _write(self, first: memoryview, more: memoryview | None = None) -> None:
+        if self.closed:
+            return
+        obj, outgoing = self.tls.obj, self.tls.outgoing
+        parts = []
+        try:
+            for view in (first, more):
+                if view is None:
+                    continue
+                for start in range(0, len(view), SLICE):  # the BIO never holds more than a slice
+                    obj.write(view[start : start + SLICE])
+                    parts.append(outgoing.read())
+        except ssl.SSLError as exc:
+            self.abort(f"TLS: {exc.reason or exc}", "error")
+            return
+        if self.congested:
+            assert self._pending is not None
+            self._pending = memoryview(b"".join([self._pending, *parts]))
+            return
+        try:
+            sent = self.tls.sock.send(parts[0]) if len(parts) == 1 else self.tls.sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.abort(f"tunnel: {exc.strerror or exc}")
+            return
+        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+        if sent < size:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._pending = memoryview(data)[sent:]
+            self.congested = True
+            self.loop.add_writer(self._fd, self._flush)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            sent = self.tls.sock.send(pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(f"tunnel: {exc.strerror or exc}")
+            return
+        if sent < len(pending):
+            self._pending = pending[sent:]
+            return
+        self._pending = None
+        self.congested = False
+        self.loop.remove_writer(self._fd)
+        blocked, self.blocked = self.blocked, set()
+        for stream in blocked:
+            stream.resume()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read_tls(self) -> None:
+        view = self.scratch.recv
+        try:
+            n = self.tls.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(f"tunnel: {exc.strerror or exc}")
+            return
+        if n == 0:
+            self.abort("the tunnel connection closed without close_notify")
+            return
+        self.last_active = self.loop.time()
+        self._decrypt(view[:n])
+
+    def _decrypt(self, cipher: memoryview | None = None) -> None:
+        """Decrypt and dispatch batch after batch until the ciphertext is used up."""
+        view = self.scratch.plain
+        room = self.scratch.size
+        obj = self.tls.obj
+        fed, total = 0, 0 if cipher is None else len(cipher)
+        while not self.closed:
+            filled = 0
+            eof = False
+            while room - filled >= MAX_RECORD:
+                try:
+                    n = _read_into(obj, room - filled, view[filled:])
+                except ssl.SSLWantReadError:
+                    if fed < total:
+                        assert cipher is not None
+                        self.tls.incoming.write(cipher[fed : fed + SLICE])
+                        fed += SLICE
+                        continue
+                    break
+                except ssl.SSLZeroReturnError:
+                    n = 0
+                except ssl.SSLError as exc:
+                    self.abort(f"TLS: {exc.reason or exc}", "error")
+                    return
+                if n == 0:
+                    eof = True
+                    break
+                filled += n
+            if filled:
+                self._dispatch(view[:filled])
+            if eof:
+                self.abort("the peer closed the tunnel connection", "reset", graceful=True)
+                return
+            if not filled:
+                return
+
+    def _dispatch(self, data: memoryview) -> None:
+        try:
+            events = self._reader.feed(data)
+        except RemoteProtocolError as exc:
+            log.warning("tunnel peer %s broke smesh-mux/1: %s", self.peer_identity, exc)
+            self.abort(f"protocol error: {exc}", "error")
+            return
+        self._dispatching = True
+        streams = self.streams
+        try:
+            for kind, stream_id, payload in events:
+                stream = streams.get(stream_id)
+                if kind == mux.DATA:
+                    if stream is not None:
+                        stream.deliver(payload)  # type: ignore[arg-type]
+                    else:
+                        self._check_known(stream_id)
+                elif kind == mux.WINDOW:
+                    if stream is not None:
+                        stream.credit(mux.parse_window(bytes(payload)))
+                elif kind == mux.FIN:
+                    if stream is not None:
+                        stream.peer_fin()
+                elif kind == mux.RST:
+                    if stream is not None:
+                        stream.peer_reset(bytes(payload).decode("utf-8", "replace"))
+                elif kind == mux.OPEN:
+                    self._opened(stream_id, bytes(payload))
+                elif self.side == "client":  # OK or REFUSE
+                    if self.on_first_answer is not None:
+                        self.on_first_answer()
+                        self.on_first_answer = None
+                    if stream is None:
+                        continue
+                    if kind == mux.OK:
+                        stream.answered(200, "")
+                    else:
+                        stream.answered(*mux.parse_refuse(bytes(payload)))
+                if self.closed:
+                    return
+        except RemoteProtocolError as exc:
+            log.warning("tunnel peer %s broke smesh-mux/1: %s", self.peer_identity, exc)
+            self.abort(f"protocol error: {exc}", "error")
+            return
+        finally:
+            self._dispatching = False
+        self._flush_control()
+
+    def _check_known(self, stream_id: int) -> None:
+        """DATA for a stream that ended here is late, not wrong; one never opened is."""
+        highest = self._last_opened if self.side == "server" else self._next_id - 2
+        if stream_id > highest:
+            raise RemoteProtocolError(f"DATA for stream {stream_id}, never opened")
+
+    def _opened(self, stream_id: int, payload: bytes) -> None:
+        if self.side != "server" or self._on_open is None:
+            raise RemoteProtocolError("OPEN sent to the client side")
+        if stream_id % 2 == 0 or stream_id <= self._last_opened:
+            raise RemoteProtocolError(f"OPEN for stream {stream_id}, not a new odd id")
+        self._last_opened = stream_id
+        if len(self.streams) >= mux.MAX_STREAMS:
+            self.refuse(stream_id, 503, f"more than {mux.MAX_STREAMS} streams on one connection")
+            return
+        self._on_open(self, stream_id, payload)
+
+    # -- the end -------------------------------------------------------------------------
+
+    def pending_bytes(self) -> int:
+        return len(self._pending) if self._pending is not None else 0
+
+    def close(self) -> None:
+        """Close with close_notify (no streams left: the pool's idle timeout)."""
+        if self.closed:
+            return
+        with contextlib.suppress(ssl.SSLError, OSError):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                self.tls.obj.unwrap()
+            self.tls.sock.send(self.tls.outgoing.read())
+        self.abort("the tunnel connection closed", "reset", graceful=True)
+
+    def abort(self, detail: str, result: str = "reset", graceful: bool = False) -> None:
+        """End the connection and every stream on it (their apps see a reset)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self._fd)
+        self.loop.remove_writer(self._fd)
+        for stream in list(self.streams.values()):
+            stream._end(result, detail, notify=False)
+        self.streams.clear()
+        self.blocked.clear()
+        self._pending = None
+        self._control.clear()
+        if graceful:
+            self.tls.sock.close()
+        else:
+            abort(self.tls.sock)
+        if self.on_closed is not None:
+            self.on_closed(self)

@@ -1,0 +1,143 @@
+"""The outbound side's carriers: one per (destination pod, identity it must prove, certs).
+
+Many app connections to the same pod share a carrier; the first one pays the TCP connect
+and the TLS handshake (resumed when a ticket is cached), the others only an OPEN frame.
+Concurrent first connections wait for the same handshake instead of racing their own.
+
+A carrier takes no new streams once it holds :data:`MAX_STREAMS` of them, once it is
+older than :data:`MAX_AGE` (so a renewed certificate or policy-relevant identity change
+reaches every pair of pods soon), or once the certificate generation changed. Carriers
+without streams are closed (close_notify) after :data:`IDLE_CLOSE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import Any
+
+from smesh.dataplane.carrier import Carrier
+from smesh.dataplane.context import IPAddress, PodConfig, Services
+from smesh.dataplane.dial import dial
+from smesh.dataplane.sockets import abort
+from smesh.dataplane.tlsio import TlsSession
+from smesh.identity.spiffe import SpiffeId
+from smesh.identity.tls import verify_peer
+from smesh.tunnel import mux
+from smesh.tunnel.errors import TunnelError
+
+log = logging.getLogger("smesh.dataplane")
+
+MAX_STREAMS = mux.MAX_STREAMS
+MAX_AGE = 600.0
+IDLE_CLOSE = 60.0
+
+Key = tuple[IPAddress, SpiffeId, int]
+
+
+def _check_alpn(tls: TlsSession, ip: IPAddress) -> None:
+    if tls.obj.selected_alpn_protocol() != mux.ALPN:
+        raise TunnelError(f"the agent of {ip} does not speak {mux.ALPN} (ALPN); upgrade it")
+
+
+class CarrierPool:
+    def __init__(self, pod: PodConfig, services: Services) -> None:
+        self.pod = pod
+        self.services = services
+        self._loop = asyncio.get_running_loop()
+        self._carriers: dict[Key, list[Carrier]] = {}
+        self._connecting: dict[Key, asyncio.Task[Carrier]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def carriers(self) -> list[Carrier]:
+        return [c for group in self._carriers.values() for c in group]
+
+    async def get(self, ip: IPAddress, expected: SpiffeId) -> Carrier:
+        """A carrier with room for one more stream, connecting one if none has."""
+        ctx, generation = self.services.tls.client_context(self.pod.identity)
+        key = (ip, expected, generation)
+        while True:
+            if self._closed:
+                raise TunnelError("the pod is leaving the mesh")
+            now = self._loop.time()
+            for carrier in self._carriers.get(key, ()):
+                if len(carrier.streams) < MAX_STREAMS and now - carrier.created < MAX_AGE:
+                    return carrier
+            task = self._connecting.get(key)
+            if task is None:
+                task = self._loop.create_task(self._connect(key, ctx))
+                self._connecting[key] = task
+                task.add_done_callback(functools.partial(self._connected, key))
+            carrier = await asyncio.shield(task)
+            if len(carrier.streams) < MAX_STREAMS and not carrier.closed:
+                return carrier
+
+    def _connected(self, key: Key, task: asyncio.Task[Carrier]) -> None:
+        self._connecting.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # waiters got it; nobody else must be told it was never read
+
+    async def _connect(self, key: Key, ctx: Any) -> Carrier:
+        ip, expected, _generation = key
+        svc, pod = self.services, self.pod
+        sock = await dial(svc, pod, ip, pod.tunnel_port)
+        session_key = (ip, expected, pod.identity, key[2])
+        tls = TlsSession(ctx, sock, server_side=False, session=svc.sessions.get(session_key))
+        try:
+            t0 = self._loop.time()
+            await asyncio.wait_for(tls.handshake(), svc.limits.handshake_timeout)
+            resumed = tls.obj.session_reused
+            svc.observer.handshake("client", self._loop.time() - t0, resumed)
+            peer = verify_peer(tls.obj.getpeercert(True), expected)
+            _check_alpn(tls, ip)
+        except BaseException:
+            abort(sock)
+            raise
+        carrier = Carrier(tls, "client", svc.scratch, str(peer), on_closed=self._gone)
+        carrier.key = key
+        if svc.sessions.wants(session_key, resumed, self._loop.time()):
+
+            def keep_session() -> None:
+                svc.sessions.put(session_key, tls.obj.session, self._loop.time())
+
+            carrier.on_first_answer = keep_session
+        if self._closed:
+            carrier.abort("the pod is leaving the mesh")
+            raise TunnelError("the pod is leaving the mesh")
+        self._carriers.setdefault(key, []).append(carrier)
+        svc.observer.carriers("client", 1)
+        carrier.start()
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(IDLE_CLOSE / 4, self._sweep)
+        return carrier
+
+    def _gone(self, carrier: Carrier) -> None:
+        group = self._carriers.get(carrier.key, [])
+        if carrier in group:
+            group.remove(carrier)
+            self.services.observer.carriers("client", -1)
+            if not group:
+                del self._carriers[carrier.key]
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        deadline = self._loop.time() - IDLE_CLOSE
+        for carrier in self.carriers():
+            if not carrier.streams and carrier.last_active < deadline:
+                carrier.close()
+        if self._carriers and not self._closed:
+            self._sweeper = self._loop.call_later(IDLE_CLOSE / 4, self._sweep)
+
+    def close(self) -> None:
+        """Reset every carrier (and so every stream on them): the pod leaves the mesh."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in self._connecting.values():
+            task.cancel()
+        for carrier in self.carriers():
+            with contextlib.suppress(Exception):
+                carrier.abort("the pod left the mesh")

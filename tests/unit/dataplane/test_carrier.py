@@ -1,0 +1,161 @@
+"""Streams on shared TLS connections (smesh-mux/1): isolation, limits and bad peers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from smesh.identity import tls
+from smesh.tunnel import mux
+from tests.unit.dataplane.harness import CLIENT_ID, SERVER_IP, Mesh, Server, recv_all
+from tests.unit.dataplane.test_adversarial import raw_tunnel, still_serving
+
+
+class MuxPeer:
+    """A hand-driven smesh-mux/1 client with a valid certificate (a buggy or hostile agent)."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        cred = mesh.ca.issue_credential(str(CLIENT_ID), dt.timedelta(hours=1), "node")
+        ctx = tls.client_context(cred, mesh.ca.bundle())
+        self.sock = ctx.wrap_socket(raw_tunnel(mesh))
+        assert self.sock.selected_alpn_protocol() == mux.ALPN
+        self.reader = mux.FrameReader()
+        self.events: list[tuple[int, int, bytes]] = []
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def next_event(self, kinds: set[int] | None = None) -> tuple[int, int, bytes]:
+        """The next frame (DATA pieces come one by one); b"" kind 0 when the peer closed."""
+        while True:
+            while self.events:
+                event = self.events.pop(0)
+                if kinds is None or event[0] in kinds:
+                    return event
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionResetError, ssl.SSLError):
+                data = b""
+            if not data:
+                return (0, 0, b"")
+            self.events += [(k, s, bytes(p)) for k, s, p in self.reader.feed(memoryview(data))]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_to(stream: int, host: str, port: int) -> bytes:
+    return mux.open_frame(stream, ipaddress.ip_address(host), port)
+
+
+def data(stream: int, payload: bytes) -> bytes:
+    return mux.frame(mux.DATA, stream, payload)
+
+
+@pytest.fixture
+def echo(mesh: Mesh) -> Server:
+    server = Server(lambda conn: conn.sendall(recv_all(conn)))
+    mesh.destination = (SERVER_IP, server.port)
+    return server
+
+
+def test_an_open_to_another_address_is_refused_and_the_connection_serves_on(
+    mesh: Mesh, echo: Server
+) -> None:
+    peer = MuxPeer(mesh)
+    peer.send(open_to(1, "10.1.2.3", 80), open_to(3, "127.0.0.3", 18000))
+    kind, stream, payload = peer.next_event()
+    assert (kind, stream) == (mux.REFUSE, 1)
+    assert mux.parse_refuse(payload) == (403, "10.1.2.3 is not this pod's address")
+    kind, stream, payload = peer.next_event()
+    assert (kind, stream, mux.parse_refuse(payload)[0]) == (mux.REFUSE, 3, 403)
+    peer.send(open_to(5, str(SERVER_IP), echo.port), data(5, b"hello"), mux.frame(mux.FIN, 5))
+    assert peer.next_event() == (mux.OK, 5, b"")
+    assert peer.next_event({mux.DATA}) == (mux.DATA, 5, b"hello")
+    assert peer.next_event({mux.FIN}) == (mux.FIN, 5, b"")
+    peer.close()
+
+
+def test_a_malformed_open_is_a_400_and_an_unknown_frame_ends_the_connection(
+    mesh: Mesh, echo: Server
+) -> None:
+    peer = MuxPeer(mesh)
+    peer.send(mux.frame(mux.OPEN, 1, b"\x00"))
+    kind, stream, payload = peer.next_event()
+    assert (kind, stream, mux.parse_refuse(payload)[0]) == (mux.REFUSE, 1, 400)
+    peer.send(mux.HEADER.pack(99, 3, 0))
+    assert peer.next_event()[0] == 0  # closed
+    peer.close()
+    still_serving(mesh)
+
+
+def test_data_beyond_the_window_resets_the_stream(mesh: Mesh) -> None:
+    release = threading.Event()
+    server = Server(lambda conn: release.wait(10))  # never reads
+    peer = MuxPeer(mesh)
+    peer.send(open_to(1, str(SERVER_IP), server.port))
+    assert peer.next_event() == (mux.OK, 1, b"")
+    chunk = b"x" * 65536
+    peer.send(*[data(1, chunk)] * (mux.INITIAL_WINDOW // len(chunk) + 64))
+    kind, stream, payload = peer.next_event({mux.RST})
+    assert (kind, stream) == (mux.RST, 1)
+    assert b"more than its window" in payload
+    release.set()
+    peer.close()
+    server.close()
+
+
+def test_a_stalled_stream_does_not_hold_up_the_others_on_its_connection(mesh: Mesh) -> None:
+    release = threading.Event()
+    stalled = Server(lambda conn: release.wait(20))  # never reads
+    echo = Server(lambda conn: conn.sendall(recv_all(conn)))
+    mesh.destination = (SERVER_IP, stalled.port)
+    blocked = mesh.connect()
+    blocked.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # fill every buffer on the way to the stalled app
+        try:
+            sent += blocked.send(b"y" * 65536)
+        except BlockingIOError:
+            time.sleep(0.05)
+            try:
+                sent += blocked.send(b"y" * 65536)
+            except BlockingIOError:
+                break
+    assert sent > mux.INITIAL_WINDOW  # the agents hold one window; the rest waits in kernels
+    mesh.destination = (SERVER_IP, echo.port)
+    for _ in range(3):
+        with mesh.connect(timeout=5) as app:
+            app.sendall(b"still moving")
+            app.shutdown(socket.SHUT_WR)
+            assert recv_all(app) == b"still moving"
+    assert mesh.recorder.open_carriers == {"client": 1, "server": 1}  # the same connection
+    pending = mesh.call(mesh.server.pending_bytes)
+    assert 0 < pending <= mux.INITIAL_WINDOW
+    release.set()
+    blocked.close()
+    stalled.close()
+    echo.close()
+
+
+def test_more_streams_than_one_connection_carries_open_another(mesh: Mesh) -> None:
+    release = threading.Event()
+    server = Server(lambda conn: release.wait(20))
+    mesh.destination = (SERVER_IP, server.port)
+    apps = [mesh.connect() for _ in range(mux.MAX_STREAMS + 10)]
+    deadline = time.monotonic() + 10
+    while mesh.call(mesh.server.active_connections) < len(apps):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert mesh.recorder.open_carriers == {"client": 2, "server": 2}
+    release.set()
+    for app in apps:
+        app.close()
+    server.close()
