@@ -297,7 +297,7 @@ def run_variant(plan: Plan, name: str, workdir: Path, progress: Progress) -> Sam
         api.down(lab)
 
 
-PROFILED_GROUPS = ("throughput", "cps")
+PROFILED_GROUPS = ("throughput", "rtt", "cps")
 
 
 def _profile(

@@ -496,17 +496,23 @@ class Carrier:
         view = self.scratch.plain
         room = self.scratch.size
         obj = self.tls.obj
+        incoming = self.tls.incoming
         fed, total = 0, 0 if cipher is None else len(cipher)
+        if cipher is not None:  # feed first: a read that fails costs an exception
+            incoming.write(cipher[:SLICE])
+            fed = SLICE
         while not self.closed:
             filled = 0
             eof = False
             while room - filled >= MAX_RECORD:
+                if fed >= total and not incoming.pending and not obj.pending():
+                    break  # nothing left to decrypt: skip the failing read
                 try:
                     n = _read_into(obj, room - filled, view[filled:])
                 except ssl.SSLWantReadError:
                     if fed < total:
                         assert cipher is not None
-                        self.tls.incoming.write(cipher[fed : fed + SLICE])
+                        incoming.write(cipher[fed : fed + SLICE])
                         fed += SLICE
                         continue
                     break
