@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from smesh.dataplane.records import ConnectionRecord
-from smesh.dataplane.relay import MAX_RECORD, SLICE, Scratch, _read_into
-from smesh.dataplane.sockets import abort
+from smesh.dataplane.relay import Scratch
+from smesh.dataplane.sockets import abort, send_gathered, send_rest
 from smesh.dataplane.tlsio import TlsSession
 from smesh.tunnel import mux
 from smesh.tunnel.errors import RemoteProtocolError
@@ -423,15 +423,11 @@ class Carrier:
     def _write(self, first: memoryview, more: memoryview | None = None) -> None:
         if self.closed:
             return
-        obj, outgoing = self.tls.obj, self.tls.outgoing
-        parts = []
+        parts: list[bytes] = []
         try:
-            for view in (first, more):
-                if view is None:
-                    continue
-                for start in range(0, len(view), SLICE):  # the BIO never holds more than a slice
-                    obj.write(view[start : start + SLICE])
-                    parts.append(outgoing.read())
+            self.tls.seal(first, parts)
+            if more is not None:
+                self.tls.seal(more, parts)
         except ssl.SSLError as exc:
             self.abort(f"TLS: {exc.reason or exc}", "error")
             return
@@ -440,34 +436,24 @@ class Carrier:
             self._pending = memoryview(b"".join([self._pending, *parts]))
             return
         try:
-            sent = self.tls.sock.send(parts[0]) if len(parts) == 1 else self.tls.sock.sendmsg(parts)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            self._pending = send_gathered(self.tls.sock, parts)
         except OSError as exc:
             self.abort(f"tunnel: {exc.strerror or exc}")
             return
-        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
-        if sent < size:
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._pending = memoryview(data)[sent:]
+        if self._pending is not None:
             self.congested = True
             self.loop.add_writer(self._fd, self._flush)
 
     def _flush(self) -> None:
-        pending = self._pending
-        if pending is None:
+        if self._pending is None:
             return
         try:
-            sent = self.tls.sock.send(pending)
-        except (BlockingIOError, InterruptedError):
-            return
+            self._pending = send_rest(self.tls.sock, self._pending)
         except OSError as exc:
             self.abort(f"tunnel: {exc.strerror or exc}")
             return
-        if sent < len(pending):
-            self._pending = pending[sent:]
+        if self._pending is not None:
             return
-        self._pending = None
         self.congested = False
         self.loop.remove_writer(self._fd)
         blocked, self.blocked = self.blocked, set()
@@ -494,37 +480,13 @@ class Carrier:
     def _decrypt(self, cipher: memoryview | None = None) -> None:
         """Decrypt and dispatch batch after batch until the ciphertext is used up."""
         view = self.scratch.plain
-        room = self.scratch.size
-        obj = self.tls.obj
-        incoming = self.tls.incoming
-        fed, total = 0, 0 if cipher is None else len(cipher)
-        if cipher is not None:  # feed first: a read that fails costs an exception
-            incoming.write(cipher[:SLICE])
-            fed = SLICE
+        fed = 0
         while not self.closed:
-            filled = 0
-            eof = False
-            while room - filled >= MAX_RECORD:
-                if fed >= total and not incoming.pending and not obj.pending():
-                    break  # nothing left to decrypt: skip the failing read
-                try:
-                    n = _read_into(obj, room - filled, view[filled:])
-                except ssl.SSLWantReadError:
-                    if fed < total:
-                        assert cipher is not None
-                        incoming.write(cipher[fed : fed + SLICE])
-                        fed += SLICE
-                        continue
-                    break
-                except ssl.SSLZeroReturnError:
-                    n = 0
-                except ssl.SSLError as exc:
-                    self.abort(f"TLS: {exc.reason or exc}", "error")
-                    return
-                if n == 0:
-                    eof = True
-                    break
-                filled += n
+            try:
+                filled, fed, eof = self.tls.open_into(view, cipher, fed)
+            except ssl.SSLError as exc:
+                self.abort(f"TLS: {exc.reason or exc}", "error")
+                return
             if filled:
                 self._dispatch(view[:filled])
             if eof:

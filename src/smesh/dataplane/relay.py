@@ -24,24 +24,15 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from smesh.dataplane.records import ConnectionRecord
-from smesh.dataplane.sockets import abort
-from smesh.dataplane.tlsio import TlsSession
+from smesh.dataplane.sockets import abort, send_gathered, send_rest
+from smesh.dataplane.tlsio import MAX_RECORD, TlsSession, _read_into
 
 log = logging.getLogger("smesh.dataplane")
 
 BATCH = 256 * 1024
-MAX_RECORD = 16 * 1024 + 256
-SLICE = 16 * 1024  # bytes moved through a TLS memory BIO at a time (one record's worth)
 PENDING_BOUND = 2 * (BATCH + BATCH // 16 + MAX_RECORD)  # both directions, worst case
-
-
-def _read_into(obj: ssl.SSLObject, size: int, view: memoryview) -> int:
-    """Decrypt into *view*; with a buffer, SSLObject.read returns a count, not bytes."""
-    read: Any = obj.read
-    return int(read(size, view))
 
 
 class Scratch:
@@ -153,12 +144,9 @@ class Relay:
             self._close_up()
             return
         self.record.bytes_from_app += n
-        obj, outgoing = self.tls.obj, self.tls.outgoing
-        parts = []
+        parts: list[bytes] = []
         try:
-            for start in range(0, n, SLICE):  # the BIO never holds more than one slice
-                obj.write(view[start : min(n, start + SLICE)])
-                parts.append(outgoing.read())
+            self.tls.seal(view[:n], parts)
         except ssl.SSLError as exc:
             self.abort(f"TLS: {exc.reason or exc}", "error")
             return
@@ -167,35 +155,26 @@ class Relay:
     def _send_tls(self, parts: list[bytes]) -> None:
         """Send the records of one batch in one call (``sendmsg`` gathers without a copy)."""
         try:
-            sent = self.tls.sock.send(parts[0]) if len(parts) == 1 else self.tls.sock.sendmsg(parts)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            rest = send_gathered(self.tls.sock, parts)
         except OSError as exc:
             self.abort(f"tunnel: {exc.strerror or exc}")
             return
-        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
-        if sent < size:
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._up_pending = memoryview(data)[sent:]
+        if rest is not None:
+            self._up_pending = rest
             if not self._up_eof:
                 self._loop.remove_reader(self._plain_fd)  # backpressure: stop reading the app
             self._loop.add_writer(self._tls_fd, self._flush_tls)
 
     def _flush_tls(self) -> None:
-        pending = self._up_pending
-        if pending is None:
+        if self._up_pending is None:
             return
         try:
-            sent = self.tls.sock.send(pending)
-        except (BlockingIOError, InterruptedError):
-            return
+            self._up_pending = send_rest(self.tls.sock, self._up_pending)
         except OSError as exc:
             self.abort(f"tunnel: {exc.strerror or exc}")
             return
-        if sent < len(pending):
-            self._up_pending = pending[sent:]
+        if self._up_pending is not None:
             return
-        self._up_pending = None
         self._loop.remove_writer(self._tls_fd)
         if self._up_shutdown:
             self._half_close_tunnel()
@@ -287,37 +266,19 @@ class Relay:
         are taken out: a memory BIO keeps the largest size it ever held until the
         connection ends, so feeding it a whole batch would pin a batch per connection.
         """
-        view = self.scratch.plain
-        room = self.scratch.size
-        filled = 0
-        eof = False
         obj = self.tls.obj
-        fed, total = 0, 0 if cipher is None else len(cipher)
-        while room - filled >= MAX_RECORD:
-            try:
-                n = _read_into(obj, room - filled, view[filled:])
-            except ssl.SSLWantReadError:
-                if fed < total:
-                    assert cipher is not None
-                    self.tls.incoming.write(cipher[fed : fed + SLICE])
-                    fed += SLICE
-                    continue
-                break
-            except ssl.SSLZeroReturnError:
-                n = 0
-            except ssl.SSLError as exc:
-                self.abort(f"TLS: {exc.reason or exc}", "error")
-                return
-            if n == 0:
-                eof = True
-                break
-            filled += n
+        total = 0 if cipher is None else len(cipher)
+        try:
+            filled, fed, eof = self.tls.open_into(self.scratch.plain, cipher, 0)
+        except ssl.SSLError as exc:
+            self.abort(f"TLS: {exc.reason or exc}", "error")
+            return
         if fed < total:  # the batch is full of records that were already queued: keep the rest
             assert cipher is not None
             self.tls.incoming.write(cipher[fed:])
         if filled:
             self.record.bytes_to_app += filled
-            self._send_plain(view[:filled], copy=True)
+            self._send_plain(self.scratch.plain[:filled], copy=True)
             if self.record.result != "open":
                 return
         if eof:
@@ -347,20 +308,15 @@ class Relay:
             self._loop.add_writer(self._plain_fd, self._flush_plain)
 
     def _flush_plain(self) -> None:
-        pending = self._down_pending
-        if pending is None:
+        if self._down_pending is None:
             return
         try:
-            sent = self.plain.send(pending)
-        except (BlockingIOError, InterruptedError):
-            return
+            self._down_pending = send_rest(self.plain, self._down_pending)
         except OSError as exc:
             self.abort(f"app side: {exc.strerror or exc}")
             return
-        if sent < len(pending):
-            self._down_pending = pending[sent:]
+        if self._down_pending is not None:
             return
-        self._down_pending = None
         self._loop.remove_writer(self._plain_fd)
         if self._down_eof:
             self._close_down()

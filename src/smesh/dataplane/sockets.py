@@ -35,3 +35,28 @@ def endpoint(address: tuple[str, int] | tuple[str, int, int, int] | str | None) 
         return str(address)
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def send_gathered(sock: socket.socket, parts: list[bytes]) -> memoryview | None:
+    """Send *parts* in one call (``sendmsg`` gathers without a copy); the unsent rest.
+
+    None means everything went; raises OSError for anything but a full buffer.
+    """
+    try:
+        sent = sock.send(parts[0]) if len(parts) == 1 else sock.sendmsg(parts)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+    if sent >= size:
+        return None
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return memoryview(data)[sent:]
+
+
+def send_rest(sock: socket.socket, pending: memoryview) -> memoryview | None:
+    """Send more of *pending*; what is still unsent (None: all of it). Raises OSError."""
+    try:
+        sent = sock.send(pending)
+    except (BlockingIOError, InterruptedError):
+        return pending
+    return pending[sent:] if sent < len(pending) else None

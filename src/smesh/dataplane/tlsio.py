@@ -12,10 +12,18 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 READ_CHUNK = 65536
+MAX_RECORD = 16 * 1024 + 256
+SLICE = 16 * 1024  # bytes moved through a TLS memory BIO at a time (one record's worth)
+
+
+def _read_into(obj: ssl.SSLObject, size: int, view: memoryview) -> int:
+    """Decrypt into *view*; with a buffer, SSLObject.read returns a count, not bytes."""
+    read: Any = obj.read
+    return int(read(size, view))
 
 
 class TlsSession:
@@ -36,6 +44,51 @@ class TlsSession:
         self.obj = ctx.wrap_bio(
             self.incoming, self.outgoing, server_side=server_side, session=session
         )
+
+    # -- the per-byte path: a memory BIO keeps the largest size it ever held, so bytes go
+    # through one record-sized slice at a time, never a whole batch.
+
+    def seal(self, plain: memoryview, records: list[bytes]) -> None:
+        """Encrypt *plain*, appending its records to *records* (raises ssl.SSLError)."""
+        obj, outgoing = self.obj, self.outgoing
+        for start in range(0, len(plain), SLICE):
+            obj.write(plain[start : start + SLICE])
+            records.append(outgoing.read())
+
+    def open_into(
+        self, view: memoryview, cipher: memoryview | None, fed: int
+    ) -> tuple[int, int, bool]:
+        """Decrypt into *view* while a whole record fits, feeding *cipher* from *fed* on.
+
+        Returns (bytes decrypted, how much of *cipher* is fed now, whether the peer sent
+        close_notify); raises ssl.SSLError. Records already queued are decrypted first; a
+        read is skipped when nothing is left to decrypt (a failing read costs an exception).
+        """
+        obj, incoming = self.obj, self.incoming
+        total = 0 if cipher is None else len(cipher)
+        room, filled = len(view), 0
+        while room - filled >= MAX_RECORD:
+            if not incoming.pending and not obj.pending():
+                if fed >= total:
+                    break
+                assert cipher is not None
+                incoming.write(cipher[fed : fed + SLICE])
+                fed += SLICE
+            try:
+                n = _read_into(obj, room - filled, view[filled:])
+            except ssl.SSLWantReadError:  # a record is still incomplete
+                if fed >= total:
+                    break
+                assert cipher is not None
+                incoming.write(cipher[fed : fed + SLICE])
+                fed += SLICE
+                continue
+            except ssl.SSLZeroReturnError:
+                return filled, fed, True
+            if n == 0:
+                return filled, fed, True
+            filled += n
+        return filled, fed, False
 
     async def flush(self) -> None:
         data = self.outgoing.read()
