@@ -56,7 +56,7 @@ def frame(kind: int, stream: int, payload: bytes = b"") -> bytes:
 
 
 def open_frame(stream: int, ip: IPAddress, port: int, request_id: str = "") -> bytes:
-    rid = request_id.encode("ascii")[:MAX_REQUEST_ID]
+    rid = request_id.encode("ascii", "replace")[:MAX_REQUEST_ID]  # ids are ours: never raise
     packed = ip.packed
     return frame(OPEN, stream, _OPEN.pack(port, len(packed)) + packed + rid)
 
@@ -66,8 +66,13 @@ def parse_open(payload: bytes) -> tuple[IPAddress, int, str]:
     if len(payload) < _OPEN.size:
         raise RemoteProtocolError("OPEN frame too short")
     port, size = _OPEN.unpack_from(payload)
-    if size not in (4, 16) or len(payload) < _OPEN.size + size:
+    if size not in (4, 16):
         raise RemoteProtocolError(f"OPEN frame with a {size}-byte address")
+    if len(payload) < _OPEN.size + size:
+        carried = len(payload) - _OPEN.size
+        raise RemoteProtocolError(
+            f"OPEN frame announces a {size}-byte address but carries {carried} bytes"
+        )
     if not 0 < port < 65536:
         raise RemoteProtocolError(f"OPEN frame for port {port}")
     start = _OPEN.size

@@ -31,10 +31,17 @@ CANDIDATES = [
 HALF_CLOSE = {"memorybio"}  # asyncio's TLS transports cannot half-close
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports: all stay bound until each is picked, so none comes twice.
+
+    (The candidates listen with SO_REUSEPORT, so two roles handed the same port would
+    share it silently, and a plaintext client would now and then reach the TLS side.)
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 class _Target:
@@ -76,7 +83,7 @@ def pair(
     model, loop, workers = request.param
     ca, files = tls_files
     target = _Target()
-    tunnel, front = _free_port(), _free_port()
+    tunnel, front = _free_ports(2)
     started: list[subprocess.Popen[bytes]] = []
     try:
         for role, listen, to, node in (

@@ -134,7 +134,7 @@ def test_a_control_frame_of_exactly_max_control_is_accepted() -> None:
     [
         (mux.parse_open, b"\x00\x50", "OPEN frame too short"),
         (mux.parse_open, b"\x00\x50\x05" + bytes(5), "5-byte address"),
-        (mux.parse_open, b"\x00\x50\x10" + bytes(15), "16-byte address"),
+        (mux.parse_open, b"\x00\x50\x10" + bytes(15), "16-byte address but carries 15 bytes"),
         (mux.parse_open, b"\x00\x00\x04" + bytes(4), "port 0"),
         (mux.parse_open, b"\x00\x50\x04" + bytes(4) + "é".encode(), "malformed request id"),
         (mux.parse_open, b"\x00\x50\x04" + bytes(4) + b"a" * 65, "malformed request id"),
@@ -154,3 +154,8 @@ def test_a_malformed_control_payload_says_why(
 def test_open_frame_cuts_a_long_request_id_to_the_limit() -> None:
     [(_, _, payload)] = read([mux.open_frame(1, V4, 80, "r" * (mux.MAX_REQUEST_ID + 30))])
     assert mux.parse_open(payload) == (V4, 80, "r" * mux.MAX_REQUEST_ID)
+
+
+def test_open_frame_replaces_what_is_not_ascii_in_a_request_id() -> None:
+    [(_, _, payload)] = read([mux.open_frame(1, V4, 80, "réq-1")])
+    assert mux.parse_open(payload) == (V4, 80, "r?q-1")
