@@ -114,6 +114,7 @@ class AgentConfig(_Section):
     node: str = Field(min_length=1)
     workloads: Path
     non_meshed: Literal["passthrough", "deny"] = Field(default="passthrough", alias="nonMeshed")
+    event_loop: Literal["uvloop", "asyncio"] = Field(default="uvloop", alias="eventLoop")
     policy: Path | None = None
     capture: CaptureSettings = CaptureSettings()
     ports: PortSettings = PortSettings()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 from smesh.agent import logs
@@ -31,5 +30,6 @@ def _agent(args: argparse.Namespace) -> int:
     logs.configure(config.logging.format, config.logging.level)
     from smesh.agent.node import Agent  # noqa: PLC0415 - loads BPF and TLS machinery
     from smesh.agent.wiring import MeshWiring  # noqa: PLC0415
+    from smesh.dataplane import loop  # noqa: PLC0415
 
-    return asyncio.run(Agent(config, MeshWiring(config)).run())
+    return loop.run(Agent(config, MeshWiring(config)).run(), config.event_loop)

@@ -26,6 +26,7 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.identity.cert_ttl == 24 * 3600
     assert cfg.non_meshed == "passthrough"
     assert cfg.capture.mode == "auto"
+    assert cfg.event_loop == "uvloop"
 
 
 def test_durations_take_units(tmp_path: Path) -> None:
@@ -52,6 +53,7 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
         ("node: n\nworkloads: /w\nadmin: {port: 70000}\n", "agent.yaml: admin.port: "),
         ("node: n\nworkloads: /w\nadmin: {prot: 1}\n", "agent.yaml: admin.prot: unknown field"),
         ("node: n\nworkloads: /w\nnonMeshed: maybe\n", "agent.yaml: nonMeshed: "),
+        ("node: n\nworkloads: /w\neventLoop: tokio\n", "agent.yaml: eventLoop: "),
         ("node: n\nworkloads: /w\ntimeouts: {connect: soon}\n", "timeouts.connect: 'soon' is not"),
         (
             "node: n\nworkloads: /w\ncapture: {meshCidrs: [10.0.0.0/8, nope]}\n",

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services
 from smesh.dataplane.endpoint import PodEndpoint
+from smesh.dataplane.loop import LoopKind, loop_factory
 from smesh.dataplane.records import ConnectionRecord
 from smesh.identity import tls
 from smesh.identity.ca import CertificateAuthority
@@ -88,7 +89,11 @@ class Mesh:
     """Client pod (outbound) and server pod (inbound) data planes on one event loop."""
 
     def __init__(
-        self, tmp: Path, limits: Limits | None = None, policy: Policy | None = None
+        self,
+        tmp: Path,
+        limits: Limits | None = None,
+        policy: Policy | None = None,
+        loop: LoopKind = "uvloop",
     ) -> None:
         self.ca = CertificateAuthority.init(tmp / "ca")
         self.other_ca = CertificateAuthority.init(tmp / "other-ca")
@@ -106,7 +111,7 @@ class Mesh:
                 tls.client_context(cred, bundle),
             )
         self.tls = StaticTls(contexts)
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory(loop)()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(self._start)
