@@ -26,6 +26,7 @@
 /* smesh_config.flags */
 #define SMESH_F_CONFIGURED 1         /* nothing is captured until the loader says so */
 #define SMESH_F_EVENTS_PASSTHROUGH 2 /* also send events for connects left alone */
+#define SMESH_F_REFUSE_PLAINTEXT 4   /* pods take new connections only from inside (the agent) */
 
 /* smesh_pod.flags */
 #define SMESH_POD_HAS_IP4 1
@@ -53,6 +54,7 @@ enum smesh_counter {
 	SMESH_COUNTER_TRACKED,       /* sockops stored the original destination */
 	SMESH_COUNTER_HANDED_OVER,   /* the proxy's accepted socket took it over */
 	SMESH_COUNTER_EVENTS_DROPPED,
+	SMESH_COUNTER_PLAINTEXT_REFUSED, /* connection attempts from outside the pod dropped */
 	SMESH_COUNTER_COUNT,
 };
 

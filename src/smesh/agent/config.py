@@ -56,6 +56,7 @@ class CaptureSettings(_Section):
         default=("198.18.0.0/16", "fd00:198:18::/48"), alias="meshCidrs"
     )
     excluded_ports: tuple[Port, ...] = Field(default=(), alias="excludedPorts")
+    inbound_plaintext: Literal["allow", "refuse"] = Field(default="allow", alias="inboundPlaintext")
     pin_dir: Path | None = Field(default=None, alias="pinDir")
 
     @field_validator("mesh_cidrs")

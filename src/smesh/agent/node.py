@@ -50,6 +50,7 @@ def capture_config(config: AgentConfig) -> CaptureConfig:
         excluded_ports=[*config.capture.excluded_ports, config.admin.port],
         listener_port=config.ports.outbound,
         tunnel_port=config.ports.inbound,
+        refuse_inbound_plaintext=config.capture.inbound_plaintext == "refuse",
     )
 
 
@@ -206,6 +207,14 @@ class Agent:
                             self.metrics.capture_events.labels(pod.workload.name, decision).inc(
                                 value - seen
                             )
+                            if decision == "plaintext_refused":
+                                log.warning(
+                                    "refused %d plaintext connection attempt(s) to pod %s "
+                                    "from outside the mesh (capture.inboundPlaintext: refuse)",
+                                    value - seen,
+                                    pod.workload.name,
+                                    extra=logs.fields(pod=pod.workload.name, refused=value - seen),
+                                )
                         last[(key, decision)] = value
 
     # -- admin -----------------------------------------------------------------------

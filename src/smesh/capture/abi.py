@@ -30,6 +30,7 @@ POD_NAME_LEN = 128
 
 F_CONFIGURED = 1
 F_EVENTS_PASSTHROUGH = 2
+F_REFUSE_PLAINTEXT = 4
 POD_HAS_IP4 = 1
 POD_HAS_IP6 = 2
 
@@ -64,6 +65,7 @@ class Counter(enum.IntEnum):
     TRACKED = 8
     HANDED_OVER = 9
     EVENTS_DROPPED = 10
+    PLAINTEXT_REFUSED = 11
 
 
 COUNTER_COUNT = len(Counter)
@@ -215,9 +217,10 @@ GETSOCKOPT = ProgramSpec("smesh_sockopt", "sockopt")
 # Attach order on a pod's cgroup: whatever reads the socket storage goes in before the
 # connect hooks that fill it, so no captured socket ever misses its bookkeeping. Detach
 # runs in reverse.
-POD_PROGRAMS = (SOCKOPS_POD, GETPEERNAME4, GETPEERNAME6, CONNECT4, CONNECT6)
+INBOUND = ProgramSpec("smesh_inbound", "inbound")
+POD_PROGRAMS = (SOCKOPS_POD, GETPEERNAME4, GETPEERNAME6, CONNECT4, CONNECT6, INBOUND)
 PROXY_PROGRAMS = (SOCKOPS_PROXY, GETSOCKOPT)
-OBJECTS = ("connect", "peername", "sockops", "sockopt")
+OBJECTS = ("connect", "peername", "sockops", "sockopt", "inbound")
 
 _REPO_BUILD = Path(__file__).resolve().parents[3] / "build" / "bpf"
 

@@ -74,6 +74,7 @@ class CaptureConfig(BaseModel):
     listener_port: Port = LISTENER_PORT
     tunnel_port: Port = TUNNEL_PORT
     events_passthrough: bool = True
+    refuse_inbound_plaintext: bool = False  # eBPF only: apps accept only what the agent delivers
     max_tracked_connections: Annotated[int, Field(ge=16, le=1 << 22)] = abi.MAX_TRACKED
 
     @model_validator(mode="after")
@@ -135,5 +136,9 @@ def config_struct(config: CaptureConfig) -> abi.Config:
     raw.listener4 = (ctypes.c_uint8 * 4)(*config.listener_ipv4.packed)
     raw.port4 = config.listener_port
     raw.port6 = config.listener_port
-    raw.flags = abi.F_CONFIGURED | (abi.F_EVENTS_PASSTHROUGH if config.events_passthrough else 0)
+    raw.flags = abi.F_CONFIGURED
+    if config.events_passthrough:
+        raw.flags |= abi.F_EVENTS_PASSTHROUGH
+    if config.refuse_inbound_plaintext:
+        raw.flags |= abi.F_REFUSE_PLAINTEXT
     return raw

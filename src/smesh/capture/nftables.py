@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Self
 
 from smesh.capture.config import CaptureConfig
-from smesh.capture.errors import CaptureError, NftablesError
+from smesh.capture.errors import CaptureConfigError, CaptureError, NftablesError
 from smesh.capture.node import CapturedPod, Mode, Occupancy, PodCounters
 from smesh.linux import cgroups, netns
 from smesh.linux.errors import NetnsNotFound
@@ -154,6 +154,11 @@ class NftablesCapture:
 
     def __init__(self, config: CaptureConfig | None = None) -> None:
         self.config = config or CaptureConfig()
+        if self.config.refuse_inbound_plaintext:
+            raise CaptureConfigError(
+                "capture.inboundPlaintext: refuse needs eBPF capture (capture.mode: ebpf); "
+                "the nftables backend cannot refuse plaintext yet"
+            )
         self._pods: dict[str, CapturedPod] = {}
         self._opened = False
 

@@ -57,6 +57,7 @@ class PodCounters:
     tracked: int = 0
     handed_over: int = 0
     events_dropped: int = 0
+    plaintext_refused: int = 0
 
     @classmethod
     def from_values(cls, values: list[int]) -> PodCounters:

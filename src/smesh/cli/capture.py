@@ -100,6 +100,7 @@ def _status(args: argparse.Namespace) -> int:
             pod["pass_not_tcp"],
             pod["denied"] + pod["map_full"],
             pod["events_dropped"],
+            pod["plaintext_refused"],
         ]
         for node in doc["nodes"]
         for pod in node["pods"]
@@ -119,6 +120,7 @@ def _status(args: argparse.Namespace) -> int:
                     "NOT-TCP",
                     "FAILED",
                     "EVENTS-DROPPED",
+                    "PLAINTEXT-REFUSED",
                 ],
                 rows,
             )

@@ -189,7 +189,7 @@ def test_capture_status_reports_mode_pods_and_counters(captured: Harness) -> Non
     if captured.mode == "ebpf":
         assert node1["connections"] == 0
         assert node1["connections_capacity"] == 65536
-        assert node1["links"] == 2 + 2 * 5  # proxy: 2 programs; each pod: 5
+        assert node1["links"] == 2 + 2 * 6  # proxy: 2 programs; each pod: 6
 
 
 def test_detach_puts_the_pods_back_to_plain_connects(captured: Harness) -> None:
@@ -287,7 +287,7 @@ def test_after_the_owner_is_killed_captured_connects_are_refused_and_lab_down_cl
                 programs.add(info.prog_id)
             maps.add(libbpf.map_info(pinned.maps.conns.fd).id)
             maps.add(libbpf.map_info(pinned.maps.meta.fd).id)
-        assert len(links) == 2 + 2 * 5
+        assert len(links) == 2 + 2 * 6
     h.stop()
     smesh("lab", "down", "--name", h.lab.name)
     assert not h.pin_dir("node-1").exists()

@@ -16,6 +16,7 @@ Clients print one JSON line:
     read-to-end HOST PORT           send "hello", read until EOF or reset; report which
     slow-read HOST PORT RATE SECS   read RATE bytes per second for SECS
     many HOST PORT COUNT            COUNT connections at once, each an echo of its number
+    try-connect HOST PORT SECS      whether a connection is established within SECS
 """
 
 from __future__ import annotations
@@ -144,6 +145,14 @@ def expect_reset(host: str, port: int) -> dict[str, object]:
     return {"outcome": outcome, "seconds": time.monotonic() - started}
 
 
+def try_connect(host: str, port: int, seconds: float) -> dict[str, object]:
+    try:
+        with socket.create_connection((host, port), timeout=seconds):
+            return {"connected": True, "error": None}
+    except OSError as exc:
+        return {"connected": False, "error": type(exc).__name__}
+
+
 def read_to_end(host: str, port: int) -> dict[str, object]:
     data = b""
     with connect(host, port) as sock:
@@ -243,6 +252,8 @@ def main() -> None:
         report(**read_to_end(args[0], int(args[1])))
     elif mode == "slow-read":
         report(**slow_read(args[0], int(args[1]), int(args[2]), float(args[3])))
+    elif mode == "try-connect":
+        report(**try_connect(args[0], int(args[1]), float(args[2])))
     elif mode == "many":
         report(**many(args[0], int(args[1]), int(args[2])))
     else:

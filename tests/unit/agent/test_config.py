@@ -54,6 +54,7 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
         ("node: n\nworkloads: /w\nadmin: {prot: 1}\n", "agent.yaml: admin.prot: unknown field"),
         ("node: n\nworkloads: /w\nnonMeshed: maybe\n", "agent.yaml: nonMeshed: "),
         ("node: n\nworkloads: /w\neventLoop: tokio\n", "agent.yaml: eventLoop: "),
+        ("node: n\nworkloads: /w\ncapture: {inboundPlaintext: no}\n", "capture.inboundPlaintext: "),
         ("node: n\nworkloads: /w\ntimeouts: {connect: soon}\n", "timeouts.connect: 'soon' is not"),
         (
             "node: n\nworkloads: /w\ncapture: {meshCidrs: [10.0.0.0/8, nope]}\n",

@@ -70,3 +70,16 @@ def test_the_config_struct_says_where_captured_connects_go() -> None:
     assert bytes(raw.listener6) == ipaddress.IPv6Address("::1").packed
     assert (raw.port4, raw.port6) == (15001, 15001)
     assert raw.flags == abi.F_CONFIGURED
+
+
+def test_refusing_inbound_plaintext_is_a_flag_for_the_programs() -> None:
+    raw = config_struct(CaptureConfig.build(refuse_inbound_plaintext=True))
+    assert raw.flags & abi.F_REFUSE_PLAINTEXT
+    assert not config_struct(CaptureConfig.build()).flags & abi.F_REFUSE_PLAINTEXT
+
+
+def test_nftables_capture_says_it_cannot_refuse_plaintext() -> None:
+    from smesh.capture.nftables import NftablesCapture  # noqa: PLC0415
+
+    with pytest.raises(CaptureConfigError, match="inboundPlaintext: refuse needs eBPF"):
+        NftablesCapture(CaptureConfig.build(refuse_inbound_plaintext=True))
