@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from smesh.dataplane.loop import LoopKind
 from smesh.errors import SmeshError
 from smesh.validation import describe
 
@@ -115,7 +116,7 @@ class AgentConfig(_Section):
     node: str = Field(min_length=1)
     workloads: Path
     non_meshed: Literal["passthrough", "deny"] = Field(default="passthrough", alias="nonMeshed")
-    event_loop: Literal["uvloop", "asyncio"] = Field(default="uvloop", alias="eventLoop")
+    event_loop: LoopKind = Field(default="uvloop", alias="eventLoop")
     policy: Path | None = None
     capture: CaptureSettings = CaptureSettings()
     ports: PortSettings = PortSettings()

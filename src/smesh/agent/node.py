@@ -29,7 +29,7 @@ from smesh.agent.config import AgentConfig
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodRuntime, PodWiring
 from smesh.agent.workloads import DirectorySource, Registry, Snapshot, Workload, WorkloadSource
-from smesh.capture import CaptureConfig, NodeCapture, select_mode
+from smesh.capture import CaptureConfig, NodeCapture, abi, select_mode
 from smesh.capture.backends import node_capture
 from smesh.errors import SmeshError
 from smesh.linux import cgroups
@@ -42,6 +42,9 @@ COUNTER_INTERVAL = 2.0
 
 class AgentError(SmeshError):
     """The agent cannot start."""
+
+
+PLAINTEXT_REFUSED = abi.Counter.PLAINTEXT_REFUSED.name.lower()  # a PodCounters field
 
 
 def capture_config(config: AgentConfig) -> CaptureConfig:
@@ -207,7 +210,7 @@ class Agent:
                             self.metrics.capture_events.labels(pod.workload.name, decision).inc(
                                 value - seen
                             )
-                            if decision == "plaintext_refused":
+                            if decision == PLAINTEXT_REFUSED:
                                 log.warning(
                                     "refused %d plaintext connection attempt(s) to pod %s "
                                     "from outside the mesh (capture.inboundPlaintext: refuse)",
