@@ -6,7 +6,8 @@
  * that arrives on any interface but loopback is plaintext from outside the mesh: dropped
  * and counted. The agent's own tunnel listener belongs to the agent's cgroup, not the
  * pod's, so this never sees it; packets of established connections (the replies to the
- * apps' own outbound connections among them) are left alone.
+ * apps' own outbound connections among them) are left alone. Listening ports named in
+ * smesh_plain_ports (health probes from the node, say) still take plaintext.
  */
 #include "maps.h"
 
@@ -19,10 +20,14 @@ int smesh_inbound(struct __sk_buff *skb)
 	struct bpf_sock *sk = skb->sk;
 	struct smesh_pod *pod;
 	__u64 cookie;
+	__u16 port;
 
 	if (!cfg || !(cfg->flags & SMESH_F_REFUSE_PLAINTEXT) || !sk)
 		return 1;
 	if (sk->state != BPF_TCP_LISTEN || skb->ingress_ifindex == SMESH_LOOPBACK_IFINDEX)
+		return 1;
+	port = sk->src_port;
+	if (bpf_map_lookup_elem(&smesh_plain_ports, &port))
 		return 1;
 	cookie = bpf_get_netns_cookie(skb);
 	pod = bpf_map_lookup_elem(&smesh_pods, &cookie);

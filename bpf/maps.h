@@ -52,6 +52,14 @@ struct {
 	__type(value, __u8);
 } smesh_ports SEC(".maps");
 
+/* Listening ports of meshed apps that still take plaintext from outside the pod. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SMESH_MAX_PORTS);
+	__type(key, __u16);
+	__type(value, __u8);
+} smesh_plain_ports SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SMESH_MAX_PODS);

@@ -57,7 +57,12 @@ class CaptureSettings(_Section):
         default=("198.18.0.0/16", "fd00:198:18::/48"), alias="meshCidrs"
     )
     excluded_ports: tuple[Port, ...] = Field(default=(), alias="excludedPorts")
-    inbound_plaintext: Literal["allow", "refuse"] = Field(default="allow", alias="inboundPlaintext")
+    # Strict by default: a meshed pod's apps take connections only through the mesh...
+    inbound_plaintext: Literal["allow", "refuse"] = Field(
+        default="refuse", alias="inboundPlaintext"
+    )
+    # ...except on these listening ports (health probes from the node, for instance).
+    plaintext_ports: tuple[Port, ...] = Field(default=(), alias="plaintextPorts")
     pin_dir: Path | None = Field(default=None, alias="pinDir")
 
     @field_validator("mesh_cidrs")

@@ -54,6 +54,7 @@ def capture_config(config: AgentConfig) -> CaptureConfig:
         listener_port=config.ports.outbound,
         tunnel_port=config.ports.inbound,
         refuse_inbound_plaintext=config.capture.inbound_plaintext == "refuse",
+        plaintext_ports=config.capture.plaintext_ports,
     )
 
 

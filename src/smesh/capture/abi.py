@@ -162,6 +162,7 @@ class MapName(enum.StrEnum):
     CONFIG = "smesh_config"
     CIDRS = "smesh_cidrs"
     PORTS = "smesh_ports"
+    PLAIN_PORTS = "smesh_plain_ports"
     PODS = "smesh_pods"
     POD_META = "smesh_pod_meta"
     SK_ORIG = "smesh_sk_orig"
@@ -182,6 +183,7 @@ class MapSpec(Generic[K, V]):
 CONFIG_MAP = MapSpec(MapName.CONFIG, ctypes.c_uint32, Config)
 CIDRS_MAP = MapSpec(MapName.CIDRS, CidrKey, ctypes.c_uint8)
 PORTS_MAP = MapSpec(MapName.PORTS, ctypes.c_uint16, ctypes.c_uint8)
+PLAIN_PORTS_MAP = MapSpec(MapName.PLAIN_PORTS, ctypes.c_uint16, ctypes.c_uint8)
 PODS_MAP = MapSpec(MapName.PODS, ctypes.c_uint64, Pod)
 POD_META_MAP = MapSpec(MapName.POD_META, ctypes.c_uint32, PodMeta)
 SK_ORIG_MAP = MapSpec(MapName.SK_ORIG, ctypes.c_int, Orig)
@@ -192,6 +194,7 @@ MAP_SPECS: tuple[MapSpec[Any, Any], ...] = (
     CONFIG_MAP,
     CIDRS_MAP,
     PORTS_MAP,
+    PLAIN_PORTS_MAP,
     PODS_MAP,
     POD_META_MAP,
     SK_ORIG_MAP,

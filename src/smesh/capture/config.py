@@ -74,7 +74,9 @@ class CaptureConfig(BaseModel):
     listener_port: Port = LISTENER_PORT
     tunnel_port: Port = TUNNEL_PORT
     events_passthrough: bool = True
-    refuse_inbound_plaintext: bool = False  # eBPF only: apps accept only what the agent delivers
+    refuse_inbound_plaintext: bool = False  # apps accept only what the agent delivers
+    # Listening ports that still take plaintext from outside the pod (health probes).
+    plaintext_ports: Annotated[tuple[Port, ...], Field(max_length=abi.MAX_PORTS)] = ()
     max_tracked_connections: Annotated[int, Field(ge=16, le=1 << 22)] = abi.MAX_TRACKED
 
     @model_validator(mode="after")

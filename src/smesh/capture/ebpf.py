@@ -34,6 +34,15 @@ def _encode(value: str, size: int, what: str) -> bytes:
     return raw
 
 
+def _sync_ports(ports: libbpf.Map[ctypes.c_uint16, ctypes.c_uint8], want: tuple[int, ...]) -> None:
+    """Make a port set hold exactly *want* (a restarted loader finds the old set pinned)."""
+    for key in list(ports.keys()):
+        if key.value not in want:
+            ports.delete(key)
+    for port in want:
+        ports.update(ctypes.c_uint16(port), ctypes.c_uint8(1))
+
+
 class EbpfCapture:
     """The eBPF backend of :class:`~smesh.capture.node.NodeCapture`."""
 
@@ -122,12 +131,8 @@ class EbpfCapture:
 
     def _configure(self) -> None:
         maps = self._map_set()
-        want_ports = set(self.config.never_captured_ports)
-        for port_key in list(maps.ports.keys()):
-            if port_key.value not in want_ports:
-                maps.ports.delete(port_key)
-        for port in want_ports:
-            maps.ports.update(ctypes.c_uint16(port), ctypes.c_uint8(1))
+        _sync_ports(maps.ports, self.config.never_captured_ports)
+        _sync_ports(maps.plain_ports, self.config.plaintext_ports)
         want_cidrs = {bytes(cidr_key(n)): cidr_key(n) for n in self.config.mesh_cidrs}
         for cidr in list(maps.cidrs.keys()):
             if bytes(cidr) not in want_cidrs:

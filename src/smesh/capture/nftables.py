@@ -9,6 +9,8 @@ sockets in the pod's namespace â€” the tunnel's connects, passthrough connects â
 caught, with no marks for the agent to set and nothing an app could forge. nft resolves
 the cgroup path relative to /sys/fs/cgroup when it loads the rule; a v2 hierarchy mounted
 elsewhere (hybrid hosts: /sys/fs/cgroup/unified) is reached with a relative path.
+With ``refuse_inbound_plaintext`` the same table also drops handshakes from outside the
+pod to the pod's listeners, as ``bpf/inbound.bpf.c`` does in eBPF mode.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Self
 
 from smesh.capture.config import CaptureConfig
-from smesh.capture.errors import CaptureConfigError, CaptureError, NftablesError
+from smesh.capture.errors import CaptureError, NftablesError
 from smesh.capture.node import CapturedPod, Mode, Occupancy, PodCounters
 from smesh.linux import cgroups, netns
 from smesh.linux.errors import NetnsNotFound
@@ -32,7 +34,15 @@ log = logging.getLogger(__name__)
 
 TABLE = "smesh"
 NFT_CGROUP_BASE = Path("/sys/fs/cgroup")
-COUNTERS = ("captured", "pass_not_mesh", "pass_port", "pass_loopback", "pass_self", "pass_not_tcp")
+COUNTERS = (
+    "captured",
+    "pass_not_mesh",
+    "pass_port",
+    "pass_loopback",
+    "pass_self",
+    "pass_not_tcp",
+    "plaintext_refused",
+)
 
 
 def _quote(text: str) -> str:
@@ -69,6 +79,19 @@ def ruleset(config: CaptureConfig, pod: CapturedPod, cgroup_path: str, cgroup_le
     ]
     counters = "".join(f"  counter {name} {{ }}\n" for name in COUNTERS)
     body = "".join(f"    {rule}\n" for rule in capture)
+    inbound = ""
+    if config.refuse_inbound_plaintext:
+        # The eBPF twin: a handshake from outside the pod to a listener of the pod's cgroup
+        # (the agent's tunnel listener is in the agent's cgroup) is plaintext: dropped.
+        inbound = (
+            f"  set plain_ports {{ type inet_service; {_elements(config.plaintext_ports)}}}\n"
+            "  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            '    iif "lo" accept\n'
+            "    tcp flags & (fin | syn | rst | ack) == syn tcp dport != @plain_ports "
+            f"{cg} counter name plaintext_refused drop\n"
+            "  }\n"
+        )
     return (
         f"table inet {TABLE}\n"
         f"delete table inet {TABLE}\n"
@@ -86,6 +109,7 @@ def ruleset(config: CaptureConfig, pod: CapturedPod, cgroup_path: str, cgroup_le
         "  chain capture {\n"
         f"{body}"
         "  }\n"
+        f"{inbound}"
         "}\n"
     )
 
@@ -154,11 +178,6 @@ class NftablesCapture:
 
     def __init__(self, config: CaptureConfig | None = None) -> None:
         self.config = config or CaptureConfig()
-        if self.config.refuse_inbound_plaintext:
-            raise CaptureConfigError(
-                "capture.inboundPlaintext: refuse needs eBPF capture (capture.mode: ebpf); "
-                "the nftables backend cannot refuse plaintext yet"
-            )
         self._pods: dict[str, CapturedPod] = {}
         self._opened = False
 

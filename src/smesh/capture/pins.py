@@ -72,6 +72,7 @@ class MapSet:
         self.config = libbpf.Map.of(abi.CONFIG_MAP, fds, owned)
         self.cidrs = libbpf.Map.of(abi.CIDRS_MAP, fds, owned)
         self.ports = libbpf.Map.of(abi.PORTS_MAP, fds, owned)
+        self.plain_ports = libbpf.Map.of(abi.PLAIN_PORTS_MAP, fds, owned)
         self.pods = libbpf.Map.of(abi.PODS_MAP, fds, owned)
         self.meta = libbpf.Map.of(abi.POD_META_MAP, fds, owned)
         self.conns = libbpf.Map.of(abi.CONNS_MAP, fds, owned)
@@ -85,6 +86,7 @@ class MapSet:
             abi.MapName.CONFIG,
             abi.MapName.CIDRS,
             abi.MapName.PORTS,
+            abi.MapName.PLAIN_PORTS,
             abi.MapName.PODS,
             abi.MapName.POD_META,
             abi.MapName.CONNS,

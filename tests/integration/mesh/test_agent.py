@@ -19,7 +19,7 @@ from smesh.lab import state
 from tests.integration.labkit import Lab, smesh
 from tests.integration.mesh.conftest import APP, Apps
 
-POD3 = "198.18.2.2"
+POD2, POD3 = "198.18.1.3", "198.18.2.2"
 
 
 def node(lab: Lab, name: str) -> dict[str, Any]:
@@ -91,9 +91,12 @@ def test_pods_leave_and_join_the_mesh_at_run_time(meshed: Lab, apps: Apps) -> No
     assert time.monotonic() - started < 1.5  # within a second of the change (plus polling)
     out, _ = long_lived.communicate(timeout=10)
     assert json.loads(out)["ended"] == "reset"  # its open connection was closed, loudly
-    assert seen_from(meshed, server) == "198.18.1.2"  # pod-1 now talks plain, directly
+    # pod-1 now talks plain, and meshed pod-3 takes no plaintext (strict by default).
+    attempt = apps.run("pod-1", "try-connect", POD3, 9100, 2)
+    assert attempt == {"connected": False, "error": "TimeoutError"}
 
-    set_meshed(meshed, "pod-1", meshed=True)
+    set_meshed(meshed, "pod-1", meshed=True)  # (/ready stays 200 throughout: wait for pod-1)
+    wait(lambda: "pod-1" in admin(meshed, "node-1", "/debug/workloads").body.decode())
     wait(lambda: admin(meshed, "node-1", "/ready").status == 200)
     assert seen_from(meshed, server) == POD3
 
@@ -180,10 +183,14 @@ def test_sigterm_drains_a_long_transfer_then_detaches_capture(meshed: Lab, apps:
     wait(lambda: node(meshed, "node-1")["agent_health"] == "dead", timeout=10)
     log = Path(f"/run/smesh/labs/{meshed.name}/node-1/agent.log").read_text()
     assert '"msg": "agent stopped"' in log
-    # Detached: pod-1's connects now go straight to pod-3 (a clean stop un-meshes the node).
-    echo = apps.serve("pod-3", "halfclose", 9104)
-    assert apps.run("pod-1", "halfclose", POD3, 9104, 10)["ok"]
+    # Detached: a clean stop un-meshes the node. pod-1's connects now leave in plain TCP:
+    # pod-2, on the same node, takes them; pod-3, still meshed on node-2, does not.
+    echo = apps.serve("pod-2", "halfclose", 9104)
+    assert apps.run("pod-1", "halfclose", POD2, 9104, 10)["ok"]
     assert str(Apps.report(echo)["peer"]).removeprefix("::ffff:") == "198.18.1.2"
+    apps.serve("pod-3", "halfclose", 9104)
+    attempt = apps.run("pod-1", "try-connect", POD3, 9104, 2)
+    assert attempt == {"connected": False, "error": "TimeoutError"}
 
 
 def test_after_kill_9_captured_connects_fail_closed_and_a_restart_takes_over(

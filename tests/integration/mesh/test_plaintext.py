@@ -1,20 +1,30 @@
-"""capture.inboundPlaintext: refuse — a meshed pod's apps take connections only through the mesh."""
+"""Strict inbound (the default): a meshed pod's apps take connections only through the mesh."""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.integration.labkit import LabFactory, smesh
 from tests.integration.mesh.conftest import Apps
 from tests.integration.mesh.test_agent import POD3, admin, metric, set_meshed, wait
 
 REFUSED = 'decision="plaintext_refused",workload="pod-3"'
+HEALTH_PORT = 9200  # a port left open to plaintext, as for a kubelet health probe
 
 
+@pytest.mark.parametrize("mode", ["ebpf", "nftables"])
 def test_plaintext_from_outside_the_mesh_is_refused_and_the_mesh_serves_on(
-    lab_factory: LabFactory,
+    lab_factory: LabFactory, mode: str
 ) -> None:
-    lab = lab_factory("--agent-set", "capture.inboundPlaintext=refuse")
+    lab = lab_factory(
+        "--agent-set",
+        f"capture.mode={mode}",
+        "--agent-set",
+        f"capture.plaintextPorts=[{HEALTH_PORT}]",
+    )
     apps = Apps(lab)
     apps.serve("pod-3", "halfclose", 9100)
+    apps.serve("pod-3", "halfclose", HEALTH_PORT)
     assert apps.run("pod-1", "halfclose", POD3, 9100, 10)["ok"]  # through the tunnel
 
     set_meshed(lab, "pod-1", meshed=False)  # its connects now leave in plaintext
@@ -28,6 +38,7 @@ def test_plaintext_from_outside_the_mesh_is_refused_and_the_mesh_serves_on(
         ),
         timeout=10,
     )
+    assert apps.run("pod-1", "try-connect", POD3, HEALTH_PORT, 5)["connected"]  # exempt port
 
     assert apps.run("pod-2", "halfclose", POD3, 9100, 10)["ok"]  # meshed callers still get in
     status = smesh("capture", "status", "--lab", lab.name).stdout
@@ -38,8 +49,8 @@ def test_plaintext_from_outside_the_mesh_is_refused_and_the_mesh_serves_on(
     assert apps.run("pod-1", "try-connect", POD3, 9100, 5)["connected"]
 
 
-def test_by_default_plaintext_still_reaches_a_meshed_pod(lab_factory: LabFactory) -> None:
-    lab = lab_factory()
+def test_allow_lets_plaintext_reach_a_meshed_pod(lab_factory: LabFactory) -> None:
+    lab = lab_factory("--agent-set", "capture.inboundPlaintext=allow")
     apps = Apps(lab)
     apps.serve("pod-3", "halfclose", 9100)
     set_meshed(lab, "pod-1", meshed=False)

@@ -26,6 +26,8 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.identity.cert_ttl == 24 * 3600
     assert cfg.non_meshed == "passthrough"
     assert cfg.capture.mode == "auto"
+    assert cfg.capture.inbound_plaintext == "refuse"  # strict mTLS unless told otherwise
+    assert cfg.capture.plaintext_ports == ()
     assert cfg.event_loop == "uvloop"
 
 
@@ -61,6 +63,7 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
             "capture.meshCidrs: 'nope' is not a CIDR",
         ),
         ("node: n\nworkloads: /w\ncapture: {excludedPorts: [80, 0]}\n", "capture.excludedPorts[1]"),
+        ("node: n\nworkloads: /w\ncapture: {plaintextPorts: [x]}\n", "capture.plaintextPorts[0]"),
         ("[1, 2]\n", "expected a mapping"),
         ("node: [\n", "not valid YAML at line"),
     ],

@@ -78,8 +78,7 @@ def test_refusing_inbound_plaintext_is_a_flag_for_the_programs() -> None:
     assert not config_struct(CaptureConfig.build()).flags & abi.F_REFUSE_PLAINTEXT
 
 
-def test_nftables_capture_says_it_cannot_refuse_plaintext() -> None:
-    from smesh.capture.nftables import NftablesCapture  # noqa: PLC0415
-
-    with pytest.raises(CaptureConfigError, match="inboundPlaintext: refuse needs eBPF"):
-        NftablesCapture(CaptureConfig.build(refuse_inbound_plaintext=True))
+def test_plaintext_ports_are_checked_like_any_port() -> None:
+    assert CaptureConfig.build(plaintext_ports=[8080]).plaintext_ports == (8080,)
+    with pytest.raises(CaptureConfigError, match=r"plaintext_ports\[0\]"):
+        CaptureConfig.build(plaintext_ports=[0])

@@ -57,6 +57,20 @@ def test_a_pod_without_ipv6_gets_no_ipv6_self_rule_and_an_empty_set_stays_valid(
     assert "set mesh6 { type ipv6_addr; flags interval; }" in lines
 
 
+def test_refusing_plaintext_drops_handshakes_to_the_pods_listeners_from_outside() -> None:
+    lines = rules(CaptureConfig.build(refuse_inbound_plaintext=True, plaintext_ports=[8081]))
+    chain = lines[lines.index("chain input {") :]
+    assert chain[1] == "type filter hook input priority 0; policy accept;"
+    assert chain[2] == 'iif "lo" accept'
+    assert chain[3] == (
+        "tcp flags & (fin | syn | rst | ack) == syn tcp dport != @plain_ports "
+        'socket cgroupv2 level 3 "unified/smesh-lab-x/node-1/pod-1" '
+        "counter name plaintext_refused drop"
+    )
+    assert "set plain_ports { type inet_service; elements = { 8081 }; }" in lines
+    assert "chain input {" not in rules()  # allowing plaintext: no filter at all
+
+
 def test_nft_paths_are_relative_to_sys_fs_cgroup_even_on_hybrid_hosts() -> None:
     hybrid = Path("/sys/fs/cgroup/unified/smesh-lab-x/node-1/pod-1")
     assert nft_cgroup_path(hybrid) == "unified/smesh-lab-x/node-1/pod-1"
