@@ -20,7 +20,7 @@ BPFFS = Path("/sys/fs/bpf")
 SO_NETNS_COOKIE = 71  # <asm-generic/socket.h>, Linux >= 5.14
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_ulong, ctypes.c_void_p]
+_libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
 
 
 def _mount_of(path: Path, mounts_text: str) -> tuple[str, str]:
