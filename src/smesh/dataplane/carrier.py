@@ -56,6 +56,7 @@ class Stream:
     """One app connection riding a carrier; the endpoint sees it like a relay."""
 
     __slots__ = (
+        "_cancel_setup",
         "_loop",
         "_on_done",
         "_on_ready",
@@ -89,6 +90,7 @@ class Stream:
         self._on_done = on_done
         self._on_ready: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._cancel_setup: Callable[[], None] | None = None  # the server side's connect
         self.app: socket.socket | None = None  # None while the server side connects
         self.state: Literal["opening", "open"] = "opening"
         self.send_credit = mux.INITIAL_WINDOW  # DATA we may still send
@@ -102,8 +104,13 @@ class Stream:
 
     # -- set-up ------------------------------------------------------------------------
 
+    def cancel_on_end(self, cancel: Callable[[], None]) -> None:
+        """Server side: what stops connecting to the app if the stream ends first."""
+        self._cancel_setup = cancel
+
     def attach(self, app: socket.socket) -> None:
         """Start relaying with the app's socket (the server side has just connected it)."""
+        self._cancel_setup = None
         self.app = app
         self._loop.add_reader(app.fileno(), self._read_app)
         if self.pending:
@@ -284,6 +291,9 @@ class Stream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._cancel_setup is not None:
+            self._cancel_setup()
+            self._cancel_setup = None
         self.record.finish(result, detail)
         self.pending.clear()
         self.pending_size = 0
@@ -363,8 +373,11 @@ class Carrier:
         stream = Stream(self, stream_id, record, on_done)
         self.streams[stream_id] = stream
         self.opened_streams += 1
-        self.send_control(frame(stream_id))
+        self._control.append(frame(stream_id))
         stream.attach(app)  # DATA may follow OPEN at once: the server buffers it
+        stream._read_app()  # most apps have written already: OPEN and DATA leave together
+        if not self._dispatching:
+            self._flush_control()  # OPEN alone when the app had nothing to say yet
         return stream
 
     def accept_stream(

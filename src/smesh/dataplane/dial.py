@@ -1,9 +1,20 @@
-"""Connecting from inside a pod, with the timeout and the error a record can carry."""
+"""Connecting from inside a pod, with the timeout and the error a record can carry.
+
+The event loop's ``sock_connect`` is not used: uvloop resolves even a numeric address
+through libuv's thread pool (a thread hand-off and back for every connection, measured at
+about 100 µs against 35 µs for the whole connect), and both loops pay a future and a
+writer registration for connects that are already done. A connect to the pod's own app
+goes over the pod's loopback and is complete when the system call returns, so
+:class:`Connecting` asks the kernel once more before it waits for anything.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
+from collections.abc import Callable
 
 from smesh.dataplane.context import IPAddress, PodConfig, Services
 from smesh.dataplane.sockets import family_of, prepare
@@ -17,24 +28,105 @@ class ConnectFailed(Exception):
         self.detail = detail
 
 
-async def dial(svc: Services, pod: PodConfig, ip: IPAddress, port: int) -> socket.socket:
-    """A socket made inside the pod's namespace, connected to ip:port."""
+Outcome = socket.socket | ConnectFailed
+_UNDER_WAY = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN)
+
+
+class Connecting:
+    """One non-blocking connect; *on_done* gets the socket or the failure, exactly once.
+
+    *on_done* may run before the constructor returns (the connect finished at once).
+    :meth:`cancel` closes the socket and stays silent.
+    """
+
+    __slots__ = ("_ip", "_loop", "_on_done", "_port", "_sock", "_timer")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        target: tuple[IPAddress, int],
+        timeout: float,
+        on_done: Callable[[Outcome], None],
+    ) -> None:
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._ip, self._port = ip, port = target
+        self._on_done = on_done
+        self._timer: asyncio.TimerHandle | None = None
+        address = (str(ip), port)
+        try:
+            err = sock.connect_ex(address)
+            if err in _UNDER_WAY:
+                err = sock.connect_ex(address)  # a loopback handshake is over by now: 0
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if err in _UNDER_WAY:
+            loop.add_writer(sock.fileno(), self._writable)
+            self._timer = loop.call_later(timeout, self._timed_out)
+            return
+        self._finish(0 if err == errno.EISCONN else err)
+
+    @property
+    def pending(self) -> bool:
+        return self._sock is not None
+
+    def cancel(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            self._stop_waiting(sock)
+            sock.close()
+
+    def _stop_waiting(self, sock: socket.socket) -> None:
+        self._sock = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._loop.remove_writer(sock.fileno())
+
+    def _writable(self) -> None:
+        if self._sock is not None:
+            self._finish(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _timed_out(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            self._stop_waiting(sock)
+            sock.close()
+            where = authority(self._ip, self._port)
+            self._on_done(ConnectFailed("timeout", f"connecting to {where} timed out"))
+
+    def _finish(self, err: int) -> None:
+        sock = self._sock
+        assert sock is not None
+        self._stop_waiting(sock)
+        if err == 0:
+            self._on_done(sock)
+            return
+        sock.close()
+        result = "refused" if err == errno.ECONNREFUSED else "error"
+        where = authority(self._ip, self._port)
+        self._on_done(ConnectFailed(result, f"connecting to {where}: {os.strerror(err)}"))
+
+
+def start_dial(
+    svc: Services, pod: PodConfig, ip: IPAddress, port: int, on_done: Callable[[Outcome], None]
+) -> Connecting:
+    """Connect a socket made inside the pod's namespace to ip:port, on callbacks."""
     sock = prepare(pod.sockets.socket(family_of(ip), socket.SOCK_STREAM))
+    loop = asyncio.get_running_loop()
+    return Connecting(loop, sock, (ip, port), svc.limits.connect_timeout, on_done)
+
+
+async def dial(svc: Services, pod: PodConfig, ip: IPAddress, port: int) -> socket.socket:
+    """:func:`start_dial` for coroutines; raises :class:`ConnectFailed`."""
+    done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    connecting = start_dial(svc, pod, ip, port, done.set_result)
     try:
-        await asyncio.wait_for(
-            asyncio.get_running_loop().sock_connect(sock, (str(ip), port)),
-            svc.limits.connect_timeout,
-        )
-    except TimeoutError:
-        sock.close()
-        raise ConnectFailed("timeout", f"connecting to {authority(ip, port)} timed out") from None
-    except OSError as exc:
-        sock.close()
-        result = "refused" if isinstance(exc, ConnectionRefusedError) else "error"
-        raise ConnectFailed(
-            result, f"connecting to {authority(ip, port)}: {exc.strerror or exc}"
-        ) from None
+        outcome = await done  # no suspension when the connect finished at once
     except BaseException:
-        sock.close()
+        connecting.cancel()
         raise
-    return sock
+    if isinstance(outcome, ConnectFailed):
+        raise outcome
+    return outcome

@@ -8,9 +8,11 @@ idle ones, and can stop accepting (drain) or close everything.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from smesh.dataplane import flows
@@ -141,13 +143,28 @@ class PodEndpoint:
             )
             conn = Connection(self, record)
             self._connections.add(conn)
-            flow: Any
             if direction == "outbound":
                 conn.report_opened()
-                flow = flows.outbound
-            else:
-                flow = flows.inbound  # an app connection, or a carrier of streams?
-            conn.task = self._loop.create_task(self._set_up(flow, sock, conn))
+                self._outbound(sock, conn)
+            else:  # an app connection, or a carrier of streams?
+                inbound = functools.partial(
+                    flows.inbound, self.pod, self.services, sock, conn, self
+                )
+                conn.task = self._loop.create_task(self._set_up(inbound, sock, conn))
+
+    def _outbound(self, sock: socket.socket, conn: Connection) -> None:
+        """Most outbound connections are set up right here; the others get a task."""
+        try:
+            later = flows.outbound(self.pod, self.services, sock, conn, self)
+        except Exception:  # a bug must not take the listener down
+            log.exception("unexpected error setting up a connection of %s", self.pod.name)
+            conn.record.finish("error", "internal error")
+            abort(sock)
+            later = None
+        if later is not None:
+            conn.task = self._loop.create_task(self._set_up(later, sock, conn))
+        elif conn.active is None:
+            self._closed(conn)
 
     # -- the flows' Hooks ----------------------------------------------------------------
 
@@ -174,9 +191,11 @@ class PodEndpoint:
         conn.report_opened()
         return conn
 
-    async def _set_up(self, flow: Any, sock: socket.socket, conn: Connection) -> None:
+    async def _set_up(
+        self, flow: Callable[[], Awaitable[None]], sock: socket.socket, conn: Connection
+    ) -> None:
         try:
-            await flow(self.pod, self.services, sock, conn, self)
+            await flow()
         except asyncio.CancelledError:
             conn.record.finish("reset", "the pod left the mesh")
             abort(sock)

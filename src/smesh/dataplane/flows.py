@@ -7,15 +7,19 @@ a clean but empty answer), the record says why, and the listener keeps serving.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import secrets
 import socket
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from smesh.dataplane.carrier import REFUSAL_RESULTS, Carrier, Stream
-from smesh.dataplane.context import IPAddress, PodConfig, Services
-from smesh.dataplane.dial import ConnectFailed, dial
+from smesh.dataplane.context import IPAddress, PodConfig, Route, Services
+from smesh.dataplane.dial import ConnectFailed, Outcome, dial, start_dial
 from smesh.dataplane.pool import CarrierPool
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.relay import Relay
@@ -61,43 +65,69 @@ def _fields(record: ConnectionRecord) -> dict[str, dict[str, object]]:
     return {"fields": record.as_dict()}
 
 
-async def outbound(
+Later = Callable[[], Awaitable[None]]
+_REQUEST_PREFIX = secrets.token_hex(4)  # this agent's; a counter makes each id unique
+_request_numbers = itertools.count(1)
+
+
+def outbound(
     pod: PodConfig, svc: Services, app: socket.socket, tracked: Tracked, hooks: Hooks
-) -> None:
-    """A captured connect: find where it was going, then tunnel, pass through or refuse."""
-    loop = asyncio.get_running_loop()
+) -> Later | None:
+    """A captured connect: find where it was going, then tunnel, pass through or refuse.
+
+    Done at once when the destination pod already has a carrier with room (the common case:
+    no task, no wait); otherwise returns the part that waits (a carrier's handshake, a
+    passthrough connect) for the caller to run as a task.
+    """
     record = tracked.record
-    upstream: socket.socket | None = None
-    started = loop.time()
     try:
         dst_ip, dst_port = svc.original_destination(app)
         record.destination = authority(dst_ip, dst_port)
         route = svc.route(dst_ip, dst_port)
-        record.route, record.destination_pod = route.kind, route.workload
-        if route.kind == "deny":
-            record.finish("denied", "destination is outside the mesh and passthrough is off")
-            return
+    except (OSError, SmeshError) as exc:
+        record.finish("error", str(exc))
+        abort(app)
+        return None
+    record.route, record.destination_pod = route.kind, route.workload
+    if route.kind == "deny":
+        record.finish("denied", "destination is outside the mesh and passthrough is off")
+        abort(app)
+        return None
+    carrier = None
+    if route.kind == "tunnel":
+        assert route.identity is not None
+        carrier = hooks.pool.ready(dst_ip, route.identity)
+    if carrier is None:
+        target = (dst_ip, dst_port)
+        return functools.partial(
+            _outbound_later, pod, svc, app, tracked, hooks, route=route, target=target
+        )
+    _open_stream(svc, app, tracked, carrier, (dst_ip, dst_port))
+    return None
+
+
+async def _outbound_later(
+    pod: PodConfig,
+    svc: Services,
+    app: socket.socket,
+    tracked: Tracked,
+    hooks: Hooks,
+    *,
+    route: Route,
+    target: tuple[IPAddress, int],
+) -> None:
+    record = tracked.record
+    upstream: socket.socket | None = None
+    try:
         if route.kind == "passthrough":
-            upstream = await dial(svc, pod, dst_ip, dst_port)
+            upstream = await dial(svc, pod, *target)
             splice = Splice(app, upstream, record, svc.scratch, tracked.relay_done)
             tracked.active = splice
             splice.start()
             return
         assert route.identity is not None
-        carrier = await hooks.pool.get(dst_ip, route.identity)
-        record.peer_identity = carrier.peer_identity
-        record.resumed = carrier.resumed
-        request_id = secrets.token_hex(8)
-        stream = carrier.open_stream(
-            app,
-            record,
-            tracked.relay_done,
-            lambda stream_id: mux.open_frame(stream_id, dst_ip, dst_port, request_id),
-        )
-        tracked.active = stream
-        stream.expect_answer(
-            svc.limits.request_timeout, lambda: svc.observer.tunnel_ready(loop.time() - started)
-        )
+        carrier = await hooks.pool.get(target[0], route.identity)
+        _open_stream(svc, app, tracked, carrier, target)
     except ConnectFailed as exc:
         record.finish(exc.result, exc.detail)
     except TimeoutError:
@@ -112,6 +142,30 @@ async def outbound(
             abort(app)
             if upstream is not None:
                 upstream.close()
+
+
+def _open_stream(
+    svc: Services,
+    app: socket.socket,
+    tracked: Tracked,
+    carrier: Carrier,
+    target: tuple[IPAddress, int],
+) -> None:
+    record = tracked.record
+    dst_ip, dst_port = target
+    record.peer_identity = carrier.peer_identity
+    record.resumed = carrier.resumed
+    record.request_id = request_id = f"{_REQUEST_PREFIX}{next(_request_numbers):x}"
+    stream = carrier.open_stream(
+        app,
+        record,
+        tracked.relay_done,
+        lambda stream_id: mux.open_frame(stream_id, dst_ip, dst_port, request_id),
+    )
+    tracked.active = stream
+    stream.expect_answer(
+        svc.limits.request_timeout, lambda: svc.observer.tunnel_ready(time.time() - record.started)
+    )
 
 
 async def inbound(
@@ -180,7 +234,7 @@ class InboundStreams:
     def opened(self, carrier: Carrier, stream_id: int, payload: bytes) -> None:
         pod = self.pod
         try:
-            ip, port, _request_id = mux.parse_open(payload)
+            ip, port, request_id = mux.parse_open(payload)
         except RemoteProtocolError as exc:
             log.warning("bad stream request from %s: %s", self.peer, exc)
             carrier.refuse(stream_id, 400, str(exc))
@@ -194,6 +248,7 @@ class InboundStreams:
             destination=authority(ip, port),
             route="tunnel",
             resumed=carrier.resumed,
+            request_id=request_id,
         )
         tracked = self.hooks.track(record)
         if tracked is None:
@@ -207,30 +262,29 @@ class InboundStreams:
             return
         stream = carrier.accept_stream(stream_id, record, tracked.relay_done)
         tracked.active = stream
-        connecting = self._connect(carrier, stream, (ip, port), tracked)
-        tracked.task = asyncio.get_running_loop().create_task(connecting)
-
-    async def _connect(
-        self,
-        carrier: Carrier,
-        stream: Stream,
-        target: tuple[IPAddress, int],
-        tracked: Tracked,
-    ) -> None:
+        done = functools.partial(_stream_connected, carrier, stream)
         try:
-            sock = await dial(self.svc, self.pod, *target)
-        except ConnectFailed as exc:
-            if stream.record.result == "open":
-                carrier.answer(stream, 504 if exc.result == "timeout" else 502, exc.detail)
-                stream.refused(exc.result, exc.detail)
+            connecting = start_dial(self.svc, pod, ip, port, done)
+        except (OSError, SmeshError) as exc:
+            done(ConnectFailed("error", f"connecting to {authority(ip, port)}: {exc}"))
             return
-        finally:
-            tracked.task = None
-        if stream.record.result != "open":
-            sock.close()  # reset, or the carrier ended, while connecting
-            return
-        carrier.answer(stream, 200)
-        stream.attach(sock)
+        if connecting.pending:
+            stream.cancel_on_end(connecting.cancel)
+
+
+def _stream_connected(carrier: Carrier, stream: Stream, outcome: Outcome) -> None:
+    """The app's socket of an inbound stream is connected (OK), or could not be (REFUSE)."""
+    if isinstance(outcome, ConnectFailed):
+        if stream.record.result == "open":
+            status = 504 if outcome.result == "timeout" else 502
+            carrier.answer(stream, status, outcome.detail)
+            stream.refused(outcome.result, outcome.detail)
+        return
+    if stream.record.result != "open":
+        outcome.close()  # cannot happen: an ended stream cancels its connect
+        return
+    carrier.answer(stream, 200)
+    stream.attach(outcome)
 
 
 async def _serve_connect(

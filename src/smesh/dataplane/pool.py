@@ -55,6 +55,17 @@ class CarrierPool:
     def carriers(self) -> list[Carrier]:
         return [c for group in self._carriers.values() for c in group]
 
+    def ready(self, ip: IPAddress, expected: SpiffeId) -> Carrier | None:
+        """A connected carrier with room for one more stream, if there is one now."""
+        if self._closed:
+            return None
+        _ctx, generation = self.services.tls.client_context(self.pod.identity)
+        now = self._loop.time()
+        for carrier in self._carriers.get((ip, expected, generation), ()):
+            if len(carrier.streams) < MAX_STREAMS and now - carrier.created < MAX_AGE:
+                return carrier
+        return None
+
     async def get(self, ip: IPAddress, expected: SpiffeId) -> Carrier:
         """A carrier with room for one more stream, connecting one if none has."""
         ctx, generation = self.services.tls.client_context(self.pod.identity)
@@ -62,10 +73,9 @@ class CarrierPool:
         while True:
             if self._closed:
                 raise TunnelError("the pod is leaving the mesh")
-            now = self._loop.time()
-            for carrier in self._carriers.get(key, ()):
-                if len(carrier.streams) < MAX_STREAMS and now - carrier.created < MAX_AGE:
-                    return carrier
+            ready = self.ready(ip, expected)
+            if ready is not None:
+                return ready
             task = self._connecting.get(key)
             if task is None:
                 task = self._loop.create_task(self._connect(key, ctx))

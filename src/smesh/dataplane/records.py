@@ -25,6 +25,7 @@ class ConnectionRecord:
     bytes_from_app: int = 0  # read from this side's app socket
     bytes_to_app: int = 0  # written to this side's app socket
     resumed: bool = False
+    request_id: str = ""  # the same on both sides of a tunnelled connection
     started: float = field(default_factory=time.time)
     duration: float = 0.0
 
@@ -60,6 +61,7 @@ class ConnectionRecord:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "resumed": self.resumed,
+            "request_id": self.request_id,
             "duration_s": round(self.duration or time.time() - self.started, 6),
         }
 

@@ -161,6 +161,13 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
     assert record["bytes_received"] > 0
     assert record["duration_s"] > 0
     assert record["result"] == "ok"
+    # the far side's record of the same connection carries the same request id
+    far = Path(f"/run/smesh/labs/{meshed.name}/node-2/agent.log").read_text().splitlines()
+    inbound = [json.loads(line) for line in far if '"smesh.access"' in line]
+    ids = {r["request_id"] for r in records if r["destination"] == f"{POD3}:9102"}
+    assert len(ids) == 5
+    assert "" not in ids
+    assert ids == {r["request_id"] for r in inbound if r["destination"] == f"{POD3}:9102"}
 
 
 def test_sigterm_drains_a_long_transfer_then_detaches_capture(meshed: Lab, apps: Apps) -> None:
