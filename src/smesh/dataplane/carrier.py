@@ -119,6 +119,8 @@ class Stream:
             self._eof_to_app()
 
     def expect_answer(self, timeout: float, on_ready: Callable[[], None]) -> None:
+        if self.record.result != "open":
+            return  # ended while opening (its app reset at once): no timer to leave behind
         self._on_ready = on_ready
         self._timer = self._loop.call_later(
             timeout, self.abort, "the peer did not answer the stream's OPEN in time", "timeout"
