@@ -110,18 +110,22 @@ class Connecting:
 
 
 def start_dial(
-    svc: Services, pod: PodConfig, ip: IPAddress, port: int, on_done: Callable[[Outcome], None]
+    loop: asyncio.AbstractEventLoop,
+    svc: Services,
+    pod: PodConfig,
+    target: tuple[IPAddress, int],
+    on_done: Callable[[Outcome], None],
 ) -> Connecting:
-    """Connect a socket made inside the pod's namespace to ip:port, on callbacks."""
-    sock = prepare(pod.sockets.socket(family_of(ip), socket.SOCK_STREAM))
-    loop = asyncio.get_running_loop()
-    return Connecting(loop, sock, (ip, port), svc.limits.connect_timeout, on_done)
+    """Connect a socket made inside the pod's namespace to *target*, on callbacks."""
+    sock = prepare(pod.sockets.socket(family_of(target[0]), socket.SOCK_STREAM))
+    return Connecting(loop, sock, target, svc.limits.connect_timeout, on_done)
 
 
 async def dial(svc: Services, pod: PodConfig, ip: IPAddress, port: int) -> socket.socket:
     """:func:`start_dial` for coroutines; raises :class:`ConnectFailed`."""
-    done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-    connecting = start_dial(svc, pod, ip, port, done.set_result)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Outcome] = loop.create_future()
+    connecting = start_dial(loop, svc, pod, (ip, port), done.set_result)
     try:
         outcome = await done  # no suspension when the connect finished at once
     except BaseException:

@@ -264,7 +264,7 @@ class InboundStreams:
         tracked.active = stream
         done = functools.partial(_stream_connected, carrier, stream)
         try:
-            connecting = start_dial(self.svc, pod, ip, port, done)
+            connecting = start_dial(carrier.loop, self.svc, pod, (ip, port), done)
         except (OSError, SmeshError) as exc:
             done(ConnectFailed("error", f"connecting to {authority(ip, port)}: {exc}"))
             return
@@ -273,15 +273,14 @@ class InboundStreams:
 
 
 def _stream_connected(carrier: Carrier, stream: Stream, outcome: Outcome) -> None:
-    """The app's socket of an inbound stream is connected (OK), or could not be (REFUSE)."""
+    """The app's socket of an inbound stream is connected (OK), or could not be (REFUSE).
+
+    Only called for an open stream: one that ends first cancels its connect.
+    """
     if isinstance(outcome, ConnectFailed):
-        if stream.record.result == "open":
-            status = 504 if outcome.result == "timeout" else 502
-            carrier.answer(stream, status, outcome.detail)
-            stream.refused(outcome.result, outcome.detail)
-        return
-    if stream.record.result != "open":
-        outcome.close()  # cannot happen: an ended stream cancels its connect
+        status = 504 if outcome.result == "timeout" else 502
+        carrier.answer(stream, status, outcome.detail)
+        stream.refused(outcome.result, outcome.detail)
         return
     carrier.answer(stream, 200)
     stream.attach(outcome)
