@@ -60,8 +60,11 @@ class CarrierPool:
         if self._closed:
             return None
         _ctx, generation = self.services.tls.client_context(self.pod.identity)
+        return self._ready((ip, expected, generation))
+
+    def _ready(self, key: Key) -> Carrier | None:
         now = self._loop.time()
-        for carrier in self._carriers.get((ip, expected, generation), ()):
+        for carrier in self._carriers.get(key, ()):
             if len(carrier.streams) < MAX_STREAMS and now - carrier.created < MAX_AGE:
                 return carrier
         return None
@@ -73,7 +76,7 @@ class CarrierPool:
         while True:
             if self._closed:
                 raise TunnelError("the pod is leaving the mesh")
-            ready = self.ready(ip, expected)
+            ready = self._ready(key)
             if ready is not None:
                 return ready
             task = self._connecting.get(key)

@@ -34,15 +34,15 @@ def listener(backlog: int = 16) -> Iterator[socket.socket]:
 
 
 @contextlib.contextmanager
-def full_listener() -> Iterator[int]:
-    """A port whose accept queue is full: the kernel drops new SYNs, connects hang."""
+def full_listener() -> Iterator[socket.socket]:
+    """A listener whose accept queue is full: the kernel drops new SYNs, connects hang."""
     with listener(backlog=0) as sock:
         port = sock.getsockname()[1]
         fillers = [prepare(socket.socket()) for _ in range(3)]
         for filler in fillers:
             filler.connect_ex(("127.0.0.1", port))
         try:
-            yield port
+            yield sock
         finally:
             for filler in fillers:
                 filler.close()
@@ -90,8 +90,8 @@ def test_a_closed_port_is_refused_with_the_address_in_the_detail(
 
 
 def test_a_connect_that_hangs_times_out(loop: asyncio.AbstractEventLoop) -> None:
-    with full_listener() as port:
-        outcome = connect(loop, port, timeout=0.3)
+    with full_listener() as server:
+        outcome = connect(loop, server.getsockname()[1], timeout=0.3)
     assert isinstance(outcome, ConnectFailed)
     assert outcome.result == "timeout"
     assert "timed out" in outcome.detail
@@ -108,7 +108,41 @@ def test_cancel_closes_the_socket_and_reports_nothing(loop: asyncio.AbstractEven
         assert not connecting.pending
         await asyncio.sleep(0.4)  # past the timeout: the timer was cancelled too
 
-    with full_listener() as port:
-        loop.run_until_complete(go(port))
+    with full_listener() as server:
+        loop.run_until_complete(go(server.getsockname()[1]))
     assert outcomes == []
     assert sock.fileno() == -1
+
+
+def test_a_connect_that_waits_for_room_completes_on_the_loop(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The SYN is dropped until the server accepts; the kernel's retry then gets through."""
+    with full_listener() as server:
+        server.setblocking(False)
+
+        async def go() -> tuple[bool, Outcome]:
+            done: asyncio.Future[Outcome] = loop.create_future()
+            connecting = Connecting(
+                loop,
+                prepare(socket.socket()),
+                (LOCALHOST, server.getsockname()[1]),
+                10.0,
+                done.set_result,
+            )
+            waiting = connecting.pending
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    server.accept()[0].close()  # room in the queue for the retried SYN
+            return waiting, await done
+
+        waiting, outcome = loop.run_until_complete(go())
+        assert waiting
+        assert isinstance(outcome, socket.socket)
+        with outcome:
+            server.settimeout(5)
+            peer, _ = server.accept()
+            with peer:
+                outcome.send(b"hi")
+                assert peer.recv(2) == b"hi"
