@@ -20,8 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from smesh.capture import abi
 from smesh.capture.errors import (
@@ -34,6 +33,7 @@ from smesh.capture.errors import (
     PinnedStateMismatch,
     VerifierRejected,
 )
+from smesh.closing import Closing
 
 if TYPE_CHECKING:
     from _ctypes import _CData
@@ -310,7 +310,7 @@ class ObjectMap:
         return _check(_lib().bpf.bpf_map__fd(self._ptr), f"map {self.name}: fd (not loaded?)")
 
 
-class BpfObject:
+class BpfObject(Closing):
     """One compiled ELF object. Lifecycle: open → configure maps → :meth:`load` → close."""
 
     def __init__(self, path: Path) -> None:
@@ -354,17 +354,6 @@ class BpfObject:
         if self._ptr is not None:
             _lib().bpf.bpf_object__close(self._ptr)
             self._ptr = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _LinkInfo(ctypes.Structure):
@@ -441,7 +430,7 @@ def _info(fd: int, info: ctypes.Structure, what: str) -> None:
     )
 
 
-class Link:
+class Link(Closing):
     """A BPF link: the attachment itself. Pinned, it outlives every process."""
 
     def __init__(self, ptr: int, what: str) -> None:
@@ -496,17 +485,6 @@ class Link:
             _lib().bpf.bpf_link__destroy(self._ptr)
             self._ptr = None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 # --- maps --------------------------------------------------------------------------------
 
@@ -527,7 +505,7 @@ def map_info(fd: int) -> MapInfo:
     )
 
 
-class Map(Generic[K, V]):
+class Map(Closing, Generic[K, V]):
     """Typed access to a map through its fd: keys and values are ctypes instances."""
 
     def __init__(self, fd: int, key: type[K], value: type[V], name: str, owned: bool) -> None:
@@ -608,17 +586,6 @@ class Map(Generic[K, V]):
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 S = TypeVar("S", bound=ctypes.Structure)
 
@@ -663,7 +630,7 @@ class PerCpuArray(Generic[S]):
 # --- ring buffer -------------------------------------------------------------------------
 
 
-class RingBuffer:
+class RingBuffer(Closing):
     """Consume records from one or more BPF ring buffers, each with its own callback."""
 
     def __init__(self) -> None:
@@ -713,17 +680,6 @@ class RingBuffer:
             _lib().bpf.ring_buffer__free(self._ptr)
             self._ptr = None
         self._callbacks.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --- the kernel's lists of programs and links (status, tests) ----------------------------

@@ -23,12 +23,11 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from smesh.capture import abi, libbpf
 from smesh.capture.errors import BpfError, CaptureError
 from smesh.capture.node import CapturedPod, Occupancy, PodCounters
+from smesh.closing import Closing
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ class MapSet:
         self.counters.close()
 
 
-class PinnedCapture:
+class PinnedCapture(Closing):
     """A read-only view of a node's pinned capture, for status and trace (no loading)."""
 
     def __init__(self, pin_dir: Path) -> None:
@@ -185,17 +184,6 @@ class PinnedCapture:
 
     def close(self) -> None:
         self.maps.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def detach(pin_dir: Path) -> int:

@@ -9,10 +9,9 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from smesh.capture.errors import BpffsMissing, CaptureError, CgroupNotV2
+from smesh.closing import Closing
 from smesh.linux import cgroups, netns
 from smesh.linux.errors import LinuxError
 
@@ -54,7 +53,7 @@ def ensure_bpffs(pin_dir: Path, mounts_text: str | None = None) -> None:
 
 
 @dataclass
-class CgroupDir:
+class CgroupDir(Closing):
     """An open cgroup v2 directory: what BPF programs attach to."""
 
     path: Path
@@ -87,17 +86,6 @@ class CgroupDir:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def cgroup_id(path: Path) -> int:

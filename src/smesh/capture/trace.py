@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from smesh.capture import abi, libbpf, pins
 from smesh.capture.errors import CaptureError, TraceBusy
 from smesh.capture.events import CaptureEvent, decode
+from smesh.closing import Closing
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class _Source:
             meta.close()
 
 
-class Tracer:
+class Tracer(Closing):
     """Events of every given node, oldest first, as they arrive."""
 
     def __init__(self, sources: list[tuple[str | None, Path]]) -> None:
@@ -106,14 +105,3 @@ class Tracer:
         for source in self._sources:
             source.close()
         self._sources.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from smesh.closing import Closing
 from smesh.linux.errors import LinuxError, NetnsNotFound
 
 NETNS_RUN_DIR = Path("/run/netns")
@@ -101,7 +102,7 @@ def inode_of(name: str) -> int:
     return path_of(name).stat().st_ino
 
 
-class Namespace:
+class Namespace(Closing):
     """A network namespace held open, for creating many sockets in it cheaply.
 
     :meth:`socket` switches the *calling* thread into the namespace and back around one
@@ -134,9 +135,3 @@ class Namespace:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._home = -1
-
-    def __enter__(self) -> Namespace:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
