@@ -14,6 +14,7 @@ from typing import Any
 
 import h11
 
+from smesh import httpclient
 from smesh.errors import SmeshError
 from smesh.linux import netns as netns_mod
 
@@ -40,22 +41,10 @@ def get(
     try:
         sock.settimeout(timeout)
         sock.connect((host, port))
-        conn = h11.Connection(h11.CLIENT)
-        request = h11.Request(
-            method="GET", target=path, headers=[("host", host), ("connection", "close")]
+        status, body = httpclient.exchange(
+            sock, "GET", path, [("host", host), ("connection", "close")]
         )
-        sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
-        status, body = 0, bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(sock.recv(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                return AdminReply(status, bytes(body))
+        return AdminReply(status, body)
     except (OSError, h11.ProtocolError) as exc:
         raise AdminUnreachable(f"agent admin endpoint {where} did not answer: {exc}") from None
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 import h11
 from cryptography import x509
 
+from smesh import httpclient
 from smesh.httpserver import HttpError, HttpServer, Request, Response
 from smesh.identity import certs, tls
 from smesh.identity.bundle import TrustBundle
@@ -119,21 +120,9 @@ class SignerClient:
                     != self.signer_uri
                 ):
                     raise SignerUnavailable(f"{self.path} is not this trust domain's signer")
-                conn = h11.Connection(h11.CLIENT)
-                headers = [("host", "signer"), ("content-length", str(len(body)))]
-                sock.sendall(conn.send(h11.Request(method=method, target=target, headers=headers)))
-                sock.sendall(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
-                status, reply = 0, bytearray()
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        conn.receive_data(sock.recv(65536))
-                    elif isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data):
-                        reply += event.data
-                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                        break
+                status, reply = httpclient.exchange(
+                    sock, method, target, [("host", "signer")], body
+                )
         except (OSError, ssl.SSLError, h11.ProtocolError, ValueError) as exc:
             raise SignerUnavailable(
                 f"signing service at {self.path} did not answer: {exc}"
@@ -141,11 +130,11 @@ class SignerClient:
         finally:
             raw.close()
         if status != 200:
-            message = bytes(reply).decode(errors="replace").strip()
+            message = reply.decode(errors="replace").strip()
             if status == 403:
                 raise NotEntitled(f"signer refused: {message}")
             raise SignerUnavailable(f"signer answered {status}: {message}")
-        return bytes(reply)
+        return reply
 
     def sign(self, csr_pem: bytes) -> IssuedCertificate:
         doc = json.loads(self._call("POST", "/v1/sign", csr_pem))
