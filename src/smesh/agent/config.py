@@ -110,6 +110,9 @@ class TimeoutSettings(_Section):
 
 class LimitSettings(_Section):
     max_connections_per_pod: int = Field(default=4096, ge=1, alias="maxConnectionsPerPod")
+    # How far all streams' receive windows together may grow past the initial window
+    # (smesh.tunnel.window); 0 keeps every window at its initial size.
+    stream_window_budget_mib: int = Field(default=64, ge=0, alias="streamWindowBudgetMiB")
 
 
 class LogSettings(_Section):

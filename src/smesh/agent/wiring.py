@@ -31,6 +31,7 @@ from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSign
 from smesh.identity.spiffe import SpiffeId
 from smesh.linux.netns import Namespace
 from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
+from smesh.tunnel.window import GrowthBudget
 
 if TYPE_CHECKING:
     from smesh.agent.node import Agent
@@ -120,6 +121,7 @@ class MeshWiring:
                 idle_timeout=t.idle,
                 max_connections=self.config.limits.max_connections_per_pod,
             ),
+            windows=GrowthBudget(self.config.limits.stream_window_budget_mib * 1024 * 1024),
         )
         self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
 

@@ -31,9 +31,10 @@ from typing import Any, Literal
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.relay import Scratch
 from smesh.dataplane.sockets import abort, send_gathered, send_rest
-from smesh.dataplane.tlsio import TlsSession
+from smesh.dataplane.tlsio import CARRIER_SLICE, TlsSession
 from smesh.tunnel import mux
 from smesh.tunnel.errors import RemoteProtocolError
+from smesh.tunnel.window import GrowthBudget, ReceiveWindow
 
 log = logging.getLogger("smesh.dataplane")
 
@@ -69,11 +70,10 @@ class Stream:
         "pending",
         "pending_size",
         "record",
-        "recv_left",
         "remote_fin",
         "send_credit",
         "state",
-        "unacked",
+        "window",
     )
 
     def __init__(
@@ -94,8 +94,7 @@ class Stream:
         self.app: socket.socket | None = None  # None while the server side connects
         self.state: Literal["opening", "open"] = "opening"
         self.send_credit = mux.INITIAL_WINDOW  # DATA we may still send
-        self.recv_left = mux.INITIAL_WINDOW  # DATA the peer may still send
-        self.unacked = 0  # DATA delivered to the app, credit not yet handed back
+        self.window = ReceiveWindow(carrier.windows, self._loop.time())
         self.pending: list[bytes] = []  # DATA the app has not taken yet
         self.pending_size = 0
         self.local_fin = False  # our app sent EOF (FIN sent)
@@ -201,8 +200,7 @@ class Stream:
 
     def deliver(self, data: memoryview) -> None:
         size = len(data)
-        self.recv_left -= size
-        if self.recv_left < 0:
+        if not self.window.received(size):
             self.abort("the peer sent more than its window")
             return
         if self.remote_fin:
@@ -223,19 +221,19 @@ class Stream:
             return
         self.record.bytes_to_app += sent
         if sent:
-            self._taken(sent)
+            self._taken(sent, sent == size)
         if sent < size:
             self.pending.append(bytes(data[sent:]))
             self.pending_size += size - sent
             self._loop.add_writer(app.fileno(), self._flush_app)
 
-    def _taken(self, size: int) -> None:
+    def _taken(self, size: int, caught_up: bool) -> None:
         """The app took *size* bytes: hand the credit back once there is enough of it."""
-        self.unacked += size
-        if self.unacked >= mux.WINDOW_UPDATE and not self.remote_fin:
-            self.carrier.send_control(mux.window_frame(self.id, self.unacked))
-            self.recv_left += self.unacked
-            self.unacked = 0
+        if self.remote_fin:
+            return  # no more DATA comes: no credit to hand back
+        increment = self.window.taken(size, self._loop.time(), caught_up)
+        if increment:
+            self.carrier.send_control(mux.window_frame(self.id, increment))
 
     def _flush_app(self) -> None:
         app = self.app
@@ -251,7 +249,7 @@ class Stream:
                 return
             self.record.bytes_to_app += sent
             self.pending_size -= sent
-            self._taken(sent)
+            self._taken(sent, sent == len(chunk) and len(self.pending) == 1)
             if sent < len(chunk):
                 self.pending[0] = chunk[sent:]
                 return
@@ -297,6 +295,7 @@ class Stream:
             self._cancel_setup()
             self._cancel_setup = None
         self.record.finish(result, detail)
+        self.window.release()
         self.pending.clear()
         self.pending_size = 0
         self.carrier.forget(self, notify, detail)
@@ -322,13 +321,16 @@ class Carrier:
         scratch: Scratch,
         peer_identity: str,
         *,
+        windows: GrowthBudget,
         on_open: Callable[[Carrier, int, bytes], None] | None = None,
         on_closed: Callable[[Carrier], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.tls = tls
+        tls.slice = CARRIER_SLICE
         self.side = side
         self.scratch = scratch
+        self.windows = windows
         self.peer_identity = peer_identity
         self.resumed = tls.obj.session_reused
         self._on_open = on_open  # server: an OPEN frame arrived

@@ -18,6 +18,7 @@ from smesh.dataplane.records import NullObserver, Observer
 from smesh.dataplane.relay import Scratch
 from smesh.identity.spiffe import SpiffeId
 from smesh.policy import Decision
+from smesh.tunnel.window import GrowthBudget
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -124,3 +125,4 @@ class Services:
     limits: Limits = field(default_factory=Limits)
     scratch: Scratch = field(default_factory=Scratch)
     sessions: SessionCache = field(default_factory=SessionCache)
+    windows: GrowthBudget = field(default_factory=GrowthBudget)

@@ -191,7 +191,9 @@ async def inbound(
         record.peer_identity = str(peer)
         if tls.obj.selected_alpn_protocol() == mux.ALPN:
             streams = InboundStreams(pod, svc, hooks, peer, record.source)
-            carrier = Carrier(tls, "server", svc.scratch, str(peer), on_open=streams.opened)
+            carrier = Carrier(
+                tls, "server", svc.scratch, str(peer), windows=svc.windows, on_open=streams.opened
+            )
             hooks.carry(tracked, carrier)
             carried = True
             carrier.start()  # also sends the handshake's last flight

@@ -109,7 +109,9 @@ class CarrierPool:
         except BaseException:
             abort(sock)
             raise
-        carrier = Carrier(tls, "client", svc.scratch, str(peer), on_closed=self._gone)
+        carrier = Carrier(
+            tls, "client", svc.scratch, str(peer), windows=svc.windows, on_closed=self._gone
+        )
         carrier.key = key
         if svc.sessions.wants(session_key, resumed, self._loop.time()):
 

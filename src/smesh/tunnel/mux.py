@@ -20,7 +20,8 @@ WINDOW    u32 increment                                 both: the peer may send 
 
 Each direction of each stream starts with :data:`INITIAL_WINDOW` bytes of credit; the
 receiver hands credit back as its app takes the bytes, so a slow app holds at most one
-window in the receiving agent and never stalls the other streams of the connection.
+window in the receiving agent and never stalls the other streams of the connection. The
+receiver may hand back more than its app took, growing the window (smesh.tunnel.window).
 A protocol violation ends the whole connection (all its streams are reset).
 """
 
@@ -41,7 +42,6 @@ NAMES[WINDOW] = "WINDOW"
 MAX_CONTROL = 1024  # payload of any frame but DATA
 MAX_REQUEST_ID = 64
 INITIAL_WINDOW: Final = 512 * 1024
-WINDOW_UPDATE: Final = 128 * 1024  # credit is handed back in steps at least this big
 MAX_STREAMS: Final = 256  # concurrent streams per connection (the server refuses more)
 _OPEN = struct.Struct("!HB")
 _U16 = struct.Struct("!H")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from smesh.agent import client
-from smesh.dataplane.relay import PENDING_BOUND
+from smesh.tunnel import window
 from tests.integration.labkit import Lab
 from tests.integration.mesh.conftest import Apps
 
@@ -99,7 +99,7 @@ def agent_rss_kib(lab: Lab) -> int:
 
 
 def test_a_slow_reader_keeps_the_proxies_memory_bounded(apps: Apps) -> None:
-    """A receiver at 1 KB/s facing a fast sender: each relay holds at most PENDING_BOUND."""
+    """A receiver at 1 KB/s facing a fast sender: a stream holds at most its largest window."""
     apps.serve("pod-3", "source", 9003)
     before = agent_rss_kib(apps.lab)
     reader = apps.lab.spawn(
@@ -122,10 +122,10 @@ def test_a_slow_reader_keeps_the_proxies_memory_bounded(apps: Apps) -> None:
     during = agent_rss_kib(apps.lab)
     reader.wait(timeout=30)
     assert pending, "the slow connection was not seen by the agents"
-    assert max(pending) <= PENDING_BOUND
+    assert max(pending) <= window.MAX_WINDOW
     # Kernel socket buffers are not the proxy's; what the agents themselves grew by is
-    # bounded by the relays' pending data plus allocator slack.
-    assert during - before < 2 * PENDING_BOUND // 1024 + 8 * 1024, (before, during)
+    # bounded by the stream's window plus allocator slack.
+    assert during - before < window.MAX_WINDOW // 1024 + 8 * 1024, (before, during)
 
 
 def test_a_thousand_concurrent_tunnelled_connections(apps: Apps) -> None:

@@ -29,6 +29,7 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.capture.inbound_plaintext == "refuse"  # strict mTLS unless told otherwise
     assert cfg.capture.plaintext_ports == ()
     assert cfg.event_loop == "uvloop"
+    assert cfg.limits.stream_window_budget_mib == 64
 
 
 def test_durations_take_units(tmp_path: Path) -> None:
@@ -64,6 +65,10 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
         ),
         ("node: n\nworkloads: /w\ncapture: {excludedPorts: [80, 0]}\n", "capture.excludedPorts[1]"),
         ("node: n\nworkloads: /w\ncapture: {plaintextPorts: [x]}\n", "capture.plaintextPorts[0]"),
+        (
+            "node: n\nworkloads: /w\nlimits: {streamWindowBudgetMiB: -1}\n",
+            "limits.streamWindowBudgetMiB: ",
+        ),
         ("[1, 2]\n", "expected a mapping"),
         ("node: [\n", "not valid YAML at line"),
     ],

@@ -27,6 +27,7 @@ from smesh.identity import tls
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.spiffe import SpiffeId
 from smesh.policy import Decision, DestinationWorkload, Policy, decide
+from smesh.tunnel.window import GrowthBudget
 
 T = TypeVar("T")
 CLIENT_ID = SpiffeId.for_workload("default", "pod-1")
@@ -94,7 +95,9 @@ class Mesh:
         limits: Limits | None = None,
         policy: Policy | None = None,
         loop: LoopKind = "uvloop",
+        windows: GrowthBudget | None = None,
     ) -> None:
+        self.windows = windows or GrowthBudget()
         self.ca = CertificateAuthority.init(tmp / "ca")
         self.other_ca = CertificateAuthority.init(tmp / "other-ca")
         self.limits = limits or Limits(handshake_timeout=2, connect_timeout=2, request_timeout=2)
@@ -141,6 +144,7 @@ class Mesh:
             original_destination=lambda sock: self.destination,
             observer=self.recorder,
             limits=self.limits,
+            windows=self.windows,
         )
         inbound = socket.socket()
         inbound.bind((str(SERVER_IP), 0))

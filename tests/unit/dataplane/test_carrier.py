@@ -12,7 +12,7 @@ import time
 import pytest
 
 from smesh.identity import tls
-from smesh.tunnel import mux
+from smesh.tunnel import mux, window
 from tests.unit.dataplane.harness import CLIENT_ID, SERVER_IP, Mesh, Server, recv_all
 from tests.unit.dataplane.test_adversarial import raw_tunnel, still_serving
 
@@ -102,7 +102,10 @@ def test_data_beyond_the_window_resets_the_stream(mesh: Mesh) -> None:
     peer.send(open_to(1, str(SERVER_IP), server.port))
     assert peer.next_event() == (mux.OK, 1, b"")
     chunk = b"x" * 65536
-    peer.send(*[data(1, chunk)] * (mux.INITIAL_WINDOW // len(chunk) + 64))
+    # More than any credit the agent can have handed back: the largest window it grows
+    # plus what the kernel buffers toward an app that never reads (at most ~10 MiB).
+    overrun = window.MAX_WINDOW + 24 * 1024 * 1024
+    peer.send(*[data(1, chunk)] * (overrun // len(chunk)))
     kind, stream, payload = peer.next_event({mux.RST})
     assert (kind, stream) == (mux.RST, 1)
     assert b"more than its window" in payload
@@ -129,7 +132,7 @@ def test_a_stalled_stream_does_not_hold_up_the_others_on_its_connection(mesh: Me
                 sent += blocked.send(b"y" * 65536)
             except BlockingIOError:
                 break
-    assert sent > mux.INITIAL_WINDOW  # the agents hold one window; the rest waits in kernels
+    assert sent > window.MAX_WINDOW  # the agents hold one window; the rest waits in kernels
     mesh.destination = (SERVER_IP, echo.port)
     for _ in range(3):
         with mesh.connect(timeout=5) as app:
@@ -138,9 +141,12 @@ def test_a_stalled_stream_does_not_hold_up_the_others_on_its_connection(mesh: Me
             assert recv_all(app) == b"still moving"
     assert mesh.recorder.open_carriers == {"client": 1, "server": 1}  # the same connection
     pending = mesh.call(mesh.server.pending_bytes)
-    assert 0 < pending <= mux.INITIAL_WINDOW
+    # The stream's window grew while the kernel took its first bytes fast; never past the cap.
+    assert 0 < pending <= window.MAX_WINDOW
     release.set()
     blocked.close()
+    mesh.recorder.wait_for(lambda r: any(x.result == "reset" for x in r))
+    assert mesh.services.windows.left == window.GROWTH_BUDGET  # handed back when it ended
     stalled.close()
     echo.close()
 

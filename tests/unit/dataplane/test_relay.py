@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from smesh.dataplane.context import Limits, Route
-from smesh.dataplane.relay import PENDING_BOUND
+from smesh.tunnel import mux, window
 from tests.unit.dataplane.harness import SERVER_IP, Mesh, Server, recv_all
 
 MB = 1024 * 1024
@@ -101,7 +101,8 @@ def test_a_reset_mid_stream_resets_the_other_side(mesh: Mesh) -> None:
     server.close()
 
 
-def test_a_slow_reader_does_not_make_the_proxies_buffer_without_bound(mesh: Mesh) -> None:
+def slow_reader_peak(mesh: Mesh) -> int:
+    """What the agents hold at most while an app reads a fast download ~1 KB a second."""
     total = 64 * MB
     done = threading.Event()
 
@@ -121,10 +122,23 @@ def test_a_slow_reader_does_not_make_the_proxies_buffer_without_bound(mesh: Mesh
             peak = max(
                 peak, mesh.call(lambda: mesh.client.pending_bytes() + mesh.server.pending_bytes())
             )
-    assert peak > 0, "the relays never held anything: the test did not create backpressure"
-    assert peak <= PENDING_BOUND
+    assert peak > 0, "the agents never held anything: the test did not create backpressure"
     assert not done.is_set(), "the server could send everything: nothing pushed back"
     server.close()
+    return peak
+
+
+def test_a_slow_reader_does_not_make_the_agents_buffer_without_bound(mesh: Mesh) -> None:
+    # The kernel took the first megabytes fast, so the stream's window grew; never past this.
+    assert slow_reader_peak(mesh) <= window.MAX_WINDOW
+
+
+def test_without_a_growth_budget_a_slow_reader_holds_one_initial_window(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path, windows=window.GrowthBudget(0))
+    try:
+        assert slow_reader_peak(mesh) <= mux.INITIAL_WINDOW
+    finally:
+        mesh.close()
 
 
 def test_a_thousand_concurrent_tunnels_open_exchange_and_close(mesh: Mesh) -> None:

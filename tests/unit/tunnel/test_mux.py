@@ -52,7 +52,7 @@ CONVERSATION = [
     mux.frame(mux.OK, 1),
     mux.open_frame(3, V6, 443),
     data_frame(3, bytes(range(256)) * 40),
-    mux.window_frame(1, mux.WINDOW_UPDATE),
+    mux.window_frame(1, 128 * 1024),
     mux.refuse_frame(5, 403, "denied by rule ✗"),
     mux.frame(mux.FIN, 1),
     mux.rst_frame(3, "app reset"),
@@ -70,7 +70,7 @@ def test_a_conversation_in_one_piece_reads_back() -> None:
     assert events[2][2] == events[7][2] == b""
     assert mux.parse_open(events[3][2]) == (V6, 443, "")
     assert events[4][2] == bytes(range(256)) * 40
-    assert mux.parse_window(events[5][2]) == mux.WINDOW_UPDATE
+    assert mux.parse_window(events[5][2]) == 128 * 1024
     assert mux.parse_refuse(events[6][2]) == (403, "denied by rule ✗")
     assert events[8][2] == b"app reset"
 
