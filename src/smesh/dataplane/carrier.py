@@ -31,7 +31,7 @@ from typing import Any, Literal
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.relay import Scratch
 from smesh.dataplane.sockets import abort, send_gathered, send_rest
-from smesh.dataplane.tlsio import CARRIER_SLICE, TlsSession
+from smesh.dataplane.tlsio import CARRIER_SLICE, MAX_RECORD, TlsSession
 from smesh.tunnel import mux
 from smesh.tunnel.errors import RemoteProtocolError
 from smesh.tunnel.window import GrowthBudget, ReceiveWindow
@@ -94,7 +94,7 @@ class Stream:
         self.app: socket.socket | None = None  # None while the server side connects
         self.state: Literal["opening", "open"] = "opening"
         self.send_credit = mux.INITIAL_WINDOW  # DATA we may still send
-        self.window = ReceiveWindow(carrier.windows, self._loop.time())
+        self.window = ReceiveWindow(carrier.windows, self._loop.time)
         self.pending: list[bytes] = []  # DATA the app has not taken yet
         self.pending_size = 0
         self.local_fin = False  # our app sent EOF (FIN sent)
@@ -231,7 +231,7 @@ class Stream:
         """The app took *size* bytes: hand the credit back once there is enough of it."""
         if self.remote_fin:
             return  # no more DATA comes: no credit to hand back
-        increment = self.window.taken(size, self._loop.time(), caught_up)
+        increment = self.window.taken(size, caught_up)
         if increment:
             self.carrier.send_control(mux.window_frame(self.id, increment))
 
@@ -509,8 +509,8 @@ class Carrier:
             if eof:
                 self.abort("the peer closed the tunnel connection", "reset", graceful=True)
                 return
-            if not filled:
-                return
+            if len(view) - filled >= MAX_RECORD:
+                return  # open_into stopped for want of ciphertext, not of room
 
     def _dispatch(self, data: memoryview) -> None:
         try:

@@ -24,10 +24,11 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.sockets import abort, send_gathered, send_rest
-from smesh.dataplane.tlsio import MAX_RECORD, TlsSession, _read_into
+from smesh.dataplane.tlsio import MAX_RECORD, TlsSession
 
 log = logging.getLogger("smesh.dataplane")
 
@@ -217,9 +218,10 @@ class Relay:
         """Move all buffered TLS data to the app-side pending buffer (bounded by one batch)."""
         parts = [bytes(self._down_pending)] if self._down_pending is not None else []
         view = self.scratch.plain
+        read: Any = self.tls.obj.read  # with a buffer it returns a count, not bytes
         while True:
             try:
-                n = _read_into(self.tls.obj, self.scratch.size, view)
+                n: int = read(self.scratch.size, view)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:

@@ -25,12 +25,6 @@ SLICE = 16 * 1024
 CARRIER_SLICE = 64 * 1024
 
 
-def _read_into(obj: ssl.SSLObject, size: int, view: memoryview) -> int:
-    """Decrypt into *view*; with a buffer, SSLObject.read returns a count, not bytes."""
-    read: Any = obj.read
-    return int(read(size, view))
-
-
 class TlsSession:
     """An SSL object with its two memory BIOs and the socket they feed."""
 
@@ -56,6 +50,10 @@ class TlsSession:
     def seal(self, plain: memoryview, records: list[bytes]) -> None:
         """Encrypt *plain*, appending its records to *records* (raises ssl.SSLError)."""
         obj, outgoing, size = self.obj, self.outgoing, self.slice
+        if len(plain) <= size:  # most messages
+            obj.write(plain)
+            records.append(outgoing.read())
+            return
         for start in range(0, len(plain), size):
             obj.write(plain[start : start + size])
             records.append(outgoing.read())
@@ -66,21 +64,24 @@ class TlsSession:
         """Decrypt into *view* while a whole record fits, feeding *cipher* from *fed* on.
 
         Returns (bytes decrypted, how much of *cipher* is fed now, whether the peer sent
-        close_notify); raises ssl.SSLError. Records already queued are decrypted first; a
-        read is skipped when nothing is left to decrypt (a failing read costs an exception).
+        close_notify); raises ssl.SSLError. Ciphertext already queued is decrypted before
+        more is fed; a read is skipped when nothing is left to decrypt (a failing read costs
+        an exception).
         """
         obj, incoming, size = self.obj, self.incoming, self.slice
+        read: Any = obj.read  # with a buffer it returns a count, not bytes
         total = 0 if cipher is None else len(cipher)
         room, filled = len(view), 0
         while room - filled >= MAX_RECORD:
-            if not incoming.pending and not obj.pending():
-                if fed >= total:
+            if not incoming.pending:
+                if fed < total:
+                    assert cipher is not None
+                    incoming.write(cipher[fed : fed + size])
+                    fed += size
+                elif not obj.pending():  # no plaintext left inside the SSL object either
                     break
-                assert cipher is not None
-                incoming.write(cipher[fed : fed + size])
-                fed += size
             try:
-                n = _read_into(obj, room - filled, view[filled:])
+                n: int = read(room - filled, view[filled:])
             except ssl.SSLWantReadError:  # a record is still incomplete
                 if fed >= total:
                     break

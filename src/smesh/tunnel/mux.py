@@ -149,6 +149,11 @@ class FrameReader:
                 else:
                     kind, stream, length = HEADER.unpack_from(data, pos)
                     pos += HEADER_SIZE
+                    if kind == DATA and stream and 0 < length <= end - pos:
+                        # the common case, a whole DATA frame: no state to keep
+                        events.append((DATA, stream, data[pos : pos + length]))
+                        pos += length
+                        continue
                 self._start(kind, stream, length, events)
                 continue
             take = min(self._left, end - pos)

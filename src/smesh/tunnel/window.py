@@ -13,6 +13,8 @@ so agents that never grow and agents that do talk to each other unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from smesh.tunnel.mux import INITIAL_WINDOW
 
 MAX_WINDOW = 8 * 1024 * 1024
@@ -38,21 +40,22 @@ class GrowthBudget:
 
 
 class ReceiveWindow:
-    __slots__ = ("_budget", "_granted_at", "left", "size", "unacked")
+    __slots__ = ("_budget", "_clock", "_granted_at", "left", "size", "unacked")
 
-    def __init__(self, budget: GrowthBudget, now: float) -> None:
+    def __init__(self, budget: GrowthBudget, clock: Callable[[], float]) -> None:
         self._budget = budget
+        self._clock = clock  # read only when credit goes back, not per message
         self.size = INITIAL_WINDOW  # credit outstanding once the app took everything
         self.left = INITIAL_WINDOW  # DATA the peer may still send
         self.unacked = 0  # taken by the app, not yet handed back
-        self._granted_at = now
+        self._granted_at = clock()
 
     def received(self, size: int) -> bool:
         """The peer sent *size* bytes of DATA; False if that is more than it may."""
         self.left -= size
         return self.left >= 0
 
-    def taken(self, size: int, now: float, caught_up: bool) -> int:
+    def taken(self, size: int, caught_up: bool) -> int:
         """The app took *size* bytes: the WINDOW increment to send now (0: not yet).
 
         *caught_up*: the app has taken everything received so far.
@@ -61,6 +64,7 @@ class ReceiveWindow:
         if self.unacked < self.size // 4:
             return 0
         increment = self.unacked
+        now = self._clock()
         if caught_up and now - self._granted_at < GROW_WITHIN and self.size < MAX_WINDOW:
             extra = self._budget.take(min(self.size, MAX_WINDOW - self.size))
             self.size += extra
