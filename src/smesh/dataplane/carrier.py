@@ -160,7 +160,7 @@ class Stream:
         if credit <= 0:
             self._loop.remove_reader(app.fileno())  # WINDOW resumes it
             return
-        view = carrier.scratch.recv
+        view = carrier.scratch.carrier_recv
         limit = min(credit, len(view) - mux.HEADER_SIZE)
         try:
             n = app.recv_into(view[mux.HEADER_SIZE : mux.HEADER_SIZE + limit])
@@ -480,7 +480,7 @@ class Carrier:
     # -- reading -------------------------------------------------------------------------
 
     def _read_tls(self) -> None:
-        view = self.scratch.recv
+        view = self.scratch.carrier_recv
         try:
             n = self.tls.sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
@@ -496,7 +496,7 @@ class Carrier:
 
     def _decrypt(self, cipher: memoryview | None = None) -> None:
         """Decrypt and dispatch batch after batch until the ciphertext is used up."""
-        view = self.scratch.plain
+        view = self.scratch.carrier_plain
         fed = 0
         while not self.closed:
             try:

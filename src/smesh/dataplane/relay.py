@@ -36,13 +36,22 @@ BATCH = 256 * 1024
 PENDING_BOUND = 2 * (BATCH + BATCH // 16 + MAX_RECORD)  # both directions, worst case
 
 
-class Scratch:
-    """Buffers shared by all relays of one event loop (callbacks never interleave)."""
+# A carrier reads an app this much at a time: its ciphertext then leaves in fuller TCP
+# segments, and the veth path costs per segment (docs/benchmarks.md, "Batch size"). A
+# relay or splice keeps BATCH, which bounds what one connection may hold.
+CARRIER_BATCH = 512 * 1024
 
-    def __init__(self, size: int = BATCH) -> None:
+
+class Scratch:
+    """Buffers shared by all relays and carriers of one event loop (callbacks never
+    interleave): relays and splices use the first :data:`BATCH` bytes, carriers all."""
+
+    def __init__(self, size: int = BATCH, carrier_size: int = CARRIER_BATCH) -> None:
         self.size = size
-        self.recv = memoryview(bytearray(size))
-        self.plain = memoryview(bytearray(size))
+        recv = memoryview(bytearray(max(size, carrier_size)))
+        plain = memoryview(bytearray(max(size, carrier_size)))
+        self.recv, self.plain = recv[:size], plain[:size]
+        self.carrier_recv, self.carrier_plain = recv[:carrier_size], plain[:carrier_size]
 
 
 class Relay:
