@@ -87,6 +87,12 @@ class AgentMetrics:
             ["side"],
             registry=r,
         )
+        self.window_growth = Gauge(
+            "smesh_stream_window_growth_bytes",
+            "How far fast streams' receive windows exceed their initial size, all together "
+            "(bounded by limits.streamWindowBudgetMiB).",
+            registry=r,
+        )
         self.policy_denials = Counter(
             "smesh_policy_denials_total",
             "Inbound connections refused by authorization policy.",

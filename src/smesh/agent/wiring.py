@@ -123,6 +123,8 @@ class MeshWiring:
             ),
             windows=GrowthBudget(self.config.limits.stream_window_budget_mib * 1024 * 1024),
         )
+        windows = self.services.windows
+        agent.metrics.window_growth.set_function(lambda: windows.in_use)
         self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
 
     async def stop(self) -> None:

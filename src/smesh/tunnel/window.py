@@ -25,10 +25,15 @@ GROWTH_BUDGET = 64 * 1024 * 1024  # default of limits.streamWindowBudgetMiB
 class GrowthBudget:
     """The bytes by which an agent's stream windows may exceed the initial window in all."""
 
-    __slots__ = ("left",)
+    __slots__ = ("left", "total")
 
     def __init__(self, total: int = GROWTH_BUDGET) -> None:
+        self.total = total
         self.left = total
+
+    @property
+    def in_use(self) -> int:
+        return self.total - self.left
 
     def take(self, want: int) -> int:
         got = min(want, self.left)

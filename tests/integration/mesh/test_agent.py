@@ -148,6 +148,7 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
         > time.time()
     )
     assert b"smesh_build_info{" in out
+    assert b"\nsmesh_stream_window_growth_bytes 0.0\n" in out  # exported, and given back
     assert metric(out, "smesh_active_connections", 'direction="outbound"') == 0
 
     log = Path(f"/run/smesh/labs/{meshed.name}/node-1/agent.log").read_text().splitlines()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from smesh.tunnel.mux import INITIAL_WINDOW
 from smesh.tunnel.window import (
     GROW_WITHIN,
-    GROWTH_BUDGET,
     MAX_WINDOW,
     GrowthBudget,
     ReceiveWindow,
@@ -53,9 +52,9 @@ def test_an_app_that_keeps_up_with_a_fast_stream_gets_a_window_doubling_to_the_c
     clock.now += 0.001
     assert w.taken(MAX_WINDOW // 4, caught_up=True) == MAX_WINDOW // 4
     assert w.size == MAX_WINDOW
-    assert budget.left == GROWTH_BUDGET - (MAX_WINDOW - INITIAL_WINDOW)
+    assert budget.in_use == MAX_WINDOW - INITIAL_WINDOW
     w.release()
-    assert budget.left == GROWTH_BUDGET
+    assert budget.in_use == 0
 
 
 def test_an_app_that_lags_behind_keeps_the_window() -> None:
