@@ -20,7 +20,7 @@ MAX_RECORD = 16 * 1024 + 256
 # Bytes moved through a TLS memory BIO at a time. A memory BIO keeps the largest size it
 # ever held, so a connection of its own (one per app connection) moves one record's worth;
 # a carrier, one per pair of pods, can afford more: fewer calls and fewer failed reads
-# (docs/benchmarks.md, "Throughput").
+# (docs/benchmarks.md, "Throughput: the credit loop, and slices through the TLS buffers").
 SLICE = 16 * 1024
 CARRIER_SLICE = 64 * 1024
 
