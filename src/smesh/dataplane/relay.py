@@ -24,11 +24,10 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.sockets import abort, send_gathered, send_rest
-from smesh.dataplane.tlsio import MAX_RECORD, TlsSession
+from smesh.dataplane.tlsio import MAX_RECORD, TlsSession, decrypt_into
 
 log = logging.getLogger("smesh.dataplane")
 
@@ -48,8 +47,8 @@ class Scratch:
 
     def __init__(self, size: int = BATCH, carrier_size: int = CARRIER_BATCH) -> None:
         self.size = size
-        recv = memoryview(bytearray(max(size, carrier_size)))
-        plain = memoryview(bytearray(max(size, carrier_size)))
+        total = max(size, carrier_size)
+        recv, plain = memoryview(bytearray(total)), memoryview(bytearray(total))
         self.recv, self.plain = recv[:size], plain[:size]
         self.carrier_recv, self.carrier_plain = recv[:carrier_size], plain[:carrier_size]
 
@@ -227,10 +226,10 @@ class Relay:
         """Move all buffered TLS data to the app-side pending buffer (bounded by one batch)."""
         parts = [bytes(self._down_pending)] if self._down_pending is not None else []
         view = self.scratch.plain
-        read: Any = self.tls.obj.read  # with a buffer it returns a count, not bytes
+        read = decrypt_into(self.tls.obj)
         while True:
             try:
-                n: int = read(self.scratch.size, view)
+                n = read(self.scratch.size, view)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:

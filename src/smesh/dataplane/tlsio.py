@@ -25,6 +25,12 @@ SLICE = 16 * 1024
 CARRIER_SLICE = 64 * 1024
 
 
+def decrypt_into(obj: ssl.SSLObject) -> Callable[[int, memoryview], int]:
+    """*obj*'s read with a buffer, which returns a count, not bytes (typeshed says bytes)."""
+    read: Any = obj.read
+    return read  # type: ignore[no-any-return]
+
+
 class TlsSession:
     """An SSL object with its two memory BIOs and the socket they feed."""
 
@@ -69,7 +75,7 @@ class TlsSession:
         an exception).
         """
         obj, incoming, size = self.obj, self.incoming, self.slice
-        read: Any = obj.read  # with a buffer it returns a count, not bytes
+        read = decrypt_into(obj)
         total = 0 if cipher is None else len(cipher)
         room, filled = len(view), 0
         while room - filled >= MAX_RECORD:
@@ -81,7 +87,7 @@ class TlsSession:
                 elif not obj.pending():  # no plaintext left inside the SSL object either
                     break
             try:
-                n: int = read(room - filled, view[filled:])
+                n = read(room - filled, view[filled:])
             except ssl.SSLWantReadError:  # a record is still incomplete
                 if fed >= total:
                     break
