@@ -8,6 +8,7 @@ idle ones, and can stop accepting (drain) or close everything.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import socket
@@ -29,6 +30,11 @@ log = logging.getLogger("smesh.dataplane")
 Direction = Literal["outbound", "inbound"]
 ACCEPT_BATCH = 64
 CAP_LOG_INTERVAL = 5.0
+# An accept that fails for want of resources (descriptors, memory) leaves the connection
+# in the backlog and the listener readable: retrying at once would spin the loop. The
+# listener rests this long instead, and the backlog holds the connections meanwhile.
+ACCEPT_RETRY_DELAY = 0.25
+_GONE_BEFORE_ACCEPT = (errno.ECONNABORTED, errno.EPROTO)
 
 
 class Connection:
@@ -65,7 +71,9 @@ class PodEndpoint:
         self.draining = False
         self._last_cap_log = 0.0
         self._sweeper: asyncio.Task[None] | None = None
+        self._resting: dict[socket.socket, asyncio.TimerHandle] = {}
         self.refused_at_cap = 0
+        self.accept_failures = 0
 
     # -- the agent's PodListeners interface -------------------------------------------
 
@@ -85,7 +93,11 @@ class PodEndpoint:
     def stop_accepting(self) -> None:
         self.draining = True  # carriers refuse new streams from now on
         for sock, _direction in self._listeners:
-            self._loop.remove_reader(sock.fileno())
+            resting = self._resting.pop(sock, None)
+            if resting is not None:
+                resting.cancel()
+            else:
+                self._loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners.clear()
 
@@ -128,7 +140,9 @@ class PodEndpoint:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.error("accept failed on %s: %s", self.pod.name, exc)
+                if exc.errno in _GONE_BEFORE_ACCEPT:
+                    continue
+                self._rest(listener, direction, exc)
                 return
             if len(self._connections) >= self.services.limits.max_connections:
                 self._at_cap(direction)
@@ -214,6 +228,26 @@ class PodEndpoint:
             conn.active = None
             conn.report_opened()  # one that failed before it was known counts too
             self.services.observer.closed(conn.record)
+
+    def _rest(self, listener: socket.socket, direction: Direction, exc: OSError) -> None:
+        self.accept_failures += 1
+        log.error(
+            "pod %s cannot accept %s connections: %s; they wait in the backlog, "
+            "retrying in %gs (%d failed accepts so far)",
+            self.pod.name,
+            direction,
+            exc.strerror or exc,
+            ACCEPT_RETRY_DELAY,
+            self.accept_failures,
+        )
+        self._loop.remove_reader(listener.fileno())
+        self._resting[listener] = self._loop.call_later(
+            ACCEPT_RETRY_DELAY, self._wake, listener, direction
+        )
+
+    def _wake(self, listener: socket.socket, direction: Direction) -> None:
+        del self._resting[listener]
+        self._loop.add_reader(listener.fileno(), self._accept, listener, direction)
 
     def _at_cap(self, direction: str) -> None:
         self.refused_at_cap += 1

@@ -8,12 +8,15 @@ listen; the capture step is replaced by telling the outbound side the destinatio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
+import os
+import resource
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +38,46 @@ SERVER_ID = SpiffeId.for_workload("default", "pod-3")
 SERVER_IP = ipaddress.ip_address("127.0.0.3")
 
 
+@contextlib.contextmanager
+def descriptors_left(count: int) -> Iterator[None]:
+    """Let this process open only *count* more file descriptors, as a busy node might.
+
+    Holes below the highest open descriptor are filled first, so the limit counts exactly.
+    The limit is the whole process's: keep the window short, with no other thread at work.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+        while True:
+            fd = os.open("/dev/null", os.O_RDONLY)
+            if fd > highest:
+                os.close(fd)
+                break
+            held.append(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd + count, hard))
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in held:
+            os.close(fd)
+
+
 class HostSockets:
+    """A pod's socket factory; while *exhausted*, the pod is out of file descriptors.
+
+    Only the socket the pod's agent makes meets the limit (a real EMFILE from the
+    kernel), so nothing else in this process is squeezed.
+    """
+
+    def __init__(self) -> None:
+        self.exhausted = False
+
     def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        return socket.socket(family, kind)
+        if not self.exhausted:
+            return socket.socket(family, kind)
+        with descriptors_left(0):
+            return socket.socket(family, kind)
 
 
 class StaticTls:
@@ -161,11 +201,12 @@ class Mesh:
             HostSockets(),
             self.tunnel_port,
         )
+        self.server_sockets = HostSockets()
         self.server_pod = PodConfig(
             "pod-3",
             SERVER_ID,
             (SERVER_IP,),
-            HostSockets(),
+            self.server_sockets,
             self.tunnel_port,
             frozenset({15000, 18000, self.tunnel_port}),
         )

@@ -2,40 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import resource
-from collections.abc import Iterator
+import socket
+import time
 
 import pytest
 
 from smesh.dataplane import flows
-from tests.unit.dataplane.harness import SERVER_IP, Mesh
-from tests.unit.dataplane.test_relay import echo_server, ping
-
-
-@contextlib.contextmanager
-def descriptors_left(count: int) -> Iterator[None]:
-    """Let this process open only *count* more file descriptors, as a busy node might.
-
-    Holes below the highest open descriptor are filled first, so the limit counts exactly.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    held: list[int] = []
-    try:
-        highest = max(int(name) for name in os.listdir("/proc/self/fd"))
-        while True:
-            fd = os.open("/dev/null", os.O_RDONLY)
-            if fd > highest:
-                os.close(fd)
-                break
-            held.append(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (fd + count, hard))
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        for fd in held:
-            os.close(fd)
+from smesh.dataplane.endpoint import ACCEPT_RETRY_DELAY
+from tests.unit.dataplane.harness import SERVER_IP, Mesh, descriptors_left
+from tests.unit.dataplane.test_relay import echo_server, ping, recv_all
 
 
 def test_a_server_pod_out_of_descriptors_answers_502_and_serves_on(mesh: Mesh) -> None:
@@ -43,9 +18,10 @@ def test_a_server_pod_out_of_descriptors_answers_502_and_serves_on(mesh: Mesh) -
     mesh.destination = (SERVER_IP, server.port)
     ping(mesh)  # the carrier is up: a new stream costs the server side one socket
     mesh.recorder.wait_for(lambda r: len(r) == 2)
-    with descriptors_left(2):  # the app's socket and the client agent's accept
-        mesh.expect_reset(b"hello")
-        records = mesh.recorder.wait_for(lambda r: len(r) == 4)
+    mesh.server_sockets.exhausted = True
+    mesh.expect_reset(b"hello")
+    records = mesh.recorder.wait_for(lambda r: len(r) == 4)
+    mesh.server_sockets.exhausted = False
     inbound = next(r for r in records[2:] if r.direction == "inbound")
     outbound = next(r for r in records[2:] if r.direction == "outbound")
     assert inbound.result == "error"
@@ -78,4 +54,30 @@ def test_a_bug_setting_up_an_outbound_connection_resets_only_that_one(
     assert "unexpected error setting up a connection of pod-1" in caplog.text
     assert "RuntimeError: a bug" in caplog.text
     ping(mesh)
+    server.close()
+
+
+def test_a_pod_out_of_descriptors_keeps_connections_waiting_and_does_not_spin(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = echo_server()
+    mesh.destination = (SERVER_IP, server.port)
+    ping(mesh)
+    mesh.recorder.wait_for(lambda r: len(r) == 2)  # its sockets are closed: no holes open up
+    app = socket.socket()
+    app.settimeout(10)
+    with descriptors_left(0):  # the client agent's accept gets EMFILE from the kernel
+        app.connect(mesh.outbound_address)  # the kernel queues it in the backlog
+        deadline = time.monotonic() + 5
+        while "cannot accept outbound connections" not in caplog.text:
+            assert time.monotonic() < deadline, "the agent never tried to accept"
+            time.sleep(0.01)
+        time.sleep(4 * ACCEPT_RETRY_DELAY)
+        failures = mesh.call(lambda: mesh.client.accept_failures)
+    assert 1 <= failures <= 6, f"{failures} failed accepts: the listener did not rest"
+    assert "Too many open files" in caplog.text
+    with app:  # with descriptors again, the waiting connection is served
+        app.sendall(b"waited")
+        app.shutdown(socket.SHUT_WR)
+        assert recv_all(app) == b"waited"
     server.close()
