@@ -70,6 +70,7 @@ class PodEndpoint:
         self.pool = CarrierPool(pod, services)
         self.draining = False
         self._last_cap_log = 0.0
+        self._last_accept_log = 0.0
         self._sweeper: asyncio.Task[None] | None = None
         self._resting: dict[socket.socket, asyncio.TimerHandle] = {}
         self.refused_at_cap = 0
@@ -231,15 +232,18 @@ class PodEndpoint:
 
     def _rest(self, listener: socket.socket, direction: Direction, exc: OSError) -> None:
         self.accept_failures += 1
-        log.error(
-            "pod %s cannot accept %s connections: %s; they wait in the backlog, "
-            "retrying in %gs (%d failed accepts so far)",
-            self.pod.name,
-            direction,
-            exc.strerror or exc,
-            ACCEPT_RETRY_DELAY,
-            self.accept_failures,
-        )
+        now = time.monotonic()
+        if now - self._last_accept_log >= CAP_LOG_INTERVAL:
+            self._last_accept_log = now
+            log.error(
+                "pod %s cannot accept %s connections: %s; they wait in the backlog, "
+                "retrying every %gs (%d failed accepts so far)",
+                self.pod.name,
+                direction,
+                exc.strerror or exc,
+                ACCEPT_RETRY_DELAY,
+                self.accept_failures,
+            )
         self._loop.remove_reader(listener.fileno())
         self._resting[listener] = self._loop.call_later(
             ACCEPT_RETRY_DELAY, self._wake, listener, direction
