@@ -68,6 +68,17 @@ class AgentMetrics:
             ["direction"],
             registry=r,
         )
+        self.turned_away = Counter(
+            "smesh_connections_turned_away_total",
+            "Connections a pod's listener could not take: reset at limits.maxConnectionsPerPod "
+            "(at_cap), or an accept that failed for want of descriptors or memory "
+            "(accept_failed; the connection waits in the backlog and is retried).",
+            ["direction", "reason"],
+            registry=r,
+        )
+        for direction in ("outbound", "inbound"):
+            for reason in ("at_cap", "accept_failed"):
+                self.turned_away.labels(direction, reason)  # exported at 0 from the start
         self.tls_handshake = Histogram(
             "smesh_tls_handshake_duration_seconds",
             "Duration of mutual TLS handshakes.",

@@ -70,6 +70,9 @@ class MetricsObserver:
     def carriers(self, side: str, delta: int) -> None:
         self.m.carriers.labels(side).inc(delta)
 
+    def turned_away(self, direction: str, reason: str) -> None:
+        self.m.turned_away.labels(direction, reason).inc()
+
 
 def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
     """The signing service if configured, else a CA directory in this process."""

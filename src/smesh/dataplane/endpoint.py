@@ -232,6 +232,7 @@ class PodEndpoint:
 
     def _rest(self, listener: socket.socket, direction: Direction, exc: OSError) -> None:
         self.accept_failures += 1
+        self.services.observer.turned_away(direction, "accept_failed")
         now = time.monotonic()
         if now - self._last_accept_log >= CAP_LOG_INTERVAL:
             self._last_accept_log = now
@@ -255,6 +256,7 @@ class PodEndpoint:
 
     def _at_cap(self, direction: str) -> None:
         self.refused_at_cap += 1
+        self.services.observer.turned_away(direction, "at_cap")
         now = time.monotonic()
         if now - self._last_cap_log >= CAP_LOG_INTERVAL:
             self._last_cap_log = now

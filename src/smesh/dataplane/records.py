@@ -80,6 +80,10 @@ class Observer(Protocol):
     def carriers(self, side: str, delta: int) -> None:
         """A pooled tunnel connection (carrier of streams) opened (+1) or closed (-1)."""
 
+    def turned_away(self, direction: str, reason: str) -> None:
+        """A pod's listener could not take a connection: reset at the pod's cap
+        (``at_cap``), or left in the backlog because accept failed (``accept_failed``)."""
+
 
 class NullObserver:
     def opened(self, record: ConnectionRecord) -> None:
@@ -95,4 +99,7 @@ class NullObserver:
         pass
 
     def carriers(self, side: str, delta: int) -> None:
+        pass
+
+    def turned_away(self, direction: str, reason: str) -> None:
         pass

@@ -96,6 +96,7 @@ class Recorder:
     records: list[ConnectionRecord] = field(default_factory=list)
     handshakes: list[tuple[str, bool]] = field(default_factory=list)
     open_carriers: dict[str, int] = field(default_factory=dict)
+    away: list[tuple[str, str]] = field(default_factory=list)  # connections turned away
     closed_event: threading.Condition = field(default_factory=threading.Condition)
 
     def opened(self, record: ConnectionRecord) -> None:
@@ -114,6 +115,9 @@ class Recorder:
 
     def carriers(self, side: str, delta: int) -> None:
         self.open_carriers[side] = self.open_carriers.get(side, 0) + delta
+
+    def turned_away(self, direction: str, reason: str) -> None:
+        self.away.append((direction, reason))
 
     def wait_for(
         self, predicate: Callable[[list[ConnectionRecord]], bool], timeout: float = 10

@@ -77,6 +77,7 @@ def test_a_pod_out_of_descriptors_keeps_connections_waiting_and_does_not_spin(
     assert 1 <= failures <= 6, f"{failures} failed accepts: the listener did not rest"
     assert "Too many open files" in caplog.text
     assert caplog.text.count("cannot accept") == 1  # one line, not one per try
+    assert set(mesh.recorder.away) == {("outbound", "accept_failed")}
     with app:  # with descriptors again, the waiting connection is served
         app.sendall(b"waited")
         app.shutdown(socket.SHUT_WR)

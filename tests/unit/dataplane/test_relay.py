@@ -227,6 +227,7 @@ def test_the_per_pod_connection_cap_resets_and_logs(
         time.sleep(0.3)
         mesh.expect_reset()
         assert "at its cap of 2 concurrent connections" in caplog.text
+        assert mesh.recorder.away == [("outbound", "at_cap")]
         release.set()
         for app in held:
             app.close()
