@@ -29,12 +29,29 @@ log = logging.getLogger("smesh.dataplane")
 
 Direction = Literal["outbound", "inbound"]
 ACCEPT_BATCH = 64
-CAP_LOG_INTERVAL = 5.0
+TROUBLE_LOG_INTERVAL = 5.0  # a pod turning connections away logs this often at most
 # An accept that fails for want of resources (descriptors, memory) leaves the connection
 # in the backlog and the listener readable: retrying at once would spin the loop. The
 # listener rests this long instead, and the backlog holds the connections meanwhile.
 ACCEPT_RETRY_DELAY = 0.25
 _GONE_BEFORE_ACCEPT = (errno.ECONNABORTED, errno.EPROTO)
+
+
+class Throttle:
+    """Lets through one event per *interval* seconds: a log line for a condition that lasts."""
+
+    __slots__ = ("_interval", "_last")
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last = -interval
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            return False
+        self._last = now
+        return True
 
 
 class Connection:
@@ -69,8 +86,8 @@ class PodEndpoint:
         self._carriers: set[Carrier] = set()  # inbound ones; outbound ones are the pool's
         self.pool = CarrierPool(pod, services)
         self.draining = False
-        self._last_cap_log = 0.0
-        self._last_accept_log = 0.0
+        self._cap_log = Throttle(TROUBLE_LOG_INTERVAL)
+        self._accept_log = Throttle(TROUBLE_LOG_INTERVAL)
         self._sweeper: asyncio.Task[None] | None = None
         self._resting: dict[socket.socket, asyncio.TimerHandle] = {}
         self.refused_at_cap = 0
@@ -233,9 +250,7 @@ class PodEndpoint:
     def _rest(self, listener: socket.socket, direction: Direction, exc: OSError) -> None:
         self.accept_failures += 1
         self.services.observer.turned_away(direction, "accept_failed")
-        now = time.monotonic()
-        if now - self._last_accept_log >= CAP_LOG_INTERVAL:
-            self._last_accept_log = now
+        if self._accept_log.ready():
             log.error(
                 "pod %s cannot accept %s connections: %s; they wait in the backlog, "
                 "retrying every %gs (%d failed accepts so far)",
@@ -257,9 +272,7 @@ class PodEndpoint:
     def _at_cap(self, direction: str) -> None:
         self.refused_at_cap += 1
         self.services.observer.turned_away(direction, "at_cap")
-        now = time.monotonic()
-        if now - self._last_cap_log >= CAP_LOG_INTERVAL:
-            self._last_cap_log = now
+        if self._cap_log.ready():
             log.warning(
                 "pod %s is at its cap of %d concurrent connections: resetting new %s connections "
                 "(%d so far; raise limits.maxConnectionsPerPod if this is expected load)",
