@@ -269,7 +269,7 @@ class PodEndpoint:
         del self._resting[listener]
         self._loop.add_reader(listener.fileno(), self._accept, listener, direction)
 
-    def _at_cap(self, direction: str) -> None:
+    def _at_cap(self, direction: Direction) -> None:
         self.refused_at_cap += 1
         self.services.observer.turned_away(direction, "at_cap")
         if self._cap_log.ready():
