@@ -9,15 +9,14 @@ from typing import Any
 
 from smesh.cli.output import table
 from smesh.lab import api, topology
+from smesh.lab.errors import LabError
 
 
 def configure(lab: argparse.ArgumentParser) -> None:
     verbs = lab.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def named(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument(
-            "--name", default=topology.DEFAULT_NAME, help="lab name (default: smesh)"
-        )
+        _name_option(parser)
         return parser
 
     up = named(verbs.add_parser("up", help="build the cluster"))
@@ -58,6 +57,42 @@ def configure(lab: argparse.ArgumentParser) -> None:
     run.set_defaults(func=_exec)
 
 
+def _name_option(parser: argparse.ArgumentParser) -> None:
+    # --lab as well: `smesh status`, `trace` and `capture` call the same thing --lab.
+    parser.add_argument(
+        "--name",
+        "--lab",
+        dest="name",
+        default=topology.DEFAULT_NAME,
+        help="lab name (default: smesh)",
+    )
+
+
+def exec_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split what follows POD into (exec's own options, the command).
+
+    argparse hands everything after POD to the command, so `lab exec pod-1 --name x --
+    curl ...` would run `--name` in the default lab; options written there, before the
+    `--`, are taken as exec's. A command's own `--` (`grep -- -x`) is left alone.
+    """
+    if argv[:1] == ["--"]:
+        return [], argv[1:]
+    if not argv or not argv[0].startswith("-"):
+        return [], argv
+    if "--" not in argv:
+        raise LabError(f"{argv[0]!r} after POD: end exec's options with `--` before the command")
+    split = argv.index("--")
+    return argv[:split], argv[split + 1 :]
+
+
+def _exec_options(options: list[str], args: argparse.Namespace) -> None:
+    late = argparse.ArgumentParser(prog="smesh lab exec", add_help=False)
+    _name_option(late)
+    _, unknown = late.parse_known_args(options, args)
+    if unknown:
+        raise LabError(f"lab exec takes only --name before `--`, not {' '.join(unknown)!r}")
+
+
 def _up(args: argparse.Namespace) -> int:
     topo = api.up(
         args.name,
@@ -96,9 +131,8 @@ def _restart(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+    options, argv = exec_command(list(args.argv))
+    _exec_options(options, args)
     api.exec_argv(args.name, args.member, argv)
     return 0  # not reached: exec replaced this process
 

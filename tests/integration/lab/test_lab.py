@@ -119,6 +119,13 @@ def test_exec_passes_stdio_through_and_returns_the_exit_status(lab: Lab) -> None
     assert failed.stderr == "oops\n"
 
 
+def test_exec_takes_the_lab_name_after_the_pod_as_well(lab: Lab) -> None:
+    """`smesh status --lab N` is how other commands name a lab; exec takes it either way."""
+    for option in ("--lab", "--name"):
+        proc = smesh("lab", "exec", "pod-1", option, lab.name, "--", "ip", "-br", "addr")
+        assert lab.pod("pod-1")["ip"] in proc.stdout
+
+
 def test_exec_on_a_node_runs_outside_every_pod(lab: Lab) -> None:
     node = lab.status()["nodes"][0]
     line = lab.exec("node-1", ["cat", "/proc/self/cgroup"]).stdout

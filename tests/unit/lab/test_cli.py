@@ -1,0 +1,31 @@
+"""What `smesh lab exec POD ...` runs, and in which lab."""
+
+from __future__ import annotations
+
+import pytest
+
+from smesh.cli.lab import exec_command
+from smesh.lab.errors import LabError
+
+
+@pytest.mark.parametrize(
+    ("after_pod", "options", "command"),
+    [
+        (["--", "curl", "-v", "http://x/"], [], ["curl", "-v", "http://x/"]),
+        (["curl", "-v"], [], ["curl", "-v"]),
+        (["--name", "b", "--", "curl"], ["--name", "b"], ["curl"]),
+        (["--lab=b", "--", "sh", "-c", "a -- b"], ["--lab=b"], ["sh", "-c", "a -- b"]),
+        (["grep", "--", "-x", "f"], [], ["grep", "--", "-x", "f"]),  # the command's own --
+        (["--", "grep", "--", "-x"], [], ["grep", "--", "-x"]),
+        ([], [], []),
+    ],
+)
+def test_options_before_the_double_dash_are_exec_s_own(
+    after_pod: list[str], options: list[str], command: list[str]
+) -> None:
+    assert exec_command(after_pod) == (options, command)
+
+
+def test_an_option_without_a_double_dash_is_an_error_not_a_command() -> None:
+    with pytest.raises(LabError, match="end exec's options with `--`"):
+        exec_command(["--name", "b", "curl"])
