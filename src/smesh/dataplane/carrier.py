@@ -57,6 +57,7 @@ class Stream:
     """One app connection riding a carrier; the endpoint sees it like a relay."""
 
     __slots__ = (
+        "_active_at",
         "_cancel_setup",
         "_loop",
         "_on_done",
@@ -65,7 +66,6 @@ class Stream:
         "app",
         "carrier",
         "id",
-        "last_active",
         "local_fin",
         "pending",
         "pending_size",
@@ -99,7 +99,7 @@ class Stream:
         self.pending_size = 0
         self.local_fin = False  # our app sent EOF (FIN sent)
         self.remote_fin = False  # the peer sent FIN
-        self.last_active = self._loop.time()
+        self._active_at = self._loop.time()
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -110,6 +110,9 @@ class Stream:
     def attach(self, app: socket.socket) -> None:
         """Start relaying with the app's socket (the server side has just connected it)."""
         self._cancel_setup = None
+        if self.record.result != "open":  # sending its OK broke the carrier, and so ended it
+            abort(app)
+            return
         self.app = app
         self._loop.add_reader(app.fileno(), self._read_app)
         if self.pending:
@@ -146,6 +149,18 @@ class Stream:
     def pending_bytes(self) -> int:
         return self.pending_size
 
+    @property
+    def last_active(self) -> float:
+        """When bytes last moved, for the idle timeout.
+
+        A stream that has used up its peer's window waits on the peer's app, which may be
+        slow but reading: it is not idle here. The peer's agent holds that DATA and times
+        the stream out if its app stalls.
+        """
+        if self.send_credit <= 0:
+            return self._loop.time()
+        return self._active_at
+
     # -- app → peer --------------------------------------------------------------------
 
     def _read_app(self) -> None:
@@ -169,7 +184,7 @@ class Stream:
         except OSError as exc:
             self.abort(f"app side: {exc.strerror or exc}")
             return
-        self.last_active = self._loop.time()
+        self._active_at = self._loop.time()
         if n == 0:
             self._loop.remove_reader(app.fileno())
             self.local_fin = True
@@ -185,6 +200,7 @@ class Stream:
         """WINDOW from the peer: read the app again if it was waiting for credit."""
         was_out = self.send_credit <= 0
         self.send_credit += increment
+        self._active_at = self._loop.time()  # the peer's app took DATA: not idle, if slow
         if was_out and self.app is not None and not self.local_fin and self.record.result == "open":
             if self.carrier.congested:
                 self.carrier.blocked.add(self)
@@ -206,7 +222,7 @@ class Stream:
         if self.remote_fin:
             self.abort("the peer sent DATA after FIN")
             return
-        self.last_active = self._loop.time()
+        self._active_at = self._loop.time()
         app = self.app
         if self.pending or app is None:
             self.pending.append(bytes(data))
@@ -249,11 +265,14 @@ class Stream:
                 return
             self.record.bytes_to_app += sent
             self.pending_size -= sent
-            self._taken(sent, sent == len(chunk) and len(self.pending) == 1)
+            self._active_at = self._loop.time()  # a slow reader is not an idle one
             if sent < len(chunk):
                 self.pending[0] = chunk[sent:]
-                return
-            self.pending.pop(0)
+            else:
+                self.pending.pop(0)
+            self._taken(sent, not self.pending)
+            if self.record.result != "open" or sent < len(chunk):
+                return  # ended: the credit's write found the carrier broken
         self._loop.remove_writer(app.fileno())
         if self.remote_fin:
             self._eof_to_app()

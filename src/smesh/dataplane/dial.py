@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from smesh.dataplane.context import IPAddress, PodConfig, Services
 from smesh.dataplane.sockets import family_of, prepare
+from smesh.errors import SmeshError
 from smesh.tunnel.connect import authority
 
 
@@ -116,8 +117,15 @@ def start_dial(
     target: tuple[IPAddress, int],
     on_done: Callable[[Outcome], None],
 ) -> Connecting:
-    """Connect a socket made inside the pod's namespace to *target*, on callbacks."""
-    sock = prepare(pod.sockets.socket(family_of(target[0]), socket.SOCK_STREAM))
+    """Connect a socket made inside the pod's namespace to *target*, on callbacks.
+
+    Raises :class:`ConnectFailed` when no socket can be made (the pod is out of
+    descriptors, its namespace is gone): to the peer, like any failed connect.
+    """
+    try:
+        sock = prepare(pod.sockets.socket(family_of(target[0]), socket.SOCK_STREAM))
+    except (OSError, SmeshError) as exc:
+        raise ConnectFailed("error", f"connecting to {authority(*target)}: {exc}") from exc
     return Connecting(loop, sock, target, svc.limits.connect_timeout, on_done)
 
 

@@ -267,8 +267,8 @@ class InboundStreams:
         done = functools.partial(_stream_connected, carrier, stream)
         try:
             connecting = start_dial(carrier.loop, self.svc, pod, (ip, port), done)
-        except (OSError, SmeshError) as exc:
-            done(ConnectFailed("error", f"connecting to {authority(ip, port)}: {exc}"))
+        except ConnectFailed as failed:
+            done(failed)
             return
         if connecting.pending:
             stream.cancel_on_end(connecting.cancel)
@@ -309,18 +309,28 @@ async def _serve_connect(
     try:
         local = await dial(svc, pod, request.ip, request.port)
     except ConnectFailed as exc:
-        await _refuse(tls, record, 504 if exc.result == "timeout" else 502, exc.detail)
+        status = 504 if exc.result == "timeout" else 502
+        await _refuse(tls, record, status, exc.detail, exc.result)
         return None
-    await tls.send(response(200))
+    try:
+        await tls.send(response(200))
+    except BaseException:  # the peer went, or the pod is leaving: the app sees a reset
+        abort(local)
+        raise
     relay = Relay(local, tls, record, svc.scratch, tracked.relay_done)
     tracked.active = relay
     relay.start(request.trailing)
     return local
 
 
-async def _refuse(tls: TlsSession, record: ConnectionRecord, status: int, why: str) -> None:
-    """Answer with an error status, close_notify and a half-close, so the peer reads it all."""
-    record.finish(REFUSAL_RESULTS.get(status, "error"), why)
+async def _refuse(
+    tls: TlsSession, record: ConnectionRecord, status: int, why: str, result: str = ""
+) -> None:
+    """Answer with an error status, close_notify and a half-close, so the peer reads it all.
+
+    *result* is the record's, when the status alone does not say (502 for any failed connect).
+    """
+    record.finish(result or REFUSAL_RESULTS.get(status, "error"), why)
     try:
         await tls.send(response(status, why))
         await tls.close()

@@ -182,6 +182,7 @@ class Relay:
         except OSError as exc:
             self.abort(f"tunnel: {exc.strerror or exc}")
             return
+        self.last_active = self._loop.time()  # a slow reader is not an idle one
         if self._up_pending is not None:
             return
         self._loop.remove_writer(self._tls_fd)
@@ -325,6 +326,7 @@ class Relay:
         except OSError as exc:
             self.abort(f"app side: {exc.strerror or exc}")
             return
+        self.last_active = self._loop.time()
         if self._down_pending is not None:
             return
         self._loop.remove_writer(self._plain_fd)

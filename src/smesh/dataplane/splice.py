@@ -106,6 +106,7 @@ class Splice:
         except OSError as exc:
             self.abort(str(exc.strerror or exc))
             return
+        self.last_active = self._loop.time()  # a slow reader is not an idle one
         way.pending = way.pending[sent:] if sent < len(way.pending) else None
         if way.pending is not None:
             return

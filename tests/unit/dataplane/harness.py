@@ -214,6 +214,7 @@ class Mesh:
             self.tunnel_port,
             frozenset({15000, 18000, self.tunnel_port}),
         )
+        self.listeners = (outbound, inbound)
         self.client = PodEndpoint(self.client_pod, self.services)
         self.client.start([outbound], [])
         self.server = PodEndpoint(self.server_pod, self.services)
@@ -229,6 +230,16 @@ class Mesh:
         except (ConnectionResetError, BrokenPipeError):
             return
         raise AssertionError("the app's connection ended cleanly instead of with a reset")
+
+    def small_send_buffers(self) -> None:
+        """Sockets the agents accept from now on take little into the kernel: what a slow
+        reader has not taken stays with the agent, where it can be seen."""
+
+        def shrink() -> None:
+            for listener in self.listeners:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+
+        self.call(shrink)
 
     def connect(self, timeout: float = 10) -> socket.socket:
         """An app in the client pod connecting "to the destination" (captured to the listener)."""

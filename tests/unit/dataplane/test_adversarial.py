@@ -47,11 +47,17 @@ def tls_tunnel(
 
     Like openssl s_client it offers no smesh-mux/1, so it gets an HTTP/1.1 CONNECT tunnel.
     """
+    return peer_context(mesh, ca, identity).wrap_socket(raw_tunnel(mesh))
+
+
+def peer_context(
+    mesh: Mesh, ca: CertificateAuthority | None = None, identity: SpiffeId = CLIENT_ID
+) -> ssl.SSLContext:
     ca = ca or mesh.ca
     cred = ca.issue_credential(str(identity), dt.timedelta(hours=1), "node")
     ctx = tls.client_context(cred, mesh.ca.bundle())
     ctx.set_alpn_protocols(["http/1.1"])
-    return ctx.wrap_socket(raw_tunnel(mesh))
+    return ctx
 
 
 def answer(sock: ssl.SSLSocket, request: bytes) -> bytes:

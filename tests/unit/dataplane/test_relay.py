@@ -16,6 +16,7 @@ import pytest
 from smesh.dataplane.context import Limits, Route
 from smesh.tunnel import mux, window
 from tests.unit.dataplane.harness import SERVER_IP, Mesh, Server, recv_all
+from tests.unit.dataplane.test_adversarial import peer_context
 
 MB = 1024 * 1024
 
@@ -245,6 +246,85 @@ def test_idle_connections_time_out(tmp_path: Path) -> None:
             app.recv(1)
         records = mesh.recorder.wait_for(lambda r: len(r) >= 1)
         assert "timeout" in {r.result for r in records}
+        server.close()
+    finally:
+        mesh.close()
+
+
+def small_reader(address: tuple[str, int]) -> socket.socket:
+    """A connection whose kernel takes in little, so the agent's sends follow the reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.settimeout(10)
+    sock.connect(address)
+    return sock
+
+
+def read_slowly(sock: socket.socket) -> int:
+    """4 KiB every 20 ms for 1.2 s, four times the idle timeout below: slow, never idle."""
+    got = 0
+    for _ in range(60):
+        chunk = sock.recv(4096)
+        assert chunk, f"the connection ended after {got} bytes"
+        got += len(chunk)
+        time.sleep(0.02)
+    return got
+
+
+@pytest.mark.parametrize("route", ["tunnel", "passthrough"])
+def test_a_slow_reader_is_not_idle(tmp_path: Path, route: str) -> None:
+    """What the agent holds for a slow app leaves in its write callbacks, and that is
+    activity: only reads counted once, and a quarter of a window at 200 KB/s (0.6 s, when
+    the next DATA comes) looked idle."""
+    mesh = Mesh(tmp_path, Limits(idle_timeout=0.3))
+    try:
+        mesh.small_send_buffers()
+        server = Server(lambda conn: conn.sendall(b"x" * (4 << 20)))
+        mesh.destination = (SERVER_IP, server.port)
+        if route == "passthrough":
+            mesh.route = Route("passthrough", None, "")
+        with small_reader(mesh.outbound_address) as app:
+            assert read_slowly(app) >= 60 * 1024
+            assert mesh.call(mesh.client.pending_bytes) > 0  # the agent held some back
+        assert "timeout" not in {r.result for r in mesh.recorder.records}
+        server.close()
+    finally:
+        mesh.close()
+
+
+@pytest.mark.parametrize("route", ["tunnel", "passthrough"])
+def test_a_reader_that_stalls_with_data_waiting_times_out(tmp_path: Path, route: str) -> None:
+    mesh = Mesh(tmp_path, Limits(idle_timeout=0.3))
+    try:
+        mesh.small_send_buffers()
+        server = Server(lambda conn: conn.sendall(b"x" * (4 << 20)))
+        mesh.destination = (SERVER_IP, server.port)
+        if route == "passthrough":
+            mesh.route = Route("passthrough", None, "")
+        with small_reader(mesh.outbound_address) as app:
+            assert app.recv(4096)
+            records = mesh.recorder.wait_for(lambda r: any(x.result == "timeout" for x in r))
+            assert mesh.call(mesh.client.pending_bytes) == 0  # nothing left held for it
+        timed_out = next(r for r in records if r.result == "timeout")
+        assert timed_out.direction == "outbound"  # the side that holds the data decides
+        server.close()
+    finally:
+        mesh.close()
+
+
+def test_a_slow_reader_of_a_connect_tunnel_is_not_idle(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path, Limits(idle_timeout=0.3))
+    try:
+        mesh.small_send_buffers()
+        server = Server(lambda conn: conn.sendall(b"x" * (4 << 20)))
+        ctx = peer_context(mesh)
+        with ctx.wrap_socket(small_reader((str(SERVER_IP), mesh.tunnel_port))) as peer:
+            target = f"{SERVER_IP}:{server.port}".encode()
+            peer.sendall(b"CONNECT " + target + b" HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert peer.recv(4096).startswith(b"HTTP/1.1 200")
+            assert read_slowly(peer) >= 60 * 1024
+            assert mesh.call(mesh.server.pending_bytes) > 0
+        assert "timeout" not in {r.result for r in mesh.recorder.records}
         server.close()
     finally:
         mesh.close()
