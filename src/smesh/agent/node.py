@@ -74,9 +74,11 @@ class Agent:
         self._stopping = asyncio.Event()
         self._desired: dict[str, Workload] = {}
         self._synced = False
+        self._unreconciled: Snapshot | None = None  # a snapshot whose reconcile failed
+        self.broken: str | None = None  # why a task the agent lives on has ended
         self._admin = AdminServer(
             {
-                "/healthz": lambda: Response(200, b"ok\n"),
+                "/healthz": self._healthz,
                 "/ready": self._ready,
                 "/metrics": self._metrics,
                 "/debug/workloads": self._debug_workloads,
@@ -107,16 +109,23 @@ class Agent:
             asyncio.create_task(self._retry_failed(), name="retry"),
             asyncio.create_task(self._export_counters(), name="counters"),
         ]
+        for task in tasks:
+            task.add_done_callback(self._task_ended)
         try:
             await self._stopping.wait()
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(*tasks, return_exceptions=True)  # logged when they ended
             await self._shutdown()
         return 0
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A task the agent lives on ended: /healthz fails, so the agent gets restarted."""
+        if task.cancelled():
+            return
+        self.broken = f"task {task.get_name()!r} ended: {task.exception()!r}"
+        log.critical("%s; /healthz fails from now on", self.broken, exc_info=task.exception())
 
     def _open_capture(self) -> None:
         choice = select_mode(self.config.capture.mode)
@@ -160,7 +169,16 @@ class Agent:
 
     async def _watch(self) -> None:
         async for snapshot in self.source.watch():
+            await self._reconcile_or_retry(snapshot)
+
+    async def _reconcile_or_retry(self, snapshot: Snapshot) -> None:
+        """A failed reconcile is retried with its snapshot, which may not change again."""
+        self._unreconciled = None
+        try:
             await self.reconcile(snapshot)
+        except Exception:
+            log.exception("reconciling the workloads failed; retrying in %gs", RETRY_INTERVAL)
+            self._unreconciled = snapshot
 
     async def reconcile(self, snapshot: Snapshot) -> None:
         self.registry.update(snapshot)
@@ -175,11 +193,28 @@ class Agent:
         await asyncio.gather(
             *(self._start(w) for k, w in self._desired.items() if k not in self.pods)
         )
+        if not self._synced:
+            self._release_leftovers()
         self._synced = True
         self.metrics.workloads.labels("ready").set(sum(p.ready for p in self.pods.values()))
         self.metrics.workloads.labels("pending").set(
             len(self._desired) - sum(p.ready for p in self.pods.values())
         )
+
+    def _release_leftovers(self) -> None:
+        """Pods an earlier agent captured that left the mesh while no agent ran: their
+        connects would go on to a port nobody listens on."""
+        assert self.capture is not None
+        for captured in self.capture.pods():
+            if captured.pod_id in self._desired:
+                continue
+            log.info(
+                "releasing pod captured by an earlier agent", extra=logs.fields(pod=captured.pod_id)
+            )
+            try:
+                self.capture.remove_pod(captured.pod_id)
+            except SmeshError as exc:
+                log.error("cannot release capture: %s", exc, extra=logs.fields(pod=captured.pod_id))
 
     async def _start(self, workload: Workload) -> None:
         assert self.capture is not None
@@ -191,6 +226,8 @@ class Agent:
         while True:
             await asyncio.sleep(RETRY_INTERVAL)
             assert self.capture is not None
+            if self._unreconciled is not None:
+                await self._reconcile_or_retry(self._unreconciled)
             for pod in list(self.pods.values()):
                 if pod.error is not None and self.pods.get(pod.workload.key) is pod:
                     await pod.start(self.capture)
@@ -227,6 +264,11 @@ class Agent:
         return self._synced and all(
             key in self.pods and self.pods[key].ready for key in self._desired
         )
+
+    def _healthz(self) -> Response:
+        if self.broken is not None:
+            return Response(500, f"{self.broken}\n".encode())
+        return Response(200, b"ok\n")
 
     def _ready(self) -> Response:
         if self.ready():

@@ -63,6 +63,7 @@ class PodRuntime:
         self.error: str | None = None
         self.expires: float | None = None
         self.listeners: PodListeners | None = None
+        self.issued = False  # holds a use of its identity's certificate
         self.captured = False
         self.since = time.time()
 
@@ -75,27 +76,43 @@ class PodRuntime:
         w = self.workload
         try:
             if self.stage == "certificate":
-                self.expires = await self.wiring.issue(w)
-                self.stage = "listeners"
+                expires = await self.wiring.issue(w)
+                if self.stage == "stopped":  # the pod went while its certificate came
+                    self.wiring.release(w)
+                    return
+                self.expires, self.issued, self.stage = expires, True, "listeners"
             if self.stage == "listeners":
-                self.listeners = await self.wiring.listen(w)
-                self.stage = "capture"
+                listeners = await self.wiring.listen(w)
+                if self.stage == "stopped":
+                    await listeners.close()
+                    return
+                self.listeners, self.stage = listeners, "capture"
             if self.stage == "capture":
                 capture.add_pod(w.key, w.name, w.cgroup, w.netns, ipv4=w.ipv4, ipv6=w.ipv6)
                 self.captured = True
                 self.stage = "ready"
         except SmeshError as exc:
-            if self.error != str(exc):
-                log.error(
-                    "cannot mesh pod at step %s: %s",
-                    self.stage,
-                    exc,
-                    extra=logs.fields(pod=w.key),
+            self._failed(str(exc))
+            return
+        except Exception as exc:  # a bug or an unforeseen OS error: this pod only, retried
+            if self.error != repr(exc):
+                log.exception(
+                    "cannot mesh pod at step %s", self.stage, extra=logs.fields(pod=w.key)
                 )
-            self.error = str(exc)
+            self.error = repr(exc)
             return
         self.error = None
         log.info("pod meshed", extra=logs.fields(pod=w.key, ips=[str(ip) for ip in w.ips]))
+
+    def _failed(self, why: str) -> None:
+        if self.error != why:
+            log.error(
+                "cannot mesh pod at step %s: %s",
+                self.stage,
+                why,
+                extra=logs.fields(pod=self.workload.key),
+            )
+        self.error = why
 
     def stop_accepting(self) -> None:
         if self.listeners is not None:
@@ -120,8 +137,10 @@ class PodRuntime:
         if self.listeners is not None:
             await self.listeners.close()
             self.listeners = None
-        self.wiring.release(self.workload)
-        self.stage = "stopped"
+        if self.issued:
+            self.wiring.release(self.workload)
+            self.issued = False
+        self.stage = "stopped"  # a start still under way undoes what it finishes
 
     def describe(self) -> dict[str, Any]:
         w = self.workload

@@ -162,6 +162,9 @@ class MeshWiring:
     def release(self, workload: Workload) -> None:
         if self.certs is not None:
             self.certs.release(self.identity_of(workload))
+        ns = self._namespaces.pop(workload.key, None)
+        if ns is not None:  # held open, it would keep a deleted pod's namespace alive
+            ns.close()
 
     def _renewed(self, identity: SpiffeId, credential: Credential) -> None:
         if self._agent is not None:
@@ -202,7 +205,9 @@ class MeshWiring:
     async def listen(self, workload: Workload) -> PodListeners:
         assert self.services is not None
         ns = self._namespaces.get(workload.key)
-        if ns is None:
+        if ns is None or ns.name != workload.netns:  # the same pod in a new sandbox
+            if ns is not None:
+                ns.close()
             ns = self._namespaces[workload.key] = Namespace(workload.netns)
         ports = self.config.ports
         opened: list[socket.socket] = []

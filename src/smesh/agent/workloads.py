@@ -97,6 +97,7 @@ class DirectorySource:
         self.interval = interval
         self._seen: dict[str, tuple[int, int]] = {}
         self._good: dict[str, Workload] = {}
+        self._unreadable = ""  # why the directory could not be read, last time
 
     def scan(self) -> Snapshot:
         current: dict[str, tuple[int, int]] = {}
@@ -104,6 +105,12 @@ class DirectorySource:
             entries = sorted(self.directory.iterdir())
         except FileNotFoundError:
             entries = []
+        except OSError as exc:  # not a directory, no permission: keep the pods it had
+            if self._unreadable != str(exc):
+                log.error("cannot read the workloads directory: %s; keeping what it held", exc)
+            self._unreadable = str(exc)
+            return self._snapshot()
+        self._unreadable = ""
         for path in entries:
             if path.suffix not in {".json", ".yaml", ".yml"} or path.name.startswith("."):
                 continue
@@ -122,6 +129,9 @@ class DirectorySource:
         for gone in set(self._good) - set(current):
             del self._good[gone]
         self._seen = current
+        return self._snapshot()
+
+    def _snapshot(self) -> Snapshot:
         by_key: dict[str, Workload] = {}
         for filename, workload in sorted(self._good.items()):
             if workload.key in by_key:

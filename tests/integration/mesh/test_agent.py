@@ -224,6 +224,24 @@ def test_after_kill_9_captured_connects_fail_closed_and_a_restart_takes_over(
     assert str(Apps.report(server)["peer"]).removeprefix("::ffff:") == POD3  # tunnelled again
 
 
+def test_a_pod_that_left_the_mesh_while_its_agent_was_down_is_released_by_the_next(
+    meshed: Lab, apps: Apps
+) -> None:
+    apps.serve("pod-3", "halfclose", 9100)
+    os.kill(node(meshed, "node-1")["agent_pid"], signal.SIGKILL)
+    wait(lambda: node(meshed, "node-1")["agent_health"] == "dead")
+    set_meshed(meshed, "pod-2", meshed=False)
+    smesh("lab", "restart-agent", "--name", meshed.name, "node-1")
+
+    status = json.loads(smesh("capture", "status", "--lab", meshed.name, "--json").stdout)
+    node1 = next(n for n in status["nodes"] if n["name"] == "node-1")
+    assert {p["name"] for p in node1["pods"]} == {"pod-1"}
+    # pod-2 connects plainly again (not to an agent port nobody listens on), and meshed
+    # pod-3 takes no plaintext.
+    attempt = apps.run("pod-2", "try-connect", POD3, 9100, 2)
+    assert attempt == {"connected": False, "error": "TimeoutError"}
+
+
 def test_a_bad_config_file_is_one_line_naming_the_field(tmp_path: Path) -> None:
     config = tmp_path / "agent.yaml"
     config.write_text("node: node-1\nworkloads: /tmp\nadmin:\n  port: 99999\n")

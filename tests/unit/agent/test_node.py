@@ -1,0 +1,198 @@
+"""The agent's bookkeeping when steps fail or overlap; the real steps are in the lab tests.
+
+The wiring and capture here are stand-ins for the certificate, listener and BPF steps
+(which need root and a lab): what is checked is the order the agent runs them in and what
+it leaves behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smesh.agent import node
+from smesh.agent.config import AgentConfig
+from smesh.agent.node import Agent
+from smesh.agent.workloads import DirectorySource, Snapshot, Workload, write
+from smesh.errors import SmeshError
+
+POD = Workload(
+    name="pod-1", node="node-1", ips=("198.18.1.2",), netns="x", cgroup=Path("/sys/fs/cgroup/x")
+)
+
+
+class Listeners:
+    def __init__(self, wiring: Wiring) -> None:
+        self.wiring = wiring
+        wiring.open_listeners += 1
+
+    def stop_accepting(self) -> None:
+        pass
+
+    def active_connections(self) -> int:
+        return 0
+
+    def connections(self) -> list[dict[str, Any]]:
+        return []
+
+    async def close(self) -> None:
+        self.wiring.open_listeners -= 1
+
+
+class Wiring:
+    """Certificates and listeners, counted; *failures* are raised by successive issues."""
+
+    def __init__(self, *failures: BaseException, issue_delay: float = 0.0) -> None:
+        self.failures = list(failures)
+        self.issue_delay = issue_delay
+        self.certificate_users = 0
+        self.open_listeners = 0
+
+    async def start(self, agent: Agent) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def reload(self) -> None:
+        pass
+
+    def workloads_changed(self, snapshot: Snapshot) -> None:
+        pass
+
+    async def issue(self, workload: Workload) -> float:
+        if self.failures:
+            raise self.failures.pop(0)
+        await asyncio.sleep(self.issue_delay)
+        self.certificate_users += 1
+        return 0.0
+
+    def release(self, workload: Workload) -> None:
+        self.certificate_users -= 1
+
+    async def listen(self, workload: Workload) -> Listeners:
+        return Listeners(self)
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.captured: set[str] = set()
+        self.detached = False
+
+    def add_pod(self, key: str, *args: object, **kwargs: object) -> None:
+        self.captured.add(key)
+
+    def remove_pod(self, key: str) -> bool:
+        self.captured.discard(key)
+        return True
+
+    def pods(self) -> list[Any]:
+        return []
+
+    def detach_all(self) -> None:
+        self.detached = True
+
+    def close(self) -> None:
+        pass
+
+
+def agent_with(wiring: Wiring, tmp_path: Path, **config: Any) -> tuple[Agent, Capture]:
+    cfg = AgentConfig(node="node-1", workloads=tmp_path / "workloads", **config)
+    agent = Agent(cfg, wiring)  # type: ignore[arg-type]
+    capture = Capture()
+    agent.capture = capture  # type: ignore[assignment]
+    return agent, capture
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node, "RETRY_INTERVAL", 0.05)
+
+
+def test_a_pod_deleted_while_its_certificate_is_on_the_way_is_not_meshed(tmp_path: Path) -> None:
+    wiring = Wiring(SmeshError("signing service did not answer"), issue_delay=0.3)
+    agent, capture = agent_with(wiring, tmp_path)
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({POD.key: POD}))
+        assert agent.pods[POD.key].error == "signing service did not answer"
+        retry = asyncio.create_task(agent._retry_failed())
+        await asyncio.sleep(0.15)  # the retry now waits for the signer
+        await agent.reconcile(Snapshot({}))  # the pod is deleted meanwhile
+        await asyncio.sleep(0.4)  # the certificate arrives
+        retry.cancel()
+
+    asyncio.run(scenario())
+    assert capture.captured == set()
+    assert wiring.certificate_users == 0
+    assert wiring.open_listeners == 0
+
+
+def test_an_unexpected_error_meshing_a_pod_is_logged_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wiring = Wiring(RuntimeError("a bug"))
+    agent, capture = agent_with(wiring, tmp_path)
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({POD.key: POD}))
+        assert not agent.ready()
+        retry = asyncio.create_task(agent._retry_failed())
+        await asyncio.sleep(0.2)
+        retry.cancel()
+
+    asyncio.run(scenario())
+    assert agent.ready()
+    assert capture.captured == {POD.key}
+    [failure] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "cannot mesh pod at step certificate" in failure.getMessage()
+    assert failure.exc_info is not None  # with the traceback: it is a bug to report
+
+
+def test_an_unreadable_workloads_directory_keeps_the_pods_it_held(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "workloads"
+    write(directory, POD)
+    source = DirectorySource(directory)
+    assert POD.key in source.scan().workloads
+    directory.rename(tmp_path / "moved")
+    directory.write_text("a file where the directory was\n")
+    assert POD.key in source.scan().workloads
+    assert POD.key in source.scan().workloads
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors  # said once, not every poll
+    assert "cannot read the workloads directory" in errors[0]
+
+
+def test_healthz_fails_once_a_task_the_agent_lives_on_has_died_and_sigterm_still_cleans_up(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    agent, capture = agent_with(Wiring(), tmp_path, admin={"address": "127.0.0.1", "port": port})
+    agent._open_capture = lambda: None  # type: ignore[method-assign]
+
+    async def broken_watch() -> None:
+        raise RuntimeError("a bug in the workload watch")
+
+    agent._watch = broken_watch  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[int, bytes]:
+        running = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.2)
+        status, body = agent._healthz().status, agent._healthz().body
+        agent._stopping.set()  # what SIGTERM does
+        assert await running == 0
+        return status, body
+
+    status, body = asyncio.run(scenario())
+    assert status == 500
+    assert b"a bug in the workload watch" in body
+    assert capture.detached  # the clean shutdown ran despite the dead task
