@@ -110,7 +110,7 @@ class Agent:
             asyncio.create_task(self._export_counters(), name="counters"),
         ]
         for task in tasks:
-            task.add_done_callback(self._task_ended)
+            self.depends_on(task)
         try:
             await self._stopping.wait()
         finally:
@@ -119,6 +119,10 @@ class Agent:
             await asyncio.gather(*tasks, return_exceptions=True)  # logged when they ended
             await self._shutdown()
         return 0
+
+    def depends_on(self, task: asyncio.Task[None]) -> None:
+        """*task* must run as long as the agent does (the watch, the renewals)."""
+        task.add_done_callback(self._task_ended)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         """A task the agent lives on ended: /healthz fails, so the agent gets restarted."""

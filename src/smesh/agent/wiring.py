@@ -129,6 +129,7 @@ class MeshWiring:
         windows = self.services.windows
         agent.metrics.window_growth.set_function(lambda: windows.in_use)
         self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
+        agent.depends_on(self._renewals)
 
     async def stop(self) -> None:
         if self._renewals is not None:
