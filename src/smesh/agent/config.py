@@ -8,6 +8,7 @@ Overrides use dotted keys: ``--set admin.port=15001`` or ``SMESH__ADMIN__PORT=15
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -20,11 +21,17 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from smesh.dataplane.loop import LoopKind
 from smesh.errors import SmeshError
+from smesh.identity.errors import InvalidSpiffeId
+from smesh.identity.signer import MAX_TTL
+from smesh.identity.spiffe import validate_trust_domain
 from smesh.validation import describe
 
 ENV_PREFIX = "SMESH__"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# The certificate lifetimes LocalSigner accepts (smesh.identity.signer): 1 minute to 7 days.
+MIN_CERT_TTL = 60.0
+MAX_CERT_TTL = MAX_TTL.total_seconds()
 
 
 class ConfigError(SmeshError):
@@ -97,7 +104,32 @@ class IdentitySettings(_Section):
     ca_dir: Path | None = Field(default=None, alias="caDir")
     signer_socket: Path | None = Field(default=None, alias="signerSocket")
     node_credential_dir: Path | None = Field(default=None, alias="nodeCredentialDir")
+    # The lifetime of certificates signed in this process (caDir); a signing service
+    # (signerSocket) uses its own (`smesh ca serve --ttl`).
     cert_ttl: Seconds = Field(default=24 * 3600.0, alias="certTtl")
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _trust_domain(cls, value: str) -> str:
+        try:
+            return validate_trust_domain(value)
+        except InvalidSpiffeId as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("cert_ttl")
+    @classmethod
+    def _cert_ttl(cls, value: float) -> float:
+        if not MIN_CERT_TTL <= value <= MAX_CERT_TTL:
+            raise ValueError(
+                f"{value:g}s is not a certificate lifetime: it must be between 1m and "
+                f"{MAX_CERT_TTL / 3600:g}h ({MAX_TTL.days} days)"
+            )
+        return value
+
+    @property
+    def cert_lifetime(self) -> dt.timedelta:
+        """``certTtl`` as the ``ttl`` :class:`~smesh.identity.signer.LocalSigner` takes."""
+        return dt.timedelta(seconds=self.cert_ttl)
 
 
 class TimeoutSettings(_Section):
@@ -146,6 +178,20 @@ def _field_aliases(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseMode
     return names
 
 
+def _parse_override(dotted: str, raw: str) -> Any:
+    """An override's value as YAML (``[10.0.0.0/8]``, ``15001``, ``true``); ``""`` stays ``""``."""
+    if not raw:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ConfigError(
+            f"override {dotted}: {raw!r} is not a valid YAML value ({problem}); "
+            "quote it if it is meant as a string"
+        ) from None
+
+
 def apply_override(data: dict[str, Any], dotted: str, raw: str) -> None:
     """Set ``admin.port`` in the raw mapping; values are parsed as YAML scalars/lists."""
     model: type[BaseModel] | None = AgentConfig
@@ -157,7 +203,7 @@ def apply_override(data: dict[str, Any], dotted: str, raw: str) -> None:
             raise ConfigError(f"override {dotted}: unknown field {'.'.join(parts[: i + 1])!r}")
         key, model = known[part]
         if i == len(parts) - 1:
-            target[key] = yaml.safe_load(raw) if raw else raw
+            target[key] = _parse_override(dotted, raw)
         else:
             target = target.setdefault(key, {})
 

@@ -90,7 +90,7 @@ def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
                 for w in agent.registry.workloads()
             ]
 
-        return LocalSigner(ca, LiveEntitlements(pairs)).for_node(config.node)
+        return LocalSigner(ca, LiveEntitlements(pairs), ident.cert_lifetime).for_node(config.node)
     raise SmeshError("configure identity.signerSocket (with nodeCredentialDir) or identity.caDir")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
 from smesh.agent.config import ConfigError, load
+from smesh.identity.signer import LocalSigner, StaticEntitlements
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -88,6 +90,56 @@ def test_bad_override_names_the_key(tmp_path: Path) -> None:
         load(path, ["admin.port"], environ={})
     with pytest.raises(ConfigError, match=r"admin\.port"):
         load(path, environ={"SMESH__ADMIN__PORT": "x"})
+
+
+@pytest.mark.parametrize(
+    "value", ["Cluster.Local", "cluster.local:8443", "user@cluster.local", "cluster.local/x", "''"]
+)
+def test_trust_domain_is_validated_at_load(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"node: n\nworkloads: /w\nidentity: {{trustDomain: {value}}}\n")
+    with pytest.raises(ConfigError, match=r"^.*agent\.yaml: identity\.trustDomain: ") as info:
+        load(path, environ={})
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"identity\.trustDomain: "):
+        load(None, ["node=n", "workloads=/w", f"identity.trustDomain={value}"], environ={})
+
+
+def test_valid_trust_domain_is_kept(tmp_path: Path) -> None:
+    path = write(tmp_path, "node: n\nworkloads: /w\nidentity: {trustDomain: prod.example-1_x}\n")
+    assert load(path, environ={}).identity.trust_domain == "prod.example-1_x"
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "59s", "30", "169h", "604801"])
+def test_cert_ttl_outside_what_the_signer_accepts_is_refused(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"node: n\nworkloads: /w\nidentity: {{certTtl: {value}}}\n")
+    with pytest.raises(ConfigError, match=r"agent\.yaml: identity\.certTtl: ") as info:
+        load(path, environ={})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("1m", 60.0), ("12h", 43200.0), ("168h", 604800.0)])
+def test_cert_ttl_within_the_signers_limits(tmp_path: Path, value: str, seconds: float) -> None:
+    path = write(tmp_path, f"node: n\nworkloads: /w\nidentity: {{certTtl: {value}}}\n")
+    identity = load(path, environ={}).identity
+    assert identity.cert_ttl == seconds
+    assert identity.cert_lifetime == dt.timedelta(seconds=seconds)
+    # What the agent's in-process signer will be given must be a lifetime it accepts.
+    LocalSigner(None, StaticEntitlements({}), identity.cert_lifetime)  # type: ignore[arg-type]
+
+
+def test_override_value_that_is_not_yaml_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "node: n\nworkloads: /w\n")
+    with pytest.raises(
+        ConfigError, match=r"^override capture\.meshCidrs: '\[10\.0\.0\.0/8' is not"
+    ):
+        load(path, ["capture.meshCidrs=[10.0.0.0/8"], environ={})
+    with pytest.raises(
+        ConfigError, match=r"^override admin\.address: 'a: b: c' is not a valid YAML"
+    ):
+        load(path, environ={"SMESH__ADMIN__ADDRESS": "a: b: c"})
+    with pytest.raises(ConfigError, match=r"^override identity\.trust_domain: ") as info:
+        load(path, environ={"SMESH__IDENTITY__TRUST_DOMAIN": "'unterminated"})
+    assert "\n" not in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
