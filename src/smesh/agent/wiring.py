@@ -83,6 +83,11 @@ def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
         return SignerClient.from_directory(ident.signer_socket, ident.node_credential_dir)
     if ident.ca_dir is not None:
         ca = CertificateAuthority.load(ident.ca_dir)
+        if ca.trust_domain != ident.trust_domain:  # every pod would be "not entitled"
+            raise SmeshError(
+                f"identity.trustDomain {ident.trust_domain!r} is not the trust domain of the "
+                f"CA in {ident.ca_dir} ({ca.trust_domain!r})"
+            )
 
         def pairs() -> list[tuple[str, SpiffeId]]:
             return [

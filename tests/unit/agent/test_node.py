@@ -18,8 +18,10 @@ import pytest
 from smesh.agent import node
 from smesh.agent.config import AgentConfig
 from smesh.agent.node import Agent
+from smesh.agent.wiring import certificate_source
 from smesh.agent.workloads import DirectorySource, Snapshot, Workload, write
 from smesh.errors import SmeshError
+from smesh.identity.ca import CertificateAuthority
 
 POD = Workload(
     name="pod-1", node="node-1", ips=("198.18.1.2",), netns="x", cgroup=Path("/sys/fs/cgroup/x")
@@ -196,3 +198,17 @@ def test_healthz_fails_once_a_task_the_agent_lives_on_has_died_and_sigterm_still
     assert status == 500
     assert b"a bug in the workload watch" in body
     assert capture.detached  # the clean shutdown ran despite the dead task
+
+
+def test_a_ca_directory_of_another_trust_domain_is_one_error_naming_both(tmp_path: Path) -> None:
+    CertificateAuthority.init(tmp_path / "ca", trust_domain="example.org")
+    config = AgentConfig(
+        node="node-1",
+        workloads=tmp_path / "workloads",
+        identity={"trustDomain": "cluster.local", "caDir": str(tmp_path / "ca")},
+    )
+    agent = Agent(config, Wiring())  # type: ignore[arg-type]
+    with pytest.raises(
+        SmeshError, match=r"'cluster\.local' is not the trust domain .*'example\.org'"
+    ):
+        certificate_source(config, agent)
