@@ -248,6 +248,8 @@ class Agent:
                     counts = self.capture.counters(key).as_dict()
                     for decision, value in counts.items():
                         seen = last.get((key, decision), 0)
+                        if value < seen:  # the pod was captured anew: its counters restarted
+                            seen = 0
                         if value > seen:
                             self.metrics.capture_events.labels(pod.workload.name, decision).inc(
                                 value - seen

@@ -212,3 +212,31 @@ def test_a_ca_directory_of_another_trust_domain_is_one_error_naming_both(tmp_pat
         SmeshError, match=r"'cluster\.local' is not the trust domain .*'example\.org'"
     ):
         certificate_source(config, agent)
+
+
+class Counts:
+    def __init__(self, captured: int) -> None:
+        self.captured = captured
+
+    def as_dict(self) -> dict[str, int]:
+        return {"captured": self.captured}
+
+
+def test_capture_counters_that_restart_with_a_pod_captured_anew_keep_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node, "COUNTER_INTERVAL", 0.02)
+    agent, capture = agent_with(Wiring(), tmp_path)
+    readings = iter([5, 5, 2, 3])  # released and captured again after the second reading
+    capture.counters = lambda key: Counts(next(readings, 3))  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({POD.key: POD}))
+        exporting = asyncio.create_task(agent._export_counters())
+        await asyncio.sleep(0.2)
+        exporting.cancel()
+
+    asyncio.run(scenario())
+    exposition = agent.metrics.render().decode()
+    line = 'smesh_capture_events_total{decision="captured",workload="pod-1"} 8.0'
+    assert line in exposition  # 5, then 2 and 1 more after the restart
