@@ -15,13 +15,19 @@ Rotating the root without downtime takes three steps (``smesh ca rotate``):
 2. ``rotate --activate``: once every agent trusts the new root, it signs from now on.
 3. ``rotate --retire-old``: once the last certificate signed by an old root has expired,
    that root leaves the bundle.
+
+Each step is another process rewriting ``ca.json``; a running signer (``smesh ca serve``,
+an agent with ``caDir``) notices the change on its next request and follows it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,8 @@ from smesh.identity.bundle import TrustBundle
 from smesh.identity.credential import Credential
 from smesh.identity.errors import CaError
 from smesh.identity.spiffe import NodeId, validate_trust_domain
+
+log = logging.getLogger("smesh.ca")
 
 DEFAULT_DIR = Path("/var/lib/smesh/ca")
 NODE_CREDENTIAL_LIFETIME = dt.timedelta(days=365)
@@ -65,11 +73,42 @@ def _root_id(cert: x509.Certificate) -> str:
     return f"{cert.serial_number:x}"[:16]
 
 
+# inode, size, mtime: a replaced ca.json is a new file, made while the one it replaces
+# still existed, so its inode at least differs from the one last seen.
+Stamp = tuple[int, int, int]
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _replace(path: Path, text: str) -> Stamp:
+    """Write *path* whole or not at all: a signer reading it meanwhile sees old or new, never half.
+
+    A unique temporary name, so two concurrent writers cannot mix their bytes either.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fchmod(out.fileno(), 0o644)
+            os.fsync(out.fileno())
+            stamp = _stamp(os.fstat(out.fileno()))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return stamp
+
+
 class CertificateAuthority:
     def __init__(self, directory: Path, trust_domain: str, roots: list[Root]) -> None:
         self.directory = directory
         self.trust_domain = trust_domain
         self.roots = roots
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
 
     # -- creation and loading ------------------------------------------------------------
 
@@ -118,11 +157,45 @@ class CertificateAuthority:
             "trustDomain": self.trust_domain,
             "roots": [{"id": r.id, "state": r.state} for r in self.roots],
         }
-        tmp = self.directory / "ca.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(self.directory / "ca.json")
-        bundle = self.directory / "bundle.pem"
-        bundle.write_text(self.bundle().pem())
+        self._stamp = _replace(self.directory / "ca.json", json.dumps(meta, indent=2))
+        _replace(self.directory / "bundle.pem", self.bundle().pem())
+
+    # -- following changes made by other processes -------------------------------------
+
+    def _stat(self) -> Stamp | None:
+        try:
+            return _stamp((self.directory / "ca.json").stat())
+        except OSError:
+            return None
+
+    def _follow_disk(self) -> None:
+        """Adopt roots that `smesh ca rotate` (another process) wrote since we last looked.
+
+        One stat per call, so signers can afford it on every request. A state that cannot
+        be read is logged once and the last good one kept: signing must go on.
+        """
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                fresh = CertificateAuthority.load(self.directory)
+            except (CaError, OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("kept the previous CA state: cannot read the new one: %s", exc)
+                return
+            if fresh.trust_domain != self.trust_domain:
+                log.error(
+                    "kept the previous CA state: %s now holds a CA for %s, not %s; restart",
+                    self.directory,
+                    fresh.trust_domain,
+                    self.trust_domain,
+                )
+                return
+            self.roots = fresh.roots
+            log.info("CA reloaded: %s", ", ".join(f"{r.id} {r.state}" for r in self.roots))
 
     def _add_root(self, state: str) -> Root:
         key = certs.new_key()
@@ -147,6 +220,7 @@ class CertificateAuthority:
 
     @property
     def active(self) -> Root:
+        self._follow_disk()
         return next(r for r in self.roots if r.state == "active")
 
     def _key(self, root: Root) -> ec.EllipticCurvePrivateKey:
@@ -158,6 +232,7 @@ class CertificateAuthority:
         return key
 
     def bundle(self) -> TrustBundle:
+        self._follow_disk()
         return TrustBundle(tuple(r.certificate for r in self.roots if r.state != "retired"))
 
     def issue(
@@ -208,10 +283,12 @@ class CertificateAuthority:
 
     def rotate(self) -> Root:
         """Step 1: a new root, trusted by everyone but not signing yet."""
+        self._follow_disk()
         return self._add_root("trusted")
 
     def activate_newest(self) -> Root:
         """Step 2: the newest root signs from now on; the previous one stays trusted."""
+        self._follow_disk()
         newest = self.roots[-1]
         if newest.state == "active":
             raise CaError(
@@ -230,6 +307,7 @@ class CertificateAuthority:
 
     def retire_old(self, force: bool = False) -> list[str]:
         """Step 3: drop trusted (non-signing) roots whose certificates have all expired."""
+        self._follow_disk()
         issued = self.issued()
         retired: list[str] = []
         for i, root in enumerate(self.roots):

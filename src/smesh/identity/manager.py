@@ -82,6 +82,7 @@ class CertificateManager:
             entry = self._entries.get(identity)
             if entry is None or entry.credential.not_after.timestamp() <= self._clock():
                 entry = await self._issue(identity, entry)
+                self._entries[identity] = entry
             entry.users += 1
             return entry.credential
 
@@ -117,7 +118,6 @@ class CertificateManager:
             generation=self._generation,
             users=previous.users if previous else 0,
         )
-        self._entries[identity] = entry
         log.info(
             "certificate issued for %s, serial %x, expires %s",
             identity,
@@ -176,19 +176,38 @@ class CertificateManager:
                 continue
             lock = self._locks.setdefault(identity, asyncio.Lock())
             async with lock:
+                if self._entries.get(identity) is not entry:
+                    continue  # released (or replaced) while an earlier renewal was awaited
                 try:
                     fresh = await self._issue(identity, entry)
-                except IdentityError as exc:
+                except Exception as exc:  # the signer refused, or a bug: retried either way
                     entry.failures += 1
                     entry.renew_at = now + RETRY_AFTER
                     log.error(
-                        "renewing %s failed (%s); retrying in %.0fs", identity, exc, RETRY_AFTER
+                        "renewing %s failed (%s); retrying in %.0fs",
+                        identity,
+                        exc,
+                        RETRY_AFTER,
+                        exc_info=not isinstance(exc, IdentityError),
                     )
+                    continue
+                if not self._store_renewal(identity, entry, fresh):
                     continue
             renewed.append(identity)
             if self.on_renewed is not None:
                 self.on_renewed(identity, fresh.credential)
         return renewed
+
+    def _store_renewal(self, identity: SpiffeId, previous: _Entry, fresh: _Entry) -> bool:
+        """Keep *fresh* only if nobody released *identity* while it was being signed.
+
+        Storing it anyway would bring back an identity no pod uses, renewed forever.
+        """
+        if self._entries.get(identity) is not previous:
+            log.info("dropped the renewed certificate of %s: released meanwhile", identity)
+            return False
+        self._entries[identity] = fresh
+        return True
 
     async def refresh_bundle(self) -> None:
         try:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 
+from smesh.identity.bundle import TrustBundle
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.manager import CertificateManager, next_wakeup, renewal_time
-from smesh.identity.signer import LocalSigner, StaticEntitlements
+from smesh.identity.signer import (
+    CertificateSource,
+    IssuedCertificate,
+    LocalSigner,
+    StaticEntitlements,
+)
 from smesh.identity.tls import peer_identity
 from tests.unit.identity.conftest import handshake, workload
 
@@ -82,5 +89,84 @@ def test_a_rotated_bundle_reaches_the_contexts(ca: CertificateAuthority) -> None
         await manager.refresh_bundle()
         assert len(manager.bundle.roots) == 2
         assert manager.generation(POD1) != generation
+
+    asyncio.run(scenario())
+
+
+class HeldAnswers:
+    """A signer whose answer the test can hold back: a renewal stays in flight."""
+
+    def __init__(self, inner: CertificateSource) -> None:
+        self.inner = inner
+        self.signed = threading.Event()
+        self.answer = threading.Event()
+        self.answer.set()
+
+    def sign(self, csr_pem: bytes) -> IssuedCertificate:
+        issued = self.inner.sign(csr_pem)
+        self.signed.set()
+        self.answer.wait(5)
+        return issued
+
+    def bundle(self) -> TrustBundle:
+        return self.inner.bundle()
+
+
+def test_an_identity_released_while_renewing_stays_released(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        now = [dt.datetime.now(dt.UTC).timestamp()]
+        signer = LocalSigner(ca, StaticEntitlements({"node-1": [POD1]}), ttl=dt.timedelta(hours=2))
+        source = HeldAnswers(signer.for_node("node-1"))
+        manager = CertificateManager(source, clock=lambda: now[0])
+        await manager.acquire(POD1)
+        source.signed.clear()
+        source.answer.clear()
+        now[0] += 3600 + 120  # past half-life
+        renewal = asyncio.create_task(manager.renew_due())
+        assert await asyncio.to_thread(source.signed.wait, 5)
+        manager.release(POD1)  # the pod is deleted while the signer's answer is on its way
+        source.answer.set()
+        assert await renewal == []
+        assert manager.identities() == []
+        issued = len(ca.issued())
+        now[0] += 3600
+        assert await manager.renew_due() == []
+        assert len(ca.issued()) == issued  # nobody asks for the gone identity again
+
+    asyncio.run(scenario())
+
+
+class FailingOnce:
+    """A signer that fails once with an error that is no IdentityError (a full disk)."""
+
+    def __init__(self, inner: CertificateSource) -> None:
+        self.inner = inner
+        self.fail = False
+
+    def sign(self, csr_pem: bytes) -> IssuedCertificate:
+        if self.fail:
+            self.fail = False
+            raise OSError(28, "No space left on device")
+        return self.inner.sign(csr_pem)
+
+    def bundle(self) -> TrustBundle:
+        return self.inner.bundle()
+
+
+def test_an_unexpected_renewal_error_is_retried_not_the_end_of_renewals(
+    ca: CertificateAuthority,
+) -> None:
+    async def scenario() -> None:
+        now = [dt.datetime.now(dt.UTC).timestamp()]
+        signer = LocalSigner(ca, StaticEntitlements({"node-1": [POD1]}), ttl=dt.timedelta(hours=2))
+        source = FailingOnce(signer.for_node("node-1"))
+        manager = CertificateManager(source, clock=lambda: now[0])
+        first = await manager.acquire(POD1)
+        source.fail = True
+        now[0] += 3600 + 120  # past half-life
+        assert await manager.renew_due() == []  # failed, logged, to be retried
+        now[0] += 60
+        assert await manager.renew_due() == [POD1]
+        assert manager.credential(POD1).serial != first.serial
 
     asyncio.run(scenario())
