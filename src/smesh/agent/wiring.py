@@ -29,7 +29,7 @@ from smesh.identity.manager import CertificateManager
 from smesh.identity.service import SignerClient
 from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSigner
 from smesh.identity.spiffe import SpiffeId
-from smesh.linux.netns import Namespace
+from smesh.linux.netns import Namespace, NamespaceHandles
 from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
 from smesh.tunnel.window import GrowthBudget
 
@@ -107,7 +107,7 @@ class MeshWiring:
         self.services: Services | None = None
         self._agent: Agent | None = None
         self._renewals: asyncio.Task[None] | None = None
-        self._namespaces: dict[str, Namespace] = {}
+        self._namespaces = NamespaceHandles()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -141,9 +141,7 @@ class MeshWiring:
             self._renewals.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewals
-        for ns in self._namespaces.values():
-            ns.close()
-        self._namespaces.clear()
+        self._namespaces.close()
 
     def reload(self) -> None:
         self.policy.reload()
@@ -168,9 +166,7 @@ class MeshWiring:
     def release(self, workload: Workload) -> None:
         if self.certs is not None:
             self.certs.release(self.identity_of(workload))
-        ns = self._namespaces.pop(workload.key, None)
-        if ns is not None:  # held open, it would keep a deleted pod's namespace alive
-            ns.close()
+        self._namespaces.release(workload.key)  # held, it would keep a gone pod's alive
 
     def _renewed(self, identity: SpiffeId, credential: Credential) -> None:
         if self._agent is not None:
@@ -210,11 +206,7 @@ class MeshWiring:
 
     async def listen(self, workload: Workload) -> PodListeners:
         assert self.services is not None
-        ns = self._namespaces.get(workload.key)
-        if ns is None or ns.name != workload.netns:  # the same pod in a new sandbox
-            if ns is not None:
-                ns.close()
-            ns = self._namespaces[workload.key] = Namespace(workload.netns)
+        ns = self._namespaces.of(workload.key, workload.netns)
         ports = self.config.ports
         opened: list[socket.socket] = []
         try:

@@ -135,3 +135,31 @@ class Namespace(Closing):
             if fd >= 0:
                 os.close(fd)
         self._fd = self._home = -1
+
+
+class NamespaceHandles(Closing):
+    """One open :class:`Namespace` per key (the agent's pods), following a key's moves.
+
+    A pod re-created in a new sandbox has a new namespace under the same key: its sockets
+    must be made there, not in the old one, which the old handle would also keep alive.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, Namespace] = {}
+
+    def of(self, key: str, name: str) -> Namespace:
+        ns = self._held.get(key)
+        if ns is not None and ns.name == name:
+            return ns
+        self.release(key)
+        ns = self._held[key] = Namespace(name)
+        return ns
+
+    def release(self, key: str) -> None:
+        ns = self._held.pop(key, None)
+        if ns is not None:
+            ns.close()
+
+    def close(self) -> None:
+        for key in list(self._held):
+            self.release(key)

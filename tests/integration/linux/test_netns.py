@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from smesh.linux import netns
+from smesh.linux.errors import LinuxError
 from tests.integration.labkit import Lab
 
 
@@ -26,3 +29,17 @@ def test_namespace_socket_is_created_inside_and_the_thread_returns_home(lab: Lab
                 accepted.close()
             assert peer[0] == lab.pod("pod-3")["ip"]
         assert ns.inode == netns.inode_of(pod["netns"])
+
+
+def test_handles_follow_a_pod_into_a_new_namespace_and_close_what_they_drop(lab: Lab) -> None:
+    first, second = lab.pod("pod-1")["netns"], lab.pod("pod-2")["netns"]
+    with netns.NamespaceHandles() as handles:
+        old = handles.of("default/pod-1", first)
+        assert handles.of("default/pod-1", first) is old
+        new = handles.of("default/pod-1", second)  # the pod, re-created in a new sandbox
+        assert new.inode == netns.inode_of(second)
+        with pytest.raises(LinuxError, match="cannot enter"):
+            old.socket()  # closed: it no longer holds the old namespace open
+        handles.release("default/pod-1")
+        with pytest.raises(LinuxError, match="cannot enter"):
+            new.socket()
