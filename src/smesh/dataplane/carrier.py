@@ -40,6 +40,10 @@ log = logging.getLogger("smesh.dataplane")
 
 Side = Literal["client", "server"]
 REFUSAL_RESULTS = {403: "denied", 502: "refused", 503: "refused", 504: "timeout"}
+# What may wait behind a full socket. The streams stop reading their apps when it fills,
+# so the data path adds at most a batch; more means the peer sends requests (OPENs, DATA
+# that earns credit) but does not read the answers, and would grow the agent without end.
+MAX_BACKLOG = 4 * 1024 * 1024
 
 
 KEEPALIVE = ((socket.TCP_KEEPIDLE, 60), (socket.TCP_KEEPINTVL, 10), (socket.TCP_KEEPCNT, 3))
@@ -362,7 +366,9 @@ class Carrier:
         self._last_opened = 0  # server: highest stream id seen
         self.congested = False  # ciphertext waits for the socket; streams stop reading
         self.blocked: set[Stream] = set()
-        self._pending: memoryview | None = None
+        self._pending: memoryview | None = None  # what the socket is taking now
+        self._backlog: list[bytes] = []  # sealed after the socket filled up, in order
+        self._backlog_size = 0
         self._control: list[bytes] = []
         self._dispatching = False
         self.closed = False
@@ -468,8 +474,16 @@ class Carrier:
             self.abort(f"TLS: {exc.reason or exc}", "error")
             return
         if self.congested:
-            assert self._pending is not None
-            self._pending = memoryview(b"".join([self._pending, *parts]))
+            self._backlog += parts
+            self._backlog_size += sum(map(len, parts))
+            if self._backlog_size > MAX_BACKLOG:
+                log.warning(
+                    "tunnel peer %s stopped reading: %d bytes of answers and credit waiting; "
+                    "closing the connection",
+                    self.peer_identity,
+                    self._backlog_size,
+                )
+                self.abort("the peer stopped reading the tunnel connection", "error")
             return
         try:
             self._pending = send_gathered(self.tls.sock, parts)
@@ -485,6 +499,11 @@ class Carrier:
             return
         try:
             self._pending = send_rest(self.tls.sock, self._pending)
+            if self._pending is None and self._backlog:
+                waiting = memoryview(b"".join(self._backlog))
+                self._backlog.clear()
+                self._backlog_size = 0
+                self._pending = send_rest(self.tls.sock, waiting)
         except OSError as exc:
             self.abort(f"tunnel: {exc.strerror or exc}")
             return
@@ -599,7 +618,7 @@ class Carrier:
     # -- the end -------------------------------------------------------------------------
 
     def pending_bytes(self) -> int:
-        return len(self._pending) if self._pending is not None else 0
+        return (len(self._pending) if self._pending is not None else 0) + self._backlog_size
 
     def close(self) -> None:
         """Close with close_notify (no streams left: the pool's idle timeout)."""
@@ -623,6 +642,8 @@ class Carrier:
         self.streams.clear()
         self.blocked.clear()
         self._pending = None
+        self._backlog.clear()
+        self._backlog_size = 0
         self._control.clear()
         if graceful:
             self.tls.sock.close()

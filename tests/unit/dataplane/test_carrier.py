@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import socket
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from smesh.dataplane import carrier
 from smesh.identity import tls
 from smesh.tunnel import mux, window
 from tests.unit.dataplane.harness import CLIENT_ID, SERVER_IP, Mesh, Server, recv_all
@@ -165,3 +167,27 @@ def test_more_streams_than_one_connection_carries_open_another(mesh: Mesh) -> No
     for app in apps:
         app.close()
     server.close()
+
+
+def test_a_peer_that_asks_but_never_reads_the_answers_is_cut_off(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused OPENs cost the peer 16 bytes and the agent a queued REFUSE each: without a
+    bound, a peer that never reads grows the agent (every pod's) without end."""
+    monkeypatch.setattr(carrier, "MAX_BACKLOG", 256 * 1024)
+    mesh.small_send_buffers()  # the kernel takes little: the answers wait in the agent
+    cred = mesh.ca.issue_credential(str(CLIENT_ID), dt.timedelta(hours=1), "node")
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads anyway
+    raw.connect((str(SERVER_IP), mesh.tunnel_port))
+    with tls.client_context(cred, mesh.ca.bundle()).wrap_socket(raw) as peer:
+        refused = ipaddress.ip_address("127.0.0.9")  # not the pod's address: 403 each
+        opens = b"".join(mux.open_frame(i, refused, 80) for i in range(1, 80_001, 2))
+        with contextlib.suppress(OSError):  # the agent resets it part of the way through
+            peer.sendall(opens)
+        deadline = time.monotonic() + 10
+        while mesh.call(lambda: len(mesh.server._carriers)):
+            assert time.monotonic() < deadline, "the carrier was never closed"
+            time.sleep(0.05)
+    assert "stopped reading" in caplog.text
+    still_serving(mesh)
