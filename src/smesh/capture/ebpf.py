@@ -157,9 +157,7 @@ class EbpfCapture:
                     stale.detach()
                 pin.unlink()
                 continue
-            link = libbpf.Link.open_pinned(pin)
-            link.update_program(self._program(spec))
-            self._links[pin] = link
+            self._adopt(pin, spec)
         maps = self._map_set()
         for slot, pod in maps.pods_by_slot().items():
             self._pods[pod.pod_id] = pod
@@ -189,12 +187,33 @@ class EbpfCapture:
 
     # --- attachments -------------------------------------------------------------------
 
+    def _adopt(self, pin: Path, spec: abi.ProgramSpec) -> libbpf.Link | None:
+        """Run the program loaded now through a pinned link; None if its cgroup is gone.
+
+        The kernel detaches the links of a removed cgroup (a pod deleted, or an agent
+        restarted in a new container, while nobody owned the pins) but leaves them pinned,
+        and such a link refuses a new program: it is unpinned here instead.
+        """
+        link = libbpf.Link.open_pinned(pin)
+        try:
+            if link.info().cgroup_id == 0:
+                log.info("unpinning %s: its cgroup was removed", pin)
+                link.unpin()
+                link.close()
+                with contextlib.suppress(OSError):
+                    pin.parent.rmdir()  # once its last pin is gone
+                return None
+            link.update_program(self._program(spec))
+        except BaseException:
+            link.close()
+            raise
+        self._links[pin] = link
+        return link
+
     def _ensure_link(self, pin: Path, spec: abi.ProgramSpec, cgroup: CgroupDir) -> None:
         link = self._links.get(pin)
         if link is None and pin.exists():
-            link = libbpf.Link.open_pinned(pin)
-            link.update_program(self._program(spec))
-            self._links[pin] = link
+            link = self._adopt(pin, spec)
         if link is not None:
             if link.info().cgroup_id == cgroup.id:
                 return

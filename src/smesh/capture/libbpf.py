@@ -228,8 +228,9 @@ def _fail(what: str, err: int, messages: list[str] | None = None) -> BpfError:
         )
     if err in (errnos.EOPNOTSUPP, errnos.ENOTSUP, 524):  # 524: the kernel's ENOTSUPP
         return NotSupported(
-            f"{what}: not supported by this kernel ({reason}); capture needs Linux >= 6.1 "
-            "with CONFIG_CGROUP_BPF, or use --capture nftables",
+            f"{what}: not supported by this kernel ({reason}); eBPF capture needs about "
+            "Linux 5.15 with CONFIG_CGROUP_BPF, or use nftables capture (capture.mode: "
+            "nftables for the agent, --mode nftables for `smesh capture attach`)",
             err,
             said,
         )

@@ -149,6 +149,7 @@ class MapSet:
             self.config,
             self.cidrs,
             self.ports,
+            self.plain_ports,
             self.pods,
             self.meta,
             self.conns,

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from smesh.capture import CaptureConfig, libbpf, pins, system
+from smesh.capture import lab as capture_lab
 from smesh.capture.ebpf import EbpfCapture
 from smesh.linux import cgroups, netns
 from tests.integration.capture.conftest import EXCLUDED, OWNER, PY, Harness, wait_line
@@ -259,6 +260,32 @@ def test_a_restarted_owner_takes_over_and_detach_works_while_it_runs(
     owner.kill()
     owner.communicate(timeout=10)
     assert not ours & {link.id for link in libbpf.links()}
+
+
+def test_an_owner_starts_after_a_cgroup_with_pinned_links_was_removed(
+    ebpf_captured: Harness,
+) -> None:
+    """A crashed agent restarted in a new container leaves its old cgroup's links pinned,
+    and the kernel detaches them when that cgroup goes: the next owner must still start."""
+    h = ebpf_captured
+    gone = cgroups.create(h.cgroup("node-1", f"old-agent-{time.monotonic_ns()}"))
+    with EbpfCapture(h.pin_dir("node-1"), capture_lab.lab_config()) as capture:
+        capture.attach_proxy(gone)
+    with pins.PinnedCapture(h.pin_dir("node-1")) as pinned:
+        dead = {info.id for pin, info in pinned.links() if str(gone.stat().st_ino) in str(pin)}
+    assert dead
+    gone.rmdir()
+    deadline = time.monotonic() + 10
+    while {link.id for link in libbpf.links() if link.cgroup_id} & dead:
+        assert time.monotonic() < deadline, "the kernel never detached the removed cgroup's links"
+        time.sleep(0.1)
+
+    h._start([PY, OWNER, h.lab.name, "node-1", "ebpf"])  # the restarted agent
+    with pins.PinnedCapture(h.pin_dir("node-1")) as pinned:
+        assert not dead & {info.id for _pin, info in pinned.links()}  # unpinned
+    h.serve("pod-3", "pod-3", 7100)
+    h.listener("pod-1")
+    assert h.client("pod-1", "tcp", "198.18.2.2", 7100)["reply"] == "ORIG 198.18.2.2 7100"
 
 
 @pytest.mark.parametrize("mode", ["ebpf", "nftables"])
