@@ -604,13 +604,19 @@ class Carrier:
         if stream_id > highest:
             raise RemoteProtocolError(f"DATA for stream {stream_id}, never opened")
 
+    def _open_streams(self) -> int:
+        """Streams the client still counts: it forgets one once both FINs are through, while
+        here it lives on until a slow app has read what it was sent (the pod's connection
+        cap bounds those)."""
+        return sum(1 for s in self.streams.values() if not (s.local_fin and s.remote_fin))
+
     def _opened(self, stream_id: int, payload: bytes) -> None:
         if self.side != "server" or self._on_open is None:
             raise RemoteProtocolError("OPEN sent to the client side")
         if stream_id % 2 == 0 or stream_id <= self._last_opened:
             raise RemoteProtocolError(f"OPEN for stream {stream_id}, not a new odd id")
         self._last_opened = stream_id
-        if len(self.streams) >= mux.MAX_STREAMS:
+        if self._open_streams() >= mux.MAX_STREAMS:
             self.refuse(stream_id, 503, f"more than {mux.MAX_STREAMS} streams on one connection")
             return
         self._on_open(self, stream_id, payload)

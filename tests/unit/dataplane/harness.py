@@ -72,12 +72,17 @@ class HostSockets:
 
     def __init__(self) -> None:
         self.exhausted = False
+        self.send_buffer = 0  # SO_SNDBUF of the sockets made from now on (0: the default)
 
     def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
         if not self.exhausted:
-            return socket.socket(family, kind)
-        with descriptors_left(0):
-            return socket.socket(family, kind)
+            sock = socket.socket(family, kind)
+        else:
+            with descriptors_left(0):
+                sock = socket.socket(family, kind)
+        if self.send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        return sock
 
 
 class StaticTls:
@@ -238,6 +243,7 @@ class Mesh:
         def shrink() -> None:
             for listener in self.listeners:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+            self.server_sockets.send_buffer = 8192  # the server agent's, to its app
 
         self.call(shrink)
 

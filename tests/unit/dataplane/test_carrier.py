@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from smesh.dataplane import carrier
+from smesh.dataplane import carrier, pool
 from smesh.identity import tls
 from smesh.tunnel import mux, window
 from tests.unit.dataplane.harness import CLIENT_ID, SERVER_IP, Mesh, Server, recv_all
@@ -191,3 +191,42 @@ def test_a_peer_that_asks_but_never_reads_the_answers_is_cut_off(
             time.sleep(0.05)
     assert "stopped reading" in caplog.text
     still_serving(mesh)
+
+
+def test_streams_ended_for_the_client_do_not_fill_the_servers_stream_limit(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload whose server app reads late ends for the client once both FINs are
+    through, but lives on in the server agent: counted there, it made the server refuse
+    new streams (503) that the client's pool, counting none, kept sending it."""
+    monkeypatch.setattr(mux, "MAX_STREAMS", 4)
+    monkeypatch.setattr(pool, "MAX_STREAMS", 4)
+    release = threading.Event()
+
+    def reads_late(conn: socket.socket) -> None:
+        conn.sendall(b"ack")
+        conn.shutdown(socket.SHUT_WR)
+        release.wait(30)
+        recv_all(conn)
+
+    mesh.small_send_buffers()
+    late = Server(reads_late)
+    late.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    echo = Server(lambda conn: conn.sendall(recv_all(conn)))
+    try:
+        mesh.destination = (SERVER_IP, late.port)
+        for _ in range(4):
+            with mesh.connect() as app:
+                app.sendall(b"u" * 400_000)
+                app.shutdown(socket.SHUT_WR)
+                assert recv_all(app) == b"ack"
+        mesh.destination = (SERVER_IP, echo.port)
+        for _ in range(3):
+            with mesh.connect() as app:
+                app.sendall(b"ping")
+                app.shutdown(socket.SHUT_WR)
+                assert recv_all(app) == b"ping"
+    finally:
+        release.set()
+        late.close()
+        echo.close()
