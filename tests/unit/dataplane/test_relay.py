@@ -261,22 +261,22 @@ def small_reader(address: tuple[str, int]) -> socket.socket:
 
 
 def read_slowly(sock: socket.socket) -> int:
-    """4 KiB every 20 ms for 1.2 s, four times the idle timeout below: slow, never idle."""
+    """4 KiB every 40 ms for 2.4 s, almost five times the idle timeout below: slow, not idle."""
     got = 0
     for _ in range(60):
         chunk = sock.recv(4096)
         assert chunk, f"the connection ended after {got} bytes"
         got += len(chunk)
-        time.sleep(0.02)
+        time.sleep(0.04)
     return got
 
 
 @pytest.mark.parametrize("route", ["tunnel", "passthrough"])
 def test_a_slow_reader_is_not_idle(tmp_path: Path, route: str) -> None:
     """What the agent holds for a slow app leaves in its write callbacks, and that is
-    activity: only reads counted once, and a quarter of a window at 200 KB/s (0.6 s, when
+    activity: only reads counted once, and a quarter of a window at 100 KB/s (1.3 s, when
     the next DATA comes) looked idle."""
-    mesh = Mesh(tmp_path, Limits(idle_timeout=0.3))
+    mesh = Mesh(tmp_path, Limits(idle_timeout=0.5))
     try:
         mesh.small_send_buffers()
         server = Server(lambda conn: conn.sendall(b"x" * (4 << 20)))
@@ -313,7 +313,7 @@ def test_a_reader_that_stalls_with_data_waiting_times_out(tmp_path: Path, route:
 
 
 def test_a_slow_reader_of_a_connect_tunnel_is_not_idle(tmp_path: Path) -> None:
-    mesh = Mesh(tmp_path, Limits(idle_timeout=0.3))
+    mesh = Mesh(tmp_path, Limits(idle_timeout=0.5))
     try:
         mesh.small_send_buffers()
         server = Server(lambda conn: conn.sendall(b"x" * (4 << 20)))
