@@ -184,9 +184,13 @@ def parse(text: str, origin: str = "policy") -> Policy:
 
 def load(path: Path) -> Policy:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PolicyError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     return parse(text, str(path))
 
 

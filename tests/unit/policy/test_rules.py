@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,27 @@ def test_reload_keeps_the_old_policy_when_the_new_file_is_bad(tmp_path: Path) ->
     assert store.reload() is True
     assert store.policy.rules[0].name == "b"
     assert store.error is None
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.write_bytes(b"rules: [{name: \xff}]\n"), "not UTF-8 text"),
+        (lambda path: path.mkdir(), "cannot read it: Is a directory"),
+    ],
+)
+def test_a_reload_of_an_unreadable_file_keeps_the_old_policy_and_says_why(
+    tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules: [{name: a, action: deny}]\n")
+    store = PolicyStore(path)
+    path.unlink()
+    make(path)
+    assert store.reload() is False
+    assert store.policy.rules[0].name == "a"
+    assert store.error is not None
+    assert message in store.error
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
