@@ -32,15 +32,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+# Control characters shown escaped: text a peer sent (a reset reason, a request id) must
+# not start a line of its own in the log, looking like the agent's.
+_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def one_line(text: str) -> str:
+    return text.translate(_ESCAPED)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))  # a traceback, added later, keeps its lines
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            text += " " + " ".join(f"{k}={one_line(str(v))}" for k, v in fields.items())
         return text
 
 

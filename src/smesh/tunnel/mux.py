@@ -28,6 +28,7 @@ A protocol violation ends the whole connection (all its streams are reset).
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from typing import Final
 
@@ -41,6 +42,8 @@ NAMES = {OPEN: "OPEN", OK: "OK", REFUSE: "REFUSE", DATA: "DATA", FIN: "FIN", RST
 NAMES[WINDOW] = "WINDOW"
 MAX_CONTROL = 1024  # payload of any frame but DATA
 MAX_REQUEST_ID = 64
+_REQUEST_ID = re.compile(rb"[0-9A-Za-z._-]*")  # ends up in logs: nothing that could forge a line
+_NOT_IN_REQUEST_ID = re.compile(r"[^0-9A-Za-z._-]")
 INITIAL_WINDOW: Final = 512 * 1024
 MAX_STREAMS: Final = 256  # concurrent streams per connection (the server refuses more)
 _OPEN = struct.Struct("!HB")
@@ -56,7 +59,7 @@ def frame(kind: int, stream: int, payload: bytes = b"") -> bytes:
 
 
 def open_frame(stream: int, ip: IPAddress, port: int, request_id: str = "") -> bytes:
-    rid = request_id.encode("ascii", "replace")[:MAX_REQUEST_ID]  # ids are ours: never raise
+    rid = _NOT_IN_REQUEST_ID.sub("-", request_id)[:MAX_REQUEST_ID].encode()  # never raise
     packed = ip.packed
     return frame(OPEN, stream, _OPEN.pack(port, len(packed)) + packed + rid)
 
@@ -79,7 +82,7 @@ def parse_open(payload: bytes) -> tuple[IPAddress, int, str]:
     raw = bytes(payload[start : start + size])
     ip: IPAddress = ipaddress.IPv4Address(raw) if size == 4 else ipaddress.IPv6Address(raw)
     rid = bytes(payload[start + size :])
-    if len(rid) > MAX_REQUEST_ID or not rid.isascii():
+    if len(rid) > MAX_REQUEST_ID or not _REQUEST_ID.fullmatch(rid):
         raise RemoteProtocolError("OPEN frame with a malformed request id")
     return ip, port, rid.decode("ascii")
 

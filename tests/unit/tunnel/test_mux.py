@@ -138,6 +138,7 @@ def test_a_control_frame_of_exactly_max_control_is_accepted() -> None:
         (mux.parse_open, b"\x00\x00\x04" + bytes(4), "port 0"),
         (mux.parse_open, b"\x00\x50\x04" + bytes(4) + "é".encode(), "malformed request id"),
         (mux.parse_open, b"\x00\x50\x04" + bytes(4) + b"a" * 65, "malformed request id"),
+        (mux.parse_open, b"\x00\x50\x04" + bytes(4) + b"id\nforged line", "malformed request id"),
         (mux.parse_refuse, b"\x01", "REFUSE frame too short"),
         (mux.parse_window, bytes(3), "wrong size"),
         (mux.parse_window, bytes(5), "wrong size"),
@@ -156,6 +157,6 @@ def test_open_frame_cuts_a_long_request_id_to_the_limit() -> None:
     assert mux.parse_open(payload) == (V4, 80, "r" * mux.MAX_REQUEST_ID)
 
 
-def test_open_frame_replaces_what_is_not_ascii_in_a_request_id() -> None:
-    [(_, _, payload)] = read([mux.open_frame(1, V4, 80, "réq-1")])
-    assert mux.parse_open(payload) == (V4, 80, "r?q-1")
+def test_open_frame_replaces_what_a_request_id_may_not_hold() -> None:
+    [(_, _, payload)] = read([mux.open_frame(1, V4, 80, "réq 1\nx")])
+    assert mux.parse_open(payload) == (V4, 80, "r-q-1-x")
