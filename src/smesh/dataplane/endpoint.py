@@ -19,7 +19,7 @@ from typing import Any, Literal
 from smesh.dataplane import flows
 from smesh.dataplane.carrier import Carrier, Stream
 from smesh.dataplane.context import PodConfig, Services
-from smesh.dataplane.pool import CarrierPool
+from smesh.dataplane.pool import IDLE_CLOSE, CarrierPool
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.relay import Relay
 from smesh.dataplane.sockets import abort, endpoint, prepare
@@ -34,6 +34,9 @@ TROUBLE_LOG_INTERVAL = 5.0  # a pod turning connections away logs this often at 
 # in the backlog and the listener readable: retrying at once would spin the loop. The
 # listener rests this long instead, and the backlog holds the connections meanwhile.
 ACCEPT_RETRY_DELAY = 0.25
+# A client closes the carriers it no longer uses after IDLE_CLOSE; one that does not (gone,
+# or hostile) would hold the server side's socket and TLS state for good.
+SERVER_IDLE_CLOSE = 2 * IDLE_CLOSE
 _GONE_BEFORE_ACCEPT = (errno.ECONNABORTED, errno.EPROTO)
 
 
@@ -89,6 +92,7 @@ class PodEndpoint:
         self._cap_log = Throttle(TROUBLE_LOG_INTERVAL)
         self._accept_log = Throttle(TROUBLE_LOG_INTERVAL)
         self._sweeper: asyncio.Task[None] | None = None
+        self._carrier_sweep: asyncio.TimerHandle | None = None
         self._resting: dict[socket.socket, asyncio.TimerHandle] = {}
         self.refused_at_cap = 0
         self.accept_failures = 0
@@ -137,6 +141,8 @@ class PodEndpoint:
         self.stop_accepting()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._carrier_sweep is not None:
+            self._carrier_sweep.cancel()
         for conn in list(self._connections):
             if conn.active is not None:
                 conn.active.abort("the pod left the mesh", "reset")
@@ -162,7 +168,7 @@ class PodEndpoint:
                     continue
                 self._rest(listener, direction, exc)
                 return
-            if len(self._connections) >= self.services.limits.max_connections:
+            if self._load() >= self.services.limits.max_connections:
                 self._at_cap(direction)
                 abort(sock)
                 continue
@@ -207,6 +213,22 @@ class PodEndpoint:
         self._carriers.add(carrier)
         carrier.on_closed = self._carrier_closed
         self.services.observer.carriers("server", 1)
+        if self._carrier_sweep is None:
+            self._carrier_sweep = self._loop.call_later(IDLE_CLOSE / 4, self._sweep_carriers)
+
+    def _load(self) -> int:
+        """What a new TCP connection counts against the pod's cap: connections, and
+        carriers, each a socket and TLS state whether or not it carries streams."""
+        return len(self._connections) + len(self._carriers)
+
+    def _sweep_carriers(self) -> None:
+        self._carrier_sweep = None
+        deadline = self._loop.time() - SERVER_IDLE_CLOSE
+        for carrier in list(self._carriers):
+            if not carrier.streams and carrier.last_active < deadline:
+                carrier.close()
+        if self._carriers:
+            self._carrier_sweep = self._loop.call_later(IDLE_CLOSE / 4, self._sweep_carriers)
 
     def _carrier_closed(self, carrier: Carrier) -> None:
         if carrier in self._carriers:

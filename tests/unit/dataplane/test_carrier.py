@@ -9,10 +9,12 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from smesh.dataplane import carrier, pool
+from smesh.dataplane import carrier, endpoint, pool
+from smesh.dataplane.context import Limits
 from smesh.identity import tls
 from smesh.tunnel import mux, window
 from tests.unit.dataplane.harness import CLIENT_ID, SERVER_IP, Mesh, Server, recv_all
@@ -230,3 +232,39 @@ def test_streams_ended_for_the_client_do_not_fill_the_servers_stream_limit(
         release.set()
         late.close()
         echo.close()
+
+
+def mux_connection(mesh: Mesh) -> ssl.SSLSocket:
+    cred = mesh.ca.issue_credential(str(CLIENT_ID), dt.timedelta(hours=1), "node")
+    sock = tls.client_context(cred, mesh.ca.bundle()).wrap_socket(raw_tunnel(mesh))
+    assert sock.selected_alpn_protocol() == mux.ALPN
+    return sock
+
+
+def test_carriers_count_against_the_pods_cap(tmp_path: Path) -> None:
+    mesh = Mesh(tmp_path, Limits(max_connections=5))
+    held: list[ssl.SSLSocket] = []
+    try:
+        held += [mux_connection(mesh) for _ in range(5)]
+        deadline = time.monotonic() + 5
+        while mesh.call(lambda: len(mesh.server._carriers)) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises((ConnectionResetError, ssl.SSLError, OSError)):
+            held.append(mux_connection(mesh))  # the sixth: reset at accept
+        assert ("inbound", "at_cap") in mesh.recorder.away
+    finally:
+        for sock in held:
+            sock.close()
+        mesh.close()
+
+
+def test_the_server_closes_a_carrier_its_client_left_idle(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(endpoint, "SERVER_IDLE_CLOSE", 0.2)
+    monkeypatch.setattr(endpoint, "IDLE_CLOSE", 0.2)  # sweeps every 0.05 s
+    with mux_connection(mesh) as idle:
+        idle.settimeout(5)
+        assert idle.recv(100) == b""  # closed with close_notify, after about 0.2 s
+    assert mesh.call(lambda: len(mesh.server._carriers)) == 0
