@@ -25,6 +25,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -377,6 +378,9 @@ class Carrier:
         # ticket (sent after the handshake, before any answer) has been read.
         self.on_first_answer: Callable[[], None] | None = None
         self.created = self.loop.time()
+        # Server side: when the certificate the client proved itself with expires. The
+        # streams open then go on; new ones need a connection with a valid certificate.
+        self.peer_expires = float("inf")
         self.opened_streams = 0
         self.last_active = self.loop.time()
 
@@ -616,6 +620,9 @@ class Carrier:
         if stream_id % 2 == 0 or stream_id <= self._last_opened:
             raise RemoteProtocolError(f"OPEN for stream {stream_id}, not a new odd id")
         self._last_opened = stream_id
+        if time.time() >= self.peer_expires:
+            self.refuse(stream_id, 403, "the certificate of this connection has expired")
+            return
         if self._open_streams() >= mux.MAX_STREAMS:
             self.refuse(stream_id, 503, f"more than {mux.MAX_STREAMS} streams on one connection")
             return

@@ -29,7 +29,7 @@ from smesh.dataplane.tlsio import TlsSession
 from smesh.errors import SmeshError
 from smesh.identity.errors import IdentityError
 from smesh.identity.spiffe import SpiffeId
-from smesh.identity.tls import peer_identity
+from smesh.identity.tls import peer_certificate
 from smesh.tunnel import RemoteProtocolError, ServerHandshake, mux
 from smesh.tunnel.connect import authority, response
 
@@ -187,13 +187,14 @@ async def inbound(
         await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.handshake_timeout)
         svc.observer.handshake("server", loop.time() - t0, tls.obj.session_reused)
         record.resumed = tls.obj.session_reused
-        peer = peer_identity(tls.obj.getpeercert(True))
+        peer, _issued, expires = peer_certificate(tls.obj.getpeercert(True))
         record.peer_identity = str(peer)
         if tls.obj.selected_alpn_protocol() == mux.ALPN:
             streams = InboundStreams(pod, svc, hooks, peer, record.source)
             carrier = Carrier(
                 tls, "server", svc.scratch, str(peer), windows=svc.windows, on_open=streams.opened
             )
+            carrier.peer_expires = expires
             hooks.carry(tracked, carrier)
             carried = True
             carrier.start()  # also sends the handshake's last flight

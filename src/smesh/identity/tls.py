@@ -9,9 +9,11 @@ ID instead (:func:`verify_peer`), and the server hands the client's ID to policy
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import os
 import ssl
+import time
 from collections.abc import Iterator
 
 from cryptography import x509
@@ -70,7 +72,8 @@ def client_context(credential: Credential, bundle: TrustBundle) -> ssl.SSLContex
 
 
 @functools.lru_cache(maxsize=4096)
-def _identity_of(der: bytes) -> SpiffeId:
+def _identity_of(der: bytes) -> tuple[SpiffeId, float, float]:
+    """(identity, not before, not after) of a certificate, parsed once."""
     try:
         cert = x509.load_der_x509_certificate(der)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -84,16 +87,42 @@ def _identity_of(der: bytes) -> SpiffeId:
             f"the peer's certificate must name exactly one URI, it names {len(uris)}"
         )
     try:
-        return SpiffeId.parse(uris[0])
+        identity = SpiffeId.parse(uris[0])
     except InvalidSpiffeId as exc:
         raise PeerIdentityError(f"the peer's certificate names no workload ID: {exc}") from None
+    return (
+        identity,
+        cert.not_valid_before_utc.timestamp(),
+        cert.not_valid_after_utc.timestamp(),
+    )
 
 
 def peer_identity(der_cert: bytes | None) -> SpiffeId:
-    """The SPIFFE ID proven by a verified peer certificate (DER, as from getpeercert(True))."""
+    """The SPIFFE ID proven by a verified peer certificate (DER, as from getpeercert(True)).
+
+    The dates are checked here too: a resumed handshake verifies no certificate, and
+    the one in the session may have expired since.
+    """
+    identity, _not_before, _not_after = peer_certificate(der_cert)
+    return identity
+
+
+def peer_certificate(der_cert: bytes | None) -> tuple[SpiffeId, float, float]:
+    """:func:`peer_identity` with the certificate's validity (Unix times)."""
     if not der_cert:
         raise PeerIdentityError("the peer presented no certificate")
-    return _identity_of(der_cert)
+    identity, not_before, not_after = _identity_of(der_cert)
+    now = time.time()
+    if not not_before <= now < not_after:
+        raise PeerIdentityError(
+            f"the peer's certificate for {identity} is not valid now "
+            f"(valid {_utc(not_before)} to {_utc(not_after)})"
+        )
+    return identity, not_before, not_after
+
+
+def _utc(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def verify_peer(der_cert: bytes | None, expected: SpiffeId) -> SpiffeId:

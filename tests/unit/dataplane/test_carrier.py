@@ -268,3 +268,47 @@ def test_the_server_closes_a_carrier_its_client_left_idle(
         idle.settimeout(5)
         assert idle.recv(100) == b""  # closed with close_notify, after about 0.2 s
     assert mesh.call(lambda: len(mesh.server._carriers)) == 0
+
+
+def first_answer(sock: ssl.SSLSocket, stream: int, port: int) -> tuple[int, bytes]:
+    """OPEN *stream* (with one DATA and FIN); the OK or REFUSE, or (0, b"") if closed."""
+    request = open_to(stream, str(SERVER_IP), port) + data(stream, b"hi")
+    try:
+        sock.sendall(request + mux.frame(mux.FIN, stream))
+    except (OSError, ssl.SSLError):  # closed before it was sent
+        return 0, b""
+    reader = mux.FrameReader()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (OSError, ssl.SSLError):
+            chunk = b""
+        if not chunk:
+            return 0, b""
+        for kind, _stream, payload in reader.feed(memoryview(chunk)):
+            if kind in (mux.OK, mux.REFUSE):
+                return kind, bytes(payload)
+
+
+def test_an_expired_certificate_opens_no_new_streams_and_resumes_no_session(
+    mesh: Mesh, echo: Server
+) -> None:
+    """A full handshake checks the dates; a connection kept open, or a session resumed,
+    must not outlive them."""
+    short = mesh.ca.issue_credential(str(CLIENT_ID), dt.timedelta(seconds=2), "node")
+    ctx = tls.client_context(short, mesh.ca.bundle())
+    kept = ctx.wrap_socket(raw_tunnel(mesh))
+    assert first_answer(kept, 1, echo.port)[0] == mux.OK
+    with ctx.wrap_socket(raw_tunnel(mesh)) as other:
+        assert first_answer(other, 1, echo.port)[0] == mux.OK
+        ticket = other.session
+    time.sleep(max(0.0, short.not_after.timestamp() - time.time()) + 0.2)
+
+    kind, payload = first_answer(kept, 3, echo.port)
+    assert kind == mux.REFUSE
+    assert mux.parse_refuse(payload) == (403, "the certificate of this connection has expired")
+    with ctx.wrap_socket(raw_tunnel(mesh), session=ticket) as resumed:
+        assert resumed.session_reused
+        assert first_answer(resumed, 1, echo.port) == (0, b"")  # closed, not served
+    kept.close()
+    mesh.recorder.wait_for(lambda r: any("is not valid now" in x.detail for x in r))
