@@ -89,6 +89,13 @@ def outbound(
         abort(app)
         return None
     record.route, record.destination_pod = route.kind, route.workload
+    if dst_port in pod.forbidden_ports and (dst_ip.is_loopback or dst_ip in pod.addresses):
+        # Capture would never send such a connect here: an app dialled the agent's port
+        # itself, or an answer to SO_ORIGINAL_DST came from elsewhere (conntrack in the
+        # pod). Following it would loop back into this listener.
+        record.finish("error", f"{record.destination} is this agent, not a destination")
+        abort(app)
+        return None
     if route.kind == "deny":
         record.finish("denied", "destination is outside the mesh and passthrough is off")
         abort(app)

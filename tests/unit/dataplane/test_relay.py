@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import os
 import socket
 import struct
@@ -341,6 +342,22 @@ def test_passthrough_relays_plain(mesh: Mesh) -> None:
     [record] = mesh.recorder.wait_for(lambda r: len(r) == 1)
     assert (record.route, record.result) == ("passthrough", "ok")
     server.close()
+
+
+@pytest.mark.parametrize("port", [18000, 18001, 15000])
+def test_a_destination_that_is_the_agent_itself_is_refused_not_looped(
+    mesh: Mesh, port: int
+) -> None:
+    """An app that dials 127.0.0.1:18000 itself, in a pod whose namespace tracks
+    connections, gets that very address as its "original destination"."""
+    mesh.destination = (ipaddress.ip_address("127.0.0.1"), port)
+    mesh.route = Route("passthrough", None, "")
+    mesh.expect_reset()
+    [record] = mesh.recorder.wait_for(lambda r: len(r) == 1)
+    assert (record.result, record.detail) == (
+        "error",
+        f"127.0.0.1:{port} is this agent, not a destination",
+    )
 
 
 def test_deny_route_resets_the_app(mesh: Mesh) -> None:
