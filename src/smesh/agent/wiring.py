@@ -199,7 +199,7 @@ class MeshWiring:
         dest = DestinationWorkload(pod.identity.namespace, pod.identity.service_account, pod.name)
         decision = decide(self.policy.policy, peer, dest, port)
         if not decision.allowed and self._agent is not None:
-            self._agent.metrics.policy_denials.labels(decision.rule or "not-allow-listed").inc()
+            self._agent.metrics.policy_denials.labels(decision.decided_by).inc()
         return decision
 
     # -- listeners -----------------------------------------------------------------------

@@ -26,6 +26,12 @@ class Decision:
     allowed: bool
     rule: str | None  # the rule that decided, None for the default or an allow-list miss
     reason: str
+    fallback: str = "default"  # what decided when no rule did: "allow-list" or "default"
+
+    @property
+    def decided_by(self) -> str:
+        """The rule's name, or "(allow-list)" / "(default)" (no rule may be so named)."""
+        return self.rule if self.rule is not None else f"({self.fallback})"
 
 
 def _targets(destinations: tuple[Destination, ...], dest: DestinationWorkload) -> bool:
@@ -61,7 +67,9 @@ def decide(policy: Policy, source: SpiffeId, dest: DestinationWorkload, port: in
     if allowed_by is not None:
         return Decision(True, allowed_by, f"allowed by rule {allowed_by}")
     if allow_listed:
-        return Decision(False, None, "no allow rule for this workload admits the source and port")
+        return Decision(
+            False, None, "no allow rule for this workload admits the source and port", "allow-list"
+        )
     if policy.default == "allow":
         return Decision(True, None, "allowed by default")
     return Decision(False, None, "denied by default")

@@ -131,7 +131,8 @@ def _port_range(value: Any) -> PortRange:
 
 
 class Rule(_Model):
-    name: Annotated[str, Field(min_length=1, max_length=128)]
+    # Not "(...)": those name what decides when no rule does, in smesh_policy_denials_total.
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^(]")]
     action: Literal["allow", "deny"]
     sources: tuple[Source, ...] = Field(default=(), alias="from")
     destinations: tuple[Destination, ...] = Field(default=(), alias="to")

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from smesh.identity.spiffe import SpiffeId
 from smesh.policy import DestinationWorkload, Policy, decide, parse
+from smesh.policy.rules import PolicyError
 
 POLICY = parse(
     """
@@ -68,6 +69,19 @@ def test_empty_policy_allows_within_the_mesh_and_default_deny_refuses() -> None:
     denied = decide(parse("default: deny"), sid("spiffe://td/ns/a/sa/b"), WEB, 1)
     assert not denied.allowed
     assert denied.reason == "denied by default"
+
+
+def test_what_decided_is_named_for_the_metric_even_without_a_rule() -> None:
+    """smesh_policy_denials_total{rule}: a default deny and an allow-list miss differ, and
+    no rule can take either label."""
+    pod1 = sid("spiffe://cluster.local/ns/default/sa/pod-1")
+    assert decide(POLICY, pod1, DB, 22).decided_by == "(allow-list)"
+    assert decide(parse("default: deny"), pod1, WEB, 1).decided_by == "(default)"
+    assert decide(POLICY, sid("spiffe://cluster.local/ns/batch/sa/j"), WEB, 80).decided_by == (
+        "deny-batch"
+    )
+    with pytest.raises(PolicyError, match=r"rules\[0\]\.name"):
+        parse("rules: [{name: (default), action: deny}]")
 
 
 # -- properties ---------------------------------------------------------------------------
