@@ -10,6 +10,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -272,45 +273,43 @@ def read_slowly(sock: socket.socket) -> int:
     return got
 
 
-@pytest.mark.parametrize("route", ["tunnel", "passthrough"])
-def test_a_slow_reader_is_not_idle(tmp_path: Path, route: str) -> None:
-    """What the agent holds for a slow app leaves in its write callbacks, and that is
-    activity: only reads counted once, and a quarter of a window at 100 KB/s (1.3 s, when
-    the next DATA comes) looked idle."""
-    mesh = Mesh(tmp_path, Limits(idle_timeout=0.5))
+@contextlib.contextmanager
+def sending_mesh(tmp_path: Path, idle: float, route: str) -> Iterator[Mesh]:
+    """A mesh with an idle timeout whose server app sends 4 MiB to whoever connects."""
+    mesh = Mesh(tmp_path, Limits(idle_timeout=idle))
     try:
         mesh.small_send_buffers()
         server = Server(lambda conn: conn.sendall(b"x" * (4 << 20)))
         mesh.destination = (SERVER_IP, server.port)
         if route == "passthrough":
             mesh.route = Route("passthrough", None, "")
-        with small_reader(mesh.outbound_address) as app:
-            assert read_slowly(app) >= 60 * 1024
-            assert mesh.call(mesh.client.pending_bytes) > 0  # the agent held some back
-        assert "timeout" not in {r.result for r in mesh.recorder.records}
+        yield mesh
         server.close()
     finally:
         mesh.close()
 
 
 @pytest.mark.parametrize("route", ["tunnel", "passthrough"])
+def test_a_slow_reader_is_not_idle(tmp_path: Path, route: str) -> None:
+    """What the agent holds for a slow app leaves in its write callbacks, and that is
+    activity: only reads counted once, and a quarter of a window at 100 KB/s (1.3 s, when
+    the next DATA comes) looked idle."""
+    with sending_mesh(tmp_path, 0.5, route) as mesh:
+        with small_reader(mesh.outbound_address) as app:
+            assert read_slowly(app) >= 60 * 1024
+            assert mesh.call(mesh.client.pending_bytes) > 0  # the agent held some back
+        assert "timeout" not in {r.result for r in mesh.recorder.records}
+
+
+@pytest.mark.parametrize("route", ["tunnel", "passthrough"])
 def test_a_reader_that_stalls_with_data_waiting_times_out(tmp_path: Path, route: str) -> None:
-    mesh = Mesh(tmp_path, Limits(idle_timeout=0.3))
-    try:
-        mesh.small_send_buffers()
-        server = Server(lambda conn: conn.sendall(b"x" * (4 << 20)))
-        mesh.destination = (SERVER_IP, server.port)
-        if route == "passthrough":
-            mesh.route = Route("passthrough", None, "")
+    with sending_mesh(tmp_path, 0.3, route) as mesh:
         with small_reader(mesh.outbound_address) as app:
             assert app.recv(4096)
             records = mesh.recorder.wait_for(lambda r: any(x.result == "timeout" for x in r))
             assert mesh.call(mesh.client.pending_bytes) == 0  # nothing left held for it
         timed_out = next(r for r in records if r.result == "timeout")
         assert timed_out.direction == "outbound"  # the side that holds the data decides
-        server.close()
-    finally:
-        mesh.close()
 
 
 def test_a_slow_reader_of_a_connect_tunnel_is_not_idle(tmp_path: Path) -> None:
