@@ -95,6 +95,20 @@ class EbpfCapture:
             ) from None
         self._lock_fd = fd
 
+    def _check_pins_are_ours(self) -> None:
+        """`smesh capture detach` may remove the pins (and the locked directory) while this
+        owner runs: capturing on would pin links beside maps nobody can find again, in a
+        directory another owner could lock."""
+        try:
+            same = os.stat(self.pin_dir).st_ino == os.fstat(self._lock_fd).st_ino
+        except OSError:
+            same = False
+        if not same:
+            raise CaptureError(
+                f"capture at {self.pin_dir} was detached (`smesh capture detach`) while this "
+                "process owned it; restart it to capture again"
+            )
+
     def _load(self) -> None:
         tracked = self.config.max_tracked_connections
         conns_pin = self._layout.map(abi.MapName.CONNS)
@@ -218,6 +232,7 @@ class EbpfCapture:
             if link.info().cgroup_id == cgroup.id:
                 return
             self._drop_link(pin)  # the pod got a new cgroup: move the attachment
+        self._check_pins_are_ours()
         pin.parent.mkdir(parents=True, exist_ok=True)
         link = self._program(spec).attach_cgroup(cgroup.fd, cgroup.path)
         try:
@@ -333,8 +348,8 @@ class EbpfCapture:
         for link in self._links.values():
             with contextlib.suppress(CaptureError):
                 link.detach()
+        pins.detach(self.pin_dir)  # still holding the lock: no new owner pins in between
         self.close()
-        pins.detach(self.pin_dir)
         self._pods.clear()
 
     # --- inspection --------------------------------------------------------------------

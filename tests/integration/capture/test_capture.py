@@ -18,6 +18,7 @@ import pytest
 from smesh.capture import CaptureConfig, libbpf, pins, system
 from smesh.capture import lab as capture_lab
 from smesh.capture.ebpf import EbpfCapture
+from smesh.capture.errors import CaptureError
 from smesh.linux import cgroups, netns
 from tests.integration.capture.conftest import EXCLUDED, OWNER, PY, Harness, wait_line
 from tests.integration.labkit import smesh
@@ -204,6 +205,23 @@ def test_detach_puts_the_pods_back_to_plain_connects(captured: Harness) -> None:
     assert captured.status()["nodes"][1]["mode"] == captured.mode  # node-2 untouched
     if captured.mode == "ebpf":
         assert not captured.pin_dir("node-1").exists()
+
+
+def test_an_owner_does_not_capture_again_after_a_detach_while_it_ran(harness: Harness) -> None:
+    """`smesh capture detach` is the way out while an agent runs: the agent must not
+    re-pin links beside maps nobody can find, in a directory another owner could lock."""
+    h = harness
+    with EbpfCapture(h.pin_dir("node-1"), CaptureConfig.build()) as capture:
+        capture.attach_proxy(cgroups.create(h.cgroup("node-1", "agent")))
+        info = h.pod("pod-1")
+        capture.add_pod("default/pod-1", "pod-1", h.cgroup("node-1", "pod-1"), info["netns"])
+        smesh("capture", "detach", "--lab", h.lab.name)
+        pod2 = h.pod("pod-2")
+        with pytest.raises(CaptureError, match="was detached"):
+            capture.add_pod("default/pod-2", "pod-2", h.cgroup("node-1", "pod-2"), pod2["netns"])
+        assert not h.pin_dir("node-1").exists()
+    h.serve("pod-3", "pod-3", 7100)
+    assert h.client("pod-1", "tcp", "198.18.2.2", 7100)["reply"] == "DIRECT pod-3"
 
 
 def test_a_full_connection_map_fails_closed(harness: Harness) -> None:
