@@ -277,7 +277,7 @@ class Stream:
                 self.pending.pop(0)
             self._taken(sent, not self.pending)
             if self.record.result != "open" or sent < len(chunk):
-                return  # ended: the credit's write found the carrier broken
+                return  # the credit's write found the carrier broken, or the app is full
         self._loop.remove_writer(app.fileno())
         if self.remote_fin:
             self._eof_to_app()
@@ -634,8 +634,11 @@ class Carrier:
         return (len(self._pending) if self._pending is not None else 0) + self._backlog_size
 
     def close(self) -> None:
-        """Close with close_notify (no streams left: the pool's idle timeout)."""
+        """Close with close_notify (no streams left: either side's idle close)."""
         if self.closed:
+            return
+        if self.congested:  # behind unsent ciphertext a close_notify would land mid-record
+            self.abort("the tunnel connection closed with data its peer did not read")
             return
         with contextlib.suppress(ssl.SSLError, OSError):
             with contextlib.suppress(ssl.SSLWantReadError):
