@@ -23,8 +23,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from smesh.dataplane.loop import LoopKind
@@ -131,22 +131,17 @@ class IdentitySettings(_Section):
 
     @field_validator("federated_trust_domains")
     @classmethod
-    def _federated(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _federated(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         for domain in value:
             try:
                 validate_trust_domain(domain)
             except InvalidSpiffeId as exc:
                 raise ValueError(str(exc)) from None
+            if domain == info.data.get("trust_domain"):
+                raise ValueError(
+                    f"{domain!r} is this agent's own trust domain (always accepted): remove it"
+                )
         return value
-
-    @model_validator(mode="after")
-    def _not_our_own(self) -> IdentitySettings:
-        if self.trust_domain in self.federated_trust_domains:
-            raise ValueError(
-                f"federatedTrustDomains lists {self.trust_domain!r}, this agent's own trust "
-                "domain (always accepted): remove it"
-            )
-        return self
 
     @field_validator("cert_ttl")
     @classmethod
