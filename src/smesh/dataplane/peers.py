@@ -51,7 +51,7 @@ class PeerRefusal:
 
 @dataclass(frozen=True)
 class Peer:
-    """A carrier's client as the inbound side proved and saw it."""
+    """A tunnel client (carrier or CONNECT) as the inbound side proved and saw it."""
 
     identity: SpiffeId
     address: IPAddress
