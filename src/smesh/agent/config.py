@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from smesh.dataplane.loop import LoopKind
 from smesh.errors import SmeshError
@@ -32,6 +40,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # The certificate lifetimes LocalSigner accepts (smesh.identity.signer): 1 minute to 7 days.
 MIN_CERT_TTL = 60.0
 MAX_CERT_TTL = MAX_TTL.total_seconds()
+# An inbound connection waiting on the registry holds a socket (counted in the pod's cap).
+MAX_REGISTRY_LAG = 30.0
 
 
 class ConfigError(SmeshError):
@@ -101,6 +111,9 @@ class AdminSettings(_Section):
 
 class IdentitySettings(_Section):
     trust_domain: str = Field(default="cluster.local", alias="trustDomain")
+    # Other trust domains whose workloads may use this node's pods' tunnel ports (their
+    # certificates must still chain to the bundle); any other is refused.
+    federated_trust_domains: tuple[str, ...] = Field(default=(), alias="federatedTrustDomains")
     ca_dir: Path | None = Field(default=None, alias="caDir")
     signer_socket: Path | None = Field(default=None, alias="signerSocket")
     node_credential_dir: Path | None = Field(default=None, alias="nodeCredentialDir")
@@ -115,6 +128,20 @@ class IdentitySettings(_Section):
             return validate_trust_domain(value)
         except InvalidSpiffeId as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("federated_trust_domains")
+    @classmethod
+    def _federated(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        for domain in value:
+            try:
+                validate_trust_domain(domain)
+            except InvalidSpiffeId as exc:
+                raise ValueError(str(exc)) from None
+            if domain == info.data.get("trust_domain"):
+                raise ValueError(
+                    f"{domain!r} is this agent's own trust domain (always accepted): remove it"
+                )
+        return value
 
     @field_validator("cert_ttl")
     @classmethod
@@ -138,6 +165,11 @@ class TimeoutSettings(_Section):
     request: Seconds = 10.0
     idle: Seconds = 0.0  # 0: no idle timeout
     drain: Seconds = 30.0
+    # How long an inbound peer whose address the workload registry does not know yet (or
+    # knows as another pod's) waits for the registry's next update before it is refused.
+    registry_lag: Annotated[Seconds, Field(le=MAX_REGISTRY_LAG)] = Field(
+        default=2.0, alias="registryLag"
+    )
 
 
 class LimitSettings(_Section):

@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from smesh import __version__
+from smesh.dataplane.peers import REASONS
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -79,6 +80,16 @@ class AgentMetrics:
         for direction in ("outbound", "inbound"):
             for reason in ("at_cap", "accept_failed"):
                 self.turned_away.labels(direction, reason)  # exported at 0 from the start
+        self.peers_refused = Counter(
+            "smesh_peers_refused_total",
+            "Tunnel peers refused on the inbound side although their certificate chains to a "
+            "trusted root: another trust domain (foreign_trust_domain), a source address of no "
+            "meshed pod (unknown_address), or of a pod with another identity (identity_mismatch).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASONS:
+            self.peers_refused.labels(reason)  # exported at 0 from the start
         self.tls_handshake = Histogram(
             "smesh_tls_handshake_duration_seconds",
             "Duration of mutual TLS handshakes.",

@@ -21,6 +21,7 @@ from smesh.agent.workloads import Snapshot, Workload
 from smesh.capture import original_destination
 from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services
 from smesh.dataplane.endpoint import PodEndpoint
+from smesh.dataplane.peers import PeerGate, PeerRefusal
 from smesh.dataplane.records import ConnectionRecord
 from smesh.errors import SmeshError
 from smesh.identity.ca import CertificateAuthority
@@ -72,6 +73,36 @@ class MetricsObserver:
 
     def turned_away(self, direction: str, reason: str) -> None:
         self.m.turned_away.labels(direction, reason).inc()
+
+
+def binding_refusal(
+    peer: SpiffeId, address: IPAddress, workload: Workload | None, trust_domain: str
+) -> PeerRefusal | None:
+    """Why *peer* may not speak from *address*, where the registry has *workload*; or None.
+
+    A peer of this trust domain must come from an address of a meshed pod whose identity it
+    proves. A federated peer (another trust domain, listed) is no workload of this cluster:
+    it may come from any address but this cluster's pods', and its certificate's expiry is
+    all that bounds it.
+    """
+    if peer.trust_domain != trust_domain:
+        if workload is None:
+            return None
+        return PeerRefusal(
+            "identity_mismatch",
+            f"{address} is pod {workload.key} of this cluster, not a peer of trust domain "
+            f"{peer.trust_domain!r}",
+        )
+    if workload is None:
+        return PeerRefusal("unknown_address", f"{address} is the address of no known pod")
+    if not workload.meshed:
+        return PeerRefusal("unknown_address", f"{address} is pod {workload.key}, not meshed")
+    if peer.namespace == workload.namespace and peer.service_account == workload.service_account:
+        return None  # (checked per stream: no SpiffeId is built, its validation costs µs)
+    expected = SpiffeId(trust_domain, workload.namespace, workload.service_account)
+    return PeerRefusal(
+        "identity_mismatch", f"{address} is pod {workload.key}, whose identity is {expected}"
+    )
 
 
 def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
@@ -130,6 +161,12 @@ class MeshWiring:
                 max_connections=self.config.limits.max_connections_per_pod,
             ),
             windows=GrowthBudget(self.config.limits.stream_window_budget_mib * 1024 * 1024),
+            peers=PeerGate(
+                federated=frozenset(self.config.identity.federated_trust_domains),
+                binding=self._binding,
+                settle=t.registry_lag,
+                refused=lambda reason: agent.metrics.peers_refused.labels(reason).inc(),
+            ),
         )
         windows = self.services.windows
         agent.metrics.window_growth.set_function(lambda: windows.in_use)
@@ -147,7 +184,10 @@ class MeshWiring:
         self.policy.reload()
 
     def workloads_changed(self, snapshot: Snapshot) -> None:
-        pass  # routes read the agent's registry on every connection
+        # Routes read the agent's registry on every connection; the inbound side's
+        # accepted peers are checked against it again now.
+        if self.services is not None:
+            self.services.peers.changed()
 
     # -- identity ------------------------------------------------------------------------
 
@@ -194,6 +234,12 @@ class MeshWiring:
         if self.config.non_meshed == "passthrough":
             return Route("passthrough", None, workload.name if workload else "")
         return Route("deny", None, workload.name if workload else "")
+
+    def _binding(self, peer: SpiffeId, address: IPAddress) -> PeerRefusal | None:
+        assert self._agent is not None
+        return binding_refusal(
+            peer, address, self._agent.registry.lookup(address), self.config.identity.trust_domain
+        )
 
     def _authorize(self, peer: SpiffeId, pod: PodConfig, port: int) -> Decision:
         dest = DestinationWorkload(pod.identity.namespace, pod.identity.service_account, pod.name)

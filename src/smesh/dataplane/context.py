@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from smesh.dataplane.peers import PeerGate
 from smesh.dataplane.records import NullObserver, Observer
 from smesh.dataplane.relay import Scratch
 from smesh.identity.spiffe import SpiffeId
@@ -126,3 +127,6 @@ class Services:
     scratch: Scratch = field(default_factory=Scratch)
     sessions: SessionCache = field(default_factory=SessionCache)
     windows: GrowthBudget = field(default_factory=GrowthBudget)
+    # Inbound: the peer's trust domain, and its identity against its address (the agent's
+    # registry). The default checks trust domains only: tests of the data plane alone.
+    peers: PeerGate = field(default_factory=PeerGate)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from smesh.dataplane import flows
 from smesh.dataplane.carrier import Carrier, Stream
 from smesh.dataplane.context import PodConfig, Services
+from smesh.dataplane.peers import Peer
 from smesh.dataplane.pool import IDLE_CLOSE, CarrierPool
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.relay import Relay
@@ -86,7 +87,8 @@ class PodEndpoint:
         self._loop = asyncio.get_running_loop()
         self._listeners: list[tuple[socket.socket, Direction]] = []
         self._connections: set[Connection] = set()
-        self._carriers: set[Carrier] = set()  # inbound ones; outbound ones are the pool's
+        # inbound ones, with the peer each was accepted from; outbound ones are the pool's
+        self._carriers: dict[Carrier, Peer] = {}
         self.pool = CarrierPool(pod, services)
         self.draining = False
         self._cap_log = Throttle(TROUBLE_LOG_INTERVAL)
@@ -96,6 +98,7 @@ class PodEndpoint:
         self._resting: dict[socket.socket, asyncio.TimerHandle] = {}
         self.refused_at_cap = 0
         self.accept_failures = 0
+        services.peers.subscribe(self._peers_changed)
 
     # -- the agent's PodListeners interface -------------------------------------------
 
@@ -148,6 +151,7 @@ class PodEndpoint:
                 conn.active.abort("the pod left the mesh", "reset")
             if conn.task is not None:
                 conn.task.cancel()
+        self.services.peers.unsubscribe(self._peers_changed)
         self.pool.close()
         for carrier in list(self._carriers):
             carrier.abort("the pod left the mesh")
@@ -206,11 +210,11 @@ class PodEndpoint:
 
     # -- the flows' Hooks ----------------------------------------------------------------
 
-    def carry(self, tracked: flows.Tracked, carrier: Carrier) -> None:
+    def carry(self, tracked: flows.Tracked, carrier: Carrier, peer: Peer) -> None:
         assert isinstance(tracked, Connection)
         tracked.carried = True
         self._connections.discard(tracked)
-        self._carriers.add(carrier)
+        self._carriers[carrier] = peer
         carrier.on_closed = self._carrier_closed
         self.services.observer.carriers("server", 1)
         if self._carrier_sweep is None:
@@ -231,9 +235,18 @@ class PodEndpoint:
             self._carrier_sweep = self._loop.call_later(IDLE_CLOSE / 4, self._sweep_carriers)
 
     def _carrier_closed(self, carrier: Carrier) -> None:
-        if carrier in self._carriers:
-            self._carriers.discard(carrier)
+        if self._carriers.pop(carrier, None) is not None:
             self.services.observer.carriers("server", -1)
+
+    def _peers_changed(self) -> None:
+        """The workloads changed: a carrier whose peer no longer matches its address (its pod
+        is gone, or the address is another pod's now) is closed, streams and all."""
+        gate = self.services.peers
+        for carrier, peer in list(self._carriers.items()):
+            refusal = gate.check(self.pod.identity, peer)
+            if refusal is not None:
+                gate.refused(refusal, peer, self.pod.name, "on an open tunnel connection")
+                carrier.abort(f"peer refused: {refusal}")
 
     def track(self, record: ConnectionRecord) -> Connection | None:
         if self.draining or len(self._connections) >= self.services.limits.max_connections:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import itertools
 import logging
 import secrets
@@ -20,6 +21,7 @@ from typing import Protocol
 from smesh.dataplane.carrier import REFUSAL_RESULTS, Carrier, Stream
 from smesh.dataplane.context import IPAddress, PodConfig, Route, Services
 from smesh.dataplane.dial import ConnectFailed, Outcome, dial, start_dial
+from smesh.dataplane.peers import Peer
 from smesh.dataplane.pool import CarrierPool
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.relay import Relay
@@ -28,7 +30,6 @@ from smesh.dataplane.splice import Splice
 from smesh.dataplane.tlsio import TlsSession
 from smesh.errors import SmeshError
 from smesh.identity.errors import IdentityError
-from smesh.identity.spiffe import SpiffeId
 from smesh.identity.tls import peer_certificate
 from smesh.tunnel import RemoteProtocolError, ServerHandshake, mux
 from smesh.tunnel.connect import authority, response
@@ -54,8 +55,11 @@ class Hooks(Protocol):
 
     pool: CarrierPool
 
-    def carry(self, tracked: Tracked, carrier: Carrier) -> None:
-        """An accepted connection turned out to be a carrier of streams, not one connection."""
+    def carry(self, tracked: Tracked, carrier: Carrier, peer: Peer) -> None:
+        """An accepted connection turned out to be a carrier of streams, not one connection.
+
+        *peer* is checked again whenever the workloads change.
+        """
 
     def track(self, record: ConnectionRecord) -> Tracked | None:
         """An entry for a stream that arrived on a carrier (None: the pod is at its cap)."""
@@ -194,15 +198,30 @@ async def inbound(
         await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.handshake_timeout)
         svc.observer.handshake("server", loop.time() - t0, tls.obj.session_reused)
         record.resumed = tls.obj.session_reused
-        peer, _issued, expires = peer_certificate(tls.obj.getpeercert(True))
-        record.peer_identity = str(peer)
+        identity, _issued, expires = peer_certificate(tls.obj.getpeercert(True))
+        record.peer_identity = str(identity)
+        peer = Peer(identity, ipaddress.ip_address(conn.getpeername()[0]))
+        refusal = await svc.peers.settled(pod.identity, peer)
+        if refusal is not None:
+            # No frame or request of this peer is read: close_notify is the refusal, the
+            # closest to an alert that Python's ssl can send once the handshake is done.
+            svc.peers.refused(refusal, peer, pod.name, "after the TLS handshake")
+            record.finish("denied", f"peer refused: {refusal}")
+            await tls.close()
+            conn.close()
+            return
         if tls.obj.selected_alpn_protocol() == mux.ALPN:
             streams = InboundStreams(pod, svc, hooks, peer, record.source)
             carrier = Carrier(
-                tls, "server", svc.scratch, str(peer), windows=svc.windows, on_open=streams.opened
+                tls,
+                "server",
+                svc.scratch,
+                str(identity),
+                windows=svc.windows,
+                on_open=streams.opened,
             )
             carrier.peer_expires = expires
-            hooks.carry(tracked, carrier)
+            hooks.carry(tracked, carrier, peer)
             carried = True
             carrier.start()  # also sends the handshake's last flight
             return
@@ -233,7 +252,7 @@ class InboundStreams:
     """The OPENs of one inbound carrier: each checked like a CONNECT, then connected."""
 
     def __init__(
-        self, pod: PodConfig, svc: Services, hooks: Hooks, peer: SpiffeId, source: str
+        self, pod: PodConfig, svc: Services, hooks: Hooks, peer: Peer, source: str
     ) -> None:
         self.pod = pod
         self.svc = svc
@@ -246,7 +265,7 @@ class InboundStreams:
         try:
             ip, port, request_id = mux.parse_open(payload)
         except RemoteProtocolError as exc:
-            log.warning("bad stream request from %s: %s", self.peer, exc)
+            log.warning("bad stream request from %s: %s", self.peer.identity, exc)
             carrier.refuse(stream_id, 400, str(exc))
             return
         record = ConnectionRecord(
@@ -254,7 +273,7 @@ class InboundStreams:
             pod=pod.name,
             source=self.source,
             identity=str(pod.identity),
-            peer_identity=str(self.peer),
+            peer_identity=str(self.peer.identity),
             destination=authority(ip, port),
             route="tunnel",
             resumed=carrier.resumed,
@@ -297,7 +316,7 @@ def _stream_connected(carrier: Carrier, stream: Stream, outcome: Outcome) -> Non
 
 
 async def _serve_connect(
-    pod: PodConfig, svc: Services, tls: TlsSession, tracked: Tracked, peer: SpiffeId
+    pod: PodConfig, svc: Services, tls: TlsSession, tracked: Tracked, peer: Peer
 ) -> socket.socket | None:
     """One HTTP/1.1 CONNECT on a TLS connection of its own; the app socket, if connected."""
     record = tracked.record
@@ -351,13 +370,17 @@ async def _refuse(
 def _admit(
     pod: PodConfig,
     svc: Services,
-    peer: SpiffeId,
+    peer: Peer,
     ip: IPAddress,
     port: int,
     *,
     record: ConnectionRecord,
 ) -> str | None:
     """Why the tunnel request must be refused (403), or None to let it through."""
+    refusal = svc.peers.check(pod.identity, peer)
+    if refusal is not None:  # e.g. the peer's pod is gone since its carrier was accepted
+        svc.peers.refused(refusal, peer, pod.name, "on a tunnel request")
+        return f"peer refused: {refusal}"
     if ip not in pod.addresses:
         log.warning(
             "refused a tunnel to another address (open relay attempt)", extra=_fields(record)
@@ -366,13 +389,13 @@ def _admit(
     if port in pod.forbidden_ports:
         log.warning("refused a tunnel to a port reserved for smesh", extra=_fields(record))
         return f"port {port} is reserved for smesh"
-    decision = svc.authorize(peer, pod, port)
+    decision = svc.authorize(peer.identity, pod, port)
     if decision.allowed:
         return None
     record.rule = decision.rule or ""
     log.warning(
         "denied %s -> %s port %d: %s",
-        peer,
+        peer.identity,
         pod.identity,
         port,
         decision.reason,

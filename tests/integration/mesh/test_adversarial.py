@@ -1,11 +1,15 @@
-"""Attacks on a pod's tunnel port, with real peers (curl, openssl s_client) from a node.
+"""Attacks on a pod's tunnel port, with real peers (curl, openssl s_client).
 
-Every attack is refused (a TLS alert or an HTTP status), and the mesh keeps serving.
+Every attack is refused (a TLS alert or close, or an HTTP status), and the mesh keeps
+serving. A pod's certificate works only from that pod's own address, so attacks that need
+one to get past TLS run inside that pod's namespace (its tunnel port is never captured);
+the others run from a node, outside every pod.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +20,7 @@ from smesh.agent import client
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.spiffe import SpiffeId
 from tests.integration.labkit import Lab, LabFactory
+from tests.integration.mesh.test_agent import admin, metric, set_meshed, wait
 
 POD3 = "198.18.2.2"
 TUNNEL = f"{POD3}:18001"
@@ -31,9 +36,12 @@ def lab(lab_factory: LabFactory) -> Lab:
     return lab
 
 
-def credential(tmp_path: Path, ca: CertificateAuthority, who: str) -> tuple[str, str]:
+def credential(
+    tmp_path: Path, ca: CertificateAuthority, who: str, trust_domain: str = "cluster.local"
+) -> tuple[str, str]:
+    """A pod's certificate, as a thief would hold it (or one the CA should never have made)."""
     cred = ca.issue_credential(
-        str(SpiffeId.for_workload("default", who)), dt.timedelta(hours=1), "attacker"
+        str(SpiffeId.for_workload("default", who, trust_domain)), dt.timedelta(hours=1), "attacker"
     )
     cert, key = tmp_path / f"{who}.pem", tmp_path / f"{who}.key"
     cred.write_to_path(cert, key)
@@ -45,14 +53,14 @@ def lab_ca(lab: Lab) -> CertificateAuthority:
 
 
 def via_tunnel(
-    lab: Lab, target: str, cert: tuple[str, str] | None, *extra: str
+    lab: Lab, target: str, cert: tuple[str, str] | None, *extra: str, member: str = "node-1"
 ) -> subprocess.CompletedProcess[str]:
-    """curl through the tunnel port as an HTTPS proxy, from node-1 (outside every pod)."""
+    """curl through the tunnel port as an HTTPS proxy, from *member* (node-1: outside every pod)."""
     argv = ["curl", "-sS", "-m", "8", "-o", "/dev/null", "-w", "%{http_code}", "-p"]
     argv += ["--proxy", f"https://{TUNNEL}", "--proxy-insecure", *extra]
     if cert is not None:
         argv += ["--proxy-cert", cert[0], "--proxy-key", cert[1]]
-    return lab.exec("node-1", [*argv, f"http://{target}/"])
+    return lab.exec(member, [*argv, f"http://{target}/"])
 
 
 def still_serving(lab: Lab) -> None:
@@ -61,7 +69,8 @@ def still_serving(lab: Lab) -> None:
 
 
 def test_a_valid_identity_can_use_the_tunnel_port_directly(lab: Lab, tmp_path: Path) -> None:
-    proc = via_tunnel(lab, f"{POD3}:8080", credential(tmp_path, lab_ca(lab), "pod-2"))
+    cert = credential(tmp_path, lab_ca(lab), "pod-2")
+    proc = via_tunnel(lab, f"{POD3}:8080", cert, member="pod-2")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "200"
 
@@ -100,7 +109,7 @@ def test_a_certificate_from_another_ca(lab: Lab, tmp_path: Path) -> None:
 def test_a_valid_certificate_cannot_reach_anything_but_this_pods_apps(
     lab: Lab, tmp_path: Path, target: str
 ) -> None:
-    proc = via_tunnel(lab, target, credential(tmp_path, lab_ca(lab), "pod-1"))
+    proc = via_tunnel(lab, target, credential(tmp_path, lab_ca(lab), "pod-1"), member="pod-1")
     assert proc.returncode != 0
     assert "403" in proc.stderr
     still_serving(lab)
@@ -108,21 +117,25 @@ def test_a_valid_certificate_cannot_reach_anything_but_this_pods_apps(
 
 def test_an_oversized_connect_request(lab: Lab, tmp_path: Path) -> None:
     big = ["--proxy-header", "X-Big: " + "a" * 20000]
-    proc = via_tunnel(lab, f"{POD3}:8080", credential(tmp_path, lab_ca(lab), "pod-1"), *big)
+    cert = credential(tmp_path, lab_ca(lab), "pod-1")
+    proc = via_tunnel(lab, f"{POD3}:8080", cert, *big, member="pod-1")
     assert proc.returncode != 0
     assert "431" in proc.stderr or "400" in proc.stderr
     still_serving(lab)
 
 
 def s_client(
-    lab: Lab, cert: tuple[str, str], stdin_cmd: str, timeout: float = 20
+    lab: Lab, cert: tuple[str, str], stdin_cmd: str, timeout: float = 20, member: str = "pod-1"
 ) -> subprocess.CompletedProcess[str]:
-    """openssl s_client fed by *stdin_cmd*; it ends when the agent hangs up, not the feeder."""
+    """openssl s_client fed by *stdin_cmd*; it ends when the agent hangs up, not the feeder.
+
+    From pod-1 by default: the certificates given are pod-1's.
+    """
     script = (
         f"openssl s_client -quiet -connect {TUNNEL} -cert {cert[0]} -key {cert[1]} "
         f"< <(exec 2>/dev/null; {stdin_cmd}) 2>/dev/null"  # the feeder must not hold our stderr
     )
-    return lab.exec("node-1", ["bash", "-c", script], timeout=timeout)
+    return lab.exec(member, ["bash", "-c", script], timeout=timeout)
 
 
 def test_a_malformed_request(lab: Lab, tmp_path: Path) -> None:
@@ -142,3 +155,77 @@ def test_a_peer_that_opens_tls_and_sends_nothing_is_dropped(lab: Lab, tmp_path: 
     open_now = client.get("127.0.0.1", 15000, "/debug/connections", netns=node2["netns"]).json()
     assert open_now["connections"] == []
     still_serving(lab)
+
+
+# -- identities bound to their pods: a stolen or mis-issued certificate is refused ---------
+
+
+def refusals(lab: Lab, reason: str) -> list[dict[str, object]]:
+    """pod-3's agent's log lines refusing a tunnel peer for *reason*."""
+    lines = Path(f"/run/smesh/labs/{lab.name}/node-2/agent.log").read_text().splitlines()
+    return [
+        doc
+        for doc in map(json.loads, lines)
+        if doc.get("reason") == reason and "refused tunnel peer" in str(doc.get("msg"))
+    ]
+
+
+def refused(lab: Lab, reason: str) -> float:
+    body = admin(lab, "node-2", "/metrics").body
+    return metric(body, "smesh_peers_refused_total", f'reason="{reason}"')
+
+
+def assert_refused(lab: Lab, proc: subprocess.CompletedProcess[str], reason: str) -> None:
+    """The peer got nothing through, pod-3's agent said why, and counted it."""
+    assert proc.returncode != 0, proc.stdout
+    assert proc.stdout in {"", "000"}  # no status from pod-3's app (nor a proxy answer)
+    wait(lambda: refused(lab, reason) >= 1)
+    lines = refusals(lab, reason)
+    assert lines, f"no log line refusing a peer for {reason}"
+    assert lines[0]["pod"] == "pod-3"
+    still_serving(lab)
+
+
+def test_the_refusal_metric_is_exported_at_zero_from_the_start(lab: Lab) -> None:
+    body = admin(lab, "node-2", "/metrics").body
+    for reason in ("foreign_trust_domain", "unknown_address", "identity_mismatch"):
+        assert f'\nsmesh_peers_refused_total{{reason="{reason}"}} 0.0\n'.encode() in body
+
+
+def test_a_certificate_of_another_trust_domain_from_the_right_pod(lab: Lab, tmp_path: Path) -> None:
+    # Chains to the lab's own root (a CA can sign any trust domain), used from pod-1.
+    cert = credential(tmp_path, lab_ca(lab), "pod-1", trust_domain="evil.example")
+    proc = via_tunnel(lab, f"{POD3}:8080", cert, member="pod-1")
+    assert_refused(lab, proc, "foreign_trust_domain")
+    line = refusals(lab, "foreign_trust_domain")[0]
+    assert line["peer_identity"] == "spiffe://evil.example/ns/default/sa/pod-1"
+    assert line["peer_address"] == "198.18.1.2"
+
+
+def test_a_valid_certificate_from_another_pods_address(lab: Lab, tmp_path: Path) -> None:
+    proc = via_tunnel(
+        lab, f"{POD3}:8080", credential(tmp_path, lab_ca(lab), "pod-1"), member="pod-2"
+    )
+    assert_refused(lab, proc, "identity_mismatch")
+    line = refusals(lab, "identity_mismatch")[0]
+    assert line["peer_identity"] == "spiffe://cluster.local/ns/default/sa/pod-1"
+    assert line["peer_address"] == "198.18.1.3"  # pod-2's
+    assert "default/pod-2" in str(line["msg"])
+
+
+def test_a_pods_certificate_from_outside_every_pod(lab: Lab, tmp_path: Path) -> None:
+    proc = via_tunnel(lab, f"{POD3}:8080", credential(tmp_path, lab_ca(lab), "pod-1"))
+    assert_refused(lab, proc, "unknown_address")
+
+
+def test_a_removed_pods_certificate_from_its_old_address(lab: Lab, tmp_path: Path) -> None:
+    cert = credential(tmp_path, lab_ca(lab), "pod-2")  # pod-2's, as a thief kept it
+    proc = via_tunnel(lab, f"{POD3}:8080", cert, member="pod-2")
+    assert proc.stdout == "200", proc.stderr  # it works while pod-2 exists...
+    set_meshed(lab, "pod-2", None)  # ...and pod-2 is deleted
+    wait(lambda: "pod-2" not in admin(lab, "node-1", "/debug/workloads").body.decode())
+    time.sleep(1)  # node-2's agent polls the same directory (every 200 ms): it has seen it too
+    # its namespace and address are still there (a pod's sandbox outlives its workload entry)
+    proc = via_tunnel(lab, f"{POD3}:8080", cert, member="pod-2")
+    assert_refused(lab, proc, "unknown_address")
+    assert "198.18.1.3" in str(refusals(lab, "unknown_address")[0]["msg"])

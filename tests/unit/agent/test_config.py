@@ -145,3 +145,30 @@ def test_override_value_that_is_not_yaml_names_the_key(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load(tmp_path / "nope.yaml", environ={})
+
+
+def test_federated_trust_domains_are_validated_like_the_trust_domain(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "node: n\nworkloads: /w\nidentity: {federatedTrustDomains: [a.example]}\n"
+    )
+    assert load(path, environ={}).identity.federated_trust_domains == ("a.example",)
+    for value, message in [
+        ("[Partner.Example]", "may only hold lowercase"),
+        ("[cluster.local]", "this agent's own trust domain"),
+        ("partner.example", "valid tuple"),
+    ]:
+        with pytest.raises(ConfigError, match=r"identity\.federatedTrustDomains: .*" + message):
+            load(
+                None,
+                ["node=n", "workloads=/w", f"identity.federatedTrustDomains={value}"],
+                environ={},
+            )
+
+
+def test_registry_lag_is_a_bounded_duration(tmp_path: Path) -> None:
+    assert load(None, ["node=n", "workloads=/w"], environ={}).timeouts.registry_lag == 2.0
+    lag = load(None, ["node=n", "workloads=/w", "timeouts.registryLag=500ms"], environ={})
+    assert lag.timeouts.registry_lag == 0.5
+    for value in ("-1", "31s"):
+        with pytest.raises(ConfigError, match=r"timeouts\.registryLag: "):
+            load(None, ["node=n", "workloads=/w", f"timeouts.registryLag={value}"], environ={})

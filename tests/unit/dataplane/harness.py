@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services
 from smesh.dataplane.endpoint import PodEndpoint
 from smesh.dataplane.loop import LoopKind, loop_factory
+from smesh.dataplane.peers import PeerGate
 from smesh.dataplane.records import ConnectionRecord
 from smesh.identity import tls
 from smesh.identity.ca import CertificateAuthority
@@ -145,8 +146,11 @@ class Mesh:
         policy: Policy | None = None,
         loop: LoopKind = "uvloop",
         windows: GrowthBudget | None = None,
+        *,
+        peers: PeerGate | None = None,
     ) -> None:
         self.windows = windows or GrowthBudget()
+        self.peers = peers or PeerGate()
         self.ca = CertificateAuthority.init(tmp / "ca")
         self.other_ca = CertificateAuthority.init(tmp / "other-ca")
         self.limits = limits or Limits(handshake_timeout=2, connect_timeout=2, request_timeout=2)
@@ -194,6 +198,7 @@ class Mesh:
             observer=self.recorder,
             limits=self.limits,
             windows=self.windows,
+            peers=self.peers,
         )
         inbound = socket.socket()
         inbound.bind((str(SERVER_IP), 0))
