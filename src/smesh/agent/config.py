@@ -32,6 +32,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # The certificate lifetimes LocalSigner accepts (smesh.identity.signer): 1 minute to 7 days.
 MIN_CERT_TTL = 60.0
 MAX_CERT_TTL = MAX_TTL.total_seconds()
+STATE_ROOT = Path("/var/lib/smesh")  # a node's own state: /var/lib/smesh/NODE/...
 
 
 class ConfigError(SmeshError):
@@ -104,6 +105,9 @@ class IdentitySettings(_Section):
     ca_dir: Path | None = Field(default=None, alias="caDir")
     signer_socket: Path | None = Field(default=None, alias="signerSocket")
     node_credential_dir: Path | None = Field(default=None, alias="nodeCredentialDir")
+    # Where the agent keeps its pods' certificates and keys (0700) for a restart while
+    # the signer is away; default /var/lib/smesh/NODE/credentials (credential_cache_dir).
+    credential_cache: Path | None = Field(default=None, alias="credentialCache")
     # The lifetime of certificates signed in this process (caDir); a signing service
     # (signerSocket) uses its own (`smesh ca serve --ttl`).
     cert_ttl: Seconds = Field(default=24 * 3600.0, alias="certTtl")
@@ -165,6 +169,11 @@ class AgentConfig(_Section):
     timeouts: TimeoutSettings = TimeoutSettings()
     limits: LimitSettings = LimitSettings()
     logging: LogSettings = LogSettings()
+
+    @property
+    def credential_cache_dir(self) -> Path:
+        """``identity.credentialCache``, or the default in the node's state directory."""
+        return self.identity.credential_cache or STATE_ROOT / self.node / "credentials"
 
 
 def _field_aliases(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseModel] | None]]:

@@ -24,6 +24,7 @@ from smesh.dataplane.endpoint import PodEndpoint
 from smesh.dataplane.records import ConnectionRecord
 from smesh.errors import SmeshError
 from smesh.identity.ca import CertificateAuthority
+from smesh.identity.cache import CredentialCache
 from smesh.identity.credential import Credential
 from smesh.identity.manager import CertificateManager
 from smesh.identity.service import SignerClient
@@ -114,7 +115,19 @@ class MeshWiring:
     async def start(self, agent: Agent) -> None:
         self._agent = agent
         source = certificate_source(self.config, agent)
-        self.certs = CertificateManager(source, on_renewed=self._renewed)
+        cache = CredentialCache(self.config.credential_cache_dir)
+        cache.ensure()  # a path it cannot use stops the agent now, not at the next restart
+        bundle = cache.bundle()  # the signer's last word; newer than a bootstrap bundle
+        if bundle is None and isinstance(source, SignerClient):
+            bundle = source.known_bundle
+        loads = agent.metrics.credential_cache_loads
+        self.certs = CertificateManager(
+            source,
+            bundle,
+            on_renewed=self._renewed,
+            cache=cache,
+            on_cache_load=lambda result: loads.labels(result).inc(),
+        )
         t = self.config.timeouts
         self.services = Services(
             tls=self,
@@ -148,6 +161,12 @@ class MeshWiring:
 
     def workloads_changed(self, snapshot: Snapshot) -> None:
         pass  # routes read the agent's registry on every connection
+
+    def forget_others(self, keep: list[Workload]) -> None:
+        """Drop cached credentials of pods that left the mesh while no agent ran."""
+        assert self.certs is not None
+        for gone in self.certs.forget_cached_except({self.identity_of(w) for w in keep}):
+            log.info("removed the cached credential of %s: no meshed pod uses it", gone)
 
     # -- identity ------------------------------------------------------------------------
 
