@@ -17,6 +17,7 @@ it (its pods left the mesh), not when the agent stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import ssl
@@ -84,6 +85,7 @@ class CertificateManager:
         self._entries: dict[SpiffeId, _Entry] = {}
         self._locks: dict[SpiffeId, asyncio.Lock] = {}
         self._generation = 0
+        self._due_now = asyncio.Event()  # a cached credential came in: try the signer at once
         self.on_renewed = on_renewed
 
     # -- issuing -----------------------------------------------------------------------
@@ -152,6 +154,7 @@ class CertificateManager:
             self._cache_load("missing")
             return None
         self._cache_load("used")
+        self._due_now.set()
         self._generation += 1
         log.warning(
             "%s; serving %s with its cached certificate (serial %x, expires %s) and "
@@ -322,9 +325,12 @@ class CertificateManager:
         """Renew forever (the agent runs this as a task)."""
         last_bundle = self._clock()
         while True:
-            await asyncio.sleep(
-                next_wakeup([e.renew_at for e in self._entries.values()], self._clock())
-            )
+            self._due_now.clear()
+            with contextlib.suppress(TimeoutError):  # the usual way: the earliest is due
+                await asyncio.wait_for(
+                    self._due_now.wait(),
+                    next_wakeup([e.renew_at for e in self._entries.values()], self._clock()),
+                )
             await self.renew_due()
             if self._clock() - last_bundle >= BUNDLE_REFRESH:
                 await self.refresh_bundle()

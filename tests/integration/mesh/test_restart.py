@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from smesh.capture import libbpf, pins
-from smesh.lab import state
+from smesh.lab import control, state
+from smesh.linux import cgroups
 from tests.integration.labkit import Lab, LabFactory, smesh
 from tests.integration.mesh.conftest import APP, Apps
 from tests.integration.mesh.test_agent import POD3, admin, metric, node, seen_from, wait
@@ -154,9 +155,24 @@ def test_with_the_signer_stopped_a_restarted_agent_serves_its_pods_from_its_cach
     # Nothing reaches pod-1's app in plain text from a node.
     attempt = apps.run("node-2", "try-connect", POD1, 9101, 2)
     assert attempt == {"connected": False, "error": "TimeoutError"}
-    loads = metric(
-        admin(meshed, "node-1", "/metrics").body,
-        "smesh_credential_cache_loads_total",
-        'result="used"',
+    metrics = admin(meshed, "node-1", "/metrics").body
+    assert metric(metrics, "smesh_credential_cache_loads_total", 'result="used"') == 2
+    cached_expiry = metric(
+        metrics, "smesh_certificate_expiry_timestamp_seconds", 'workload="default/pod-1"'
     )
-    assert loads == 2  # pod-1's and pod-2's
+
+    # The signer answers again: the cached certificates are renewed from it (retried
+    # every 10 s), and the mesh works on with the new ones.
+    control.start_signer(lab.topology(), cgroups.v2_root())  # in the lab's cgroup: lab down
+    wait(
+        lambda: (
+            metric(
+                admin(meshed, "node-1", "/metrics").body,
+                "smesh_certificate_expiry_timestamp_seconds",
+                'workload="default/pod-1"',
+            )
+            > cached_expiry
+        ),
+        timeout=30,
+    )
+    assert seen_from(meshed, outbound) == POD3

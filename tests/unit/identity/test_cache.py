@@ -187,3 +187,26 @@ def test_without_a_cached_certificate_or_with_a_refusal_there_is_no_fallback(
 
     asyncio.run(scenario())
     assert results == ["missing"]
+
+
+def test_the_renewal_loop_tries_the_signer_at_once_for_a_cached_certificate(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    cache = CredentialCache(tmp_path / "credentials")
+
+    async def scenario() -> None:
+        source = source_for(ca)
+        first = await CertificateManager(source, cache=cache).acquire(POD1)
+        source.down = True
+        manager = CertificateManager(source, cache.bundle(), cache=cache)
+        renewals = asyncio.create_task(manager.run())  # asleep: nothing to renew yet
+        await asyncio.sleep(0.05)
+        assert (await manager.acquire(POD1)).serial == first.serial
+        source.down = False  # the signer is back before the loop looks
+        deadline = asyncio.get_running_loop().time() + 5  # not the loop's usual 60 s nap
+        while manager.credential(POD1).serial == first.serial:
+            assert asyncio.get_running_loop().time() < deadline, "not renewed"
+            await asyncio.sleep(0.05)
+        renewals.cancel()
+
+    asyncio.run(scenario())
