@@ -117,9 +117,12 @@ class MeshWiring:
         source = certificate_source(self.config, agent)
         cache = CredentialCache(self.config.credential_cache_dir)
         cache.ensure()  # a path it cannot use stops the agent now, not at the next restart
-        bundle = cache.bundle()  # the signer's last word; newer than a bootstrap bundle
+        bootstrap = None
+        if isinstance(source, SignerClient) and self.config.identity.node_credential_dir:
+            bootstrap = self.config.identity.node_credential_dir / "bundle.pem"
+        bundle = cache.bundle(unless_older_than=bootstrap)  # the signer's last word...
         if bundle is None and isinstance(source, SignerClient):
-            bundle = source.known_bundle
+            bundle = source.known_bundle  # ...or the node's bootstrap bundle, if newer
         loads = agent.metrics.credential_cache_loads
         self.certs = CertificateManager(
             source,

@@ -139,10 +139,19 @@ class CredentialCache:
 
     # -- reading -----------------------------------------------------------------------
 
-    def bundle(self) -> TrustBundle | None:
-        """The last trust bundle an agent of this node got from the signer, if any."""
+    def bundle(self, unless_older_than: Path | None = None) -> TrustBundle | None:
+        """The last trust bundle an agent of this node got from the signer, if any.
+
+        None as well if *unless_older_than* (the node's bootstrap bundle) was written
+        later: an operator replacing that file (a root retired in a hurry) is obeyed.
+        """
+        path = self.directory / BUNDLE_FILE
         try:
-            return TrustBundle.from_pem((self.directory / BUNDLE_FILE).read_bytes())
+            if unless_older_than is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    if unless_older_than.stat().st_mtime_ns > path.stat().st_mtime_ns:
+                        return None
+            return TrustBundle.from_pem(path.read_bytes())
         except FileNotFoundError:
             return None
         except IdentityError as exc:

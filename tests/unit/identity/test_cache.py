@@ -86,6 +86,21 @@ def test_a_cached_credential_that_must_not_serve_is_refused_with_the_reason(
     assert unreadable.value.reason == "unreadable"
 
 
+def test_a_bootstrap_bundle_written_later_wins_over_the_cached_one(
+    ca: CertificateAuthority, other_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    cache = CredentialCache(tmp_path / "credentials")
+    cache.store_bundle(ca.bundle())
+    bootstrap = tmp_path / "bundle.pem"
+    bootstrap.write_text(other_ca.bundle().pem())
+    cached = cache.directory / "bundle.pem"
+    os.utime(bootstrap, ns=(1, 1))
+    assert cache.bundle(unless_older_than=bootstrap) == ca.bundle()  # the signer's newer word
+    os.utime(cached, ns=(0, 0))
+    assert cache.bundle(unless_older_than=bootstrap) is None  # the operator's newer file
+    assert cache.bundle() == ca.bundle()
+
+
 def test_prune_keeps_only_the_named_identities_and_the_bundle(
     ca: CertificateAuthority, tmp_path: Path
 ) -> None:
