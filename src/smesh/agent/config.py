@@ -42,6 +42,7 @@ MIN_CERT_TTL = 60.0
 MAX_CERT_TTL = MAX_TTL.total_seconds()
 # An inbound connection waiting on the registry holds a socket (counted in the pod's cap).
 MAX_REGISTRY_LAG = 30.0
+STATE_ROOT = Path("/var/lib/smesh")  # a node's own state: /var/lib/smesh/NODE/...
 
 
 class ConfigError(SmeshError):
@@ -117,6 +118,9 @@ class IdentitySettings(_Section):
     ca_dir: Path | None = Field(default=None, alias="caDir")
     signer_socket: Path | None = Field(default=None, alias="signerSocket")
     node_credential_dir: Path | None = Field(default=None, alias="nodeCredentialDir")
+    # Where the agent keeps its pods' certificates and keys (0700) for a restart while
+    # the signer is away; default /var/lib/smesh/NODE/credentials (credential_cache_dir).
+    credential_cache: Path | None = Field(default=None, alias="credentialCache")
     # The lifetime of certificates signed in this process (caDir); a signing service
     # (signerSocket) uses its own (`smesh ca serve --ttl`).
     cert_ttl: Seconds = Field(default=24 * 3600.0, alias="certTtl")
@@ -197,6 +201,11 @@ class AgentConfig(_Section):
     timeouts: TimeoutSettings = TimeoutSettings()
     limits: LimitSettings = LimitSettings()
     logging: LogSettings = LogSettings()
+
+    @property
+    def credential_cache_dir(self) -> Path:
+        """``identity.credentialCache``, or the default in the node's state directory."""
+        return self.identity.credential_cache or STATE_ROOT / self.node / "credentials"
 
 
 def _field_aliases(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseModel] | None]]:

@@ -133,6 +133,13 @@ class AgentMetrics:
             ["workload"],
             registry=r,
         )
+        self.credential_cache_loads = Counter(
+            "smesh_credential_cache_loads_total",
+            "Cached certificates looked up because the signer did not answer, by outcome: "
+            "used, missing, or refused (expired, untrusted, wrong_identity, unreadable).",
+            ["result"],
+            registry=r,
+        )
         self.workloads = Gauge(
             "smesh_workloads", "Meshed workloads on this node, by state.", ["state"], registry=r
         )

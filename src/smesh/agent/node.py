@@ -5,11 +5,13 @@ meshed, and the agent starts or stops :class:`~smesh.agent.pods.PodRuntime`s unt
 runs matches. A pod is captured only after its listeners and certificate are in place,
 and released (capture first) before its listeners close.
 
-Stopping: SIGTERM stops accepting, drains open connections up to ``timeouts.drain``,
-detaches capture (the pods go back to plain networking) and exits 0. A crash or SIGKILL
-skips all that: capture stays pinned while nothing listens on 18000, so captured
-connects are refused — the mesh fails closed, never open. A restarted agent takes the
-pinned capture over.
+Stopping: SIGTERM (or SIGINT) stops accepting, drains open connections up to
+``timeouts.drain``, closes the listeners and exits 0, leaving capture pinned — exactly
+what a crash or SIGKILL leaves: captured connects are refused while nothing listens on
+18000, so the mesh fails closed, never open, planned stop or not. A restarted agent
+takes the pinned capture over. Only a pod leaving the mesh, ``smesh capture detach`` or
+``smesh lab down`` removes capture; stopping an agent never does, since a restart would
+otherwise let the pods' connects out in plain text until the new agent captures again.
 """
 
 from __future__ import annotations
@@ -159,11 +161,10 @@ class Agent:
             log.warning("drain deadline reached; closing %d connections", left)
         assert self.capture is not None
         for key in list(self.pods):
-            await self.pods.pop(key).stop(self.capture)
-        self.capture.detach_all()
-        self.capture.close()
+            await self.pods.pop(key).shutdown()
+        self.capture.close()  # the pinned links stay: captured connects are refused
         await self.wiring.stop()
-        log.info("agent stopped")
+        log.info("agent stopped", extra=logs.fields(capture="kept for the next agent"))
 
     def reload(self) -> None:
         """SIGHUP: reload what can change live (authorization policy)."""
@@ -199,6 +200,7 @@ class Agent:
         )
         if not self._synced:
             self._release_leftovers()
+            self.wiring.forget_others(list(self._desired.values()))
         self._synced = True
         self.metrics.workloads.labels("ready").set(sum(p.ready for p in self.pods.values()))
         self.metrics.workloads.labels("pending").set(

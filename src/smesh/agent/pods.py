@@ -2,8 +2,10 @@
 
 The order matters and is the point of this module. A pod is captured only when its
 certificate and both listeners exist, so no captured connect ever finds an empty port;
-it is released capture-first, so the app falls back to plain networking before its
-listeners close under it. A failed step is remembered and retried by the agent.
+a pod leaving the mesh is released capture-first, so the app falls back to plain
+networking before its listeners close under it. A stopping agent closes the listeners
+but keeps capture (and the cached certificate): the pod fails closed until the next
+agent serves it. A failed step is remembered and retried by the agent.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ class PodWiring(Protocol):
         """Make sure *workload* has a certificate; return its expiry (Unix time)."""
         ...
 
-    def release(self, workload: Workload) -> None: ...
+    def release(self, workload: Workload) -> None:
+        """*workload* left the mesh: drop its use of its certificate (and cached copy)."""
+        ...
+
+    def forget_others(self, keep: list[Workload]) -> None:
+        """Forget what is kept for pods other than *keep* (they left while no agent ran)."""
+        ...
 
     async def listen(self, workload: Workload) -> PodListeners: ...
 
@@ -125,21 +133,32 @@ class PodRuntime:
         return self.listeners.connections() if self.listeners is not None else []
 
     async def stop(self, capture: NodeCapture) -> None:
-        """Release capture first, then close the listeners and their connections."""
-        if self.captured:
-            try:
-                capture.remove_pod(self.workload.key)
-            except SmeshError as exc:
-                log.error(
-                    "cannot release capture: %s", exc, extra=logs.fields(pod=self.workload.key)
-                )
-            self.captured = False
-        if self.listeners is not None:
-            await self.listeners.close()
-            self.listeners = None
+        """The pod leaves the mesh: release capture first, then close the listeners and
+        their connections, then give up its certificate.
+
+        Capture is released even if this runtime never added it: an earlier agent may
+        have, and a pod that left the mesh must not keep connecting to a port nobody
+        listens on (the pod may still wait for its certificate here, the signer away).
+        """
+        try:
+            capture.remove_pod(self.workload.key)
+        except SmeshError as exc:
+            log.error("cannot release capture: %s", exc, extra=logs.fields(pod=self.workload.key))
+        self.captured = False
+        await self.shutdown()
         if self.issued:
             self.wiring.release(self.workload)
             self.issued = False
+
+    async def shutdown(self) -> None:
+        """The agent stops: close the listeners and their connections, keep capture.
+
+        The pod's connects are refused from now on (captured, nothing listens) until the
+        next agent takes the pinned capture over, with the certificate still cached.
+        """
+        if self.listeners is not None:
+            await self.listeners.close()
+            self.listeners = None
         self.stage = "stopped"  # a start still under way undoes what it finishes
 
     def describe(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from smesh.dataplane.peers import PeerGate, PeerRefusal
 from smesh.dataplane.records import ConnectionRecord
 from smesh.errors import SmeshError
 from smesh.identity.ca import CertificateAuthority
+from smesh.identity.cache import CredentialCache
 from smesh.identity.credential import Credential
 from smesh.identity.manager import CertificateManager
 from smesh.identity.service import SignerClient
@@ -145,7 +146,22 @@ class MeshWiring:
     async def start(self, agent: Agent) -> None:
         self._agent = agent
         source = certificate_source(self.config, agent)
-        self.certs = CertificateManager(source, on_renewed=self._renewed)
+        cache = CredentialCache(self.config.credential_cache_dir)
+        cache.ensure()  # a path it cannot use stops the agent now, not at the next restart
+        bootstrap = None
+        if isinstance(source, SignerClient) and self.config.identity.node_credential_dir:
+            bootstrap = self.config.identity.node_credential_dir / "bundle.pem"
+        bundle = cache.bundle(unless_older_than=bootstrap)  # the signer's last word...
+        if bundle is None and isinstance(source, SignerClient):
+            bundle = source.known_bundle  # ...or the node's bootstrap bundle, if newer
+        loads = agent.metrics.credential_cache_loads
+        self.certs = CertificateManager(
+            source,
+            bundle,
+            on_renewed=self._renewed,
+            cache=cache,
+            on_cache_load=lambda result: loads.labels(result).inc(),
+        )
         t = self.config.timeouts
         self.services = Services(
             tls=self,
@@ -188,6 +204,12 @@ class MeshWiring:
         # accepted peers are checked against it again now.
         if self.services is not None:
             self.services.peers.changed()
+
+    def forget_others(self, keep: list[Workload]) -> None:
+        """Drop cached credentials of pods that left the mesh while no agent ran."""
+        assert self.certs is not None
+        for gone in self.certs.forget_cached_except({self.identity_of(w) for w in keep}):
+            log.info("removed the cached credential of %s: no meshed pod uses it", gone)
 
     # -- identity ------------------------------------------------------------------------
 

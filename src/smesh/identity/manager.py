@@ -5,11 +5,19 @@ Each identity has one current credential and a pair of TLS contexts built from i
 renewal the pair is replaced: new connections use the new certificate, connections
 already open keep the one they started with. Several pods may share an identity (same
 namespace and service account); the credential lives while any of them uses it.
+
+With a :class:`~smesh.identity.cache.CredentialCache` every credential obtained is also
+kept on the node, and the last bundle with it. When the signer cannot be reached (or not
+verified) as a credential is first needed — typically a restarted agent — a cached one
+that is still valid and chains to the current bundle serves instead, and is renewed as
+soon as the signer answers. The cached copy goes when the identity's last user releases
+it (its pods left the mesh), not when the agent stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import ssl
@@ -22,8 +30,9 @@ from cryptography.hazmat.primitives import serialization
 
 from smesh.identity import certs, tls
 from smesh.identity.bundle import TrustBundle
+from smesh.identity.cache import CredentialCache, Rejected
 from smesh.identity.credential import Credential
-from smesh.identity.errors import IdentityError
+from smesh.identity.errors import IdentityError, SignerUnavailable
 from smesh.identity.signer import CertificateSource
 from smesh.identity.spiffe import SpiffeId
 
@@ -64,13 +73,19 @@ class CertificateManager:
         bundle: TrustBundle | None = None,
         clock: Callable[[], float] = time.time,
         on_renewed: Callable[[SpiffeId, Credential], None] | None = None,
+        *,
+        cache: CredentialCache | None = None,
+        on_cache_load: Callable[[str], None] | None = None,
     ) -> None:
         self.source = source
         self._bundle = bundle
+        self._cache = cache
+        self.on_cache_load = on_cache_load  # with the outcome: used, expired, untrusted, ...
         self._clock = clock
         self._entries: dict[SpiffeId, _Entry] = {}
         self._locks: dict[SpiffeId, asyncio.Lock] = {}
         self._generation = 0
+        self._due_now = asyncio.Event()  # a cached credential came in: try the signer at once
         self.on_renewed = on_renewed
 
     # -- issuing -----------------------------------------------------------------------
@@ -81,18 +96,100 @@ class CertificateManager:
         async with lock:
             entry = self._entries.get(identity)
             if entry is None or entry.credential.not_after.timestamp() <= self._clock():
-                entry = await self._issue(identity, entry)
+                fresh = True
+                try:
+                    entry = await self._issue(identity, entry)
+                except SignerUnavailable as exc:
+                    cached = await self._from_cache(identity, entry, exc)
+                    if cached is None:
+                        raise
+                    entry, fresh = cached, False
                 self._entries[identity] = entry
+                entry.users += 1
+                if fresh:
+                    await self._keep(identity, entry)
+                return entry.credential
             entry.users += 1
             return entry.credential
 
     def release(self, identity: SpiffeId) -> None:
+        """One user fewer; the last one gone takes the credential, cached copy included."""
         entry = self._entries.get(identity)
         if entry is None:
             return
         entry.users -= 1
         if entry.users <= 0:
             del self._entries[identity]
+            if self._cache is not None:
+                try:
+                    self._cache.remove(identity)
+                except OSError as exc:
+                    log.error("cannot remove the cached credential of %s: %s", identity, exc)
+
+    def forget_cached_except(self, keep: set[SpiffeId]) -> list[str]:
+        """Remove cached credentials of every identity but *keep* and those held now."""
+        if self._cache is None:
+            return []
+        try:
+            return self._cache.prune(keep | set(self._entries))
+        except OSError as exc:
+            log.error("cannot prune the credential cache: %s", exc)
+            return []
+
+    async def _from_cache(
+        self, identity: SpiffeId, previous: _Entry | None, why: SignerUnavailable
+    ) -> _Entry | None:
+        """The cached credential of *identity*, if it may serve while the signer is away."""
+        if self._cache is None or self._bundle is None:
+            return None
+        bundle = self._bundle
+        now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+        try:
+            credential = await asyncio.to_thread(self._cache.load, identity, bundle, now)
+        except Rejected as exc:
+            self._cache_load(exc.reason)
+            log.warning("not using the cached credential of %s: %s", identity, exc)
+            return None
+        if credential is None:
+            self._cache_load("missing")
+            return None
+        self._cache_load("used")
+        self._due_now.set()
+        self._generation += 1
+        log.warning(
+            "%s; serving %s with its cached certificate (serial %x, expires %s) and "
+            "renewing it as soon as the signer answers",
+            why,
+            identity,
+            credential.serial,
+            credential.not_after.isoformat(),
+        )
+        return _Entry(
+            credential=credential,
+            server=tls.server_context(credential, bundle),
+            client=tls.client_context(credential, bundle),
+            renew_at=self._clock(),  # due now: renew_due retries every RETRY_AFTER
+            generation=self._generation,
+            users=previous.users if previous else 0,
+        )
+
+    def _cache_load(self, outcome: str) -> None:
+        if self.on_cache_load is not None:
+            self.on_cache_load(outcome)
+
+    async def _keep(self, identity: SpiffeId, entry: _Entry) -> None:
+        """Copy a new credential (and the bundle it came with) to the cache; best effort:
+        the credential serves either way, only a restart without the signer would miss it."""
+        if self._cache is None:
+            return
+        try:
+            await asyncio.to_thread(self._cache.store, identity, entry.credential)
+            if self._bundle is not None:
+                await asyncio.to_thread(self._cache.store_bundle, self._bundle)
+            if self._entries.get(identity) is not entry:  # released while it was written
+                self._cache.remove(identity)
+        except (OSError, IdentityError) as exc:
+            log.error("cannot cache the credential of %s: %s", identity, exc)
 
     async def _issue(self, identity: SpiffeId, previous: _Entry | None) -> _Entry:
         key = certs.new_key()
@@ -193,6 +290,7 @@ class CertificateManager:
                     continue
                 if not self._store_renewal(identity, entry, fresh):
                     continue
+                await self._keep(identity, fresh)
             renewed.append(identity)
             if self.on_renewed is not None:
                 self.on_renewed(identity, fresh.credential)
@@ -217,14 +315,22 @@ class CertificateManager:
             return
         if self._bundle is None or bundle.pem() != self._bundle.pem():
             self._set_bundle(bundle)
+            if self._cache is not None:
+                try:
+                    await asyncio.to_thread(self._cache.store_bundle, bundle)
+                except (OSError, IdentityError) as exc:
+                    log.error("cannot cache the trust bundle: %s", exc)
 
     async def run(self) -> None:
         """Renew forever (the agent runs this as a task)."""
         last_bundle = self._clock()
         while True:
-            await asyncio.sleep(
-                next_wakeup([e.renew_at for e in self._entries.values()], self._clock())
-            )
+            self._due_now.clear()
+            with contextlib.suppress(TimeoutError):  # the usual way: the earliest is due
+                await asyncio.wait_for(
+                    self._due_now.wait(),
+                    next_wakeup([e.renew_at for e in self._entries.values()], self._clock()),
+                )
             await self.renew_due()
             if self._clock() - last_bundle >= BUNDLE_REFRESH:
                 await self.refresh_bundle()

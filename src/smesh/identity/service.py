@@ -189,6 +189,11 @@ class SignerClient:
             raise SignerUnavailable(f"no trust bundle at {credential_dir / 'bundle.pem'}") from None
         return cls(path, credential, bundle)
 
+    @property
+    def known_bundle(self) -> TrustBundle:
+        """The roots trusted now without asking the signer (bootstrap, or its last answer)."""
+        return self._bundle
+
     def _call(self, method: str, target: str, body: bytes = b"") -> bytes:
         ctx = tls.client_context(self.credential, self._bundle)
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -2,7 +2,9 @@
 
 Each agent runs in its node's network namespace and in the node's ``agent`` cgroup, so
 capture (attached to pod cgroups) never sees the agent's own sockets. Agents outlive the
-``lab up`` command; ``lab down`` stops them (SIGTERM, then SIGKILL through the cgroup).
+``lab up`` command; ``lab down`` stops them (SIGTERM, then SIGKILL through the cgroup) and
+then removes capture with the rest of the lab. A stopped agent leaves capture in place,
+so ``restart-agent`` never lets a pod's connects out in plain text.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def config_for(topo: Topology, node: Node, extra: dict[str, Any] | None = None) 
             "trustDomain": "cluster.local",
             "signerSocket": str(state.directory(topo.name) / "ca" / "signer.sock"),
             "nodeCredentialDir": str(node_dir(topo.name, node.name) / "credential"),
+            # the pods' certificates, for a restart while the signer is away (0700)
+            "credentialCache": str(node_dir(topo.name, node.name) / "credential-cache"),
         },
     }
     for key, value in (extra or {}).items():
@@ -148,7 +152,7 @@ def wait_ready(topo: Topology, node: Node, process: state.Process, timeout: floa
 
 
 def stop(process: state.Process, timeout: float = 10.0) -> None:
-    """SIGTERM (the agent drains and detaches capture), then give up waiting."""
+    """SIGTERM (the agent drains and exits; capture stays pinned), then give up waiting."""
     if not process.alive():
         return
     os.kill(process.pid, signal.SIGTERM)

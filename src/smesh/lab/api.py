@@ -129,7 +129,7 @@ def publish_workloads(topo: Topology, cgroup_root: Path) -> None:
 
 def _teardown(name: str, cgroup_root: Path) -> None:
     lab = _saved(name)
-    if lab is not None and (lab.agents or lab.signer):  # gently first: agents drain, detach
+    if lab is not None and (lab.agents or lab.signer):  # gently first: agents drain
         from smesh.lab import agents  # noqa: PLC0415
 
         for process in lab.agents.values():

@@ -17,12 +17,16 @@ Clients print one JSON line:
     slow-read HOST PORT RATE SECS   read RATE bytes per second for SECS
     many HOST PORT COUNT            COUNT connections at once, each an echo of its number
     try-connect HOST PORT SECS      whether a connection is established within SECS
+    loop HOST PORT STOPFILE         halfclose exchanges one after another until STOPFILE
+                                    exists (at most 300 s): the wall-clock times of those
+                                    that worked, and how the others failed
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import resource
 import selectors
@@ -219,6 +223,28 @@ def many(host: str, port: int, count: int) -> dict[str, object]:
     return {"ok": ok, "unfinished": len(buffers)}
 
 
+def loop(host: str, port: int, stop: str) -> dict[str, object]:
+    worked: list[float] = []
+    failed: dict[str, int] = {}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not os.path.exists(stop):
+        try:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.sendall(b"q" * 100)
+                sock.shutdown(socket.SHUT_WR)
+                answer = b""
+                while data := sock.recv(CHUNK):
+                    answer += data
+            if answer.startswith(b"got 100 bytes"):
+                worked.append(time.time())
+            else:
+                failed["short"] = failed.get("short", 0) + 1
+        except OSError as exc:
+            failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+        time.sleep(0.05)
+    return {"worked": worked, "failed": failed}
+
+
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "echo":
@@ -254,6 +280,8 @@ def main() -> None:
         report(**slow_read(args[0], int(args[1]), int(args[2]), float(args[3])))
     elif mode == "try-connect":
         report(**try_connect(args[0], int(args[1]), float(args[2])))
+    elif mode == "loop":
+        report(**loop(args[0], int(args[1]), args[2]))
     elif mode == "many":
         report(**many(args[0], int(args[1]), int(args[2])))
     else:

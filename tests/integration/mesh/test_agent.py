@@ -174,7 +174,9 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
     assert ids == {r["request_id"] for r in inbound if r["destination"] == f"{POD3}:9102"}
 
 
-def test_sigterm_drains_a_long_transfer_then_detaches_capture(meshed: Lab, apps: Apps) -> None:
+def test_sigterm_drains_a_long_transfer_then_leaves_capture_failing_closed(
+    meshed: Lab, apps: Apps
+) -> None:
     size = 40 * 1024 * 1024
     server = apps.serve("pod-3", "xfer", 9103, size, 7)
     transfer = meshed.spawn(
@@ -194,12 +196,20 @@ def test_sigterm_drains_a_long_transfer_then_detaches_capture(meshed: Lab, apps:
     wait(lambda: node(meshed, "node-1")["agent_health"] == "dead", timeout=10)
     log = Path(f"/run/smesh/labs/{meshed.name}/node-1/agent.log").read_text()
     assert '"msg": "agent stopped"' in log
-    # Detached: a clean stop un-meshes the node. pod-1's connects now leave in plain TCP:
-    # pod-2, on the same node, takes them; pod-3, still meshed on node-2, does not.
+    # Capture stays, as after a crash: pod-1's connects are refused, even to pod-2 on
+    # the same node, which would take them in plain text if they left uncaptured.
     echo = apps.serve("pod-2", "halfclose", 9104)
+    refused = apps.run("pod-1", "expect-reset", POD2, 9104)
+    assert refused["outcome"] in {"ConnectionRefusedError", "reset"}
+    assert echo.stdout is not None
+    os.set_blocking(echo.stdout.fileno(), False)
+    assert echo.stdout.readline() == "", "pod-2 received a connection from pod-1 in plain text"
+    os.set_blocking(echo.stdout.fileno(), True)
+    # Removing the mesh on purpose still works with the agent stopped: pods talk plain.
+    smesh("capture", "detach", "--lab", meshed.name, "--node", "node-1")
     assert apps.run("pod-1", "halfclose", POD2, 9104, 10)["ok"]
     assert str(Apps.report(echo)["peer"]).removeprefix("::ffff:") == "198.18.1.2"
-    apps.serve("pod-3", "halfclose", 9104)
+    apps.serve("pod-3", "halfclose", 9104)  # pod-3, still meshed on node-2, takes no plain text
     attempt = apps.run("pod-1", "try-connect", POD3, 9104, 2)
     assert attempt == {"connected": False, "error": "TimeoutError"}
 

@@ -32,6 +32,16 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.capture.plaintext_ports == ()
     assert cfg.event_loop == "uvloop"
     assert cfg.limits.stream_window_budget_mib == 64
+    assert cfg.credential_cache_dir == Path("/var/lib/smesh/node-1/credentials")
+
+
+def test_the_credential_cache_can_be_put_elsewhere(tmp_path: Path) -> None:
+    cfg = load(
+        write(tmp_path, "node: node-1\nworkloads: /run/w\n"),
+        ["identity.credentialCache=/run/smesh/node-1/cache"],
+        environ={},
+    )
+    assert cfg.credential_cache_dir == Path("/run/smesh/node-1/cache")
 
 
 def test_durations_take_units(tmp_path: Path) -> None:

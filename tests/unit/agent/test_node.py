@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from smesh.agent.wiring import certificate_source
 from smesh.agent.workloads import DirectorySource, Snapshot, Workload, write
 from smesh.errors import SmeshError
 from smesh.identity.ca import CertificateAuthority
+from smesh.identity.errors import SignerUnavailable
 
 POD = Workload(
     name="pod-1", node="node-1", ips=("198.18.1.2",), netns="x", cgroup=Path("/sys/fs/cgroup/x")
@@ -54,6 +56,7 @@ class Wiring:
         self.issue_delay = issue_delay
         self.certificate_users = 0
         self.open_listeners = 0
+        self.kept: list[str] | None = None  # what forget_others was told to keep
 
     async def start(self, agent: Agent) -> None:
         pass
@@ -77,14 +80,23 @@ class Wiring:
     def release(self, workload: Workload) -> None:
         self.certificate_users -= 1
 
+    def forget_others(self, keep: list[Workload]) -> None:
+        self.kept = sorted(w.key for w in keep)
+
     async def listen(self, workload: Workload) -> Listeners:
         return Listeners(self)
+
+
+@dataclass(frozen=True)
+class Pinned:
+    pod_id: str
 
 
 class Capture:
     def __init__(self) -> None:
         self.captured: set[str] = set()
         self.detached = False
+        self.closed = False
 
     def add_pod(self, key: str, *args: object, **kwargs: object) -> None:
         self.captured.add(key)
@@ -94,13 +106,14 @@ class Capture:
         return True
 
     def pods(self) -> list[Any]:
-        return []
+        return [Pinned(key) for key in sorted(self.captured)]
 
     def detach_all(self) -> None:
         self.detached = True
+        self.captured.clear()
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 def agent_with(wiring: Wiring, tmp_path: Path, **config: Any) -> tuple[Agent, Capture]:
@@ -197,7 +210,48 @@ def test_healthz_fails_once_a_task_the_agent_lives_on_has_died_and_sigterm_still
     status, body = asyncio.run(scenario())
     assert status == 500
     assert b"a bug in the workload watch" in body
-    assert capture.detached  # the clean shutdown ran despite the dead task
+    assert capture.closed  # the clean shutdown ran despite the dead task
+    assert not capture.detached  # ...and left capture in place, as every stop does
+
+
+def test_a_stopping_agent_closes_its_listeners_but_keeps_capture_and_certificates(
+    tmp_path: Path,
+) -> None:
+    wiring = Wiring()
+    agent, capture = agent_with(wiring, tmp_path, timeouts={"drain": 0.1})
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({POD.key: POD}))
+        assert agent.ready()
+        await agent._shutdown()
+
+    asyncio.run(scenario())
+    assert capture.captured == {POD.key}  # fail closed until the next agent, never open
+    assert not capture.detached
+    assert capture.closed
+    assert wiring.open_listeners == 0
+    assert wiring.certificate_users == 1  # not released: its cached copy serves a restart
+
+
+def test_a_pinned_pod_waiting_for_its_certificate_stays_captured_until_it_leaves_the_mesh(
+    tmp_path: Path,
+) -> None:
+    other = Workload(
+        name="pod-2", node="node-1", ips=("198.18.1.3",), netns="y", cgroup=Path("/x/y")
+    )
+    wiring = Wiring(SignerUnavailable("signing service did not answer"))
+    agent, capture = agent_with(wiring, tmp_path)
+    capture.captured = {POD.key, other.key}  # pinned by the agent that stopped
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({POD.key: POD}))  # pod-2 left while no agent ran
+        assert agent.pods[POD.key].stage == "certificate"
+        assert capture.captured == {POD.key}  # still captured: refused, not plain text
+        assert wiring.kept == [POD.key]  # pod-2's cached certificate is forgotten
+        await agent.reconcile(Snapshot({}))  # pod-1 leaves the mesh before it is served
+
+    asyncio.run(scenario())
+    assert capture.captured == set()  # released although this agent never captured it
 
 
 def test_a_ca_directory_of_another_trust_domain_is_one_error_naming_both(tmp_path: Path) -> None:
