@@ -198,9 +198,9 @@ class HttpServer:
             conn.next_event()
         try:
             # Writing is bounded too: a client that never reads would hold the connection.
-            await asyncio.wait_for(
-                self._respond(reader, writer, conn, response), read_timeout + LINGER_SECONDS
-            )
+            # (asyncio.timeout, not wait_for: no task of its own to outlive a stopped loop.)
+            async with asyncio.timeout(read_timeout + LINGER_SECONDS):
+                await self._respond(reader, writer, conn, response)
         except TimeoutError:
             writer.transport.abort()
             return
