@@ -3,15 +3,24 @@ and the signing service both use it.
 
 One request per connection, bounded in size and time. A malformed request gets a 400 and
 the server keeps serving; a handler's typed error becomes its status code.
+
+Optionally bounded in connections too (:class:`ConnectionCap`): every open connection is a
+descriptor and a task in the serving process, and a client that opens connections and
+sends nothing used to hold them for the read timeout each, without limit (an attack
+trial held 8,328 descriptors in an agent from one pod). Past the cap a connection is
+answered 503 and closed at once; one peer address may hold only a share of the cap, so
+one pod's flood leaves room for the node's own probes and scrapers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +31,12 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 16 * 1024
 READ_TIMEOUT = 5.0
 LINGER_SECONDS = 1.0
+REFUSAL_LOG_INTERVAL = 5.0  # a flood logs this often at most
+# Sent, then closed, to a connection past the cap: no request is read, so no parser runs.
+_AT_CAP = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 32\r\nconnection: close\r\n\r\ntoo many connections; try again\n"
+)
 
 
 @dataclass(frozen=True)
@@ -51,11 +66,42 @@ class HttpError(Exception):
 Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
+@dataclass(frozen=True)
+class ConnectionCap:
+    """How many connections the server holds at once, and how long one may stay silent.
+
+    *limit* bounds them all; one peer address may hold at most ``limit // PEER_SHARE``
+    (at least one). *on_refused* is told each connection turned away or timed out, with
+    the reason (``at_cap``, ``peer_cap``, ``read_timeout``), for a metric.
+    """
+
+    PEER_SHARE = 4
+
+    limit: int
+    read_timeout: float = READ_TIMEOUT
+    on_refused: Callable[[str], None] = lambda reason: None
+
+    @property
+    def per_peer(self) -> int:
+        return max(1, self.limit // self.PEER_SHARE)
+
+
 class HttpServer:
-    def __init__(self, handler: Handler, max_body: int = 0) -> None:
+    def __init__(
+        self, handler: Handler, max_body: int = 0, cap: ConnectionCap | None = None
+    ) -> None:
         self.handler = handler
         self.max_body = max_body
+        self.cap = cap
         self._server: asyncio.Server | None = None
+        self._open = 0
+        self._by_peer: collections.Counter[str] = collections.Counter()
+        self._refused_since_log = 0
+        self._last_log = -REFUSAL_LOG_INTERVAL
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
 
     async def start_tcp(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         self._server = await asyncio.start_server(
@@ -76,22 +122,99 @@ class HttpServer:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer_host(writer)
+        refusal = self._over_cap(peer)
+        if refusal is not None:
+            self._turn_away(writer, peer, refusal)
+            return
+        self._open += 1
+        self._by_peer[peer] += 1
+        try:
+            await self._serve_one(reader, writer)
+        finally:
+            self._open -= 1
+            self._by_peer[peer] -= 1
+            if not self._by_peer[peer]:
+                del self._by_peer[peer]
+
+    def _over_cap(self, peer: str) -> str | None:
+        if self.cap is None:
+            return None
+        if self._open >= self.cap.limit:
+            return "at_cap"
+        if self._by_peer[peer] >= self.cap.per_peer:
+            return "peer_cap"
+        return None
+
+    def _turn_away(self, writer: asyncio.StreamWriter, peer: str, reason: str) -> None:
+        """Answer 503 and close now: the descriptor is gone before the next accept.
+
+        The 503 is best effort: a client whose request had already arrived sees a reset
+        instead (closing with unread input resets), which is a refusal all the same.
+        """
+        assert self.cap is not None
+        self.cap.on_refused(reason)
+        with contextlib.suppress(OSError):
+            writer.write(_AT_CAP)
+        writer.transport.abort()  # no lingering for a peer that may never read
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._last_log >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "turned away %d connection(s) since the last such line (latest from %s: %s); "
+                "%d open, limit %d, %d per peer address; raise admin.maxConnections if "
+                "these are legitimate clients",
+                self._refused_since_log,
+                peer or "?",
+                reason,
+                self._open,
+                self.cap.limit,
+                self.cap.per_peer,
+            )
+            self._refused_since_log = 0
+            self._last_log = now
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        read_timeout = self.cap.read_timeout if self.cap is not None else READ_TIMEOUT
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         peer_cert = None
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is not None:
             peer_cert = ssl_object.getpeercert(binary_form=True)
         try:
-            request = await asyncio.wait_for(self._read(reader, conn, peer_cert), READ_TIMEOUT)
+            request = await asyncio.wait_for(self._read(reader, conn, peer_cert), read_timeout)
             response = await self._answer(request)
         except HttpError as exc:
             response = Response(exc.status, f"{exc}\n".encode())
-        except (TimeoutError, h11.RemoteProtocolError, ConnectionError, ssl.SSLError):
+        except TimeoutError:
+            if self.cap is not None:
+                self.cap.on_refused("read_timeout")
+            response = Response(408, f"no complete request within {read_timeout:g} s\n".encode())
+        except (h11.RemoteProtocolError, ConnectionError, ssl.SSLError):
             response = Response(400, b"bad request\n")
         if conn.our_state is not h11.SEND_RESPONSE:
             conn = h11.Connection(h11.SERVER)  # answer even when the request never parsed
             conn.receive_data(b"GET / HTTP/1.0\r\n\r\n")
             conn.next_event()
+        try:
+            # Writing is bounded too: a client that never reads would hold the connection.
+            # (asyncio.timeout, not wait_for: no task of its own to outlive a stopped loop.)
+            async with asyncio.timeout(read_timeout + LINGER_SECONDS):
+                await self._respond(reader, writer, conn, response)
+        except TimeoutError:
+            writer.transport.abort()
+            return
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+
+    async def _respond(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: h11.Connection,
+        response: Response,
+    ) -> None:
         with contextlib.suppress(ConnectionError, h11.LocalProtocolError, ssl.SSLError):
             headers = [
                 ("content-type", response.content_type),
@@ -109,9 +232,6 @@ class HttpServer:
                 writer.write_eof()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_discard(reader), LINGER_SECONDS)
-        writer.close()
-        with contextlib.suppress(ConnectionError, ssl.SSLError):
-            await writer.wait_closed()
 
     async def _read(
         self, reader: asyncio.StreamReader, conn: h11.Connection, peer_cert: bytes | None
@@ -138,6 +258,14 @@ class HttpServer:
     async def _answer(self, request: Request) -> Response:
         result = self.handler(request)
         return await result if inspect.isawaitable(result) else result
+
+
+def _peer_host(writer: asyncio.StreamWriter) -> str:
+    """The peer's address without its port (a unix socket's peer has none: "")."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return ""
 
 
 async def _discard(reader: asyncio.StreamReader) -> None:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from smesh.httpserver import HttpServer, Response, router
+from smesh.httpserver import ConnectionCap, HttpServer, Response, router
 
-__all__ = ["AdminServer", "Response"]
+__all__ = ["AdminServer", "ConnectionCap", "Response"]
 
 
 class AdminServer(HttpServer):
-    def __init__(self, routes: dict[str, Callable[[], Response | Awaitable[Response]]]) -> None:
-        super().__init__(router(routes))
+    """Capped (``admin.maxConnections``): any pod of the node can reach this port."""
+
+    def __init__(
+        self,
+        routes: dict[str, Callable[[], Response | Awaitable[Response]]],
+        cap: ConnectionCap | None = None,
+    ) -> None:
+        super().__init__(router(routes), cap=cap)
 
     async def start(self, host: str, port: int) -> None:
         await self.start_tcp(host, port)

@@ -102,6 +102,10 @@ class PortSettings(_Section):
 class AdminSettings(_Section):
     address: str = "0.0.0.0"
     port: Port = 15000
+    # Every pod of the node can reach the admin port: its connections are capped (one peer
+    # address holds a quarter at most) and silent ones closed after readTimeout.
+    max_connections: int = Field(default=64, ge=1, le=65536, alias="maxConnections")
+    read_timeout: Seconds = Field(default=2.0, gt=0, le=60, alias="readTimeout")
 
     @field_validator("address")
     @classmethod

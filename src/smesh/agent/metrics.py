@@ -90,6 +90,16 @@ class AgentMetrics:
         )
         for reason in REASONS:
             self.peers_refused.labels(reason)  # exported at 0 from the start
+        self.admin_refused = Counter(
+            "smesh_admin_connections_refused_total",
+            "Admin connections answered 503 and closed at admin.maxConnections (at_cap) or at "
+            "one peer address's share of it (peer_cap), or closed without a complete request "
+            "within admin.readTimeout (read_timeout).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("at_cap", "peer_cap", "read_timeout"):
+            self.admin_refused.labels(reason)
         self.tls_handshake = Histogram(
             "smesh_tls_handshake_duration_seconds",
             "Duration of mutual TLS handshakes.",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from smesh.agent import logs
-from smesh.agent.admin import AdminServer, Response
+from smesh.agent.admin import AdminServer, ConnectionCap, Response
 from smesh.agent.config import AgentConfig
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodRuntime, PodWiring
@@ -85,7 +85,12 @@ class Agent:
                 "/metrics": self._metrics,
                 "/debug/workloads": self._debug_workloads,
                 "/debug/connections": self._debug_connections,
-            }
+            },
+            ConnectionCap(
+                config.admin.max_connections,
+                config.admin.read_timeout,
+                lambda reason: self.metrics.admin_refused.labels(reason).inc(),
+            ),
         )
 
     # -- lifecycle -------------------------------------------------------------------

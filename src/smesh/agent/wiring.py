@@ -31,7 +31,7 @@ from smesh.identity.manager import CertificateManager
 from smesh.identity.service import SignerClient
 from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSigner
 from smesh.identity.spiffe import SpiffeId
-from smesh.linux.netns import Namespace, NamespaceHandles
+from smesh.linux.netns import Namespace, NamespaceHandles, single_link
 from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
 from smesh.tunnel.window import GrowthBudget
 
@@ -281,7 +281,8 @@ class MeshWiring:
             outbound = [self._listener(ns, "127.0.0.1", ports.outbound, opened)]
             outbound.append(self._listener(ns, "::1", ports.outbound, opened))
             inbound = [self._listener(ns, str(ip), ports.inbound, opened) for ip in workload.ips]
-        except OSError as exc:
+            scope = single_link(workload.netns)  # for IPv6 link-local passthrough
+        except (OSError, SmeshError) as exc:
             for sock in opened:
                 sock.close()
             raise ListenError(f"cannot listen in {workload.key}'s namespace: {exc}") from None
@@ -292,6 +293,7 @@ class MeshWiring:
             sockets=ns,
             tunnel_port=ports.inbound,
             forbidden_ports=frozenset({ports.outbound, ports.inbound, self.config.admin.port}),
+            link_scope=scope,
         )
         endpoint = PodEndpoint(pod, self.services)
         endpoint.start(outbound, inbound)

@@ -24,6 +24,10 @@ DEFAULT_MESH_CIDRS: tuple[Network, ...] = (
     ipaddress.IPv4Network("198.18.0.0/16"),
     ipaddress.IPv6Network("fd00:198:18::/48"),
 )
+# IPv6 link-local: a pod reaches every pod on its node's bridge at their fe80:: addresses
+# (with a scope id), which no mesh CIDR names. Left uncaptured, those connects were a way
+# around `nonMeshed: deny`; so capture always covers them, whatever the mesh CIDRs.
+LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
 LISTENER_PORT = 18000
 TUNNEL_PORT = 18001
 
@@ -62,7 +66,7 @@ class CaptureConfig(BaseModel):
 
     mesh_cidrs: Annotated[
         tuple[Annotated[Network, BeforeValidator(_network)], ...],
-        Field(min_length=1, max_length=abi.MAX_CIDRS),
+        Field(min_length=1, max_length=abi.MAX_CIDRS - 1),  # one entry is LINK_LOCAL6's
     ] = DEFAULT_MESH_CIDRS
     excluded_ports: Annotated[tuple[Port, ...], Field(max_length=abi.MAX_PORTS - 3)] = ()
     listener_ipv4: Annotated[ipaddress.IPv4Address, BeforeValidator(_v4)] = ipaddress.IPv4Address(
@@ -101,12 +105,21 @@ class CaptureConfig(BaseModel):
         return tuple(sorted({self.listener_port, self.tunnel_port, *self.excluded_ports}))
 
     @property
+    def captured_cidrs(self) -> tuple[Network, ...]:
+        """What capture sends to the listener: the mesh CIDRs and IPv6 link-local."""
+        return tuple(dict.fromkeys((*self.mesh_cidrs, LINK_LOCAL6)))
+
+    @property
     def mesh_cidrs4(self) -> tuple[ipaddress.IPv4Network, ...]:
-        return tuple(n for n in self.mesh_cidrs if isinstance(n, ipaddress.IPv4Network))
+        """The IPv4 part of :attr:`captured_cidrs`, without overlaps (nft intervals refuse them)."""
+        nets = [n for n in self.captured_cidrs if isinstance(n, ipaddress.IPv4Network)]
+        return tuple(ipaddress.collapse_addresses(nets))
 
     @property
     def mesh_cidrs6(self) -> tuple[ipaddress.IPv6Network, ...]:
-        return tuple(n for n in self.mesh_cidrs if isinstance(n, ipaddress.IPv6Network))
+        """The IPv6 part of :attr:`captured_cidrs` (link-local included), without overlaps."""
+        nets = [n for n in self.captured_cidrs if isinstance(n, ipaddress.IPv6Network)]
+        return tuple(ipaddress.collapse_addresses(nets))
 
 
 def addr16(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:

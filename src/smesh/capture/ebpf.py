@@ -147,7 +147,7 @@ class EbpfCapture:
         maps = self._map_set()
         _sync_ports(maps.ports, self.config.never_captured_ports)
         _sync_ports(maps.plain_ports, self.config.plaintext_ports)
-        want_cidrs = {bytes(cidr_key(n)): cidr_key(n) for n in self.config.mesh_cidrs}
+        want_cidrs = {bytes(cidr_key(n)): cidr_key(n) for n in self.config.captured_cidrs}
         for cidr in list(maps.cidrs.keys()):
             if bytes(cidr) not in want_cidrs:
                 maps.cidrs.delete(cidr)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
-from smesh.capture.config import CaptureConfig
+from smesh.capture.config import LINK_LOCAL6, CaptureConfig
 from smesh.capture.errors import CaptureError, NftablesError
 from smesh.capture.node import CapturedPod, Mode, Occupancy, PodCounters
 from smesh.linux import cgroups, netns
@@ -42,6 +42,7 @@ COUNTERS = (
     "pass_self",
     "pass_not_tcp",
     "plaintext_refused",
+    "denied",
 )
 
 
@@ -74,6 +75,10 @@ def ruleset(config: CaptureConfig, pod: CapturedPod, cgroup_path: str, cgroup_le
         capture.append(f"ip6 daddr {pod.ipv6} counter name pass_self return")
     capture += [
         "tcp dport @ports counter name pass_port return",
+        # IPv6 link-local: the kernel binds such a socket to its interface (the scope id)
+        # before NAT runs, so a redirect to loopback never reaches the listener (measured:
+        # the connect times out). Refused here at once, and counted: fail closed.
+        f"ip6 daddr {LINK_LOCAL6} counter name denied reject with tcp reset",
         f"meta nfproto ipv4 meta l4proto tcp counter name captured dnat ip to {listener4}",
         f"meta nfproto ipv6 meta l4proto tcp counter name captured dnat ip6 to {listener6}",
     ]

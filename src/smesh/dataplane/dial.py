@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import os
 import socket
 from collections.abc import Callable
@@ -55,7 +56,7 @@ class Connecting:
         self._ip, self._port = ip, port = target
         self._on_done = on_done
         self._timer: asyncio.TimerHandle | None = None
-        address = (str(ip), port)
+        address = sockaddr(ip, port)
         try:
             err = sock.connect_ex(address)
             if err in _UNDER_WAY:
@@ -108,6 +109,17 @@ class Connecting:
         result = "refused" if err == errno.ECONNREFUSED else "error"
         where = authority(self._ip, self._port)
         self._on_done(ConnectFailed(result, f"connecting to {where}: {os.strerror(err)}"))
+
+
+def sockaddr(ip: IPAddress, port: int) -> tuple[str, int] | tuple[str, int, int, int]:
+    """The address to connect to; a scoped IPv6 address keeps its scope.
+
+    With a 2-tuple Python sets ``sin6_scope_id`` to 0 even for ``fe80::1%2``, and the
+    kernel refuses a link-local connect without one (EINVAL).
+    """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return (str(ip).partition("%")[0], port, 0, int(ip.scope_id))
+    return (str(ip), port)
 
 
 def start_dial(

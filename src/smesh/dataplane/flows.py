@@ -104,6 +104,16 @@ def outbound(
         record.finish("denied", "destination is outside the mesh and passthrough is off")
         abort(app)
         return None
+    if route.kind == "passthrough" and _link_local(dst_ip):
+        if not pod.link_scope:
+            record.finish(
+                "denied",
+                f"{dst_ip} is link-local and {pod.name} has no single interface to reach it "
+                "on (capture keeps the address, not the app's scope id)",
+            )
+            abort(app)
+            return None
+        dst_ip = ipaddress.IPv6Address(f"{dst_ip}%{pod.link_scope}")
     carrier = None
     if route.kind == "tunnel":
         assert route.identity is not None
@@ -402,6 +412,10 @@ def _admit(
         extra=_fields(record),
     )
     return decision.reason
+
+
+def _link_local(ip: IPAddress) -> bool:
+    return isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local
 
 
 def app_endpoint(sock: socket.socket) -> str:

@@ -97,6 +97,15 @@ def write_sysctl(name: str, key: str, value: str) -> None:
     run_in(name, lambda: path.write_text(value))
 
 
+def single_link(name: str) -> int:
+    """The index of namespace *name*'s one interface besides loopback; 0 if it has more or none.
+
+    A pod has one (its veth, ``eth0``): the link its IPv6 link-local neighbours are on.
+    """
+    links = [index for index, ifname in run_in(name, socket.if_nameindex) if ifname != "lo"]
+    return links[0] if len(links) == 1 else 0
+
+
 def inode_of(name: str) -> int:
     """The namespace's inode number: the identity the kernel uses (as /proc/PID/ns/net)."""
     return path_of(name).stat().st_ino

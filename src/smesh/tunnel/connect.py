@@ -3,6 +3,12 @@
 Limits: the request or response head is at most :data:`MAX_HEAD_BYTES` and carries at
 most :data:`MAX_HEADERS` headers. Bytes that arrive after the head already belong to the
 tunnel and are handed over in the event (``trailing``), never lost.
+
+The head limit is counted here, not left to h11: h11's ``max_incomplete_event_size`` only
+bounds a head that is still incomplete, so a 9 KB head that arrived in one TLS record (one
+read) used to pass while the same bytes split over two reads got 431. :class:`_HeadMeter`
+counts every byte fed before the head was complete, so the answer depends on the bytes
+alone, never on where the reads cut them.
 """
 
 from __future__ import annotations
@@ -54,6 +60,37 @@ def parse_authority(text: str) -> tuple[IPAddress, int]:
     return ip, int(port_text)
 
 
+class _HeadMeter:
+    """Counts the bytes of a head as they are fed, and says when it is over the limit."""
+
+    __slots__ = ("_fed", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._fed = 0
+        self._what = what
+
+    def fed(self, data: bytes) -> None:
+        """Count *data*, fed to h11 while the head is not complete yet."""
+        self._fed += len(data)
+
+    def need_more(self) -> None:
+        """The head is still incomplete after everything fed so far."""
+        if self._fed > MAX_HEAD_BYTES:
+            raise self.too_large(self._fed)
+
+    def complete(self, trailing: bytes) -> None:
+        """The head is complete; *trailing* (what came after it) is not part of it."""
+        size = self._fed - len(trailing)
+        if size > MAX_HEAD_BYTES:
+            raise self.too_large(size)
+
+    def too_large(self, size: int) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            f"{self._what} head of {size}+ bytes is larger than the {MAX_HEAD_BYTES} allowed",
+            431,
+        )
+
+
 @dataclass(frozen=True)
 class TunnelRequest:
     """A valid CONNECT, as the inbound side received it."""
@@ -87,6 +124,7 @@ class ClientHandshake:
             h11.Request(method="CONNECT", target=target, headers=[("host", target), *headers])
         )
         self._done = False
+        self._meter = _HeadMeter("response")
 
     def request(self) -> bytes:
         return self._request
@@ -95,21 +133,26 @@ class ClientHandshake:
         """Feed bytes from the peer; ``None`` means: need more."""
         if self._done:
             raise LocalProtocolError("the answer is complete: later bytes belong to the tunnel")
+        self._meter.fed(data)
         try:
             self._conn.receive_data(data)
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
             if not data:
                 raise RemoteProtocolError("the peer closed before answering CONNECT") from None
+            if exc.error_status_hint == 431:
+                self._meter.need_more()
             raise RemoteProtocolError(f"malformed CONNECT response: {exc}") from None
         if event is h11.NEED_DATA:
             if not data:
                 raise RemoteProtocolError("the peer closed before answering CONNECT")
+            self._meter.need_more()
             return None
         if isinstance(event, h11.Response):
             self._done = True
+            trailing, _closed = self._conn.trailing_data
+            self._meter.complete(bytes(trailing))
             if 200 <= event.status_code < 300:
-                trailing, _closed = self._conn.trailing_data
                 return Established(bytes(trailing))
             reason = event.reason.decode("ascii", "replace")
             return Refused(event.status_code, reason)
@@ -124,34 +167,39 @@ class ServerHandshake:
     def __init__(self) -> None:
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._done = False
+        self._meter = _HeadMeter("request")
 
     def receive(self, data: bytes) -> TunnelRequest | None:
         """Feed bytes; ``None`` means: need more. Raises with the status to answer."""
         if self._done:
             raise LocalProtocolError("the request is complete: later bytes belong to the tunnel")
+        self._meter.fed(data)
         try:
             self._conn.receive_data(data)
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
             if not data:
                 raise RemoteProtocolError("the peer closed before sending a request") from None
-            status = 431 if "incomplete" in str(exc) or "too long" in str(exc) else 400
-            raise RemoteProtocolError(f"malformed request: {exc}", status) from None
+            if exc.error_status_hint == 431:  # h11's own bound on an incomplete head
+                self._meter.need_more()
+            raise RemoteProtocolError(f"malformed request: {exc}", exc.error_status_hint) from None
         if event is h11.NEED_DATA:
             if not data:
                 raise RemoteProtocolError("the peer closed before sending a request")
+            self._meter.need_more()
             return None
         if isinstance(event, h11.ConnectionClosed):
             raise RemoteProtocolError("the peer closed before sending a request")
         if not isinstance(event, h11.Request):
             raise RemoteProtocolError(f"expected a request, got {type(event).__name__}")
+        trailing, _closed = self._conn.trailing_data
+        self._meter.complete(bytes(trailing))
         if event.method != b"CONNECT":
             raise RemoteProtocolError(f"only CONNECT is served here, not {event.method.decode()}")
         if len(event.headers) > MAX_HEADERS:
             raise RemoteProtocolError(f"more than {MAX_HEADERS} headers", 431)
         ip, port = parse_authority(event.target.decode("ascii", "replace"))
         headers = tuple((k.decode(), v.decode("latin-1")) for k, v in event.headers)
-        trailing, _closed = self._conn.trailing_data
         self._done = True
         return TunnelRequest(ip, port, headers, bytes(trailing))
 

@@ -54,7 +54,9 @@ def tcp(host: str, port: int, bind_port: int, hold: float, family: int) -> dict[
         if bind_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", bind_port))
-        sock.connect((host, port))
+        # A scoped address (fe80::1%eth0) needs getaddrinfo's 4-tuple: with a 2-tuple,
+        # Python sets sin6_scope_id to 0 and a link-local connect fails with EINVAL.
+        sock.connect(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0][4])
         result["peername"] = list(sock.getpeername()[:2])
         result["sockname"] = list(sock.getsockname()[:2])
         if hold:

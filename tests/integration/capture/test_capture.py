@@ -362,3 +362,34 @@ def test_the_getsockopt_answer_follows_the_listener_s_cgroup(
     h.listener("pod-1", listen_in, "--then-cgroup", then)
     reply = h.client("pod-1", "tcp", "198.18.2.2", 80)["reply"]
     assert reply.startswith("ORIG" if answered else "NOORIG"), reply
+
+
+def link_local(harness: Harness, member: str) -> str:
+    """*member*'s IPv6 link-local address on eth0, once duplicate address detection is over."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        proc = harness.lab.exec(member, ["ip", "-j", "-6", "addr", "show", "dev", "eth0"])
+        assert proc.returncode == 0, proc.stderr
+        for addr in json.loads(proc.stdout)[0]["addr_info"]:
+            if addr.get("scope") == "link" and not addr.get("tentative"):
+                return str(addr["local"])
+        time.sleep(0.2)
+    raise AssertionError(f"{member} has no usable link-local address")
+
+
+def test_link_local_destinations_are_captured_with_their_address(captured: Harness) -> None:
+    # Pods share their node's bridge: a neighbour's fe80:: address reaches it directly.
+    # Left uncaptured, that was a way around `nonMeshed: deny`.
+    captured.listener("pod-1")
+    captured.serve("pod-2", "pod-2", 8080)
+    neighbour = link_local(captured, "pod-2")
+    result = captured.client("pod-1", "tcp", f"{neighbour}%eth0", 8080)
+    counters = captured.pod_counters("pod-1")
+    if captured.mode == "ebpf":
+        assert result.get("reply") == f"ORIG {neighbour} 8080", result
+        assert counters["captured"] == 1
+    else:
+        # nftables cannot redirect a socket the kernel bound to eth0: refused, never direct.
+        assert result.get("errno") == errno.ECONNREFUSED, result
+        assert counters["denied"] == 1
+    assert counters["pass_not_mesh"] == 0

@@ -32,6 +32,8 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.capture.plaintext_ports == ()
     assert cfg.event_loop == "uvloop"
     assert cfg.limits.stream_window_budget_mib == 64
+    assert cfg.admin.max_connections == 64
+    assert cfg.admin.read_timeout == 2.0
     assert cfg.credential_cache_dir == Path("/var/lib/smesh/node-1/credentials")
 
 
@@ -81,6 +83,8 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
             "node: n\nworkloads: /w\nlimits: {streamWindowBudgetMiB: -1}\n",
             "limits.streamWindowBudgetMiB: ",
         ),
+        ("node: n\nworkloads: /w\nadmin: {maxConnections: 0}\n", "admin.maxConnections: "),
+        ("node: n\nworkloads: /w\nadmin: {readTimeout: 0s}\n", "admin.readTimeout: "),
         ("[1, 2]\n", "expected a mapping"),
         ("node: [\n", "not valid YAML at line"),
     ],

@@ -82,3 +82,13 @@ def test_plaintext_ports_are_checked_like_any_port() -> None:
     assert CaptureConfig.build(plaintext_ports=[8080]).plaintext_ports == (8080,)
     with pytest.raises(CaptureConfigError, match=r"plaintext_ports\[0\]"):
         CaptureConfig.build(plaintext_ports=[0])
+
+
+def test_ipv6_link_local_is_always_captured_without_overlapping_the_mesh_cidrs() -> None:
+    config = CaptureConfig.build(mesh_cidrs=["10.0.0.0/8", "fe80::/64", "10.1.0.0/16"])
+    assert ipaddress.ip_network("fe80::/10") in config.captured_cidrs
+    assert [str(n) for n in config.mesh_cidrs6] == ["fe80::/10"]  # nft intervals: no overlap
+    assert [str(n) for n in config.mesh_cidrs4] == ["10.0.0.0/8"]
+    many = [f"10.{i}.0.0/16" for i in range(abi.MAX_CIDRS)]
+    with pytest.raises(CaptureConfigError, match="mesh_cidrs"):
+        CaptureConfig.build(mesh_cidrs=many)  # one LPM entry is link-local's

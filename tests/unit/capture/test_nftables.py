@@ -52,9 +52,10 @@ def test_exclusions_come_before_the_redirect_in_the_ebpf_order() -> None:
 
 def test_a_pod_without_ipv6_gets_no_ipv6_self_rule_and_an_empty_set_stays_valid() -> None:
     v4_only = CapturedPod("default/a", "a", 0, "x.a", POD.cgroup, POD.ipv4, None)
-    lines = rules(CaptureConfig.build(mesh_cidrs=["10.0.0.0/8"]), v4_only)
+    lines = rules(CaptureConfig.build(mesh_cidrs=["fd00:10::/32"]), v4_only)
     assert not any(line.startswith("ip6 daddr fd00") for line in lines)
-    assert "set mesh6 { type ipv6_addr; flags interval; }" in lines
+    # (mesh6 is never empty: IPv6 link-local is always in it)
+    assert "set mesh4 { type ipv4_addr; flags interval; }" in lines
 
 
 def test_refusing_plaintext_drops_handshakes_to_the_pods_listeners_from_outside() -> None:
@@ -75,3 +76,15 @@ def test_nft_paths_are_relative_to_sys_fs_cgroup_even_on_hybrid_hosts() -> None:
     hybrid = Path("/sys/fs/cgroup/unified/smesh-lab-x/node-1/pod-1")
     assert nft_cgroup_path(hybrid) == "unified/smesh-lab-x/node-1/pod-1"
     assert nft_cgroup_path(Path("/mnt/cg2/a")) == "../../../mnt/cg2/a"
+
+
+def test_link_local_is_refused_after_the_exclusions_since_nft_cannot_redirect_it() -> None:
+    lines = rules()
+    refuse = "ip6 daddr fe80::/10 counter name denied reject with tcp reset"
+    assert lines.index("tcp dport @ports counter name pass_port return") < lines.index(refuse)
+    assert lines.index(refuse) < lines.index(
+        "meta nfproto ipv6 meta l4proto tcp counter name captured dnat ip6 to [::1]:18000"
+    )
+    assert (
+        "set mesh6 { type ipv6_addr; flags interval; elements = { fd00:198:18::/48, fe80::/10 }; }"
+    ) in lines

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from smesh.dataplane.dial import ConnectFailed, Connecting, Outcome
+from smesh.dataplane.dial import ConnectFailed, Connecting, Outcome, sockaddr
 from smesh.dataplane.loop import LOOP_KINDS, loop_factory
 from smesh.dataplane.sockets import prepare
 
@@ -146,3 +146,10 @@ def test_a_connect_that_waits_for_room_completes_on_the_loop(
             with peer:
                 outcome.send(b"hi")
                 assert peer.recv(2) == b"hi"
+
+
+def test_a_scoped_ipv6_address_keeps_its_scope_in_the_socket_address() -> None:
+    # With a 2-tuple Python sets sin6_scope_id to 0 and a link-local connect fails (EINVAL).
+    assert sockaddr(ipaddress.IPv6Address("fe80::1%3"), 80) == ("fe80::1", 80, 0, 3)
+    assert sockaddr(ipaddress.IPv6Address("fd00::1"), 80) == ("fd00::1", 80)
+    assert sockaddr(LOCALHOST, 80) == ("127.0.0.1", 80)

@@ -405,3 +405,16 @@ def test_connections_idle_after_bulk_data_hold_no_batch_buffers(mesh: Mesh) -> N
         app.close()
     server.close()
     assert per_connection < 400, f"{per_connection:.0f} KiB stay with each idle connection"
+
+
+def test_a_link_local_destination_without_a_single_link_is_refused_naming_why(
+    mesh: Mesh,
+) -> None:
+    """Capture keeps a link-local address but not the app's scope id; a pod with no single
+    interface to put it on (the harness's has none) cannot be dialled for it."""
+    mesh.destination = (ipaddress.ip_address("fe80::1"), 8080)
+    mesh.route = Route("passthrough", None, "")
+    mesh.expect_reset()
+    [record] = mesh.recorder.wait_for(lambda r: len(r) == 1)
+    assert record.result == "denied"
+    assert "fe80::1 is link-local" in record.detail

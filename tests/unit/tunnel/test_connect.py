@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -146,3 +147,74 @@ def test_fuzz_chunking_never_changes_the_result(
     assert (result.ip, result.port) == (ip, port)
     # whatever arrived after the head is tunnel data: in order, nothing lost or repeated
     assert result.trailing + raw[pos:] == tail
+
+
+def _head(size: int, tail: bytes = b"") -> bytes:
+    """A valid CONNECT request head of exactly *size* bytes (then *tail*)."""
+    start = b"CONNECT 1.2.3.4:80 HTTP/1.1\r\nhost: 1.2.3.4:80\r\nx-pad: "
+    end = b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end + tail
+
+
+def _feed(server: ServerHandshake, raw: bytes, cuts: list[int]) -> TunnelRequest | int:
+    """Feed *raw* cut at *cuts*; the request, or the status it was refused with.
+
+    The request's ``trailing`` is completed with what was not fed yet, so it is always
+    everything after the head.
+    """
+    pos = 0
+    try:
+        for cut in [*sorted(cuts), len(raw)]:
+            if cut == pos:
+                continue  # b"" would mean: the peer closed
+            result = server.receive(raw[pos:cut])
+            pos = cut
+            if result is not None:
+                return dataclasses.replace(result, trailing=result.trailing + raw[pos:])
+    except RemoteProtocolError as exc:
+        return exc.status
+    raise AssertionError("the whole request was fed and nothing was decided")
+
+
+@pytest.mark.parametrize("size", [MAX_HEAD_BYTES, MAX_HEAD_BYTES + 1, 9 * 1024])
+def test_the_head_limit_holds_at_every_single_cut(size: int) -> None:
+    # A head over the limit that arrives in one read (one TLS record) used to pass.
+    raw = _head(size, b"tunnel bytes")
+    for cut in range(len(raw) + 1):
+        outcome = _feed(ServerHandshake(), raw, [cut])
+        if size <= MAX_HEAD_BYTES:
+            assert isinstance(outcome, TunnelRequest), cut
+            assert outcome.trailing == b"tunnel bytes"
+        else:
+            assert outcome == 431, cut
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(MAX_HEAD_BYTES - 200, 10 * 1024),
+    st.lists(st.integers(0, 10 * 1024 + 64), max_size=12),
+    st.binary(max_size=64),
+)
+def test_fuzz_the_head_limit_depends_on_the_bytes_not_on_the_reads(
+    size: int, cuts: list[int], tail: bytes
+) -> None:
+    raw = _head(size, tail)
+    outcome = _feed(ServerHandshake(), raw, [c for c in cuts if c <= len(raw)])
+    if size <= MAX_HEAD_BYTES:
+        assert isinstance(outcome, TunnelRequest)
+        assert outcome.trailing == tail
+    else:
+        assert outcome == 431
+
+
+def test_a_large_head_in_one_read_is_refused_with_431_naming_the_limit() -> None:
+    with pytest.raises(RemoteProtocolError, match=f"larger than the {MAX_HEAD_BYTES}") as info:
+        ServerHandshake().receive(_head(9 * 1024))
+    assert info.value.status == 431
+
+
+def test_a_response_head_over_the_limit_is_refused_in_one_read_too() -> None:
+    client = ClientHandshake(POD3, 80)
+    big = response(200).replace(b"\r\n\r\n", b"\r\nx-pad: " + b"a" * 9000 + b"\r\n\r\n")
+    with pytest.raises(RemoteProtocolError, match="larger than"):
+        client.receive(big)
