@@ -54,8 +54,14 @@ class Hooks(Protocol):
 
     pool: CarrierPool
 
-    def carry(self, tracked: Tracked, carrier: Carrier) -> None:
-        """An accepted connection turned out to be a carrier of streams, not one connection."""
+    def carry(self, tracked: Tracked, carrier: Carrier) -> bool:
+        """An accepted connection turned out to be a carrier of streams, not one connection.
+
+        False: its peer is over its share or the pod at its cap (the record says why).
+        """
+
+    def admit(self, tracked: Tracked) -> str | None:
+        """An accepted connection proved its peer and asks one CONNECT: why not (503), if not."""
 
     def track(self, record: ConnectionRecord) -> Tracked | None:
         """An entry for a stream that arrived on a carrier (None: the pod is at its cap)."""
@@ -191,7 +197,7 @@ async def inbound(
     tls = TlsSession(svc.tls.server_context(pod.identity), conn, server_side=True)
     try:
         t0 = loop.time()
-        await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.handshake_timeout)
+        await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.inbound_deadline)
         svc.observer.handshake("server", loop.time() - t0, tls.obj.session_reused)
         record.resumed = tls.obj.session_reused
         peer, _issued, expires = peer_certificate(tls.obj.getpeercert(True))
@@ -202,9 +208,13 @@ async def inbound(
                 tls, "server", svc.scratch, str(peer), windows=svc.windows, on_open=streams.opened
             )
             carrier.peer_expires = expires
-            hooks.carry(tracked, carrier)
-            carried = True
-            carrier.start()  # also sends the handshake's last flight
+            carried = hooks.carry(tracked, carrier)
+            if carried:
+                carrier.start()  # also sends the handshake's last flight
+            return
+        refusal = hooks.admit(tracked)
+        if refusal is not None:
+            await _refuse(tls, record, 503, refusal)
             return
         tracked.report_opened()
         local = await _serve_connect(pod, svc, tls, tracked, peer)

@@ -32,6 +32,11 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.capture.plaintext_ports == ()
     assert cfg.event_loop == "uvloop"
     assert cfg.limits.stream_window_budget_mib == 64
+    assert cfg.timeouts.inbound_handshake == 3.0
+    assert cfg.limits.max_handshakes_per_source == 8
+    assert cfg.limits.max_handshakes_per_pod == 128
+    assert cfg.limits.max_carriers_per_peer == 16
+    assert cfg.limits.max_streams_per_peer == 1024
 
 
 def test_durations_take_units(tmp_path: Path) -> None:
@@ -70,6 +75,14 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
         (
             "node: n\nworkloads: /w\nlimits: {streamWindowBudgetMiB: -1}\n",
             "limits.streamWindowBudgetMiB: ",
+        ),
+        ("node: n\nworkloads: /w\ntimeouts: {inboundHandshake: 0s}\n", "inboundHandshake: "),
+        ("node: n\nworkloads: /w\nlimits: {maxHandshakesPerSource: 0}\n", "maxHandshakesPerSource"),
+        ("node: n\nworkloads: /w\nlimits: {maxCarriersPerPeer: 0}\n", "limits.maxCarriersPerPeer"),
+        ("node: n\nworkloads: /w\nlimits: {maxStreamsPerPeer: x}\n", "limits.maxStreamsPerPeer"),
+        (
+            "node: n\nworkloads: /w\nlimits: {maxHandshakesPerSource: 9, maxHandshakesPerPod: 8}\n",
+            "limits: maxHandshakesPerSource (9) is more than maxHandshakesPerPod (8)",
         ),
         ("[1, 2]\n", "expected a mapping"),
         ("node: [\n", "not valid YAML at line"),
