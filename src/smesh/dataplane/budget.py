@@ -41,10 +41,11 @@ class Admission(Generic[T]):
 class Budget(Generic[K, T]):
     """Items held per key: at most *per_key* each, and at most *total* together.
 
-    When the total is full, a key holding fewer items than the heaviest key minus one gets
-    in at the heaviest key's cost (its oldest item is evicted): a flood from a few keys
-    cannot keep out a key that needs one slot now and then, while keys never evict each
-    other back and forth for a difference of one.
+    When the total is full, a key holding fewer items than the heaviest key gets in at the
+    heaviest key's cost: its oldest item is evicted (among equally heavy keys, the one
+    that has held items the longest). A flood from a few keys cannot keep out a key that
+    needs one slot now and then, and a flood from many keys of one slot each wears out
+    its own oldest slots first, not the newcomer's that finishes in milliseconds.
     """
 
     def __init__(self, per_key: int, total: int | None = None) -> None:
@@ -85,7 +86,7 @@ class Budget(Generic[K, T]):
             evicted = victim
         elif self.total is not None and self._size >= self.total:
             heaviest = max(self._held, key=self.count)
-            if self.count(heaviest) <= count + 1:
+            if self.count(heaviest) <= count:
                 return Admission(refused="total")
             victim = next(iter(self._held[heaviest]))
             self.release(heaviest, victim)

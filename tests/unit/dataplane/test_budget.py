@@ -61,16 +61,16 @@ def test_a_full_total_lets_a_light_key_in_at_the_heaviest_keys_cost() -> None:
     assert budget.count("flood") == 3
 
 
-def test_a_full_total_does_not_evict_back_and_forth_for_a_difference_of_one() -> None:
+def test_a_full_total_takes_from_the_longest_held_of_equally_heavy_keys() -> None:
     budget: Budget[str, str] = Budget(per_key=4, total=4)
     for key in "abcd":
         budget.admit(key, f"{key}0")
-    assert budget.admit("e", "e0").refused == "total"  # everyone holds one: no one gives
-    budget.release("d", "d0")
-    budget.admit("a", "a1")  # a: 2, b: 1, c: 1
-    assert budget.admit("b", "b1").refused == "total"  # b would have 2, a has 2
-    admission = budget.admit("e", "e0")  # e has none, a has 2: a gives up its oldest
+    admission = budget.admit("e", "e0")  # everyone holds one: the oldest key gives
     assert admission.evicted == "a0"
+    assert budget.admit("e", "e1").refused == "total"  # e would hold more than anyone
+    budget.release("d", "d0")
+    budget.admit("b", "b1")  # b: 2, c: 1, e: 1
+    assert budget.admit("c", "c1").evicted == "b0"
 
 
 def test_a_flood_from_a_few_sources_never_keeps_a_new_source_out() -> None:
