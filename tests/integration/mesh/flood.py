@@ -7,6 +7,10 @@
     hold HOST PORT COUNT SECS          open COUNT connections (through the mesh, from a
                                        pod) and hold them; a report of how many are alive
                                        once that number settles, then one at the end.
+    carriers HOST PORT COUNT CERT KEY SECS
+                                       open COUNT idle carriers (TLS, ALPN smesh-mux/1) with
+                                       a valid certificate, one after the other; a report of
+                                       how many are still open, then one at the end.
     sink PORT                          echo server for thousands of connections (selectors):
                                        READY, then it runs until killed.
 
@@ -146,6 +150,42 @@ def hold(host: str, port: int, count: int, seconds: float) -> None:
     report(held=sum(map(alive, held)))
 
 
+def carrier_alive(sock: ssl.SSLSocket) -> bool:
+    try:
+        while True:
+            if not sock.recv(65536):
+                return False
+    except ssl.SSLWantReadError:
+        return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def carriers(host: str, port: int, count: int, pem: tuple[str, str], seconds: float) -> None:
+    more_descriptors(count)
+    end = time.monotonic() + seconds
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the attacker does not care who answers
+    ctx.load_cert_chain(*pem)
+    ctx.set_alpn_protocols(["smesh-mux/1"])
+    held: list[ssl.SSLSocket] = []
+    refused = 0
+    for _ in range(count):
+        try:
+            sock = ctx.wrap_socket(socket.create_connection((host, port), timeout=5))
+            sock.setblocking(False)
+            held.append(sock)
+        except OSError:
+            refused += 1
+    time.sleep(1)
+    held = [s for s in held if carrier_alive(s)]
+    report(ready=True, held=len(held), refused=refused)
+    while time.monotonic() < end:
+        time.sleep(ROUND)
+    report(held=sum(map(carrier_alive, held)))
+
+
 def sink(port: int) -> None:
     more_descriptors(16000)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -184,6 +224,8 @@ def main() -> None:
         stall(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
     elif mode == "hold":
         hold(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif mode == "carriers":
+        carriers(args[0], int(args[1]), int(args[2]), (args[3], args[4]), float(args[5]))
     elif mode == "sink":
         sink(int(args[0]))
     else:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from smesh.agent import client
-from tests.integration.labkit import Lab
+from tests.integration.labkit import Lab, LabFactory
 from tests.integration.mesh.conftest import Apps
+from tests.integration.mesh.test_adversarial import credential, lab_ca
 
 FLOOD = str(Path(__file__).with_name("flood.py"))
 POD3, POD4 = "198.18.2.2", "198.18.2.3"
@@ -82,4 +83,25 @@ def test_a_peer_holding_thousands_of_connections_takes_only_its_share(apps: Apps
     assert away_1['direction="outbound",reason="peer_streams"'] > 0, away_1
     assert away_1['direction="outbound",reason="at_cap"'] == 0, away_1
     assert away_2['direction="inbound",reason="at_cap"'] == 0, away_2
+    holder.kill()
+
+
+def test_idle_carriers_with_a_valid_certificate_are_held_to_the_peers_share(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    """300 idle carriers from one peer against a cap of 250 (scaled down from 4,000 against
+    4,096: each costs a full handshake on a shared machine): the peer keeps its share of
+    16, and pod-3's other callers get through."""
+    lab = lab_factory("--agent-set", "limits.maxConnectionsPerPod=250")
+    apps = Apps(lab)
+    _sink, ready = flood(lab, "pod-3", "sink", SINK)
+    assert ready.strip() == "READY"
+    cert, key = credential(tmp_path, lab_ca(lab), "pod-1")
+    holder, ready = flood(lab, "node-1", "carriers", POD3, 18001, 300, cert, key, 60)
+    assert json.loads(ready)["held"] <= 16, ready  # limits.maxCarriersPerPeer
+    for pod in ("pod-1", "pod-2"):
+        result = apps.run(pod, "many", POD3, SINK, 100, timeout=120)
+        assert result == {"ok": 100, "unfinished": 0}, (pod, result)
+    away = turned_away(lab, "node-2")
+    assert away['direction="inbound",reason="at_cap"'] == 0, away
     holder.kill()
