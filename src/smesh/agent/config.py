@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from smesh.dataplane.loop import LoopKind
@@ -169,6 +170,9 @@ class IdentitySettings(_Section):
 
 class TimeoutSettings(_Section):
     tls_handshake: Seconds = Field(default=10.0, alias="tlsHandshake")
+    # How long a connection to a pod's tunnel port may take to prove its peer (the server
+    # side; never longer than tlsHandshake): an mTLS handshake costs 2-4 ms of CPU.
+    inbound_handshake: Seconds = Field(default=3.0, gt=0, alias="inboundHandshake")
     connect: Seconds = 5.0
     request: Seconds = 10.0
     idle: Seconds = 0.0  # 0: no idle timeout
@@ -185,6 +189,24 @@ class LimitSettings(_Section):
     # How far all streams' receive windows together may grow past the initial window
     # (smesh.tunnel.window); 0 keeps every window at its initial size.
     stream_window_budget_mib: int = Field(default=64, ge=0, alias="streamWindowBudgetMiB")
+    # Inbound connections still in their mTLS handshake, per source address and per pod:
+    # a budget of their own, never maxConnectionsPerPod (docs/dataplane.md).
+    max_handshakes_per_source: int = Field(default=8, ge=1, alias="maxHandshakesPerSource")
+    max_handshakes_per_pod: int = Field(default=128, ge=1, alias="maxHandshakesPerPod")
+    # Each peer (identity, source address) of a pod: inbound carriers; streams inbound,
+    # and outbound per destination pod.
+    max_carriers_per_peer: int = Field(default=16, ge=1, alias="maxCarriersPerPeer")
+    max_streams_per_peer: int = Field(default=1024, ge=1, alias="maxStreamsPerPeer")
+
+    @model_validator(mode="after")
+    def _handshake_budget(self) -> LimitSettings:
+        if self.max_handshakes_per_source > self.max_handshakes_per_pod:
+            raise ValueError(
+                f"maxHandshakesPerSource ({self.max_handshakes_per_source}) is more than "
+                f"maxHandshakesPerPod ({self.max_handshakes_per_pod}): raise the second or "
+                "lower the first"
+            )
+        return self
 
 
 class LogSettings(_Section):

@@ -38,6 +38,20 @@ _LATENCY_BUCKETS = (
 )
 
 
+# The reasons of smesh_connections_turned_away_total, per direction (docs/agent.md).
+TURNED_AWAY = {
+    "outbound": ("at_cap", "accept_failed", "peer_streams"),
+    "inbound": (
+        "at_cap",
+        "accept_failed",
+        "handshakes_per_source",
+        "handshakes_total",
+        "peer_carriers",
+        "peer_streams",
+    ),
+}
+
+
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -72,13 +86,15 @@ class AgentMetrics:
         self.turned_away = Counter(
             "smesh_connections_turned_away_total",
             "Connections a pod's listener could not take: reset at limits.maxConnectionsPerPod "
-            "(at_cap), or an accept that failed for want of descriptors or memory "
-            "(accept_failed; the connection waits in the backlog and is retried).",
+            "(at_cap); an accept that failed for want of descriptors or memory "
+            "(accept_failed; the connection waits in the backlog and is retried); inbound "
+            "connections past the handshake budget (handshakes_per_source, handshakes_total); "
+            "a peer past its share (peer_carriers, peer_streams).",
             ["direction", "reason"],
             registry=r,
         )
-        for direction in ("outbound", "inbound"):
-            for reason in ("at_cap", "accept_failed"):
+        for direction, reasons in TURNED_AWAY.items():
+            for reason in reasons:
                 self.turned_away.labels(direction, reason)  # exported at 0 from the start
         self.peers_refused = Counter(
             "smesh_peers_refused_total",

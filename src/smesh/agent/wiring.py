@@ -175,6 +175,11 @@ class MeshWiring:
                 request_timeout=t.request,
                 idle_timeout=t.idle,
                 max_connections=self.config.limits.max_connections_per_pod,
+                inbound_handshake_timeout=t.inbound_handshake,
+                max_handshakes_per_source=self.config.limits.max_handshakes_per_source,
+                max_handshakes=self.config.limits.max_handshakes_per_pod,
+                max_carriers_per_peer=self.config.limits.max_carriers_per_peer,
+                max_streams_per_peer=self.config.limits.max_streams_per_peer,
             ),
             windows=GrowthBudget(self.config.limits.stream_window_budget_mib * 1024 * 1024),
             peers=PeerGate(

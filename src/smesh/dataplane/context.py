@@ -40,6 +40,20 @@ class Limits:
     request_timeout: float = 10.0
     idle_timeout: float = 0.0  # 0: none
     max_connections: int = 4096  # per pod, both directions together
+    # Inbound connections still in their mTLS handshake: their own budget, never the cap
+    # above (docs/dataplane.md, "Limits and budgets").
+    inbound_handshake_timeout: float = 3.0  # never longer than handshake_timeout
+    max_handshakes_per_source: int = 8
+    max_handshakes: int = 128  # per pod
+    # Each authenticated peer (identity, source address): inbound, and outbound per
+    # destination pod (streams only: the pool opens carriers as streams need them).
+    max_carriers_per_peer: int = 16
+    max_streams_per_peer: int = 1024
+
+    @property
+    def inbound_deadline(self) -> float:
+        """How long an inbound connection may take to prove its peer (the server side)."""
+        return min(self.handshake_timeout, self.inbound_handshake_timeout)
 
 
 class TlsProvider(Protocol):

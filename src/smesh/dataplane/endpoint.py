@@ -12,11 +12,11 @@ import errno
 import functools
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from smesh.dataplane import flows
+from smesh.dataplane.budget import Budget, Throttle, address_of
 from smesh.dataplane.carrier import Carrier, Stream
 from smesh.dataplane.context import PodConfig, Services
 from smesh.dataplane.peers import Peer
@@ -41,27 +41,17 @@ SERVER_IDLE_CLOSE = 2 * IDLE_CLOSE
 _GONE_BEFORE_ACCEPT = (errno.ECONNABORTED, errno.EPROTO)
 
 
-class Throttle:
-    """Lets through one event per *interval* seconds: a log line for a condition that lasts."""
+ShareKey = tuple[str, str]  # (identity, source address): what a fair share is counted for
 
-    __slots__ = ("_interval", "_last")
 
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._last = -interval
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            return False
-        self._last = now
-        return True
+def share_key(peer: Peer) -> ShareKey:
+    return (str(peer.identity), str(peer.address))
 
 
 class Connection:
     """The endpoint's entry for one app connection (or stream), from accept to close."""
 
-    __slots__ = ("_endpoint", "active", "carried", "record", "reported", "task")
+    __slots__ = ("_endpoint", "active", "address", "carried", "peer", "record", "reported", "task")
 
     def __init__(self, endpoint: PodEndpoint, record: ConnectionRecord) -> None:
         self._endpoint = endpoint
@@ -70,6 +60,8 @@ class Connection:
         self.task: asyncio.Task[None] | None = None
         self.reported = False  # observer told it opened
         self.carried = False  # it became a carrier of streams: not an app connection
+        self.address = ""  # inbound: the source address, while it holds a handshake slot
+        self.peer: ShareKey | None = None  # inbound: the peer whose stream share it counts in
 
     def relay_done(self, relay: object) -> None:
         self._endpoint._closed(self)
@@ -87,11 +79,23 @@ class PodEndpoint:
         self._loop = asyncio.get_running_loop()
         self._listeners: list[tuple[socket.socket, Direction]] = []
         self._connections: set[Connection] = set()
-        # inbound ones, with the peer each was accepted from; outbound ones are the pool's
+        # Inbound connections until their peer is authenticated and admitted; they count
+        # against the handshake budget, not the pod's cap (docs/dataplane.md).
+        self._unproven: set[Connection] = set()
+        # Inbound carriers (outbound ones are the pool's), with the peer each was accepted
+        # from (checked again when the workloads change; its share counted by share_key).
         self._carriers: dict[Carrier, Peer] = {}
+        limits = services.limits
+        self._handshakes: Budget[str, Connection] = Budget(
+            limits.max_handshakes_per_source, limits.max_handshakes
+        )
+        self._peer_carriers: Budget[ShareKey, Carrier] = Budget(limits.max_carriers_per_peer)
+        self._peer_streams: Budget[ShareKey, Connection] = Budget(limits.max_streams_per_peer)
         self.pool = CarrierPool(pod, services)
         self.draining = False
         self._cap_log = Throttle(TROUBLE_LOG_INTERVAL)
+        self._budget_log = Throttle(TROUBLE_LOG_INTERVAL)
+        self.turned_away: dict[str, int] = {}  # by reason, for the throttled log lines
         self._accept_log = Throttle(TROUBLE_LOG_INTERVAL)
         self._sweeper: asyncio.Task[None] | None = None
         self._carrier_sweep: asyncio.TimerHandle | None = None
@@ -146,7 +150,7 @@ class PodEndpoint:
             self._sweeper.cancel()
         if self._carrier_sweep is not None:
             self._carrier_sweep.cancel()
-        for conn in list(self._connections):
+        for conn in [*self._connections, *self._unproven]:
             if conn.active is not None:
                 conn.active.abort("the pod left the mesh", "reset")
             if conn.task is not None:
@@ -155,7 +159,7 @@ class PodEndpoint:
         self.pool.close()
         for carrier in list(self._carriers):
             carrier.abort("the pod left the mesh")
-        tasks = [c.task for c in self._connections if c.task is not None]
+        tasks = [c.task for c in [*self._connections, *self._unproven] if c.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -172,11 +176,10 @@ class PodEndpoint:
                     continue
                 self._rest(listener, direction, exc)
                 return
-            if self._load() >= self.services.limits.max_connections:
+            if direction == "outbound" and self._load() >= self.services.limits.max_connections:
                 self._at_cap(direction)
                 abort(sock)
                 continue
-            prepare(sock)
             record = ConnectionRecord(
                 direction=direction,
                 pod=self.pod.name,
@@ -184,15 +187,20 @@ class PodEndpoint:
                 identity=str(self.pod.identity),
             )
             conn = Connection(self, record)
-            self._connections.add(conn)
             if direction == "outbound":
+                prepare(sock)
+                self._connections.add(conn)
                 conn.report_opened()
                 self._outbound(sock, conn)
-            else:  # an app connection, or a carrier of streams?
+            elif self._start_handshake(conn, addr[0]):  # an app connection, or a carrier?
+                prepare(sock)
                 inbound = functools.partial(
                     flows.inbound, self.pod, self.services, sock, conn, self
                 )
                 conn.task = self._loop.create_task(self._set_up(inbound, sock, conn))
+                conn.task.add_done_callback(functools.partial(self._never_started, sock, conn))
+            else:
+                abort(sock)
 
     def _outbound(self, sock: socket.socket, conn: Connection) -> None:
         """Most outbound connections are set up right here; the others get a task."""
@@ -208,21 +216,104 @@ class PodEndpoint:
         elif conn.active is None:
             self._closed(conn)
 
+    # -- the handshake budget ------------------------------------------------------------
+
+    def _start_handshake(self, conn: Connection, address: str) -> bool:
+        """Whether an accepted inbound connection may start its handshake (a slot of the
+        handshake budget, maybe taken from the source holding the most); False: reset it."""
+        admission = self._handshakes.admit(address, conn)
+        if not admission.admitted:
+            if admission.refused == "per_key":
+                why = f"{address} has {self._handshakes.per_key} handshakes under way"
+                self._turn_away("inbound", "handshakes_per_source", why, "maxHandshakesPerSource")
+            else:
+                why = f"{len(self._handshakes)} handshakes are under way"
+                self._turn_away("inbound", "handshakes_total", why, "maxHandshakesPerPod")
+            return False
+        conn.address = address
+        self._unproven.add(conn)
+        victim = admission.evicted
+        if victim is not None:  # the heaviest source's oldest handshake makes room
+            victim.address = ""
+            why = f"{len(self._handshakes)} handshakes are under way; {address} had fewer"
+            self._turn_away("inbound", "handshakes_total", why, "maxHandshakesPerPod")
+            victim.record.finish("reset", "handshake dropped to make room for another source")
+            if victim.task is not None:
+                victim.task.cancel()
+        return True
+
+    def _handshake_done(self, conn: Connection) -> ShareKey:
+        """The connection's handshake slot is free again; the peer it proved to be."""
+        if conn.address:
+            self._handshakes.release(conn.address, conn)
+        peer = (conn.record.peer_identity, address_of(conn.record.source))
+        conn.address = ""
+        return peer
+
     # -- the flows' Hooks ----------------------------------------------------------------
 
-    def carry(self, tracked: flows.Tracked, carrier: Carrier, peer: Peer) -> None:
+    def carry(self, tracked: flows.Tracked, carrier: Carrier, peer: Peer) -> bool:
         assert isinstance(tracked, Connection)
+        self._handshake_done(tracked)
+        key = share_key(peer)
+        admission = self._peer_carriers.admit(key, carrier, evictable=_idle)
+        if not admission.admitted:
+            limit = self._peer_carriers.per_key
+            why = f"{key[0]} from {key[1]} holds its share of {limit} carriers, none idle"
+            self._turn_away("inbound", "peer_carriers", why, "maxCarriersPerPeer")
+            tracked.record.finish("refused", why)
+            return False
+        if admission.evicted is not None:
+            admission.evicted.close()  # an idle carrier of the same peer: it has a new one
+        if self._load() >= self.services.limits.max_connections and not self._close_idle():
+            self._peer_carriers.release(key, carrier)
+            self._at_cap("inbound")
+            tracked.record.finish("refused", "the pod is at its connection cap")
+            return False
         tracked.carried = True
-        self._connections.discard(tracked)
+        self._unproven.discard(tracked)
         self._carriers[carrier] = peer
         carrier.on_closed = self._carrier_closed
         self.services.observer.carriers("server", 1)
         if self._carrier_sweep is None:
             self._carrier_sweep = self._loop.call_later(IDLE_CLOSE / 4, self._sweep_carriers)
+        return True
+
+    def admit(self, tracked: flows.Tracked) -> str | None:
+        assert isinstance(tracked, Connection)
+        peer = self._handshake_done(tracked)
+        if self.draining:
+            return f"{self.pod.name} is leaving the mesh"
+        if self._load() >= self.services.limits.max_connections:
+            self._at_cap("inbound")
+            return f"{self.pod.name} is at its connection cap"
+        if not self._peer_streams.admit(peer, tracked).admitted:
+            return self._stream_share(peer)
+        tracked.peer = peer
+        self._unproven.discard(tracked)
+        self._connections.add(tracked)
+        return None
+
+    def _stream_share(self, peer: ShareKey) -> str:
+        limit = self._peer_streams.per_key
+        why = f"{peer[0]} from {peer[1]} holds its share of {limit} connections"
+        self._turn_away("inbound", "peer_streams", why, "maxStreamsPerPeer")
+        return why
+
+    def _close_idle(self) -> bool:
+        """Make room at the cap by closing an idle carrier of the peer that holds the most."""
+        idle = [(peer, c) for c, peer in self._carriers.items() if _idle(c)]
+        if not idle:
+            return False
+        counts = self._peer_carriers.count
+        _peer, carrier = max(idle, key=lambda pc: (counts(share_key(pc[0])), -pc[1].last_active))
+        carrier.close()
+        return True
 
     def _load(self) -> int:
-        """What a new TCP connection counts against the pod's cap: connections, and
-        carriers, each a socket and TLS state whether or not it carries streams."""
+        """What a new connection counts against the pod's cap: connections, and carriers,
+        each a socket and TLS state whether or not it carries streams. Inbound connections
+        still in their handshake do not count: they have a budget of their own."""
         return len(self._connections) + len(self._carriers)
 
     def _sweep_carriers(self) -> None:
@@ -235,7 +326,9 @@ class PodEndpoint:
             self._carrier_sweep = self._loop.call_later(IDLE_CLOSE / 4, self._sweep_carriers)
 
     def _carrier_closed(self, carrier: Carrier) -> None:
-        if self._carriers.pop(carrier, None) is not None:
+        peer = self._carriers.pop(carrier, None)
+        if peer is not None:
+            self._peer_carriers.release(share_key(peer), carrier)
             self.services.observer.carriers("server", -1)
 
     def _peers_changed(self) -> None:
@@ -254,6 +347,11 @@ class PodEndpoint:
                 self._at_cap("inbound")
             return None
         conn = Connection(self, record)
+        peer = (record.peer_identity, address_of(record.source))
+        if not self._peer_streams.admit(peer, conn).admitted:
+            self._stream_share(peer)
+            return None
+        conn.peer = peer
         self._connections.add(conn)
         conn.report_opened()
         return conn
@@ -275,9 +373,24 @@ class PodEndpoint:
         if conn.active is None and not conn.carried:
             self._closed(conn)
 
+    def _never_started(self, sock: socket.socket, conn: Connection, _task: object) -> None:
+        """A task cancelled before its first step (a handshake dropped for another source
+        in the same batch of accepts) runs no ``finally``: close its socket here."""
+        if conn in self._unproven and conn.task is not None:
+            conn.task = None
+            abort(sock)
+            self._closed(conn)
+
     def _closed(self, conn: Connection) -> None:
-        if conn in self._connections:
+        if conn in self._unproven:  # its handshake failed, or its peer was turned away
+            self._unproven.discard(conn)
+            self._handshake_done(conn)
+            conn.report_opened()
+            self.services.observer.closed(conn.record)
+        elif conn in self._connections:
             self._connections.discard(conn)
+            if conn.peer is not None:
+                self._peer_streams.release(conn.peer, conn)
             conn.active = None
             conn.report_opened()  # one that failed before it was known counts too
             self.services.observer.closed(conn.record)
@@ -304,6 +417,21 @@ class PodEndpoint:
         del self._resting[listener]
         self._loop.add_reader(listener.fileno(), self._accept, listener, direction)
 
+    def _turn_away(self, direction: Direction, reason: str, why: str, key: str) -> None:
+        """Count a connection refused by a budget or share, with a throttled log line."""
+        self.services.observer.turned_away(direction, reason)
+        self.turned_away[reason] = self.turned_away.get(reason, 0) + 1
+        if self._budget_log.ready():
+            log.warning(
+                "pod %s turned away an %s connection: %s (%d so far for %s; limits.%s)",
+                self.pod.name,
+                direction,
+                why,
+                self.turned_away[reason],
+                reason,
+                key,
+            )
+
     def _at_cap(self, direction: Direction) -> None:
         self.refused_at_cap += 1
         self.services.observer.turned_away(direction, "at_cap")
@@ -325,3 +453,8 @@ class PodEndpoint:
             for conn in list(self._connections):
                 if conn.active is not None and conn.active.last_active < deadline:
                     conn.active.abort(f"idle for more than {idle:g}s", "timeout")
+
+
+def _idle(carrier: Carrier) -> bool:
+    """A carrier that could be closed without ending anyone's connection."""
+    return not carrier.streams and not carrier.closed

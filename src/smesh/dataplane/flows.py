@@ -55,11 +55,15 @@ class Hooks(Protocol):
 
     pool: CarrierPool
 
-    def carry(self, tracked: Tracked, carrier: Carrier, peer: Peer) -> None:
+    def carry(self, tracked: Tracked, carrier: Carrier, peer: Peer) -> bool:
         """An accepted connection turned out to be a carrier of streams, not one connection.
 
-        *peer* is checked again whenever the workloads change.
+        *peer* is checked again whenever the workloads change. False: it is over its share
+        or the pod at its cap (the record says why).
         """
+
+    def admit(self, tracked: Tracked) -> str | None:
+        """An accepted connection proved its peer and asks one CONNECT: why not (503), if not."""
 
     def track(self, record: ConnectionRecord) -> Tracked | None:
         """An entry for a stream that arrived on a carrier (None: the pod is at its cap)."""
@@ -205,20 +209,13 @@ async def inbound(
     tls = TlsSession(svc.tls.server_context(pod.identity), conn, server_side=True)
     try:
         t0 = loop.time()
-        await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.handshake_timeout)
+        await asyncio.wait_for(tls.handshake(flush_last=False), svc.limits.inbound_deadline)
         svc.observer.handshake("server", loop.time() - t0, tls.obj.session_reused)
         record.resumed = tls.obj.session_reused
         identity, _issued, expires = peer_certificate(tls.obj.getpeercert(True))
         record.peer_identity = str(identity)
         peer = Peer(identity, ipaddress.ip_address(conn.getpeername()[0]))
-        refusal = await svc.peers.settled(pod.identity, peer)
-        if refusal is not None:
-            # No frame or request of this peer is read: close_notify is the refusal, the
-            # closest to an alert that Python's ssl can send once the handshake is done.
-            svc.peers.refused(refusal, peer, pod.name, "after the TLS handshake")
-            record.finish("denied", f"peer refused: {refusal}")
-            await tls.close()
-            conn.close()
+        if not await _peer_admitted(pod, svc, tls, record, peer):
             return
         if tls.obj.selected_alpn_protocol() == mux.ALPN:
             streams = InboundStreams(pod, svc, hooks, peer, record.source)
@@ -231,9 +228,13 @@ async def inbound(
                 on_open=streams.opened,
             )
             carrier.peer_expires = expires
-            hooks.carry(tracked, carrier, peer)
-            carried = True
-            carrier.start()  # also sends the handshake's last flight
+            carried = hooks.carry(tracked, carrier, peer)
+            if carried:
+                carrier.start()  # also sends the handshake's last flight
+            return
+        over_share = hooks.admit(tracked)
+        if over_share is not None:
+            await _refuse(tls, record, 503, over_share)
             return
         tracked.report_opened()
         local = await _serve_connect(pod, svc, tls, tracked, peer)
@@ -256,6 +257,24 @@ async def inbound(
                 abort(conn)
             if local is not None:
                 local.close()
+
+
+async def _peer_admitted(
+    pod: PodConfig, svc: Services, tls: TlsSession, record: ConnectionRecord, peer: Peer
+) -> bool:
+    """Whether a proven peer may speak here (trust domain, identity bound to its address).
+
+    A refused one has no frame or request read: close_notify is the refusal, the closest
+    to an alert that Python's ssl can send once the handshake is done.
+    """
+    refusal = await svc.peers.settled(pod.identity, peer)
+    if refusal is None:
+        return True
+    svc.peers.refused(refusal, peer, pod.name, "after the TLS handshake")
+    record.finish("denied", f"peer refused: {refusal}")
+    await tls.close()
+    tls.sock.close()
+    return False
 
 
 class InboundStreams:

@@ -8,6 +8,10 @@ A carrier takes no new streams once it holds :data:`MAX_STREAMS` of them, once i
 older than :data:`MAX_AGE` (so a renewed certificate or policy-relevant identity change
 reaches every pair of pods soon), or once the certificate generation changed. Carriers
 without streams are closed (close_notify) after :data:`IDLE_CLOSE`.
+
+One destination pod gets at most ``limits.max_streams_per_peer`` of this pod's streams, so
+an app holding thousands of connections to one pod leaves this pod's cap to its other
+flows (and the destination's to other pods).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import functools
 import logging
 from typing import Any
 
+from smesh.dataplane.budget import Throttle
 from smesh.dataplane.carrier import Carrier
 from smesh.dataplane.context import IPAddress, PodConfig, Services
-from smesh.dataplane.dial import dial
+from smesh.dataplane.dial import ConnectFailed, dial
 from smesh.dataplane.sockets import abort
 from smesh.dataplane.tlsio import TlsSession
 from smesh.identity.spiffe import SpiffeId
@@ -33,6 +38,7 @@ log = logging.getLogger("smesh.dataplane")
 MAX_STREAMS = mux.MAX_STREAMS
 MAX_AGE = 600.0
 IDLE_CLOSE = 60.0
+SHARE_LOG_INTERVAL = 5.0
 
 Key = tuple[IPAddress, SpiffeId, int]
 
@@ -48,6 +54,9 @@ class CarrierPool:
         self.services = services
         self._loop = asyncio.get_running_loop()
         self._carriers: dict[Key, list[Carrier]] = {}
+        self._to: dict[IPAddress, list[Carrier]] = {}  # the same carriers, by destination
+        self._share_log = Throttle(SHARE_LOG_INTERVAL)
+        self.over_share = 0
         self._connecting: dict[Key, asyncio.Task[Carrier]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -59,8 +68,29 @@ class CarrierPool:
         """A connected carrier with room for one more stream, if there is one now."""
         if self._closed:
             return None
+        if self._streams_to(ip) >= self.services.limits.max_streams_per_peer:
+            return None  # get() says why
         _ctx, generation = self.services.tls.client_context(self.pod.identity)
         return self._ready((ip, expected, generation))
+
+    def _streams_to(self, ip: IPAddress) -> int:
+        return sum(len(carrier.streams) for carrier in self._to.get(ip, ()))
+
+    def _check_share(self, ip: IPAddress) -> None:
+        """Refuse a stream to a destination pod that has this pod's whole share already."""
+        share = self.services.limits.max_streams_per_peer
+        if self._streams_to(ip) < share:
+            return
+        self.over_share += 1
+        self.services.observer.turned_away("outbound", "peer_streams")
+        why = f"{self.pod.name} holds its share of {share} connections to {ip}"
+        if self._share_log.ready():
+            log.warning(
+                "%s: resetting new connections to it (%d so far; limits.maxStreamsPerPeer)",
+                why,
+                self.over_share,
+            )
+        raise ConnectFailed("refused", why)
 
     def _ready(self, key: Key) -> Carrier | None:
         now = self._loop.time()
@@ -76,6 +106,7 @@ class CarrierPool:
         while True:
             if self._closed:
                 raise TunnelError("the pod is leaving the mesh")
+            self._check_share(ip)
             ready = self._ready(key)
             if ready is not None:
                 return ready
@@ -85,6 +116,7 @@ class CarrierPool:
                 self._connecting[key] = task
                 task.add_done_callback(functools.partial(self._connected, key))
             carrier = await asyncio.shield(task)
+            self._check_share(ip)  # the streams of others that waited for it count too
             if len(carrier.streams) < MAX_STREAMS and not carrier.closed:
                 return carrier
 
@@ -123,6 +155,7 @@ class CarrierPool:
             carrier.abort("the pod is leaving the mesh")
             raise TunnelError("the pod is leaving the mesh")
         self._carriers.setdefault(key, []).append(carrier)
+        self._to.setdefault(ip, []).append(carrier)
         svc.observer.carriers("client", 1)
         carrier.start()
         if self._sweeper is None:
@@ -136,6 +169,10 @@ class CarrierPool:
             self.services.observer.carriers("client", -1)
             if not group:
                 del self._carriers[carrier.key]
+            ip = carrier.key[0]
+            self._to[ip].remove(carrier)
+            if not self._to[ip]:
+                del self._to[ip]
 
     def _sweep(self) -> None:
         self._sweeper = None

@@ -1,55 +1,235 @@
-"""Runs in a pod: open COUNT connections to HOST:PORT at once and hold them, as an attacker would.
+"""Load for the budget tests, run inside lab pods and nodes; JSON lines on stdout.
 
-``flood.py HOST PORT COUNT HOLD FIRST_PORT``: non-blocking connects as fast as they go
-(bounded by COUNT and 60 s) from source ports FIRST_PORT, FIRST_PORT + 1, ... (the kernel's
-own search for a free ephemeral port slows to a crawl with tens of thousands in use),
-every socket kept open until all are attempted and then for HOLD seconds more; prints one
-JSON line: attempted, failed at once, and how many the server had closed.
+    stall HOST PORT IDLE HELLOS SECS   hold IDLE TCP connections that send nothing and
+                                       HELLOS that send a TLS ClientHello and stop there;
+                                       every second, open again the ones that were reset.
+                                       Prints READY after the first round, then a report.
+    hold HOST PORT COUNT SECS          open COUNT connections (through the mesh, from a
+                                       pod) and hold them; a report of how many are alive
+                                       once that number settles, then one at the end.
+    carriers HOST PORT COUNT CERT KEY SECS
+                                       open COUNT idle carriers (TLS, ALPN smesh-mux/1) with
+                                       a valid certificate, one after the other; a report of
+                                       how many are still open, then one at the end.
+    sink PORT                          echo server for thousands of connections (selectors):
+                                       READY, then it runs until killed.
+
+Both clients stop by themselves after SECS: a test that dies leaves no flood behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
-import select
+import selectors
 import socket
+import ssl
 import sys
 import time
 
+ROUND = 1.0  # seconds between top-ups
+
+
+def report(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def more_descriptors(count: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(count + 200, hard) if hard != resource.RLIM_INFINITY else count + 200
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def client_hello() -> bytes:
+    ctx = ssl.create_default_context()
+    out = ssl.MemoryBIO()
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname="pod-3")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+class Full(Exception):
+    """The listener's backlog is full (a connect timed out): try again next round."""
+
+
+def open_one(host: str, port: int, first: bytes) -> socket.socket | None:
+    """A connection (with *first* sent), None if it was reset at once; raises Full."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(2)
+    try:
+        sock.connect((host, port))
+        if first:
+            sock.sendall(first)
+    except TimeoutError:
+        sock.close()
+        raise Full from None
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+def alive(sock: socket.socket) -> bool:
+    """Not reset or closed by the other side (whatever it sent is read and dropped)."""
+    try:
+        while True:
+            if not sock.recv(65536):
+                return False
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+
+
+def top_up(
+    held: list[socket.socket], target: int, host: str, port: int, first: bytes
+) -> tuple[list[socket.socket], int]:
+    """Drop the dead, open new ones up to *target*; the list and how many were opened."""
+    live = []
+    for sock in held:
+        if alive(sock):
+            live.append(sock)
+        else:
+            sock.close()
+    opened = 0
+    for _ in range(target - len(live)):
+        try:
+            sock = open_one(host, port, first)
+        except Full:
+            break
+        opened += 1
+        if sock is not None:
+            live.append(sock)
+    return live, opened
+
+
+def stall(host: str, port: int, idle: int, hellos: int, seconds: float) -> None:
+    more_descriptors(idle + hellos)
+    hello = client_hello()
+    end = time.monotonic() + seconds
+    plain: list[socket.socket] = []
+    tls: list[socket.socket] = []
+    opened = rounds = 0
+    while True:
+        plain, n = top_up(plain, idle, host, port, b"")
+        opened += n
+        tls, n = top_up(tls, hellos, host, port, hello)
+        opened += n
+        rounds += 1
+        if rounds == 1:
+            print("READY", flush=True)
+        if time.monotonic() >= end:
+            break
+        time.sleep(ROUND)
+    time.sleep(1)  # what the last round opened is accepted (and reset) by now
+    report(opened=opened, rounds=rounds, alive=sum(map(alive, plain + tls)))
+
+
+def hold(host: str, port: int, count: int, seconds: float) -> None:
+    more_descriptors(count)
+    end = time.monotonic() + seconds
+    held = []
+    for _ in range(count):
+        with contextlib.suppress(Full):
+            sock = open_one(host, port, b"")
+            if sock is not None:
+                held.append(sock)
+    settled = time.monotonic() + 30
+    while time.monotonic() < settled:  # until the mesh has reset what is past the share
+        time.sleep(ROUND * 2)
+        before, held = len(held), [s for s in held if alive(s)]
+        if len(held) == before:
+            break
+    report(ready=True, held=len(held))
+    while time.monotonic() < end:
+        time.sleep(ROUND)
+    report(held=sum(map(alive, held)))
+
+
+def carrier_alive(sock: ssl.SSLSocket) -> bool:
+    try:
+        while True:
+            if not sock.recv(65536):
+                return False
+    except ssl.SSLWantReadError:
+        return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def carriers(host: str, port: int, count: int, pem: tuple[str, str], seconds: float) -> None:
+    more_descriptors(count)
+    end = time.monotonic() + seconds
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the attacker does not care who answers
+    ctx.load_cert_chain(*pem)
+    ctx.set_alpn_protocols(["smesh-mux/1"])
+    held: list[ssl.SSLSocket] = []
+    refused = 0
+    for _ in range(count):
+        try:
+            sock = ctx.wrap_socket(socket.create_connection((host, port), timeout=5))
+            sock.setblocking(False)
+            held.append(sock)
+        except OSError:
+            refused += 1
+    time.sleep(1)
+    held = [s for s in held if carrier_alive(s)]
+    report(ready=True, held=len(held), refused=refused)
+    while time.monotonic() < end:
+        time.sleep(ROUND)
+    report(held=sum(map(carrier_alive, held)))
+
+
+def sink(port: int) -> None:
+    more_descriptors(16000)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", port))
+    listener.listen(4096)
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    print("READY", flush=True)
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock is listener:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        conn, _ = listener.accept()
+                        conn.setblocking(False)
+                        sel.register(conn, selectors.EVENT_READ)
+                continue
+            try:
+                data = sock.recv(65536)
+                if data:
+                    sock.send(data)  # small echoes: the buffer takes them
+                    continue
+            except OSError:
+                pass
+            sel.unregister(sock)
+            sock.close()
+
 
 def main() -> None:
-    host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    hold, first_port = float(sys.argv[4]), int(sys.argv[5])
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # COUNT must fit below it
-    socks: list[socket.socket] = []
-    failed = 0
-    deadline = time.monotonic() + 60
-    while len(socks) + failed < count and time.monotonic() < deadline:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            sock.bind(("0.0.0.0", first_port + len(socks) + failed))
-        except OSError:
-            failed += 1
-            sock.close()
-            continue
-        if sock.connect_ex((host, port)) not in (0, 115):  # EINPROGRESS
-            failed += 1
-            sock.close()
-            continue
-        socks.append(sock)
-    time.sleep(hold)
-    closed = 0
-    poller = select.poll()
-    for sock in socks:
-        poller.register(sock, select.POLLIN)
-    for _fd, events in poller.poll(0):
-        if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
-            closed += 1
-    print(json.dumps({"attempted": len(socks) + failed, "failed": failed, "closed": closed}))
-    for sock in socks:
-        sock.close()
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "stall":
+        stall(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
+    elif mode == "hold":
+        hold(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif mode == "carriers":
+        carriers(args[0], int(args[1]), int(args[2]), (args[3], args[4]), float(args[5]))
+    elif mode == "sink":
+        sink(int(args[0]))
+    else:
+        raise SystemExit(f"unknown mode {mode} {args}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from tests.integration.mesh.test_adversarial import credential, lab_ca
 PY = sys.executable
 HERE = Path(__file__).parent
 PEER = str(HERE.parent / "capture" / "peer.py")
-FLOOD = str(HERE / "flood.py")
+FLOOD = str(HERE / "connect_flood.py")
 POD3 = "198.18.2.2"
 
 

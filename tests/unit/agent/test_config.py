@@ -35,6 +35,11 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.admin.max_connections == 64
     assert cfg.admin.read_timeout == 2.0
     assert cfg.credential_cache_dir == Path("/var/lib/smesh/node-1/credentials")
+    assert cfg.timeouts.inbound_handshake == 3.0
+    assert cfg.limits.max_handshakes_per_source == 8
+    assert cfg.limits.max_handshakes_per_pod == 128
+    assert cfg.limits.max_carriers_per_peer == 16
+    assert cfg.limits.max_streams_per_peer == 1024
 
 
 def test_the_credential_cache_can_be_put_elsewhere(tmp_path: Path) -> None:
@@ -85,6 +90,14 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
         ),
         ("node: n\nworkloads: /w\nadmin: {maxConnections: 0}\n", "admin.maxConnections: "),
         ("node: n\nworkloads: /w\nadmin: {readTimeout: 0s}\n", "admin.readTimeout: "),
+        ("node: n\nworkloads: /w\ntimeouts: {inboundHandshake: 0s}\n", "inboundHandshake: "),
+        ("node: n\nworkloads: /w\nlimits: {maxHandshakesPerSource: 0}\n", "maxHandshakesPerSource"),
+        ("node: n\nworkloads: /w\nlimits: {maxCarriersPerPeer: 0}\n", "limits.maxCarriersPerPeer"),
+        ("node: n\nworkloads: /w\nlimits: {maxStreamsPerPeer: x}\n", "limits.maxStreamsPerPeer"),
+        (
+            "node: n\nworkloads: /w\nlimits: {maxHandshakesPerSource: 9, maxHandshakesPerPod: 8}\n",
+            "limits: maxHandshakesPerSource (9) is more than maxHandshakesPerPod (8)",
+        ),
         ("[1, 2]\n", "expected a mapping"),
         ("node: [\n", "not valid YAML at line"),
     ],

@@ -241,19 +241,28 @@ def mux_connection(mesh: Mesh) -> ssl.SSLSocket:
     return sock
 
 
-def test_carriers_count_against_the_pods_cap(tmp_path: Path) -> None:
+def test_carriers_count_against_the_pods_cap_and_idle_ones_make_room(tmp_path: Path) -> None:
     mesh = Mesh(tmp_path, Limits(max_connections=5))
     held: list[ssl.SSLSocket] = []
+    release = threading.Event()
+    server = Server(lambda conn: release.wait(10))
     try:
         held += [mux_connection(mesh) for _ in range(5)]
         deadline = time.monotonic() + 5
         while mesh.call(lambda: len(mesh.server._carriers)) < 5:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        with pytest.raises((ConnectionResetError, ssl.SSLError, OSError)):
-            held.append(mux_connection(mesh))  # the sixth: reset at accept
+        held.append(mux_connection(mesh))  # the sixth: the oldest idle one makes room
+        held[0].settimeout(5)
+        assert held[0].recv(100) == b""
+        for sock in held[1:]:  # five carriers, each busy with a stream
+            assert first_answer(sock, 1, server.port)[0] == mux.OK
+        refused = mux_connection(mesh)  # no idle carrier left: reset after its handshake
+        assert first_answer(refused, 1, server.port) == (0, b"")
         assert ("inbound", "at_cap") in mesh.recorder.away
     finally:
+        release.set()
+        server.close()
         for sock in held:
             sock.close()
         mesh.close()
