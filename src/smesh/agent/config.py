@@ -145,6 +145,14 @@ class LimitSettings(_Section):
     # How far all streams' receive windows together may grow past the initial window
     # (smesh.tunnel.window); 0 keeps every window at its initial size.
     stream_window_budget_mib: int = Field(default=64, ge=0, alias="streamWindowBudgetMiB")
+    # What the agent may hold for apps that do not read (smesh.tunnel.window.HeldBudget),
+    # all pods together and per pod; past it windows shrink, then streams are reset.
+    unread_budget_mib: int = Field(default=128, ge=1, le=65536, alias="unreadBudgetMiB")
+    unread_budget_per_pod_mib: int = Field(
+        default=64, ge=1, le=65536, alias="unreadBudgetPerPodMiB"
+    )
+    # The kernel send buffer of the agent's sockets to apps (SO_SNDBUF); 0: autotuned.
+    app_send_buffer_kib: int = Field(default=256, ge=0, le=65536, alias="appSendBufferKiB")
 
 
 class LogSettings(_Section):

@@ -22,6 +22,7 @@ from smesh.capture import original_destination
 from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services
 from smesh.dataplane.endpoint import PodEndpoint
 from smesh.dataplane.records import ConnectionRecord
+from smesh.dataplane.relay import Scratch
 from smesh.errors import SmeshError
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.credential import Credential
@@ -31,7 +32,7 @@ from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSign
 from smesh.identity.spiffe import SpiffeId
 from smesh.linux.netns import Namespace, NamespaceHandles
 from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
-from smesh.tunnel.window import GrowthBudget
+from smesh.tunnel.window import GrowthBudget, HeldBudget
 
 if TYPE_CHECKING:
     from smesh.agent.node import Agent
@@ -115,7 +116,7 @@ class MeshWiring:
         self._agent = agent
         source = certificate_source(self.config, agent)
         self.certs = CertificateManager(source, on_renewed=self._renewed)
-        t = self.config.timeouts
+        t, lim = self.config.timeouts, self.config.limits
         self.services = Services(
             tls=self,
             route=self._route,
@@ -127,12 +128,24 @@ class MeshWiring:
                 connect_timeout=t.connect,
                 request_timeout=t.request,
                 idle_timeout=t.idle,
-                max_connections=self.config.limits.max_connections_per_pod,
+                max_connections=lim.max_connections_per_pod,
             ),
-            windows=GrowthBudget(self.config.limits.stream_window_budget_mib * 1024 * 1024),
+            windows=GrowthBudget(
+                self.config.limits.stream_window_budget_mib * 1024 * 1024,
+                held=HeldBudget(
+                    lim.unread_budget_mib * 1024 * 1024,
+                    lim.unread_budget_per_pod_mib * 1024 * 1024,
+                    on_shrink=agent.metrics.window_shrinks.inc,
+                    on_reset=agent.metrics.unread_resets.inc,
+                ),
+            ),
+            scratch=Scratch(app_send_buffer=lim.app_send_buffer_kib * 1024),
         )
         windows = self.services.windows
         agent.metrics.window_growth.set_function(lambda: windows.in_use)
+        agent.metrics.unread.set_function(lambda: windows.held.held)
+        agent.metrics.unread_budget.labels("node").set(windows.held.limit)
+        agent.metrics.unread_budget.labels("pod").set(windows.held.pod_limit)
         self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
         agent.depends_on(self._renewals)
 

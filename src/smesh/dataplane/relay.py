@@ -26,7 +26,13 @@ import ssl
 from collections.abc import Callable
 
 from smesh.dataplane.records import ConnectionRecord
-from smesh.dataplane.sockets import abort, send_gathered, send_rest
+from smesh.dataplane.sockets import (
+    abort,
+    bound_send_buffer,
+    send_buffer,
+    send_gathered,
+    send_rest,
+)
 from smesh.dataplane.tlsio import MAX_RECORD, TlsSession, decrypt_into
 
 log = logging.getLogger("smesh.dataplane")
@@ -41,16 +47,42 @@ PENDING_BOUND = 2 * (BATCH + BATCH // 16 + MAX_RECORD)  # both directions, worst
 CARRIER_BATCH = 512 * 1024
 
 
+# The kernel's send buffer on the agent's sockets to apps (limits.appSendBufferKiB): what a
+# stalled app's connection may keep queued in the kernel, beside what the agent holds.
+APP_SEND_BUFFER = 256 * 1024
+
+
 class Scratch:
     """Buffers shared by all relays and carriers of one event loop (callbacks never
-    interleave): relays and splices use the first :data:`BATCH` bytes, carriers all."""
+    interleave): relays and splices use the first :data:`BATCH` bytes, carriers all.
 
-    def __init__(self, size: int = BATCH, carrier_size: int = CARRIER_BATCH) -> None:
+    It also carries the one setting every app-facing socket of the loop gets, the bound on
+    its kernel send buffer (*app_send_buffer*, 0: the kernel's autotuning).
+    """
+
+    def __init__(
+        self,
+        size: int = BATCH,
+        carrier_size: int = CARRIER_BATCH,
+        app_send_buffer: int = APP_SEND_BUFFER,
+    ) -> None:
         self.size = size
+        self.app_send_buffer = app_send_buffer
         total = max(size, carrier_size)
         recv, plain = memoryview(bytearray(total)), memoryview(bytearray(total))
         self.recv, self.plain = recv[:size], plain[:size]
         self.carrier_recv, self.carrier_plain = recv[:carrier_size], plain[:carrier_size]
+
+    def bound(self, app: socket.socket) -> None:
+        """Give an app-facing socket the bounded kernel send buffer."""
+        if self.app_send_buffer:
+            bound_send_buffer(app, self.app_send_buffer)
+
+    def kernel_held(self, app: socket.socket) -> int:
+        """What a stalled app's socket may keep in the kernel's send buffer."""
+        if self.app_send_buffer:
+            return 2 * self.app_send_buffer  # as the kernel counts it, bookkeeping included
+        return send_buffer(app)
 
 
 class Relay:
@@ -87,6 +119,7 @@ class Relay:
         self.record = record
         self.scratch = scratch
         self._on_done = on_done
+        scratch.bound(plain)  # the app's socket: a stalled app keeps a bounded queue
         self._plain_fd = plain.fileno()
         self._tls_fd = tls.sock.fileno()
         self._up_pending: memoryview | None = None  # ciphertext not yet sent to the tunnel
