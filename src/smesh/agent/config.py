@@ -147,7 +147,7 @@ class LimitSettings(_Section):
     stream_window_budget_mib: int = Field(default=64, ge=0, alias="streamWindowBudgetMiB")
     # What the agent may hold for apps that do not read (smesh.tunnel.window.HeldBudget),
     # all pods together and per pod; past it windows shrink, then streams are reset.
-    unread_budget_mib: int = Field(default=128, ge=1, le=65536, alias="unreadBudgetMiB")
+    unread_budget_mib: int = Field(default=256, ge=1, le=65536, alias="unreadBudgetMiB")
     unread_budget_per_pod_mib: int = Field(
         default=64, ge=1, le=65536, alias="unreadBudgetPerPodMiB"
     )

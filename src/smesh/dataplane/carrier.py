@@ -69,6 +69,7 @@ class Stream:
         "_active_at",
         "_cancel_setup",
         "_held",
+        "_kernel",
         "_loop",
         "_on_done",
         "_on_ready",
@@ -106,6 +107,7 @@ class Stream:
         self.send_credit = mux.INITIAL_WINDOW  # DATA we may still send
         self._account: PodAccount = carrier.windows.held.pod(record.pod)
         self._held = 0  # counted against the pod's budget: pending, and a stalled socket
+        self._kernel = 0  # what the app's socket may queue in the kernel (its send buffer)
         self.window = ReceiveWindow(carrier.windows, self._loop.time, self._account)
         self.pending: list[bytes] = []  # DATA the app has not taken yet
         self.pending_size = 0
@@ -126,7 +128,7 @@ class Stream:
             abort(app)
             return
         self.app = app
-        self.carrier.scratch.bound(app)
+        self._kernel = self.carrier.scratch.bound(app)
         self._loop.add_reader(app.fileno(), self._read_app)
         if self.pending:
             self._loop.add_writer(app.fileno(), self._flush_app)
@@ -263,7 +265,7 @@ class Stream:
         one the stream is reset (its initial window was granted before any of this)."""
         held = self.pending_size
         if held and app is not None:  # the kernel's send buffer to the app is full too
-            held += self.carrier.scratch.kernel_held(app)
+            held += self._kernel
         self._account.change(self._held, held)
         self._held = held
         if self._account.over_share(held):
@@ -292,8 +294,13 @@ class Stream:
         """The app took *size* bytes: hand the credit back once there is enough of it."""
         if self.remote_fin:
             return  # no more DATA comes: no credit to hand back
-        increment = self.window.taken(size, caught_up)
+        window = self.window
+        before = window.size
+        increment = window.taken(size, caught_up)
         if increment:
+            if window.size > before and before == mux.INITIAL_WINDOW and self.app is not None:
+                # The app reads fast: its socket gets the buffer of a bulk stream back.
+                self._kernel = self.carrier.scratch.unbound(self.app)
             self.carrier.send_control(mux.window_frame(self.id, increment))
 
     def _flush_app(self) -> None:
@@ -330,7 +337,7 @@ class Stream:
         """The app took some: what is left counts (never a reset: the app is reading)."""
         held = self.pending_size
         if held and self.app is not None:
-            held += self.carrier.scratch.kernel_held(self.app)
+            held += self._kernel
         if held != self._held:
             self._account.change(self._held, held)
             self._held = held

@@ -50,6 +50,9 @@ CARRIER_BATCH = 512 * 1024
 # The kernel's send buffer on the agent's sockets to apps (limits.appSendBufferKiB): what a
 # stalled app's connection may keep queued in the kernel, beside what the agent holds.
 APP_SEND_BUFFER = 256 * 1024
+# ... and what it gets once its app has shown it reads fast (its stream's window grew):
+# about what the kernel's autotuning gives a bulk loopback connection (tcp_wmem's maximum).
+FAST_APP_SEND_BUFFER = 2 * 1024 * 1024
 
 
 class Scratch:
@@ -73,16 +76,21 @@ class Scratch:
         self.recv, self.plain = recv[:size], plain[:size]
         self.carrier_recv, self.carrier_plain = recv[:carrier_size], plain[:carrier_size]
 
-    def bound(self, app: socket.socket) -> None:
-        """Give an app-facing socket the bounded kernel send buffer."""
-        if self.app_send_buffer:
-            bound_send_buffer(app, self.app_send_buffer)
+    def bound(self, app: socket.socket) -> int:
+        """Give an app-facing socket the bounded kernel send buffer; what it may hold."""
+        if not self.app_send_buffer:
+            return send_buffer(app)  # autotuned: what it is now, an estimate
+        bound_send_buffer(app, self.app_send_buffer)
+        return 2 * self.app_send_buffer  # as the kernel counts it, bookkeeping included
 
-    def kernel_held(self, app: socket.socket) -> int:
-        """What a stalled app's socket may keep in the kernel's send buffer."""
-        if self.app_send_buffer:
-            return 2 * self.app_send_buffer  # as the kernel counts it, bookkeeping included
-        return send_buffer(app)
+    def unbound(self, app: socket.socket) -> int:
+        """Give a fast app's socket a bulk stream's send buffer; what it may hold now."""
+        if not self.app_send_buffer:
+            return send_buffer(app)
+        size = max(self.app_send_buffer, FAST_APP_SEND_BUFFER)
+        if size > self.app_send_buffer:
+            bound_send_buffer(app, size)
+        return 2 * size
 
 
 class Relay:

@@ -15,10 +15,11 @@ agent (and in the kernel's buffers of the agent's socket to it); with hundreds o
 streams that grew without bound (issue 18: 400 streams held 220 MiB in an agent, and the
 node's TCP memory passed the kernel's pressure threshold). A :class:`HeldBudget` counts
 those bytes node-wide and per pod; as it fills, a window hands back less credit than its
-app took (:data:`SHRINK_FROM`), down to :data:`MIN_WINDOW`, and a stream whose DATA
-would take a full budget past its share is reset by the carrier. A window cannot shrink
-before the peer has used its initial credit (the protocol grants :data:`INITIAL_WINDOW`
-up front), so the reset is what makes the budget a bound.
+app took (past :data:`SHRINK_FROM` of it, and only while the app is behind), down to
+:data:`MIN_WINDOW`, and a stream whose DATA would take a full budget past its share is
+reset by the carrier. A window cannot shrink before the peer has used its initial credit
+(the protocol grants :data:`INITIAL_WINDOW` up front), so the reset is what makes the
+budget a bound.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ GROW_WITHIN = 0.010  # seconds
 GROWTH_BUDGET = 64 * 1024 * 1024  # default of limits.streamWindowBudgetMiB
 MIN_WINDOW = 64 * 1024  # a shrunk window: a slow app still gets whole batches
 SHRINK_FROM = 0.5  # the fill of a budget past which windows shrink (and stop growing)
-HELD_BUDGET = 128 * 1024 * 1024  # default of limits.unreadBudgetMiB (node)
+HELD_BUDGET = 256 * 1024 * 1024  # default of limits.unreadBudgetMiB (node)
 HELD_BUDGET_PER_POD = 64 * 1024 * 1024  # default of limits.unreadBudgetPerPodMiB
 LOG_EVERY = 5.0  # seconds between log lines about streams reset over budget
 
@@ -205,7 +206,8 @@ class ReceiveWindow:
         now = self._clock()
         pressure = self._account.pressure()  # once per grant, not per message
         if pressure > SHRINK_FROM:
-            increment -= self._shrink(pressure)
+            if not caught_up:  # an app that keeps up holds nothing: its window stays
+                increment -= self._shrink(pressure)
         elif self.size < INITIAL_WINDOW:  # the pressure is gone: back to the initial window
             increment += INITIAL_WINDOW - self.size
             self.size = INITIAL_WINDOW

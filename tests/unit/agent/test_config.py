@@ -32,6 +32,9 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.capture.plaintext_ports == ()
     assert cfg.event_loop == "uvloop"
     assert cfg.limits.stream_window_budget_mib == 64
+    assert cfg.limits.unread_budget_mib == 256
+    assert cfg.limits.unread_budget_per_pod_mib == 64
+    assert cfg.limits.app_send_buffer_kib == 256
 
 
 def test_durations_take_units(tmp_path: Path) -> None:
@@ -71,6 +74,12 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
             "node: n\nworkloads: /w\nlimits: {streamWindowBudgetMiB: -1}\n",
             "limits.streamWindowBudgetMiB: ",
         ),
+        ("node: n\nworkloads: /w\nlimits: {unreadBudgetMiB: 0}\n", "limits.unreadBudgetMiB: "),
+        (
+            "node: n\nworkloads: /w\nlimits: {unreadBudgetPerPodMiB: x}\n",
+            "limits.unreadBudgetPerPodMiB: ",
+        ),
+        ("node: n\nworkloads: /w\nlimits: {appSendBufferKiB: -1}\n", "limits.appSendBufferKiB: "),
         ("[1, 2]\n", "expected a mapping"),
         ("node: [\n", "not valid YAML at line"),
     ],
