@@ -151,8 +151,11 @@ class LimitSettings(_Section):
     unread_budget_per_pod_mib: int = Field(
         default=64, ge=1, le=65536, alias="unreadBudgetPerPodMiB"
     )
-    # The kernel send buffer of the agent's sockets to apps (SO_SNDBUF); 0: autotuned.
-    app_send_buffer_kib: int = Field(default=256, ge=0, le=65536, alias="appSendBufferKiB")
+    # The kernel send buffer of the agent's sockets to apps (SO_SNDBUF), and the receive
+    # buffer of a stream's socket from its app (SO_RCVBUF); 0: autotuned. Both grow to
+    # 2 MiB once a stream shows it is fast.
+    app_send_buffer_kib: int = Field(default=64, ge=0, le=65536, alias="appSendBufferKiB")
+    app_receive_buffer_kib: int = Field(default=64, ge=0, le=65536, alias="appReceiveBufferKiB")
 
 
 class LogSettings(_Section):

@@ -139,7 +139,10 @@ class MeshWiring:
                     on_reset=agent.metrics.unread_resets.inc,
                 ),
             ),
-            scratch=Scratch(app_send_buffer=lim.app_send_buffer_kib * 1024),
+            scratch=Scratch(
+                app_send_buffer=lim.app_send_buffer_kib * 1024,
+                app_receive_buffer=lim.app_receive_buffer_kib * 1024,
+            ),
         )
         windows = self.services.windows
         agent.metrics.window_growth.set_function(lambda: windows.in_use)

@@ -128,7 +128,9 @@ class Stream:
             abort(app)
             return
         self.app = app
-        self._kernel = self.carrier.scratch.bound(app)
+        scratch = self.carrier.scratch
+        self._kernel = scratch.bound(app)
+        scratch.bound_receive(app)
         self._loop.add_reader(app.fileno(), self._read_app)
         if self.pending:
             self._loop.add_writer(app.fileno(), self._flush_app)
@@ -214,7 +216,10 @@ class Stream:
     def credit(self, increment: int) -> None:
         """WINDOW from the peer: read the app again if it was waiting for credit."""
         was_out = self.send_credit <= 0
-        self.send_credit += increment
+        credit = self.send_credit
+        self.send_credit = credit + increment
+        if credit <= mux.INITIAL_WINDOW < credit + increment and self.app is not None:
+            self.carrier.scratch.unbound_receive(self.app)  # the peer grew our window
         self._active_at = self._loop.time()  # the peer's app took DATA: not idle, if slow
         if was_out and self.app is not None and not self.local_fin and self.record.result == "open":
             if self.carrier.congested:

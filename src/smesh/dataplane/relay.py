@@ -28,6 +28,7 @@ from collections.abc import Callable
 from smesh.dataplane.records import ConnectionRecord
 from smesh.dataplane.sockets import (
     abort,
+    bound_receive_buffer,
     bound_send_buffer,
     send_buffer,
     send_gathered,
@@ -49,18 +50,23 @@ CARRIER_BATCH = 512 * 1024
 
 # The kernel's send buffer on the agent's sockets to apps (limits.appSendBufferKiB): what a
 # stalled app's connection may keep queued in the kernel, beside what the agent holds.
-APP_SEND_BUFFER = 256 * 1024
-# ... and what it gets once its app has shown it reads fast (its stream's window grew):
-# about what the kernel's autotuning gives a bulk loopback connection (tcp_wmem's maximum).
-FAST_APP_SEND_BUFFER = 2 * 1024 * 1024
+APP_SEND_BUFFER = 64 * 1024
+# The receive buffer of a stream's socket from its app (limits.appReceiveBufferKiB): what
+# an app may write ahead while its stream waits for credit. 64 KiB is what the kernel
+# starts every TCP socket with (tcp_rmem's default, which it counts as 128 KiB).
+APP_RECEIVE_BUFFER = 64 * 1024
+# What both get once the stream has shown it is fast (its or its peer's window grew):
+# about what the kernel's autotuning gives a bulk loopback connection.
+FAST_APP_BUFFER = 2 * 1024 * 1024
 
 
 class Scratch:
     """Buffers shared by all relays and carriers of one event loop (callbacks never
     interleave): relays and splices use the first :data:`BATCH` bytes, carriers all.
 
-    It also carries the one setting every app-facing socket of the loop gets, the bound on
-    its kernel send buffer (*app_send_buffer*, 0: the kernel's autotuning).
+    It also carries the settings of the loop's app-facing sockets: the bound on their
+    kernel send buffer (*app_send_buffer*) and, for streams, receive buffer
+    (*app_receive_buffer*); 0 leaves either to the kernel's autotuning.
     """
 
     def __init__(
@@ -68,9 +74,11 @@ class Scratch:
         size: int = BATCH,
         carrier_size: int = CARRIER_BATCH,
         app_send_buffer: int = APP_SEND_BUFFER,
+        app_receive_buffer: int = APP_RECEIVE_BUFFER,
     ) -> None:
         self.size = size
         self.app_send_buffer = app_send_buffer
+        self.app_receive_buffer = app_receive_buffer
         total = max(size, carrier_size)
         recv, plain = memoryview(bytearray(total)), memoryview(bytearray(total))
         self.recv, self.plain = recv[:size], plain[:size]
@@ -87,10 +95,20 @@ class Scratch:
         """Give a fast app's socket a bulk stream's send buffer; what it may hold now."""
         if not self.app_send_buffer:
             return send_buffer(app)
-        size = max(self.app_send_buffer, FAST_APP_SEND_BUFFER)
+        size = max(self.app_send_buffer, FAST_APP_BUFFER)
         if size > self.app_send_buffer:
             bound_send_buffer(app, size)
         return 2 * size
+
+    def bound_receive(self, app: socket.socket) -> None:
+        """Give a stream's app socket the bounded receive buffer."""
+        if self.app_receive_buffer:
+            bound_receive_buffer(app, self.app_receive_buffer)
+
+    def unbound_receive(self, app: socket.socket) -> None:
+        """The stream's peer reads fast: its app may write ahead as a bulk sender does."""
+        if self.app_receive_buffer and self.app_receive_buffer < FAST_APP_BUFFER:
+            bound_receive_buffer(app, FAST_APP_BUFFER)
 
 
 class Relay:

@@ -10,6 +10,7 @@ import struct
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux; past net.core.wmem_max
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; past net.core.rmem_max
 
 
 def prepare(sock: socket.socket) -> socket.socket:
@@ -34,6 +35,20 @@ def bound_send_buffer(sock: socket.socket, size: int) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def bound_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Cap the kernel's receive buffer of an app-facing socket at *size* bytes of data.
+
+    The agent stops reading an app whose peer has no credit left, and the kernel then
+    keeps what the app goes on writing, up to a receive buffer that autotuning grew while
+    the agent still read fast: a stalled stream's sender side grows node TCP memory too.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def send_buffer(sock: socket.socket) -> int:

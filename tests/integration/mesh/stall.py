@@ -9,6 +9,7 @@ stall HOST PORT COUNT BYTES     open COUNT connections, each sending up to BYTES
 from __future__ import annotations
 
 import json
+import select
 import selectors
 import socket
 import sys
@@ -24,10 +25,18 @@ def sink(port: int) -> None:
     server.bind(("::", port))
     server.listen(4096)
     print("READY", flush=True)
-    held = []
+    poller = select.poll()
+    poller.register(server, select.POLLIN)
+    held: dict[int, socket.socket] = {}
     while True:
-        conn, _ = server.accept()
-        held.append(conn)  # never read
+        for fd, events in poller.poll():
+            if fd == server.fileno():
+                conn, _ = server.accept()
+                held[conn.fileno()] = conn
+                poller.register(conn, select.POLLERR | select.POLLHUP)  # never POLLIN
+            elif events & (select.POLLERR | select.POLLHUP):
+                poller.unregister(fd)
+                held.pop(fd).close()  # what its receive buffer held goes with it
 
 
 def stall(host: str, port: int, count: int, size: int) -> None:

@@ -20,15 +20,19 @@ from tests.integration.labkit import Lab, LabFactory
 
 STALL = str(Path(__file__).with_name("stall.py"))
 POD3, POD4 = "198.18.2.2", "198.18.2.3"  # the app that never reads; the one that does
+NODE2 = "198.19.0.2"  # outside every pod: plain TCP, for the control
 MiB = 1 << 20
 NODE_BUDGET_MIB, POD_BUDGET_MIB = 64, 32
 STREAMS, EACH = 1000, MiB
 # What 1,000 open connections cost the two agents beyond the bytes they hold: records,
 # stream objects and sockets (a few KiB each), and the allocator's slack.
 BOOKKEEPING = 48 * MiB
-# The node's TCP memory beyond the budget: the never-reading app's own receive buffers
-# and the senders' (small) send buffers, for the streams that live; kernel bookkeeping.
-KERNEL_EXTRA = 48 * MiB
+# The node's TCP memory beyond the budget once the streams past it are reset: the
+# never-reading app's own receive buffers of the streams that live, and the senders'.
+KERNEL_EXTRA = 32 * MiB
+# ... and while they are being reset: a new stream's first bytes wait in the app's own
+# receive buffer (128 KiB by default) and on the sender's side until its reset arrives.
+TRANSIT = 256 * 1024
 PAGE = 4096
 
 
@@ -71,9 +75,17 @@ class Peaks:
         self._thread.join(5)
 
 
-def throughput(lab: Lab) -> float:
-    proc = lab.exec("pod-2", ["iperf3", "-c", POD4, "-t", "1", "-J"], timeout=30)
+def iperf(lab: Lab, member: str, host: str, port: int) -> float:
+    proc = lab.exec(member, ["iperf3", "-c", host, "-p", str(port), "-t", "1", "-J"], timeout=30)
     return iperf3(proc.stdout).gbps
+
+
+def throughput(lab: Lab) -> float:
+    """The well-behaved flow (pod-2 to pod-4, through both agents), relative to plain TCP
+    between the nodes measured just before: the machine is shared, and its load drifts
+    more between samples than the stalled streams may cost."""
+    control = iperf(lab, "node-1", NODE2, 5202)
+    return iperf(lab, "pod-2", POD4, 5201) / control
 
 
 def metric(lab: Lab, name: str) -> float:
@@ -92,7 +104,9 @@ def test_apps_that_do_not_read_stay_within_the_budget(lab_factory: LabFactory) -
     assert sink.stdout is not None
     assert sink.stdout.readline().strip() == b"READY"
     lab.spawn("pod-4", ["iperf3", "-s", "-p", "5201"], stdout=subprocess.DEVNULL)
+    lab.spawn("node-2", ["iperf3", "-s", "-p", "5202"], stdout=subprocess.DEVNULL)
     lab.wait_tcp("pod-2", POD4, 5201)
+    lab.wait_tcp("node-1", NODE2, 5202)
     alone = [throughput(lab) for _ in range(3)]
 
     rss0, tcp0 = agent_rss(lab), tcp_memory()
@@ -108,6 +122,7 @@ def test_apps_that_do_not_read_stay_within_the_budget(lab_factory: LabFactory) -
     beside = [throughput(lab) for _ in range(5)]
     time.sleep(0.5)
     peaks.stop()
+    rss1, tcp1 = agent_rss(lab), tcp_memory()
     held = metric(lab, "smesh_unread_bytes")
     resets = metric(lab, "smesh_unread_budget_resets_total")
     shrinks = metric(lab, "smesh_stream_window_shrinks_total")
@@ -120,16 +135,19 @@ def test_apps_that_do_not_read_stay_within_the_budget(lab_factory: LabFactory) -
         "settled": settled,
         "agents_rss_growth_mib": round((peaks.rss - rss0) / MiB, 1),
         "tcp_memory_growth_mib": round((peaks.tcp - tcp0) / MiB, 1),
+        "agents_rss_settled_mib": round((rss1 - rss0) / MiB, 1),
+        "tcp_memory_settled_mib": round((tcp1 - tcp0) / MiB, 1),
         "held_mib": round(held / MiB, 1),
         "resets": resets,
         "shrinks": shrinks,
-        "alone_gbps": alone,
-        "beside_gbps": beside,
+        "alone_relative": [round(x, 4) for x in alone],
+        "beside_relative": [round(x, 4) for x in beside],
     }
     print(json.dumps(report))
-    assert settled["sent"] < STREAMS * EACH  # the senders were held back ...
-    assert resets > 0  # ... and streams past their share of a full budget were reset
-    assert held <= NODE_BUDGET_MIB * MiB
-    assert peaks.rss - rss0 <= NODE_BUDGET_MIB * MiB + BOOKKEEPING, report
-    assert peaks.tcp - tcp0 <= NODE_BUDGET_MIB * MiB + KERNEL_EXTRA, report
+    budget = NODE_BUDGET_MIB * MiB
+    assert resets > 0, report  # streams past their share of a full budget were reset
+    assert held <= budget, report
+    assert peaks.rss - rss0 <= budget + BOOKKEEPING, report
+    assert tcp1 - tcp0 <= budget + KERNEL_EXTRA, report
+    assert peaks.tcp - tcp0 <= budget + STREAMS * TRANSIT, report
     assert statistics.median(beside) >= 0.8 * statistics.median(alone), report

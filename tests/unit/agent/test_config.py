@@ -34,7 +34,8 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.limits.stream_window_budget_mib == 64
     assert cfg.limits.unread_budget_mib == 256
     assert cfg.limits.unread_budget_per_pod_mib == 64
-    assert cfg.limits.app_send_buffer_kib == 256
+    assert cfg.limits.app_send_buffer_kib == 64
+    assert cfg.limits.app_receive_buffer_kib == 64
 
 
 def test_durations_take_units(tmp_path: Path) -> None:
