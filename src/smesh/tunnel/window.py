@@ -35,6 +35,7 @@ MIN_WINDOW = 64 * 1024  # a shrunk window: a slow app still gets whole batches
 SHRINK_FROM = 0.5  # the fill of a budget past which windows shrink (and stop growing)
 HELD_BUDGET = 256 * 1024 * 1024  # default of limits.unreadBudgetMiB (node)
 HELD_BUDGET_PER_POD = 64 * 1024 * 1024  # default of limits.unreadBudgetPerPodMiB
+OVERSHOOT = 0.125  # how far past a budget streams under their share may take it
 LOG_EVERY = 5.0  # seconds between log lines about streams reset over budget
 
 
@@ -71,12 +72,23 @@ class PodAccount:
             self.budget.holders -= 1
 
     def over_share(self, holding: int) -> bool:
-        """Whether a stream holding *holding* bytes must let go: a budget it is in is
-        exceeded, and it holds more than an even split of that budget."""
+        """Whether a stream that now holds *holding* bytes must let go: a budget it is in
+        is exceeded and it holds more than an even split of that budget, or the budget is
+        exceeded by more than :data:`OVERSHOOT` of it.
+
+        Only a stream that grows is asked (a stalled one receives nothing more), so the
+        even split alone would let newcomers under it push the total ever further.
+        """
         node = self.budget
-        if self.held > self.limit and holding > self.limit // max(self.holders, 1):
-            return True
-        return node.held > node.limit and holding > node.limit // max(node.holders, 1)
+        return _over(self.held, self.limit, self.holders, holding) or _over(
+            node.held, node.limit, node.holders, holding
+        )
+
+
+def _over(held: int, limit: int, holders: int, holding: int) -> bool:
+    if held <= limit:
+        return False
+    return holding > limit // max(holders, 1) or held > limit + int(limit * OVERSHOOT)
 
 
 class HeldBudget:
@@ -208,10 +220,14 @@ class ReceiveWindow:
         if pressure > SHRINK_FROM:
             if not caught_up:  # an app that keeps up holds nothing: its window stays
                 increment -= self._shrink(pressure)
-        elif self.size < INITIAL_WINDOW:  # the pressure is gone: back to the initial window
+        elif self.size < INITIAL_WINDOW:  # the pressure is gone: back to the initial size
             increment += INITIAL_WINDOW - self.size
             self.size = INITIAL_WINDOW
-        elif caught_up and now - self._granted_at < GROW_WITHIN and self.size < MAX_WINDOW:
+        if (
+            caught_up
+            and INITIAL_WINDOW <= self.size < MAX_WINDOW
+            and now - self._granted_at < GROW_WITHIN
+        ):  # a fast app grows its window, pressure or not: it holds nothing
             extra = self._budget.take(min(self.size, MAX_WINDOW - self.size))
             self.size += extra
             increment += extra

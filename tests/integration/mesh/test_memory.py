@@ -22,7 +22,9 @@ STALL = str(Path(__file__).with_name("stall.py"))
 POD3, POD4 = "198.18.2.2", "198.18.2.3"  # the app that never reads; the one that does
 NODE2 = "198.19.0.2"  # outside every pod: plain TCP, for the control
 MiB = 1 << 20
-NODE_BUDGET_MIB, POD_BUDGET_MIB = 64, 32
+# The node's budget four times the pod's, as by default: one pod at its budget leaves
+# the node's a quarter full, short of where the other pods' windows would shrink.
+NODE_BUDGET_MIB, POD_BUDGET_MIB = 128, 32
 STREAMS, EACH = 1000, MiB
 # What 1,000 open connections cost the two agents beyond the bytes they hold: records,
 # stream objects and sockets (a few KiB each), and the allocator's slack.
@@ -107,7 +109,7 @@ def test_apps_that_do_not_read_stay_within_the_budget(lab_factory: LabFactory) -
     lab.spawn("node-2", ["iperf3", "-s", "-p", "5202"], stdout=subprocess.DEVNULL)
     lab.wait_tcp("pod-2", POD4, 5201)
     lab.wait_tcp("node-1", NODE2, 5202)
-    alone = [throughput(lab) for _ in range(3)]
+    alone = [throughput(lab) for _ in range(4)]
 
     rss0, tcp0 = agent_rss(lab), tcp_memory()
     peaks = Peaks(lab)
@@ -119,7 +121,7 @@ def test_apps_that_do_not_read_stay_within_the_budget(lab_factory: LabFactory) -
     )
     assert stall.stdout is not None
     settled = json.loads(stall.stdout.readline())  # every sender is blocked or reset
-    beside = [throughput(lab) for _ in range(5)]
+    beside = [throughput(lab) for _ in range(8)]
     time.sleep(0.5)
     peaks.stop()
     rss1, tcp1 = agent_rss(lab), tcp_memory()
@@ -129,7 +131,7 @@ def test_apps_that_do_not_read_stay_within_the_budget(lab_factory: LabFactory) -
     assert stall.stdin is not None
     stall.stdin.close()
     stall.wait(30)
-    alone += [throughput(lab) for _ in range(3)]
+    alone += [throughput(lab) for _ in range(4)]
 
     report = {
         "settled": settled,
@@ -144,10 +146,10 @@ def test_apps_that_do_not_read_stay_within_the_budget(lab_factory: LabFactory) -
         "beside_relative": [round(x, 4) for x in beside],
     }
     print(json.dumps(report))
-    budget = NODE_BUDGET_MIB * MiB
+    budget = POD_BUDGET_MIB * MiB  # one pod's apps do not read: its budget binds
     assert resets > 0, report  # streams past their share of a full budget were reset
-    assert held <= budget, report
+    assert held <= budget * 9 // 8 + MiB, report  # an eighth past, and one stream's DATA
     assert peaks.rss - rss0 <= budget + BOOKKEEPING, report
     assert tcp1 - tcp0 <= budget + KERNEL_EXTRA, report
-    assert peaks.tcp - tcp0 <= budget + STREAMS * TRANSIT, report
+    assert peaks.tcp - tcp0 <= NODE_BUDGET_MIB * MiB + STREAMS * TRANSIT, report
     assert statistics.median(beside) >= 0.8 * statistics.median(alone), report

@@ -99,23 +99,25 @@ def test_held_bytes_are_counted_per_pod_and_for_the_node() -> None:
 
 
 def test_past_a_full_budget_only_a_stream_over_its_share_must_let_go() -> None:
-    held = window.HeldBudget(limit=64 * MiB, pod_limit=4 * MiB)
+    held = window.HeldBudget(limit=64 * MiB, pod_limit=8 * MiB)
     pod = held.pod("p")
     for _ in range(3):
-        pod.change(0, MiB)
-    assert not pod.over_share(MiB)  # within the budget: nobody
-    pod.change(0, 2 * MiB)  # 5 MiB held by four streams: a share is 1 MiB
-    assert pod.over_share(2 * MiB)
-    assert not pod.over_share(MiB)
+        pod.change(0, 2 * MiB)
+    assert not pod.over_share(2 * MiB)  # within the budget: nobody
+    pod.change(0, 5 * MiB // 2)  # 8.5 MiB held by four streams: a share is 2 MiB
+    assert pod.over_share(5 * MiB // 2)
+    assert not pod.over_share(2 * MiB)
+    pod.change(0, 3 * MiB // 4)  # a newcomer under its share, but the pod past an eighth over
+    assert pod.over_share(3 * MiB // 4)
 
 
 def test_the_node_budget_binds_across_pods() -> None:
-    held = window.HeldBudget(limit=4 * MiB, pod_limit=4 * MiB)
+    held = window.HeldBudget(limit=8 * MiB, pod_limit=8 * MiB)
     a, b = held.pod("a"), held.pod("b")
-    a.change(0, 3 * MiB)
-    b.change(0, 2 * MiB)  # each pod within its budget, the node past its own
-    assert a.over_share(3 * MiB)
-    assert not b.over_share(2 * MiB)  # a share of the node's is 2 MiB
+    a.change(0, 5 * MiB)
+    b.change(0, 7 * MiB // 2)  # each pod within its budget, the node past its own
+    assert a.over_share(5 * MiB)
+    assert not b.over_share(7 * MiB // 2)  # a share of the node's is 4 MiB
 
 
 def behind(held: window.HeldBudget, clock: Clock) -> window.ReceiveWindow:
@@ -152,14 +154,16 @@ def test_windows_of_apps_that_lag_shrink_as_the_budget_fills() -> None:
     assert w.size == INITIAL_WINDOW
 
 
-def test_an_app_that_keeps_up_keeps_its_window_under_pressure_but_does_not_grow() -> None:
+def test_an_app_that_keeps_up_keeps_its_window_under_pressure_and_may_grow() -> None:
     held = window.HeldBudget(8 * MiB, 4 * MiB)
     clock = Clock()
     w = behind(held, clock)
     held.pod("p").change(0, 4 * MiB)
-    clock.now = 0.001  # fast enough to grow, were there no pressure
+    clock.now = 1.0  # slow: no growth, and no shrinking either
     assert w.taken(QUARTER, caught_up=True) == QUARTER
     assert w.size == INITIAL_WINDOW
+    clock.now += GROW_WITHIN / 2  # fast: it holds nothing, so it grows as without pressure
+    assert w.taken(QUARTER, caught_up=True) == QUARTER + INITIAL_WINDOW
     assert held.shrinks == 0
 
 
