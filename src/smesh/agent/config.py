@@ -197,6 +197,17 @@ class LimitSettings(_Section):
     # and outbound per destination pod.
     max_carriers_per_peer: int = Field(default=16, ge=1, alias="maxCarriersPerPeer")
     max_streams_per_peer: int = Field(default=1024, ge=1, alias="maxStreamsPerPeer")
+    # What the agent may hold for apps that do not read (smesh.tunnel.window.HeldBudget),
+    # all pods together and per pod; past it windows shrink, then streams are reset.
+    unread_budget_mib: int = Field(default=256, ge=1, le=65536, alias="unreadBudgetMiB")
+    unread_budget_per_pod_mib: int = Field(
+        default=64, ge=1, le=65536, alias="unreadBudgetPerPodMiB"
+    )
+    # The kernel send buffer of the agent's sockets to apps (SO_SNDBUF), and the receive
+    # buffer of a stream's socket from its app (SO_RCVBUF); 0: autotuned. Both grow to
+    # 2 MiB once a stream shows it is fast.
+    app_send_buffer_kib: int = Field(default=64, ge=0, le=65536, alias="appSendBufferKiB")
+    app_receive_buffer_kib: int = Field(default=64, ge=0, le=65536, alias="appReceiveBufferKiB")
 
     @model_validator(mode="after")
     def _handshake_budget(self) -> LimitSettings:

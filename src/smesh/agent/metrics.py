@@ -141,6 +141,31 @@ class AgentMetrics:
             "(bounded by limits.streamWindowBudgetMiB).",
             registry=r,
         )
+        self.unread = Gauge(
+            "smesh_unread_bytes",
+            "Bytes held for apps that have not read them: what streams keep, plus the kernel "
+            "send buffer of each stalled app socket (bounded by limits.unreadBudgetMiB).",
+            registry=r,
+        )
+        self.unread_budget = Gauge(
+            "smesh_unread_budget_bytes",
+            "The budget for bytes held for apps that do not read: node-wide (scope=node, "
+            "limits.unreadBudgetMiB) and for each pod (scope=pod, limits.unreadBudgetPerPodMiB).",
+            ["scope"],
+            registry=r,
+        )
+        self.window_shrinks = Counter(
+            "smesh_stream_window_shrinks_total",
+            "Credit grants that handed back less than the app took, because the budget for "
+            "unread bytes was filling.",
+            registry=r,
+        )
+        self.unread_resets = Counter(
+            "smesh_unread_budget_resets_total",
+            "Streams reset because their app did not read while the budget for unread bytes "
+            "was full and they held more than their share of it.",
+            registry=r,
+        )
         self.policy_denials = Counter(
             "smesh_policy_denials_total",
             "Inbound connections refused by authorization policy.",

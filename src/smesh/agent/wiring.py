@@ -23,6 +23,7 @@ from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Service
 from smesh.dataplane.endpoint import PodEndpoint
 from smesh.dataplane.peers import PeerGate, PeerRefusal
 from smesh.dataplane.records import ConnectionRecord
+from smesh.dataplane.relay import Scratch
 from smesh.errors import SmeshError
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.cache import CredentialCache
@@ -33,7 +34,7 @@ from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSign
 from smesh.identity.spiffe import SpiffeId
 from smesh.linux.netns import Namespace, NamespaceHandles, single_link
 from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
-from smesh.tunnel.window import GrowthBudget
+from smesh.tunnel.window import GrowthBudget, HeldBudget
 
 if TYPE_CHECKING:
     from smesh.agent.node import Agent
@@ -162,7 +163,7 @@ class MeshWiring:
             cache=cache,
             on_cache_load=lambda result: loads.labels(result).inc(),
         )
-        t = self.config.timeouts
+        t, lim = self.config.timeouts, self.config.limits
         self.services = Services(
             tls=self,
             route=self._route,
@@ -174,14 +175,26 @@ class MeshWiring:
                 connect_timeout=t.connect,
                 request_timeout=t.request,
                 idle_timeout=t.idle,
-                max_connections=self.config.limits.max_connections_per_pod,
+                max_connections=lim.max_connections_per_pod,
                 inbound_handshake_timeout=t.inbound_handshake,
-                max_handshakes_per_source=self.config.limits.max_handshakes_per_source,
-                max_handshakes=self.config.limits.max_handshakes_per_pod,
-                max_carriers_per_peer=self.config.limits.max_carriers_per_peer,
-                max_streams_per_peer=self.config.limits.max_streams_per_peer,
+                max_handshakes_per_source=lim.max_handshakes_per_source,
+                max_handshakes=lim.max_handshakes_per_pod,
+                max_carriers_per_peer=lim.max_carriers_per_peer,
+                max_streams_per_peer=lim.max_streams_per_peer,
             ),
-            windows=GrowthBudget(self.config.limits.stream_window_budget_mib * 1024 * 1024),
+            windows=GrowthBudget(
+                lim.stream_window_budget_mib * 1024 * 1024,
+                held=HeldBudget(
+                    lim.unread_budget_mib * 1024 * 1024,
+                    lim.unread_budget_per_pod_mib * 1024 * 1024,
+                    on_shrink=agent.metrics.window_shrinks.inc,
+                    on_reset=agent.metrics.unread_resets.inc,
+                ),
+            ),
+            scratch=Scratch(
+                app_send_buffer=lim.app_send_buffer_kib * 1024,
+                app_receive_buffer=lim.app_receive_buffer_kib * 1024,
+            ),
             peers=PeerGate(
                 federated=frozenset(self.config.identity.federated_trust_domains),
                 binding=self._binding,
@@ -191,6 +204,9 @@ class MeshWiring:
         )
         windows = self.services.windows
         agent.metrics.window_growth.set_function(lambda: windows.in_use)
+        agent.metrics.unread.set_function(lambda: windows.held.held)
+        agent.metrics.unread_budget.labels("node").set(windows.held.limit)
+        agent.metrics.unread_budget.labels("pod").set(windows.held.pod_limit)
         self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
         agent.depends_on(self._renewals)
 

@@ -14,6 +14,9 @@ new is sharing:
 * incoming frames are dispatched as they are decrypted; a stream whose app is slow keeps
   what its app has not taken, at most one window (:data:`INITIAL_WINDOW`), and the peer
   stops sending it more, so the other streams keep moving;
+* what streams keep for apps that do not read counts against the agent's and the pod's
+  budget (:class:`~smesh.tunnel.window.HeldBudget`): windows shrink as it fills, and a
+  stream that would take a full budget past its share is reset;
 * small frames produced while dispatching (credit, FIN, answers) leave together in one
   record after the batch.
 """
@@ -35,7 +38,7 @@ from smesh.dataplane.sockets import abort, send_gathered, send_rest
 from smesh.dataplane.tlsio import CARRIER_SLICE, MAX_RECORD, TlsSession
 from smesh.tunnel import mux
 from smesh.tunnel.errors import RemoteProtocolError
-from smesh.tunnel.window import GrowthBudget, ReceiveWindow
+from smesh.tunnel.window import GrowthBudget, PodAccount, ReceiveWindow
 
 log = logging.getLogger("smesh.dataplane")
 
@@ -62,8 +65,11 @@ class Stream:
     """One app connection riding a carrier; the endpoint sees it like a relay."""
 
     __slots__ = (
+        "_account",
         "_active_at",
         "_cancel_setup",
+        "_held",
+        "_kernel",
         "_loop",
         "_on_done",
         "_on_ready",
@@ -99,7 +105,10 @@ class Stream:
         self.app: socket.socket | None = None  # None while the server side connects
         self.state: Literal["opening", "open"] = "opening"
         self.send_credit = mux.INITIAL_WINDOW  # DATA we may still send
-        self.window = ReceiveWindow(carrier.windows, self._loop.time)
+        self._account: PodAccount = carrier.windows.held.pod(record.pod)
+        self._held = 0  # counted against the pod's budget: pending, and a stalled socket
+        self._kernel = 0  # what the app's socket may queue in the kernel (its send buffer)
+        self.window = ReceiveWindow(carrier.windows, self._loop.time, self._account)
         self.pending: list[bytes] = []  # DATA the app has not taken yet
         self.pending_size = 0
         self.local_fin = False  # our app sent EOF (FIN sent)
@@ -119,6 +128,9 @@ class Stream:
             abort(app)
             return
         self.app = app
+        scratch = self.carrier.scratch
+        self._kernel = scratch.bound(app)
+        scratch.bound_receive(app)
         self._loop.add_reader(app.fileno(), self._read_app)
         if self.pending:
             self._loop.add_writer(app.fileno(), self._flush_app)
@@ -204,7 +216,10 @@ class Stream:
     def credit(self, increment: int) -> None:
         """WINDOW from the peer: read the app again if it was waiting for credit."""
         was_out = self.send_credit <= 0
-        self.send_credit += increment
+        credit = self.send_credit
+        self.send_credit = credit + increment
+        if credit <= mux.INITIAL_WINDOW < credit + increment and self.app is not None:
+            self.carrier.scratch.unbound_receive(self.app)  # the peer grew our window
         self._active_at = self._loop.time()  # the peer's app took DATA: not idle, if slow
         if was_out and self.app is not None and not self.local_fin and self.record.result == "open":
             if self.carrier.congested:
@@ -232,6 +247,7 @@ class Stream:
         if self.pending or app is None:
             self.pending.append(bytes(data))
             self.pending_size += size
+            self._hold(app)
             return
         try:
             sent = app.send(data)
@@ -247,13 +263,49 @@ class Stream:
             self.pending.append(bytes(data[sent:]))
             self.pending_size += size - sent
             self._loop.add_writer(app.fileno(), self._flush_app)
+            self._hold(app)
+
+    def _hold(self, app: socket.socket | None) -> None:
+        """Count what the app has not taken against the budgets; past its share of a full
+        one the stream is reset (its initial window was granted before any of this)."""
+        held = self.pending_size
+        if held and app is not None:  # the kernel's send buffer to the app is full too
+            held += self._kernel
+        self._account.change(self._held, held)
+        self._held = held
+        if self._account.over_share(held):
+            self._over_budget()
+
+    def _over_budget(self) -> None:
+        account = self._account
+        budget = account.budget
+        if budget.reset(time.monotonic()):  # throttled: apps could trigger it at will
+            log.warning(
+                "pod %s: an app is not reading %d bytes sent to it while its apps hold %d "
+                "(limits.unreadBudgetPerPodMiB: %d MiB) and the node's %d (limits."
+                "unreadBudgetMiB: %d MiB); resetting the stream (%d so far)",
+                self.record.pod,
+                self._held,
+                account.held,
+                account.limit >> 20,
+                budget.held,
+                budget.limit >> 20,
+                budget.resets,
+                extra={"fields": self.record.as_dict()},
+            )
+        self.abort("the app did not read and its memory budget is full", "reset")
 
     def _taken(self, size: int, caught_up: bool) -> None:
         """The app took *size* bytes: hand the credit back once there is enough of it."""
         if self.remote_fin:
             return  # no more DATA comes: no credit to hand back
-        increment = self.window.taken(size, caught_up)
+        window = self.window
+        before = window.size
+        increment = window.taken(size, caught_up)
         if increment:
+            if window.size > before and before == mux.INITIAL_WINDOW and self.app is not None:
+                # The app reads fast: its socket gets the buffer of a bulk stream back.
+                self._kernel = self.carrier.scratch.unbound(self.app)
             self.carrier.send_control(mux.window_frame(self.id, increment))
 
     def _flush_app(self) -> None:
@@ -276,11 +328,24 @@ class Stream:
             else:
                 self.pending.pop(0)
             self._taken(sent, not self.pending)
-            if self.record.result != "open" or sent < len(chunk):
-                return  # the credit's write found the carrier broken, or the app is full
+            if self.record.result != "open":
+                return  # the credit's write found the carrier broken (and ended the stream)
+            if sent < len(chunk):
+                self._release_held()
+                return  # the app is full
+        self._release_held()
         self._loop.remove_writer(app.fileno())
         if self.remote_fin:
             self._eof_to_app()
+
+    def _release_held(self) -> None:
+        """The app took some: what is left counts (never a reset: the app is reading)."""
+        held = self.pending_size
+        if held and self.app is not None:
+            held += self._kernel
+        if held != self._held:
+            self._account.change(self._held, held)
+            self._held = held
 
     def peer_fin(self) -> None:
         self.remote_fin = True
@@ -322,6 +387,8 @@ class Stream:
         self.window.release()
         self.pending.clear()
         self.pending_size = 0
+        self._account.change(self._held, 0)
+        self._held = 0
         self.carrier.forget(self, notify, detail)
         app = self.app
         if app is not None:

@@ -26,7 +26,14 @@ import ssl
 from collections.abc import Callable
 
 from smesh.dataplane.records import ConnectionRecord
-from smesh.dataplane.sockets import abort, send_gathered, send_rest
+from smesh.dataplane.sockets import (
+    abort,
+    bound_receive_buffer,
+    bound_send_buffer,
+    send_buffer,
+    send_gathered,
+    send_rest,
+)
 from smesh.dataplane.tlsio import MAX_RECORD, TlsSession, decrypt_into
 
 log = logging.getLogger("smesh.dataplane")
@@ -41,16 +48,67 @@ PENDING_BOUND = 2 * (BATCH + BATCH // 16 + MAX_RECORD)  # both directions, worst
 CARRIER_BATCH = 512 * 1024
 
 
+# The kernel's send buffer on the agent's sockets to apps (limits.appSendBufferKiB): what a
+# stalled app's connection may keep queued in the kernel, beside what the agent holds.
+APP_SEND_BUFFER = 64 * 1024
+# The receive buffer of a stream's socket from its app (limits.appReceiveBufferKiB): what
+# an app may write ahead while its stream waits for credit. 64 KiB is what the kernel
+# starts every TCP socket with (tcp_rmem's default, which it counts as 128 KiB).
+APP_RECEIVE_BUFFER = 64 * 1024
+# What both get once the stream has shown it is fast (its or its peer's window grew):
+# about what the kernel's autotuning gives a bulk loopback connection.
+FAST_APP_BUFFER = 2 * 1024 * 1024
+
+
 class Scratch:
     """Buffers shared by all relays and carriers of one event loop (callbacks never
-    interleave): relays and splices use the first :data:`BATCH` bytes, carriers all."""
+    interleave): relays and splices use the first :data:`BATCH` bytes, carriers all.
 
-    def __init__(self, size: int = BATCH, carrier_size: int = CARRIER_BATCH) -> None:
+    It also carries the settings of the loop's app-facing sockets: the bound on their
+    kernel send buffer (*app_send_buffer*) and, for streams, receive buffer
+    (*app_receive_buffer*); 0 leaves either to the kernel's autotuning.
+    """
+
+    def __init__(
+        self,
+        size: int = BATCH,
+        carrier_size: int = CARRIER_BATCH,
+        app_send_buffer: int = APP_SEND_BUFFER,
+        app_receive_buffer: int = APP_RECEIVE_BUFFER,
+    ) -> None:
         self.size = size
+        self.app_send_buffer = app_send_buffer
+        self.app_receive_buffer = app_receive_buffer
         total = max(size, carrier_size)
         recv, plain = memoryview(bytearray(total)), memoryview(bytearray(total))
         self.recv, self.plain = recv[:size], plain[:size]
         self.carrier_recv, self.carrier_plain = recv[:carrier_size], plain[:carrier_size]
+
+    def bound(self, app: socket.socket) -> int:
+        """Give an app-facing socket the bounded kernel send buffer; what it may hold."""
+        if not self.app_send_buffer:
+            return send_buffer(app)  # autotuned: what it is now, an estimate
+        bound_send_buffer(app, self.app_send_buffer)
+        return 2 * self.app_send_buffer  # as the kernel counts it, bookkeeping included
+
+    def unbound(self, app: socket.socket) -> int:
+        """Give a fast app's socket a bulk stream's send buffer; what it may hold now."""
+        if not self.app_send_buffer:
+            return send_buffer(app)
+        size = max(self.app_send_buffer, FAST_APP_BUFFER)
+        if size > self.app_send_buffer:
+            bound_send_buffer(app, size)
+        return 2 * size
+
+    def bound_receive(self, app: socket.socket) -> None:
+        """Give a stream's app socket the bounded receive buffer."""
+        if self.app_receive_buffer:
+            bound_receive_buffer(app, self.app_receive_buffer)
+
+    def unbound_receive(self, app: socket.socket) -> None:
+        """The stream's peer reads fast: its app may write ahead as a bulk sender does."""
+        if self.app_receive_buffer and self.app_receive_buffer < FAST_APP_BUFFER:
+            bound_receive_buffer(app, FAST_APP_BUFFER)
 
 
 class Relay:
@@ -87,6 +145,7 @@ class Relay:
         self.record = record
         self.scratch = scratch
         self._on_done = on_done
+        scratch.bound(plain)  # the app's socket: a stalled app keeps a bounded queue
         self._plain_fd = plain.fileno()
         self._tls_fd = tls.sock.fileno()
         self._up_pending: memoryview | None = None  # ciphertext not yet sent to the tunnel

@@ -9,6 +9,8 @@ import struct
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux; past net.core.wmem_max
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; past net.core.rmem_max
 
 
 def prepare(sock: socket.socket) -> socket.socket:
@@ -17,6 +19,44 @@ def prepare(sock: socket.socket) -> socket.socket:
     with contextlib.suppress(OSError):  # AF_UNIX in tests
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def bound_send_buffer(sock: socket.socket, size: int) -> None:
+    """Cap the kernel's send buffer of an app-facing socket at *size* bytes of data.
+
+    Left alone, Linux sizes a loopback socket's send buffer for its 64 KiB segments (well
+    over a megabyte at once, up to ``tcp_wmem``'s maximum), and an app that does not read
+    leaves all of it queued: node TCP memory that grows with every stalled connection.
+    The kernel doubles the value for its bookkeeping (``socket(7)``); ``SO_SNDBUFFORCE``
+    (the agent has CAP_NET_ADMIN) lets a size past ``net.core.wmem_max`` through.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def bound_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Cap the kernel's receive buffer of an app-facing socket at *size* bytes of data.
+
+    The agent stops reading an app whose peer has no credit left, and the kernel then
+    keeps what the app goes on writing, up to a receive buffer that autotuning grew while
+    the agent still read fast: a stalled stream's sender side grows node TCP memory too.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def send_buffer(sock: socket.socket) -> int:
+    """The kernel's send buffer of *sock* as it counts it (bookkeeping included); 0 if unknown."""
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    except OSError:
+        return 0
 
 
 def abort(sock: socket.socket) -> None:

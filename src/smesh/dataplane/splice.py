@@ -41,6 +41,7 @@ class Splice:
         self.record = record
         self.scratch = scratch
         self._on_done = on_done
+        scratch.bound(app)  # the upstream is not an app of this pod: the kernel sizes it
         self._ways = (_Direction(app, upstream, True), _Direction(upstream, app, False))
         self._done = 0
         self.last_active = self._loop.time()

@@ -40,6 +40,10 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     assert cfg.limits.max_handshakes_per_pod == 128
     assert cfg.limits.max_carriers_per_peer == 16
     assert cfg.limits.max_streams_per_peer == 1024
+    assert cfg.limits.unread_budget_mib == 256
+    assert cfg.limits.unread_budget_per_pod_mib == 64
+    assert cfg.limits.app_send_buffer_kib == 64
+    assert cfg.limits.app_receive_buffer_kib == 64
 
 
 def test_the_credential_cache_can_be_put_elsewhere(tmp_path: Path) -> None:
@@ -98,6 +102,12 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
             "node: n\nworkloads: /w\nlimits: {maxHandshakesPerSource: 9, maxHandshakesPerPod: 8}\n",
             "limits: maxHandshakesPerSource (9) is more than maxHandshakesPerPod (8)",
         ),
+        ("node: n\nworkloads: /w\nlimits: {unreadBudgetMiB: 0}\n", "limits.unreadBudgetMiB: "),
+        (
+            "node: n\nworkloads: /w\nlimits: {unreadBudgetPerPodMiB: x}\n",
+            "limits.unreadBudgetPerPodMiB: ",
+        ),
+        ("node: n\nworkloads: /w\nlimits: {appSendBufferKiB: -1}\n", "limits.appSendBufferKiB: "),
         ("[1, 2]\n", "expected a mapping"),
         ("node: [\n", "not valid YAML at line"),
     ],

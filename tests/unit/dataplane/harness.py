@@ -249,6 +249,8 @@ class Mesh:
             for listener in self.listeners:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
             self.server_sockets.send_buffer = 8192  # the server agent's, to its app
+            self.services.scratch.app_send_buffer = 8192  # what the relays set on app sockets
+            self.services.scratch.app_receive_buffer = 0
 
         self.call(shrink)
 

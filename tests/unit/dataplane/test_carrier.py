@@ -136,7 +136,7 @@ def test_a_stalled_stream_does_not_hold_up_the_others_on_its_connection(mesh: Me
                 sent += blocked.send(b"y" * 65536)
             except BlockingIOError:
                 break
-    assert sent > window.MAX_WINDOW  # the agents hold one window; the rest waits in kernels
+    assert sent > 2 * mux.INITIAL_WINDOW  # the agents hold a window; the rest waits in kernels
     mesh.destination = (SERVER_IP, echo.port)
     for _ in range(3):
         with mesh.connect(timeout=5) as app:
@@ -153,6 +153,55 @@ def test_a_stalled_stream_does_not_hold_up_the_others_on_its_connection(mesh: Me
     assert mesh.services.windows.left == window.GROWTH_BUDGET  # handed back when it ended
     stalled.close()
     echo.close()
+
+
+def test_apps_that_do_not_read_hold_no_more_than_their_pods_budget(tmp_path: Path) -> None:
+    """Sixteen streams of 1 MiB into an app that never reads, with a 2 MiB budget for the
+    pod: windows shrink, the streams past their share are reset, what the agent holds
+    stays near the budget, and a stream to an app that reads still moves."""
+    held = window.HeldBudget(limit=64 << 20, pod_limit=2 << 20)
+    mesh = Mesh(tmp_path, windows=window.GrowthBudget(held=held))
+    release = threading.Event()
+    stalled = Server(lambda conn: release.wait(20))  # never reads
+    echo = Server(lambda conn: conn.sendall(recv_all(conn)))
+    apps: list[socket.socket] = []
+    try:
+        mesh.destination = (SERVER_IP, stalled.port)
+        peak = 0
+        for _ in range(16):
+            app = mesh.connect()
+            app.setblocking(False)
+            with contextlib.suppress(BlockingIOError, ConnectionResetError, BrokenPipeError):
+                app.send(b"y" * (1 << 20))
+            apps.append(app)
+            peak = max(peak, mesh.call(lambda: held.held))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and held.resets < 8:
+            peak = max(peak, mesh.call(lambda: held.held))
+            time.sleep(0.02)
+        assert held.resets >= 8  # sixteen stalled streams do not fit in 2 MiB
+        # The budget, plus what one stream may bring past it before it is reset.
+        assert peak <= (2 << 20) + mux.INITIAL_WINDOW + 2 * mesh.services.scratch.app_send_buffer
+        assert any("its memory budget is full" in r.detail for r in mesh.recorder.records)
+        mesh.destination = (SERVER_IP, echo.port)
+        with mesh.connect(timeout=5) as app:
+            app.sendall(b"still moving")
+            app.shutdown(socket.SHUT_WR)
+            assert recv_all(app) == b"still moving"
+        release.set()
+        for app in apps:
+            app.close()
+        deadline = time.monotonic() + 10
+        while mesh.call(lambda: held.held) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mesh.call(lambda: (held.held, held.holders)) == (0, 0)  # all given back
+    finally:
+        release.set()
+        for app in apps:
+            app.close()
+        stalled.close()
+        echo.close()
+        mesh.close()
 
 
 def test_more_streams_than_one_connection_carries_open_another(mesh: Mesh) -> None:
