@@ -46,7 +46,13 @@ build/bpf/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) | apt
 K8S_BIN := build/kubernetes/bin
 K8S_CMDS := kube-apiserver kube-controller-manager kube-scheduler kubectl
 K8S_GO := GOTOOLCHAIN=local GOFLAGS=-mod=readonly
-K8S_LDFLAGS := -trimpath -ldflags='-s -w'
+K8S_VERSION := $(shell sed -n 's/^\tk8s.io\/kubernetes v\([^ ]*\).*/\1/p' k8s/go.mod)
+K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
+# What `hack/lib/version.sh` stamps into a release build: components compare versions.
+K8S_STAMP := $(foreach pkg,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+	-X $(pkg).gitVersion=v$(K8S_VERSION) -X $(pkg).gitMajor=1 -X $(pkg).gitMinor=$(K8S_MINOR) \
+	-X $(pkg).gitTreeState=clean)
+K8S_LDFLAGS := -trimpath -ldflags='-s -w $(K8S_STAMP)'
 
 kubernetes: $(K8S_BIN)/.built
 
