@@ -3,7 +3,10 @@
 The agent is a reconciler: every workload snapshot says which pods of this node should be
 meshed, and the agent starts or stops :class:`~smesh.agent.pods.PodRuntime`s until what
 runs matches. A pod is captured only after its listeners and certificate are in place,
-and released (capture first) before its listeners close.
+and released (capture first) before its listeners close. A pod whose workload changes
+but stays meshed is not released: its new runtime inherits capture, and takes its
+certificate use before the old runtime gives its own up, so a signer outage cannot turn
+the change into plain text or cost the pod its cached certificate.
 
 Stopping: SIGTERM (or SIGINT) stops accepting, drains open connections up to
 ``timeouts.drain``, closes the listeners and exits 0, leaving capture pinned — exactly
@@ -195,14 +198,25 @@ class Agent:
         self.wiring.workloads_changed(snapshot)
         self._desired = {k: w for k, w in snapshot.on_node(self.config.node).items() if w.meshed}
         assert self.capture is not None
+        replaced: list[PodRuntime] = []
         for key in list(self.pods):
-            if self._desired.get(key) != self.pods[key].workload:
-                pod = self.pods.pop(key)
+            if self._desired.get(key) == self.pods[key].workload:
+                continue
+            pod = self.pods.pop(key)
+            if key in self._desired:  # still meshed: capture and certificate stay
+                log.info("replacing pod: its workload changed", extra=logs.fields(pod=key))
+                await pod.replaced()
+                replaced.append(pod)
+            else:
                 log.info("releasing pod", extra=logs.fields(pod=key))
                 await pod.stop(self.capture)
-        await asyncio.gather(
-            *(self._start(w) for k, w in self._desired.items() if k not in self.pods)
-        )
+        try:
+            await asyncio.gather(
+                *(self._start(w) for k, w in self._desired.items() if k not in self.pods)
+            )
+        finally:  # the new runtimes took their certificate uses first
+            for pod in replaced:
+                pod.release_certificate()
         if not self._synced:
             self._release_leftovers()
             self.wiring.forget_others(list(self._desired.values()))

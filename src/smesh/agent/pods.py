@@ -3,9 +3,11 @@
 The order matters and is the point of this module. A pod is captured only when its
 certificate and both listeners exist, so no captured connect ever finds an empty port;
 a pod leaving the mesh is released capture-first, so the app falls back to plain
-networking before its listeners close under it. A stopping agent closes the listeners
-but keeps capture (and the cached certificate): the pod fails closed until the next
-agent serves it. A failed step is remembered and retried by the agent.
+networking before its listeners close under it. A pod whose workload changes but stays
+in the mesh keeps its capture and certificate while a new runtime replaces the old one.
+A stopping agent closes the listeners but keeps capture (and the cached certificate):
+the pod fails closed until the next agent serves it. A failed step is remembered and
+retried by the agent.
 """
 
 from __future__ import annotations
@@ -146,6 +148,20 @@ class PodRuntime:
             log.error("cannot release capture: %s", exc, extra=logs.fields(pod=self.workload.key))
         self.captured = False
         await self.shutdown()
+        self.release_certificate()
+
+    async def replaced(self) -> None:
+        """The pod stays in the mesh but its workload changed (same key, e.g. new IPs): a
+        new runtime takes over. Close the listeners, whose ports the new runtime binds, and
+        keep capture, so the pod's connects are refused meanwhile, never let out in plain
+        text. The certificate use stays too: :meth:`release_certificate` gives it up once
+        the new runtime took its own, so neither the credential nor its cached copy goes
+        while the pod still needs it (with the signer away, nothing would replace them).
+        """
+        await self.shutdown()
+
+    def release_certificate(self) -> None:
+        """Give up this runtime's use of its certificate (the last use takes the cached copy)."""
         if self.issued:
             self.wiring.release(self.workload)
             self.issued = False

@@ -249,6 +249,8 @@ class MeshWiring:
     def release(self, workload: Workload) -> None:
         if self.certs is not None:
             self.certs.release(self.identity_of(workload))
+        if self._agent is not None and workload.key in self._agent.pods:
+            return  # a runtime replacing this one dials through the namespace handle
         self._namespaces.release(workload.key)  # held, it would keep a gone pod's alive
 
     def _renewed(self, identity: SpiffeId, credential: Credential) -> None:

@@ -113,7 +113,16 @@ class CredentialCache:
         self._write(self._file(identity), credential.key_pem() + credential.cert_pem())
 
     def store_bundle(self, bundle: TrustBundle) -> None:
-        self._write(self.directory / BUNDLE_FILE, bundle.pem().encode())
+        """Write *bundle* unless the file already holds it: the file's mtime says when the
+        signer's bundle last changed, which :meth:`bundle` weighs against the node's
+        bootstrap bundle, so rewriting the same roots on every renewal would overrule an
+        operator's later edit of that file."""
+        path = self.directory / BUNDLE_FILE
+        data = bundle.pem().encode()
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == data:
+                return
+        self._write(path, data)
 
     def remove(self, identity: SpiffeId) -> None:
         with contextlib.suppress(FileNotFoundError):

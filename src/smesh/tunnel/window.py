@@ -24,6 +24,7 @@ budget a bound.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 from smesh.tunnel.mux import INITIAL_WINDOW
@@ -44,9 +45,14 @@ def _nothing() -> None:
 
 
 class PodAccount:
-    """What one pod's streams hold for its apps, and how many streams hold any."""
+    """What one pod's streams hold for its apps, and how many streams hold any.
 
-    __slots__ = ("budget", "held", "holders", "limit")
+    Its streams keep it alive; the :class:`HeldBudget` only refers to it weakly, so the
+    account of a pod whose streams have all ended (holding nothing, since an ending
+    stream lets go of what it held) goes with the last of them.
+    """
+
+    __slots__ = ("__weakref__", "budget", "held", "holders", "limit")
 
     def __init__(self, budget: HeldBudget, limit: int) -> None:
         self.budget = budget
@@ -134,10 +140,12 @@ class HeldBudget:
         self.resets = 0  # streams reset for holding more than their share of a full budget
         self.on_shrink = on_shrink
         self.on_reset = on_reset
-        self._pods: dict[str, PodAccount] = {}
+        # Weak: one entry per pod with a live stream, not per pod name ever seen.
+        self._pods: weakref.WeakValueDictionary[str, PodAccount] = weakref.WeakValueDictionary()
         self._logged_at = -LOG_EVERY
 
     def pod(self, name: str) -> PodAccount:
+        """*name*'s account, shared by all its live streams; keep it as long as one lives."""
         account = self._pods.get(name)
         if account is None:
             account = self._pods[name] = PodAccount(self, self.pod_limit)
@@ -145,7 +153,11 @@ class HeldBudget:
 
     def pods(self) -> dict[str, int]:
         """Bytes held per pod, for /debug and tests."""
-        return {name: a.held for name, a in self._pods.items() if a.held}
+        return {name: a.held for name, a in list(self._pods.items()) if a.held}
+
+    def accounts(self) -> int:
+        """Pod accounts kept (those some live stream refers to)."""
+        return len(self._pods)
 
     def shrunk(self) -> None:
         self.shrinks += 1

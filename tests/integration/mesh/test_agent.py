@@ -116,6 +116,39 @@ def test_readiness_names_what_a_pod_is_waiting_for(meshed: Lab) -> None:
     assert admin(meshed, "node-1", "/healthz").status == 200  # alive, just not ready
 
 
+def test_a_pods_changed_workload_during_a_signer_outage_keeps_it_captured_and_served(
+    meshed: Lab, apps: Apps
+) -> None:
+    """Review finding 3: a changed workload (same pod) is a replacement, not a release."""
+    server = apps.serve("pod-3", "halfclose", 9100)
+    assert seen_from(meshed, server) == POD3
+    lab = state.load(meshed.name)
+    assert lab is not None
+    assert lab.signer is not None
+    os.kill(lab.signer.pid, signal.SIGKILL)  # the signing service is gone
+    path = state.workloads_dir(meshed.name) / "pod-3.json"
+    doc = json.loads(path.read_text())
+    doc["ips"] = doc["ips"][:1]  # pod-3 loses its IPv6 address: same pod, new workload
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+    def replaced() -> bool:
+        [pod3] = [
+            w
+            for w in admin(meshed, "node-2", "/debug/workloads").json()["workloads"]
+            if w["name"] == "pod-3"
+        ]
+        return pod3["ips"] == [POD3] and pod3["stage"] == "ready"
+
+    wait(replaced, timeout=15)
+    assert admin(meshed, "node-2", "/ready").status == 200  # its certificate stayed
+    status = json.loads(smesh("capture", "status", "--lab", meshed.name, "--json").stdout)
+    node2 = next(n for n in status["nodes"] if n["name"] == "node-2")
+    assert "pod-3" in {p["name"] for p in node2["pods"]}
+    assert seen_from(meshed, server) == POD3  # tunnelled, delivered in pod-3's namespace
+
+
 def client_handshakes(metrics: bytes) -> float:
     return sum(
         metric(

@@ -19,7 +19,8 @@ import pytest
 from smesh.agent import node
 from smesh.agent.config import AgentConfig
 from smesh.agent.node import Agent
-from smesh.agent.wiring import certificate_source
+from smesh.agent.pods import PodRuntime
+from smesh.agent.wiring import MeshWiring, certificate_source
 from smesh.agent.workloads import DirectorySource, Snapshot, Workload, write
 from smesh.errors import SmeshError
 from smesh.identity.ca import CertificateAuthority
@@ -95,6 +96,7 @@ class Pinned:
 class Capture:
     def __init__(self) -> None:
         self.captured: set[str] = set()
+        self.removed: list[str] = []  # every remove_pod, in order
         self.detached = False
         self.closed = False
 
@@ -103,6 +105,7 @@ class Capture:
 
     def remove_pod(self, key: str) -> bool:
         self.captured.discard(key)
+        self.removed.append(key)
         return True
 
     def pods(self) -> list[Any]:
@@ -252,6 +255,96 @@ def test_a_pinned_pod_waiting_for_its_certificate_stays_captured_until_it_leaves
 
     asyncio.run(scenario())
     assert capture.captured == set()  # released although this agent never captured it
+
+
+class CachingWiring(Wiring):
+    """Like the certificate manager with its cache: the last release drops the cached
+    certificate, and with the signer down only a held or cached certificate serves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signer_down = False
+        self.cached = False
+
+    async def issue(self, workload: Workload) -> float:
+        if self.signer_down and not self.certificate_users and not self.cached:
+            raise SignerUnavailable("signing service did not answer")
+        self.certificate_users += 1
+        self.cached = True
+        return 0.0
+
+    def release(self, workload: Workload) -> None:
+        super().release(workload)
+        if not self.certificate_users:
+            self.cached = False
+
+
+def test_a_meshed_pod_whose_workload_changes_during_a_signer_outage_stays_served(
+    tmp_path: Path,
+) -> None:
+    wiring = CachingWiring()
+    agent, capture = agent_with(wiring, tmp_path)
+    moved = Workload.model_validate({**POD.model_dump(), "ips": ("198.18.1.9",)})  # same key
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({POD.key: POD}))
+        assert agent.ready()
+        wiring.signer_down = True
+        await agent.reconcile(Snapshot({moved.key: moved}))
+
+    asyncio.run(scenario())
+    assert agent.pods[POD.key].workload == moved
+    assert agent.ready()  # served by the certificate it already had
+    assert capture.removed == []  # never released: no plain-text window
+    assert capture.captured == {POD.key}
+    assert (wiring.certificate_users, wiring.cached) == (1, True)
+    assert wiring.open_listeners == 1
+
+
+def test_a_pinned_pod_waiting_for_its_certificate_stays_captured_when_its_workload_changes(
+    tmp_path: Path,
+) -> None:
+    wiring = CachingWiring()
+    wiring.signer_down = True
+    agent, capture = agent_with(wiring, tmp_path)
+    capture.captured = {POD.key}  # pinned by the agent that stopped
+    moved = Workload.model_validate({**POD.model_dump(), "ips": ("198.18.1.9",)})
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({POD.key: POD}))
+        assert agent.pods[POD.key].stage == "certificate"
+        await agent.reconcile(Snapshot({moved.key: moved}))
+        assert agent.pods[POD.key].stage == "certificate"
+        assert capture.captured == {POD.key}  # still fails closed, never open
+        assert capture.removed == []
+        wiring.signer_down = False
+        retry = asyncio.create_task(agent._retry_failed())
+        await asyncio.sleep(0.2)
+        retry.cancel()
+        assert agent.ready()
+        await agent.reconcile(Snapshot({}))  # now it leaves the mesh
+
+    asyncio.run(scenario())
+    assert capture.removed == [POD.key]
+    assert capture.captured == set()
+    assert (wiring.certificate_users, wiring.cached) == (0, False)
+    assert wiring.open_listeners == 0
+
+
+def test_the_old_runtime_of_a_replaced_pod_leaves_the_new_ones_namespace_open(
+    tmp_path: Path,
+) -> None:
+    wiring = MeshWiring(AgentConfig(node="node-1", workloads=tmp_path / "workloads"))
+    agent, _ = agent_with(Wiring(), tmp_path)
+    wiring._agent = agent
+    ns = wiring._namespaces.of(POD.key, "/proc/self/ns/net")  # the new runtime's listen
+    agent.pods[POD.key] = PodRuntime(POD, wiring)
+    wiring.release(POD)  # the old runtime gives its certificate use up afterwards
+    ns.socket().close()  # the new runtime still dials in the pod's namespace
+    del agent.pods[POD.key]  # the pod leaves the mesh
+    wiring.release(POD)
+    with pytest.raises(SmeshError, match="cannot enter network namespace"):
+        ns.socket()
 
 
 def test_a_ca_directory_of_another_trust_domain_is_one_error_naming_both(tmp_path: Path) -> None:

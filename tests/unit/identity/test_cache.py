@@ -101,6 +101,28 @@ def test_a_bootstrap_bundle_written_later_wins_over_the_cached_one(
     assert cache.bundle() == ca.bundle()
 
 
+def test_renewals_with_the_same_bundle_leave_an_operators_later_bootstrap_edit_in_force(
+    ca: CertificateAuthority, other_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    cache = CredentialCache(tmp_path / "credentials")
+    bootstrap = tmp_path / "bundle.pem"
+
+    async def scenario() -> None:
+        manager = CertificateManager(source_for(ca), cache=cache)
+        await manager.acquire(POD1)
+        os.utime(cache.directory / "bundle.pem", ns=(0, 0))
+        bootstrap.write_text(other_ca.bundle().pem())  # the operator edits it afterwards
+        os.utime(bootstrap, ns=(1, 1))
+        manager._entries[POD1].renew_at = 0
+        assert await manager.renew_due() == [POD1]  # the signer's bundle is unchanged
+        await manager.acquire(POD2)
+
+    asyncio.run(scenario())
+    assert cache.bundle(unless_older_than=bootstrap) is None  # the operator's file still wins
+    cache.store_bundle(other_ca.bundle())  # a bundle that did change is written
+    assert cache.bundle(unless_older_than=bootstrap) == other_ca.bundle()
+
+
 def test_prune_keeps_only_the_named_identities_and_the_bundle(
     ca: CertificateAuthority, tmp_path: Path
 ) -> None:

@@ -195,3 +195,22 @@ def test_resets_over_budget_are_counted_each_and_logged_now_and_then() -> None:
 def test_a_budget_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         window.HeldBudget(0, MiB)
+
+
+def test_a_pod_account_goes_with_the_last_stream_of_its_pod() -> None:
+    held = window.HeldBudget(8 * MiB, 4 * MiB)
+    growth, clock = GrowthBudget(held=held), Clock()
+    first = window.ReceiveWindow(growth, clock, held.pod("p"))
+    second = window.ReceiveWindow(growth, clock, held.pod("p"))
+    assert first._account is second._account  # one account per pod while streams live
+    del first
+    assert held.accounts() == 1
+    for n in range(1000):  # pods come and go: their streams end, holding nothing
+        account = held.pod(f"gone-{n}")
+        account.change(0, 1024)
+        account.change(1024, 0)
+    del account
+    assert held.accounts() == 1  # only the pod with a live stream is kept
+    del second
+    assert held.accounts() == 0
+    assert (held.held, held.holders) == (0, 0)
