@@ -40,7 +40,7 @@ _LATENCY_BUCKETS = (
 
 # The reasons of smesh_connections_turned_away_total, per direction (docs/agent.md).
 TURNED_AWAY = {
-    "outbound": ("at_cap", "accept_failed", "peer_streams"),
+    "outbound": ("at_cap", "accept_failed", "peer_carriers", "peer_streams"),
     "inbound": (
         "at_cap",
         "accept_failed",

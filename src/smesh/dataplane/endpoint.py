@@ -51,7 +51,17 @@ def share_key(peer: Peer) -> ShareKey:
 class Connection:
     """The endpoint's entry for one app connection (or stream), from accept to close."""
 
-    __slots__ = ("_endpoint", "active", "address", "carried", "peer", "record", "reported", "task")
+    __slots__ = (
+        "_endpoint",
+        "active",
+        "address",
+        "carried",
+        "peer",
+        "proven",
+        "record",
+        "reported",
+        "task",
+    )
 
     def __init__(self, endpoint: PodEndpoint, record: ConnectionRecord) -> None:
         self._endpoint = endpoint
@@ -62,6 +72,8 @@ class Connection:
         self.carried = False  # it became a carrier of streams: not an app connection
         self.address = ""  # inbound: the source address, while it holds a handshake slot
         self.peer: ShareKey | None = None  # inbound: the peer whose stream share it counts in
+        # An admitted CONNECT tunnel: its peer, checked again when the workloads change.
+        self.proven: Peer | None = None
 
     def relay_done(self, relay: object) -> None:
         self._endpoint._closed(self)
@@ -255,6 +267,9 @@ class PodEndpoint:
     def carry(self, tracked: flows.Tracked, carrier: Carrier, peer: Peer) -> bool:
         assert isinstance(tracked, Connection)
         self._handshake_done(tracked)
+        if self.draining:  # a handshake under way when the pod began to leave
+            tracked.record.finish("refused", f"{self.pod.name} is leaving the mesh")
+            return False
         key = share_key(peer)
         admission = self._peer_carriers.admit(key, carrier, evictable=_idle)
         if not admission.admitted:
@@ -279,7 +294,7 @@ class PodEndpoint:
             self._carrier_sweep = self._loop.call_later(IDLE_CLOSE / 4, self._sweep_carriers)
         return True
 
-    def admit(self, tracked: flows.Tracked) -> str | None:
+    def admit(self, tracked: flows.Tracked, proven: Peer) -> str | None:
         assert isinstance(tracked, Connection)
         peer = self._handshake_done(tracked)
         if self.draining:
@@ -290,6 +305,7 @@ class PodEndpoint:
         if not self._peer_streams.admit(peer, tracked).admitted:
             return self._stream_share(peer)
         tracked.peer = peer
+        tracked.proven = proven
         self._unproven.discard(tracked)
         self._connections.add(tracked)
         return None
@@ -332,14 +348,23 @@ class PodEndpoint:
             self.services.observer.carriers("server", -1)
 
     def _peers_changed(self) -> None:
-        """The workloads changed: a carrier whose peer no longer matches its address (its pod
-        is gone, or the address is another pod's now) is closed, streams and all."""
+        """The workloads changed: a carrier or ``CONNECT`` tunnel whose peer no longer matches
+        its address (its pod is gone, or the address is another pod's now) is closed, a
+        carrier with all its streams. Without idle timeout a tunnel would otherwise outlive
+        the pod whose certificate opened it."""
         gate = self.services.peers
         for carrier, peer in list(self._carriers.items()):
             refusal = gate.check(self.pod.identity, peer)
             if refusal is not None:
                 gate.refused(refusal, peer, self.pod.name, "on an open tunnel connection")
                 carrier.abort(f"peer refused: {refusal}")
+        for conn in list(self._connections):
+            if conn.proven is None or conn.active is None:
+                continue  # not a CONNECT tunnel, or not relaying yet (its request was checked)
+            refusal = gate.check(self.pod.identity, conn.proven)
+            if refusal is not None:
+                gate.refused(refusal, conn.proven, self.pod.name, "on an open CONNECT tunnel")
+                conn.active.abort(f"peer refused: {refusal}")
 
     def track(self, record: ConnectionRecord) -> Connection | None:
         if self.draining or len(self._connections) >= self.services.limits.max_connections:

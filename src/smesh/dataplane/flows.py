@@ -62,8 +62,11 @@ class Hooks(Protocol):
         or the pod at its cap (the record says why).
         """
 
-    def admit(self, tracked: Tracked) -> str | None:
-        """An accepted connection proved its peer and asks one CONNECT: why not (503), if not."""
+    def admit(self, tracked: Tracked, proven: Peer) -> str | None:
+        """An accepted connection proved its peer and asks one CONNECT: why not (503), if not.
+
+        *proven* is checked again whenever the workloads change, while the tunnel lasts.
+        """
 
     def track(self, record: ConnectionRecord) -> Tracked | None:
         """An entry for a stream that arrived on a carrier (None: the pod is at its cap)."""
@@ -232,9 +235,9 @@ async def inbound(
             if carried:
                 carrier.start()  # also sends the handshake's last flight
             return
-        over_share = hooks.admit(tracked)
+        over_share = hooks.admit(tracked, peer)
         if over_share is not None:
-            await _refuse(tls, record, 503, over_share)
+            await _refuse(tls, record, 503, over_share, deadline=svc.limits.request_timeout)
             return
         tracked.report_opened()
         local = await _serve_connect(pod, svc, tls, tracked, peer)
@@ -272,7 +275,12 @@ async def _peer_admitted(
         return True
     svc.peers.refused(refusal, peer, pod.name, "after the TLS handshake")
     record.finish("denied", f"peer refused: {refusal}")
-    await tls.close()
+    try:  # its handshake slot is free already: a peer that reads nothing must not hold on
+        async with asyncio.timeout(svc.limits.request_timeout):
+            await tls.close()
+    except TimeoutError:
+        abort(tls.sock)
+        return False
     tls.sock.close()
     return False
 
@@ -354,19 +362,21 @@ async def _serve_connect(
             tls.read_until(ServerHandshake().receive), svc.limits.request_timeout
         )
     except RemoteProtocolError as exc:
-        await _refuse(tls, record, exc.status, str(exc))
+        await _refuse(tls, record, exc.status, str(exc), deadline=svc.limits.request_timeout)
         log.warning("bad tunnel request: %s", exc, extra=_fields(record))
         return None
     record.destination = authority(request.ip, request.port)
     refusal = _admit(pod, svc, peer, request.ip, request.port, record=record)
     if refusal is not None:
-        await _refuse(tls, record, 403, refusal)
+        await _refuse(tls, record, 403, refusal, deadline=svc.limits.request_timeout)
         return None
     try:
         local = await dial(svc, pod, request.ip, request.port)
     except ConnectFailed as exc:
         status = 504 if exc.result == "timeout" else 502
-        await _refuse(tls, record, status, exc.detail, exc.result)
+        await _refuse(
+            tls, record, status, exc.detail, exc.result, deadline=svc.limits.request_timeout
+        )
         return None
     try:
         await tls.send(response(200))
@@ -380,17 +390,26 @@ async def _serve_connect(
 
 
 async def _refuse(
-    tls: TlsSession, record: ConnectionRecord, status: int, why: str, result: str = ""
+    tls: TlsSession,
+    record: ConnectionRecord,
+    status: int,
+    why: str,
+    result: str = "",
+    *,
+    deadline: float,
 ) -> None:
     """Answer with an error status, close_notify and a half-close, so the peer reads it all.
 
     *result* is the record's, when the status alone does not say (502 for any failed connect).
+    A peer that does not take the answer within *deadline* seconds is reset by the caller:
+    the connection holds no handshake slot any more, nothing else would end it.
     """
     record.finish(result or REFUSAL_RESULTS.get(status, "error"), why)
     try:
-        await tls.send(response(status, why))
-        await tls.close()
-    except (OSError, ssl.SSLError):
+        async with asyncio.timeout(deadline):
+            await tls.send(response(status, why))
+            await tls.close()
+    except (OSError, ssl.SSLError, TimeoutError):
         return
     record.detail = f"{status}: {why}"
     tls.sock.close()

@@ -12,6 +12,14 @@ without streams are closed (close_notify) after :data:`IDLE_CLOSE`.
 One destination pod gets at most ``limits.max_streams_per_peer`` of this pod's streams, so
 an app holding thousands of connections to one pod leaves this pod's cap to its other
 flows (and the destination's to other pods).
+
+One destination pod also gets at most ``limits.max_carriers_per_peer`` of this pod's
+carriers: the destination's agent counts every open carrier of this pod against that
+share and turns away the rest after their handshake. Retired carriers (aged, or of an
+old certificate generation) stay open while long-lived streams use them, so without the
+cap a pod would rotate its way past the share (one carrier every ten minutes) and then
+fail every new connection to that pod. At the cap, a new stream goes on the youngest
+carrier with room, retired or not, instead of dialling one the destination would refuse.
 """
 
 from __future__ import annotations
@@ -99,6 +107,34 @@ class CarrierPool:
                 return carrier
         return None
 
+    def _at_carrier_share(self, ip: IPAddress) -> bool:
+        """Whether one more carrier to *ip* would pass the destination's share of them."""
+        connecting = sum(1 for key in self._connecting if key[0] == ip)
+        share = self.services.limits.max_carriers_per_peer
+        return len(self._to.get(ip, ())) + connecting >= share
+
+    def _retired(self, ip: IPAddress, expected: SpiffeId) -> Carrier:
+        """The youngest carrier to *ip* with room, aged or of an old generation: at the
+        carrier share, it serves better than a new one its destination would refuse."""
+        room = [
+            c
+            for c in self._to.get(ip, ())
+            if c.key[1] == expected and not c.closed and len(c.streams) < MAX_STREAMS
+        ]
+        if room:
+            return max(room, key=lambda c: c.created)
+        share = self.services.limits.max_carriers_per_peer
+        why = f"{self.pod.name} holds its share of {share} carriers to {ip}, all of them full"
+        self.over_share += 1
+        self.services.observer.turned_away("outbound", "peer_carriers")
+        if self._share_log.ready():
+            log.warning(
+                "%s: resetting new connections to it (%d so far; limits.maxCarriersPerPeer)",
+                why,
+                self.over_share,
+            )
+        raise ConnectFailed("refused", why)
+
     async def get(self, ip: IPAddress, expected: SpiffeId) -> Carrier:
         """A carrier with room for one more stream, connecting one if none has."""
         ctx, generation = self.services.tls.client_context(self.pod.identity)
@@ -111,6 +147,8 @@ class CarrierPool:
             if ready is not None:
                 return ready
             task = self._connecting.get(key)
+            if task is None and self._at_carrier_share(ip):
+                return self._retired(ip, expected)
             if task is None:
                 task = self._loop.create_task(self._connect(key, ctx))
                 self._connecting[key] = task

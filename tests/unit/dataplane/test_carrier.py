@@ -370,3 +370,20 @@ def test_an_expired_certificate_opens_no_new_streams_and_resumes_no_session(
         assert first_answer(resumed, 1, echo.port) == (0, b"")  # closed, not served
     kept.close()
     mesh.recorder.wait_for(lambda r: any("is not valid now" in x.detail for x in r))
+
+
+def test_a_handshake_under_way_when_the_pod_leaves_does_not_become_a_carrier(
+    mesh: Mesh, echo: Server
+) -> None:
+    raw = raw_tunnel(mesh)  # accepted now; its handshake finishes after the drain began
+    deadline = time.monotonic() + 5
+    while mesh.call(lambda: len(mesh.server._unproven)) < 1:
+        assert time.monotonic() < deadline, "never accepted"
+        time.sleep(0.01)
+    mesh.call(mesh.server.stop_accepting)
+    cred = mesh.ca.issue_credential(str(CLIENT_ID), dt.timedelta(hours=1), "node")
+    with tls.client_context(cred, mesh.ca.bundle()).wrap_socket(raw) as sock:
+        assert first_answer(sock, 1, echo.port) == (0, b"")  # reset, not a carrier
+    records = mesh.recorder.wait_for(lambda r: any(x.result == "refused" for x in r))
+    assert any("pod-3 is leaving the mesh" in r.detail for r in records)
+    assert mesh.call(lambda: len(mesh.server._carriers)) == 0

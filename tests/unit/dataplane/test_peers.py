@@ -6,6 +6,7 @@ speak from where it connects, and the test changes its mind to remove the client
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import logging
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from smesh.dataplane.context import Limits
 from smesh.dataplane.peers import Peer, PeerGate, PeerRefusal, Reason
+from smesh.dataplane.tlsio import TlsSession
 from smesh.identity import tls
 from smesh.identity.spiffe import SpiffeId
 from smesh.tunnel import mux
@@ -44,11 +47,17 @@ class Registry:
 
 
 class Gated:
-    def __init__(self, tmp: Path, settle: float, federated: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        settle: float,
+        federated: frozenset[str] = frozenset(),
+        limits: Limits | None = None,
+    ) -> None:
         self.registry = Registry()
         self.reasons: list[Reason] = []
         self.gate = PeerGate(federated, self.registry, settle, self.reasons.append)
-        self.mesh = Mesh(tmp, peers=self.gate)
+        self.mesh = Mesh(tmp, limits, peers=self.gate)
         self.echo = Server(lambda conn: conn.sendall(recv_all(conn)))
         self.mesh.destination = (SERVER_IP, self.echo.port)
 
@@ -225,3 +234,53 @@ def test_the_trust_domain_is_checked_before_the_registry_is_asked() -> None:
     assert gate.check(SERVER_ID, Peer(PARTNER, here)) is None
     assert gate.check(SERVER_ID, Peer(CLIENT_ID, here)) is None
     assert asked == [PARTNER, CLIENT_ID]
+
+
+def test_a_removed_pods_connect_tunnel_is_closed_when_the_registry_changes(
+    gated: Gated,
+) -> None:
+    """A CONNECT tunnel (no carrier) is checked again too: with no idle timeout it would
+    otherwise outlive the pod whose certificate opened it."""
+    with tls_tunnel(gated.mesh, identity=CLIENT_ID) as sock:
+        sock.sendall(f"CONNECT {SERVER_IP}:{gated.echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"still open")  # the echo answers at FIN only: the tunnel stays open
+        gated.remove_pod()
+        sock.settimeout(5)
+        assert recv_all_or_reset(sock) == b""
+    assert gated.reasons == ["unknown_address"]
+    records = gated.mesh.recorder.wait_for(lambda r: any("unknown_address" in x.detail for x in r))
+    closed = next(r for r in records if "unknown_address" in r.detail)
+    assert closed.result == "reset"
+    assert closed.peer_identity == str(CLIENT_ID)
+
+
+def recv_all_or_reset(sock: ssl.SSLSocket) -> bytes:
+    try:
+        return recv_all(sock)
+    except (ConnectionResetError, ssl.SSLError):
+        return b""
+
+
+def test_a_refused_peer_that_reads_nothing_is_reset_after_the_request_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its handshake slot is free once it is proven: the refusal needs a deadline of its own."""
+
+    async def never_drains(self: TlsSession) -> None:  # the peer's window stays shut
+        await asyncio.Event().wait()
+
+    limits = Limits(handshake_timeout=2, connect_timeout=2, request_timeout=0.3)
+    gated = Gated(tmp_path, settle=0.1, limits=limits)
+    try:
+        monkeypatch.setattr(TlsSession, "close", never_drains)
+        gated.registry.exists = False
+        with mux_peer(gated.mesh, CLIENT_ID) as sock:
+            sock.settimeout(5)
+            assert recv_all_or_reset(sock) == b""  # ends instead of timing out
+        mesh = gated.mesh
+        records = mesh.recorder.wait_for(lambda r: any(x.result == "denied" for x in r))
+        assert "unknown_address" in records[-1].detail
+        assert mesh.call(lambda: len(mesh.server._unproven)) == 0
+    finally:
+        gated.close()

@@ -6,6 +6,7 @@ agent (127.0.0.1): a source address is what the handshake budget counts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import socket
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from smesh.dataplane import pool
 from smesh.dataplane.context import Limits
+from smesh.dataplane.tlsio import TlsSession
 from smesh.identity import tls
 from smesh.identity.spiffe import SpiffeId
 from smesh.tunnel import mux
@@ -215,5 +218,64 @@ def test_an_app_gets_at_most_its_share_of_connections_to_one_pod(
             assert any(r.direction == "outbound" for r in records)
             for app in held:
                 app.close()
+    finally:
+        mesh.close()
+
+
+def test_a_pod_rotating_carriers_past_max_age_stays_within_the_servers_carrier_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long connections keep retired carriers open; at the destination's carrier share the
+    pool reuses the youngest of them instead of dialling one the server would reset."""
+    monkeypatch.setattr(pool, "MAX_AGE", 0.2)
+    mesh = Mesh(tmp_path, Limits(handshake_timeout=5, max_carriers_per_peer=2))
+    server = Server(lambda conn: [conn.sendall(d) for d in iter(lambda: conn.recv(65536), b"")])
+    mesh.destination = (SERVER_IP, server.port)
+    held: list[socket.socket] = []
+    try:
+        for n in range(4):  # each after the previous carrier is retired: 4 would need 4
+            app = mesh.connect()
+            held.append(app)
+            app.sendall(b"ping %d" % n)
+            assert app.recv(100) == b"ping %d" % n
+            time.sleep(0.3)
+        assert mesh.call(lambda: len(mesh.client.pool.carriers())) == 2
+        assert mesh.call(lambda: len(mesh.server._carriers)) == 2
+        assert ("inbound", "peer_carriers") not in mesh.recorder.away
+    finally:
+        for app in held:
+            app.close()
+        server.close()
+        mesh.close()
+
+
+async def _never_drains(self: TlsSession) -> None:
+    """A peer whose receive window stays shut: the close_notify never leaves."""
+    await asyncio.Event().wait()
+
+
+def test_a_503_the_peer_never_takes_is_reset_after_the_request_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refused connection holds no handshake slot: without a deadline of its own, a
+    peer that reads nothing would keep it (socket, TLS state, task) for good."""
+    limits = Limits(handshake_timeout=5, request_timeout=0.3, max_streams_per_peer=1)
+    mesh = Mesh(tmp_path, limits)
+    try:
+        with holding_server(mesh):
+            target = f"{SERVER_IP}:{mesh.destination[1]}"
+            request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+            with tls_tunnel(mesh) as first:
+                first.sendall(request)
+                assert first.recv(100).startswith(b"HTTP/1.1 200")
+                monkeypatch.setattr(TlsSession, "close", _never_drains)
+                with tls_tunnel(mesh) as second:
+                    second.sendall(request)
+                    second.settimeout(5)
+                    with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+                        recv_all(second)  # ends (reset) instead of timing out
+            records = mesh.recorder.wait_for(lambda r: any(x.result == "refused" for x in r))
+            assert "holds its share of 1 connections" in records[-1].detail
+            assert mesh.call(lambda: len(mesh.server._unproven)) == 0
     finally:
         mesh.close()
