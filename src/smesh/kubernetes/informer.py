@@ -56,6 +56,7 @@ class InformerStats:
 
     lists: int = 0
     watches: int = 0
+    bookmarks: int = 0
     gone: int = 0
     errors: int = 0
 
@@ -132,6 +133,7 @@ class Informer(Generic[R]):
                         got_any = True
                         self.backoff.reset()
                         if isinstance(item, Bookmark):
+                            self.stats.bookmarks += 1
                             self._store.bookmark(item.resource_version)
                             continue
                         for event in self._store.apply(item.type, item.obj):

@@ -107,12 +107,15 @@ class Recorder:
         return [item for item in self.items if isinstance(item, Event)]
 
 
-def informer(kubeconfig: Path, node: str, labels: str | None = None) -> Informer[Pod]:
+def informer(
+    kubeconfig: Path, node: str, labels: str | None = None, watch_timeout: int | None = None
+) -> Informer[Pod]:
     return Informer(
         KubeApi.from_kubeconfig(kubeconfig),
         PODS,
         Selection(field_selector=f"spec.nodeName={node}", label_selector=labels),
         backoff=Backoff(initial=0.1, cap=1.0),
+        watch_timeout=(watch_timeout, watch_timeout) if watch_timeout else (300, 600),
     )
 
 

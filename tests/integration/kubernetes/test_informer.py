@@ -78,6 +78,46 @@ def test_pods_are_seen_exactly_once_each_in_order(control_plane: ControlPlane) -
     asyncio.run(scenario())
 
 
+def test_watches_resume_from_the_last_version_they_saw(control_plane: ControlPlane) -> None:
+    """The server ends each watch after 1 s; every new one starts where the last stopped.
+
+    Resuming from an older version would replay events: an old state of "a" would come back
+    as a MODIFIED, and the sequence below would not match.
+    """
+
+    async def scenario() -> None:
+        client = admin(control_plane)
+        ns, node = unique("ns"), unique("node")
+        await make_namespace(client, ns)
+        rec = Recorder(informer(control_plane.kubeconfig, node, watch_timeout=1))
+        rec.start()
+        try:
+            await rec.wait_for("SYNCED", "list")
+            await client.create(pod("a", ns, node))
+            for version in range(3):
+                watches = rec.informer.stats.watches
+                await rec.wait("a new watch", lambda w=watches: rec.informer.stats.watches > w)
+                await client.patch(
+                    Pod, "a", {"metadata": {"labels": {"v": str(version)}}}, namespace=ns
+                )
+            await client.create(pod("z", ns, node))
+            await rec.wait_for("ADDED", "z")
+            assert rec.summaries() == [
+                ("SYNCED", "list"),
+                ("ADDED", "a"),
+                ("MODIFIED", "a"),
+                ("MODIFIED", "a"),
+                ("MODIFIED", "a"),
+                ("ADDED", "z"),
+            ]
+            assert rec.informer.stats.lists == 1
+            assert store_state(rec.informer) == await api_state(client, node)
+        finally:
+            await rec.stop()
+
+    asyncio.run(scenario())
+
+
 def test_watch_survives_an_api_server_restart(control_plane: ControlPlane) -> None:
     async def scenario() -> None:
         client = admin(control_plane)
