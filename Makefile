@@ -74,11 +74,11 @@ typecheck: venv
 unit: venv
 	$(VENV)/bin/pytest tests/unit
 
-integration: setup
+integration: setup kubernetes
 	$(VENV)/bin/pytest tests/integration
 
 # The test command of README.md and CI: lint, types, then every test, unit and integration.
-test: setup lint typecheck
+test: setup kubernetes lint typecheck
 	$(VENV)/bin/pytest tests
 
 demo: setup
