@@ -44,6 +44,8 @@ build/bpf/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) | apt
 # module proxy; nothing prebuilt is downloaded. Cold: about 26 CPU-minutes and 4 GiB of Go
 # build cache; afterwards only a changed k8s/go.mod rebuilds.
 K8S_BIN := build/kubernetes/bin
+# Go may be installed outside a non-interactive shell's PATH (/usr/local/go on these machines).
+GO := $(or $(shell command -v go),$(wildcard /usr/local/go/bin/go),go)
 K8S_CMDS := kube-apiserver kube-controller-manager kube-scheduler kubectl
 K8S_GO := GOTOOLCHAIN=local GOFLAGS=-mod=readonly
 K8S_VERSION := $(shell sed -n 's/^\tk8s.io\/kubernetes v\([^ ]*\).*/\1/p' k8s/go.mod)
@@ -57,11 +59,11 @@ K8S_LDFLAGS := -trimpath -ldflags='-s -w $(K8S_STAMP)'
 kubernetes: $(K8S_BIN)/.built
 
 $(K8S_BIN)/.built: k8s/go.mod k8s/go.sum
-	@command -v go >/dev/null || { echo "make kubernetes: Go is not installed (needs Go 1.26)" >&2; exit 1; }
+	@command -v $(GO) >/dev/null || { echo "make kubernetes: Go is not installed (needs Go 1.26)" >&2; exit 1; }
 	@mkdir -p $(K8S_BIN)
-	cd k8s && $(K8S_GO) go build $(K8S_LDFLAGS) -o $(CURDIR)/$(K8S_BIN)/ \
+	cd k8s && $(K8S_GO) $(GO) build $(K8S_LDFLAGS) -o $(CURDIR)/$(K8S_BIN)/ \
 		$(addprefix k8s.io/kubernetes/cmd/,$(K8S_CMDS))
-	cd k8s && $(K8S_GO) go build $(K8S_LDFLAGS) -o $(CURDIR)/$(K8S_BIN)/etcd go.etcd.io/etcd/server/v3
+	cd k8s && $(K8S_GO) $(GO) build $(K8S_LDFLAGS) -o $(CURDIR)/$(K8S_BIN)/etcd go.etcd.io/etcd/server/v3
 	@touch $@
 
 lint: venv
