@@ -268,13 +268,17 @@ class Stream:
     def _hold(self, app: socket.socket | None) -> None:
         """Count what the app has not taken against the budgets; past its share of a full
         one the stream is reset (its initial window was granted before any of this)."""
-        held = self.pending_size
-        if held and app is not None:  # the kernel's send buffer to the app is full too
-            held += self._kernel
+        held = self._unread(app)
         self._account.change(self._held, held)
         self._held = held
         if self._account.over_share(held):
             self._over_budget()
+
+    def _unread(self, app: socket.socket | None) -> int:
+        """What this stream holds for its app: pending DATA, and while there is any, the
+        app socket's kernel send buffer (full, or the DATA would not be pending)."""
+        held = self.pending_size
+        return held + self._kernel if held and app is not None else held
 
     def _over_budget(self) -> None:
         account = self._account
@@ -340,9 +344,7 @@ class Stream:
 
     def _release_held(self) -> None:
         """The app took some: what is left counts (never a reset: the app is reading)."""
-        held = self.pending_size
-        if held and self.app is not None:
-            held += self._kernel
+        held = self._unread(self.app)
         if held != self._held:
             self._account.change(self._held, held)
             self._held = held
