@@ -1,4 +1,4 @@
-"""smesh on Kubernetes: the API client, the informer and (later) the CNI plugin.
+"""smesh on Kubernetes: the API client, the informer, the kubelet cgroup layout and the CNI hand-off.
 
 The agent will see this package only through its workload-source interface. The state logic
 (the informer's store, its diff on relist, the watch protocol and the backoff) is sans-IO in
