@@ -19,7 +19,8 @@ def test_request_round_trips_with_the_cni_names() -> None:
         ips=(ipaddress.ip_address("198.18.1.10"), ipaddress.ip_address("fd00:198:18:1::a")),
     )
     wire = handoff.encode(request)
-    assert b'"podNamespace":"shop"' in wire and b'"containerId":"c0ffee"' in wire
+    assert b'"podNamespace":"shop"' in wire
+    assert b'"containerId":"c0ffee"' in wire
     assert handoff.decode_request(wire) == request
     assert request.pod == "shop/web-7d4b9"
     assert handoff.Command.ADD.path == "/v1/sandboxes/add"
