@@ -1,4 +1,4 @@
-"""smesh on Kubernetes: the API client, the informer, the kubelet cgroup layout and the CNI hand-off.
+"""smesh on Kubernetes: API client, informer, kubelet cgroup layout, CNI hand-off and plugin.
 
 The agent will see this package only through its workload-source interface. The state logic
 (the informer's store, its diff on relist, the watch protocol and the backoff) is sans-IO in
