@@ -77,6 +77,7 @@ class Code(enum.IntEnum):
     INVALID_CONFIG = 7
     TRY_AGAIN_LATER = 11
     AGENT_REFUSED = 100
+    INTERNAL = 101
 
 
 class CniError(Exception):
@@ -442,7 +443,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return 0
-    outcome = run(os.environ, lambda: sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1), call_agent)
+    try:
+        outcome = run(os.environ, lambda: sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1), call_agent)
+    except Exception as exc:  # the runtime reads only stdout: a traceback alone says nothing
+        error = CniError(Code.INTERNAL, f"smesh-cni failed: {exc!r}")
+        outcome = Outcome(json.dumps(error.result(SPEC_VERSION)), exit_code=1)
     for line in outcome.stderr:
         print(line, file=sys.stderr)
     if outcome.stdout:

@@ -242,3 +242,16 @@ def test_ipam_only_result_ips_all_count() -> None:
 def test_reply_message_shows_what_a_non_smesh_answer_said() -> None:
     assert cni.reply_message(b'{"message": "no"}') == "no"
     assert cni.reply_message(b"<html>bad gateway</html>\n") == "<html>bad gateway</html>"
+
+
+def test_an_unexpected_failure_is_still_a_cni_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*args: object) -> cni.Outcome:
+        raise RuntimeError("bug")
+
+    monkeypatch.setenv("CNI_COMMAND", "ADD")
+    monkeypatch.setattr(cni, "run", broken)
+    assert cni.main() == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["code"], result["msg"]) == (101, "smesh-cni failed: RuntimeError('bug')")
