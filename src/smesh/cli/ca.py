@@ -14,6 +14,7 @@ from smesh.identity.ca import DEFAULT_DIR, CertificateAuthority
 from smesh.identity.service import SigningService
 from smesh.identity.signer import LiveEntitlements, LocalSigner
 from smesh.identity.spiffe import SpiffeId
+from smesh.kubernetes.errors import KubernetesError
 
 
 def configure(ca: argparse.ArgumentParser) -> None:
@@ -43,8 +44,14 @@ def configure(ca: argparse.ArgumentParser) -> None:
 
     serve = with_dir(verbs.add_parser("serve", help="run the signing service for node agents"))
     serve.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
-    serve.add_argument(
-        "--workloads", type=Path, required=True, help="workload directory: who runs on which node"
+    who = serve.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--workloads", type=Path, help="workload directory: who runs on which node (the lab)"
+    )
+    who.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig of a Kubernetes API server: its pods say who runs on which node",
     )
     serve.add_argument("--ttl", default="24h", help="workload certificate lifetime (default 24h)")
     serve.set_defaults(func=_serve)
@@ -106,9 +113,14 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from smesh.agent.config import parse_duration  # noqa: PLC0415
-    from smesh.agent.workloads import DirectorySource  # noqa: PLC0415
 
     ca = CertificateAuthority.load(args.dir)
+    ttl = dt.timedelta(seconds=float(parse_duration(args.ttl)))
+    if args.kubeconfig is not None:
+        return _serve_kubernetes(args, ca, ttl)
+
+    from smesh.agent.workloads import DirectorySource  # noqa: PLC0415
+
     source = DirectorySource(args.workloads)
 
     def pairs() -> list[tuple[str, SpiffeId]]:
@@ -117,14 +129,10 @@ def _serve(args: argparse.Namespace) -> int:
             for w in source.scan().workloads.values()
         ]
 
-    ttl = dt.timedelta(seconds=float(parse_duration(args.ttl)))
     service = SigningService(LocalSigner(ca, LiveEntitlements(pairs), ttl))
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
         await service.start(args.socket)
         print(f"signing service for {ca.trust_domain} on {args.socket}", flush=True)
         await stop.wait()
@@ -132,3 +140,65 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _serve_kubernetes(args: argparse.Namespace, ca: CertificateAuthority, ttl: dt.timedelta) -> int:
+    """The signer with entitlements from the API server's pods (all namespaces, all nodes).
+
+    It starts serving only once the first pod list is in: before that every request would
+    be refused as "no such workload". If the pod watch ever ends with an error the signer
+    stops too, since serving on with a table that no longer follows the API would keep
+    entitlements that should have been revoked.
+    """
+    from smesh.kubernetes.client import PODS, KubeApi  # noqa: PLC0415
+    from smesh.kubernetes.entitlements import PodEntitlements  # noqa: PLC0415
+    from smesh.kubernetes.informer import Informer  # noqa: PLC0415
+
+    entitlements = PodEntitlements(ca.trust_domain)
+    service = SigningService(LocalSigner(ca, entitlements, ttl))
+
+    async def run() -> None:
+        stop = _stop_on_signals()
+        api = KubeApi.from_kubeconfig(args.kubeconfig)
+        follow = asyncio.create_task(entitlements.follow(Informer(api, PODS)), name="pods")
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            print(f"listing the pods of {api.server}", flush=True)
+            synced = asyncio.create_task(entitlements.wait_synced())
+            await asyncio.wait({synced, stopped, follow}, return_when=asyncio.FIRST_COMPLETED)
+            synced.cancel()
+            if follow.done():
+                _watch_ended(follow)
+            if stopped.done():
+                return
+            await service.start(args.socket)
+            print(
+                f"signing service for {ca.trust_domain} on {args.socket}, "
+                f"entitlements from the pods of {api.server}",
+                flush=True,
+            )
+            await asyncio.wait({stopped, follow}, return_when=asyncio.FIRST_COMPLETED)
+            await service.close()
+            if follow.done():
+                _watch_ended(follow)
+        finally:
+            for task in (follow, stopped):
+                task.cancel()
+            await asyncio.gather(follow, stopped, return_exceptions=True)
+            await api.aclose()
+
+    asyncio.run(run())
+    return 0
+
+
+def _watch_ended(follow: asyncio.Task[None]) -> None:
+    follow.result()  # raises what ended it, if anything did
+    raise KubernetesError("the watch of the API server's pods ended; the signer stops with it")
