@@ -1,0 +1,247 @@
+"""The CNI hand-off against a real agent process, a real API server and real sandboxes.
+
+The agent runs as ``smesh agent --config`` with a ``kubernetes`` section, in the host
+network namespace (the test API server listens on 127.0.0.1 there; the agent's admin port
+is bound to 127.0.0.1, and its pods' listeners live in the sandboxes' own namespaces) and
+in a cgroup of its own under a unique ``cgroupRoot``, with its BPF pins in a unique
+directory. The test plays the container runtime: it makes the pod's cgroup at the kubelet's
+layout path and a network namespace, then sends what smesh-cni sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from smesh.agent import client as admin_client
+from smesh.capture.ebpf import EbpfCapture
+from smesh.identity.ca import CertificateAuthority
+from smesh.lab.controlplane import ControlPlane, free_port
+from tests.integration.kubernetes.kubekit import admin, make_namespace, pod, unique
+from tests.integration.kubernetes.sandboxkit import (
+    Node,
+    attached_programs,
+    handoff,
+    label_namespace,
+    uid_of,
+)
+from tests.integration.labkit import unique_name
+
+
+@dataclass
+class RunningAgent:
+    node: Node
+    name: str
+    port: int
+    socket: Path
+    sandbox_dir: Path
+    log: Path
+
+    def get(self, path: str) -> admin_client.AdminReply:
+        return admin_client.get("127.0.0.1", self.port, path, timeout=10)
+
+    def workloads(self) -> list[dict[str, Any]]:
+        doc = self.get("/debug/workloads").json()
+        return list(doc["workloads"])
+
+    def metric(self, line_prefix: str) -> float:
+        text = self.get("/metrics").body.decode()
+        for line in text.splitlines():
+            if line.startswith(line_prefix):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no metric {line_prefix} in:\n{text}")
+
+
+@pytest.fixture(scope="module")
+def agent(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> collections.abc.Iterator[RunningAgent]:
+    node = Node()
+    state = tmp_path_factory.mktemp("agent")
+    pin_dir = Path("/sys/fs/bpf") / unique_name("smesh-test-k8s-")
+    CertificateAuthority.init(state / "ca", trust_domain="cluster.local")
+    running = RunningAgent(
+        node=node,
+        name=unique("node"),
+        port=free_port(),
+        socket=node.short_dir / "cni.sock",
+        sandbox_dir=state / "sandboxes",
+        log=state / "agent.log",
+    )
+    config = {
+        "node": running.name,
+        "kubernetes": {
+            "kubeconfig": str(control_plane.kubeconfig),
+            "cniSocket": str(running.socket),
+            "cgroupDriver": "auto",
+            "cgroupRoot": node.root,
+            "sandboxDir": str(running.sandbox_dir),
+            "enrolTimeout": "20s",
+        },
+        "capture": {"mode": "ebpf", "pinDir": str(pin_dir)},
+        "admin": {"address": "127.0.0.1", "port": running.port},
+        "identity": {"caDir": str(state / "ca"), "credentialCache": str(state / "cache")},
+        "timeouts": {"drain": "1s"},
+        "logging": {"format": "text", "level": "debug"},
+    }
+    (state / "agent.yaml").write_text(yaml.safe_dump(config))
+    # detect_driver (cgroupDriver: auto) looks for the kubelet's tree under cgroupRoot.
+    (node.cgroup_root / "kubepods").mkdir(parents=True)
+    agent_cgroup = node.cgroup_root / "agent"
+    agent_cgroup.mkdir()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with running.log.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "smesh", "agent", "--config", str(state / "agent.yaml")],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: (agent_cgroup / "cgroup.procs").write_text(str(os.getpid())),  # noqa: PLW1509
+            )
+        deadline = time.monotonic() + 60
+        while not running.socket.is_socket():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the agent did not come up:\n{running.log.read_text()}")
+            time.sleep(0.05)
+        yield running
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with EbpfCapture(pin_dir) as capture:  # the agent leaves capture pinned by design
+            capture.detach_all()
+        shutil.rmtree(pin_dir, ignore_errors=True)
+        node.cleanup()
+
+
+def request(namespace: str, name: str, uid: str, netns: str, ip: str) -> dict[str, Any]:
+    return {
+        "containerId": f"c-{uid[:8]}",
+        "netns": netns,
+        "ifName": "eth0",
+        "podNamespace": namespace,
+        "podName": name,
+        "podUid": uid,
+        "ips": [ip],
+    }
+
+
+async def call(agent: RunningAgent, command: str, body: dict[str, Any]) -> tuple[int, Any]:
+    return await asyncio.get_running_loop().run_in_executor(
+        None, handoff, agent.socket, command, body
+    )
+
+
+def test_add_meshes_the_pod_before_answering_and_del_releases_it(
+    control_plane: ControlPlane, agent: RunningAgent
+) -> None:
+    async def scenario() -> None:
+        client = admin(control_plane)
+        ns = unique("mesh")
+        await make_namespace(client, ns)
+        await label_namespace(client, ns, "enabled")
+        created = await client.create(pod("web", ns, agent.name))
+        uid = uid_of(created)
+        # What the runtime has made before it calls the CNI plugins: no podIPs in the API yet.
+        cgroup = agent.node.pod_cgroup(uid)
+        ip = "198.18.60.1"
+        netns = agent.node.sandbox_netns(ip)
+        assert attached_programs(cgroup) == []
+        body = request(ns, "web", uid, netns, ip)
+
+        status, reply = await call(agent, "add", body)
+        assert (status, reply) == (200, {"pod": f"{ns}/web", "meshed": True, "message": ""}), (
+            agent.log.read_text()[-3000:]
+        )
+        # Answered only once capture is attached and the listeners are open:
+        attached = attached_programs(cgroup)
+        assert {"cgroup_inet4_connect", "cgroup_inet6_connect"} <= set(attached), attached
+        (described,) = [w for w in agent.workloads() if w["pod"] == f"{ns}/web"]
+        assert (described["stage"], described["uid"]) == ("ready", uid)
+        assert (described["netns"], described["cgroup"]) == (netns, str(cgroup))
+        assert described["identity"] == f"ns/{ns}/sa/default"
+        assert (agent.sandbox_dir / f"{uid}.json").exists()
+        assert agent.metric('smesh_cni_requests_total{command="add",result="meshed"}') >= 1
+        assert agent.metric('smesh_cni_enrol_duration_seconds_count{result="meshed"}') >= 1
+
+        status, reply = await call(agent, "check", body)
+        assert (status, reply["meshed"]) == (200, True)
+
+        status, reply = await call(agent, "del", body)
+        assert (status, reply["pod"]) == (200, f"{ns}/web")
+        assert attached_programs(cgroup) == []
+        assert [w for w in agent.workloads() if w["pod"] == f"{ns}/web"] == []
+        assert not (agent.sandbox_dir / f"{uid}.json").exists()
+        status, _ = await call(agent, "del", body)  # the runtime may call DEL again
+        assert status == 200
+        status, reply = await call(agent, "check", body)
+        assert status == 500
+        assert "no sandbox" in reply["message"]
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pod_of_a_namespace_not_opted_in_is_answered_not_meshed_and_left_alone(
+    control_plane: ControlPlane, agent: RunningAgent
+) -> None:
+    async def scenario() -> None:
+        client = admin(control_plane)
+        ns = unique("plain")
+        await make_namespace(client, ns)
+        uid = uid_of(await client.create(pod("web", ns, agent.name)))
+        cgroup = agent.node.pod_cgroup(uid)
+        netns = agent.node.sandbox_netns("198.18.60.2")
+        body = request(ns, "web", uid, netns, "198.18.60.2")
+
+        status, reply = await call(agent, "add", body)
+        assert (status, reply["meshed"]) == (200, False)
+        assert "not labelled smesh.io/mesh=enabled" in reply["message"]
+        await asyncio.sleep(0.5)  # time for a wrong capture to show
+        assert attached_programs(cgroup) == []
+        assert [w for w in agent.workloads() if w["pod"] == f"{ns}/web"] == []
+        status, _ = await call(agent, "del", body)
+        assert status == 200
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_bad_requests_are_400_naming_the_field_and_the_agent_keeps_serving(
+    agent: RunningAgent,
+) -> None:
+    async def scenario() -> None:
+        uid = "00000000-0000-4000-8000-000000000002"
+        base = request("ns", "web", uid, "/run/netns/smk-none", "198.18.60.3")
+        status, reply = await call(agent, "add", {**base, "podUid": ""})
+        assert (status, reply["message"]) == (
+            400,
+            "podUid: required for ADD (CNI_ARGS K8S_POD_*, CNI_NETNS)",
+        )
+        status, reply = await call(agent, "add", base)
+        assert status == 400
+        assert re.match(r"netns: '/run/netns/smk-none' does not exist", reply["message"])
+        status, reply = await call(agent, "add", {**base, "ips": ["x"]})
+        assert status == 400
+        assert reply["message"].startswith("invalid sandbox request: ips[0]")
+        assert agent.get("/healthz").status == 200
+
+    asyncio.run(scenario())
