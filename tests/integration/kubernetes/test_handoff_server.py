@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
-import os
 import re
 import shutil
 import signal
@@ -30,12 +29,14 @@ from smesh.agent import client as admin_client
 from smesh.capture.ebpf import EbpfCapture
 from smesh.identity.ca import CertificateAuthority
 from smesh.lab.controlplane import ControlPlane, free_port
+from smesh.linux import cgroups
 from tests.integration.kubernetes.kubekit import admin, make_namespace, pod, unique
 from tests.integration.kubernetes.sandboxkit import (
     Node,
     attached_programs,
     handoff,
     label_namespace,
+    set_status,
     uid_of,
 )
 from tests.integration.labkit import unique_name
@@ -48,7 +49,37 @@ class RunningAgent:
     port: int
     socket: Path
     sandbox_dir: Path
+    config: Path
     log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cgroup = cgroups.create(self.node.cgroup_root / "agent")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "smesh", "agent", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: cgroups.join(cgroup),  # noqa: PLW1509 - no threads here
+            )
+        deadline = time.monotonic() + 60
+        while not self.socket.is_socket():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the agent did not come up:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM, by pid; the socket goes with the agent."""
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def get(self, path: str) -> admin_client.AdminReply:
         return admin_client.get("127.0.0.1", self.port, path, timeout=10)
@@ -56,6 +87,9 @@ class RunningAgent:
     def workloads(self) -> list[dict[str, Any]]:
         doc = self.get("/debug/workloads").json()
         return list(doc["workloads"])
+
+    def workload(self, key: str) -> dict[str, Any] | None:
+        return next((w for w in self.workloads() if w["pod"] == key), None)
 
     def metric(self, line_prefix: str) -> float:
         text = self.get("/metrics").body.decode()
@@ -79,6 +113,7 @@ def agent(
         port=free_port(),
         socket=node.short_dir / "cni.sock",
         sandbox_dir=state / "sandboxes",
+        config=state / "agent.yaml",
         log=state / "agent.log",
     )
     config = {
@@ -97,35 +132,14 @@ def agent(
         "timeouts": {"drain": "1s"},
         "logging": {"format": "text", "level": "debug"},
     }
-    (state / "agent.yaml").write_text(yaml.safe_dump(config))
+    running.config.write_text(yaml.safe_dump(config))
     # detect_driver (cgroupDriver: auto) looks for the kubelet's tree under cgroupRoot.
-    (node.cgroup_root / "kubepods").mkdir(parents=True)
-    agent_cgroup = node.cgroup_root / "agent"
-    agent_cgroup.mkdir()
-    proc: subprocess.Popen[bytes] | None = None
+    cgroups.create(node.cgroup_root / "kubepods")
     try:
-        with running.log.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "smesh", "agent", "--config", str(state / "agent.yaml")],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=lambda: (agent_cgroup / "cgroup.procs").write_text(str(os.getpid())),  # noqa: PLW1509
-            )
-        deadline = time.monotonic() + 60
-        while not running.socket.is_socket():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the agent did not come up:\n{running.log.read_text()}")
-            time.sleep(0.05)
+        running.start()
         yield running
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        running.stop()
         with EbpfCapture(pin_dir) as capture:  # the agent leaves capture pinned by design
             capture.detach_all()
         shutil.rmtree(pin_dir, ignore_errors=True)
@@ -181,6 +195,7 @@ def test_add_meshes_the_pod_before_answering_and_del_releases_it(
         assert (agent.sandbox_dir / f"{uid}.json").exists()
         assert agent.metric('smesh_cni_requests_total{command="add",result="meshed"}') >= 1
         assert agent.metric('smesh_cni_enrol_duration_seconds_count{result="meshed"}') >= 1
+        assert agent.metric('smesh_kubernetes_lists_total{informer="node_pods"}') >= 1
 
         status, reply = await call(agent, "check", body)
         assert (status, reply["meshed"]) == (200, True)
@@ -243,5 +258,54 @@ def test_bad_requests_are_400_naming_the_field_and_the_agent_keeps_serving(
         assert status == 400
         assert reply["message"].startswith("invalid sandbox request: ips[0]")
         assert agent.get("/healthz").status == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_agent_meshes_its_running_pods_again_without_the_cni(
+    control_plane: ControlPlane, agent: RunningAgent
+) -> None:
+    """One pod enrolled through the CNI (its record persisted), one that never was (its
+    sandbox is found from the process running in its cgroup): both meshed after a restart."""
+
+    async def scenario() -> None:
+        client = admin(control_plane)
+        ns = unique("mesh")
+        await make_namespace(client, ns)
+        await label_namespace(client, ns, "enabled")
+        recorded = uid_of(await client.create(pod("recorded", ns, agent.name)))
+        netns = agent.node.sandbox_netns("198.18.60.4")
+        agent.node.pod_cgroup(recorded)
+        status, _ = await call(
+            agent, "add", request(ns, "recorded", recorded, netns, "198.18.60.4")
+        )
+        assert status == 200
+        await set_status(client, "recorded", ns, ["198.18.60.4"])
+
+        agent.stop()
+        # A pod started while no agent ran (its CNI ADD would have failed: say the runtime
+        # did not call smesh-cni at all): its app runs in its netns and cgroup.
+        found = uid_of(await client.create(pod("found", ns, agent.name)))
+        found_cgroup = agent.node.pod_cgroup(found)
+        found_netns = agent.node.sandbox_netns("198.18.60.5")
+        name = found_netns.removeprefix("/run/netns/")
+        app = agent.node.spawn_in(found_cgroup, ["ip", "netns", "exec", name, "sleep", "120"])
+        try:
+            await set_status(client, "found", ns, ["198.18.60.5"])
+            agent.start()
+            deadline = time.monotonic() + 30
+            while not all(
+                (w := agent.workload(f"{ns}/{p}")) is not None and w["stage"] == "ready"
+                for p in ("recorded", "found")
+            ):
+                assert time.monotonic() < deadline, agent.workloads()
+                await asyncio.sleep(0.1)
+            assert agent.workload(f"{ns}/recorded")["netns"] == netns  # type: ignore[index]
+            assert agent.workload(f"{ns}/found")["netns"] == f"/proc/{app.pid}/ns/net"  # type: ignore[index]
+            assert "cgroup_inet4_connect" in attached_programs(found_cgroup)
+        finally:
+            app.kill()
+            app.wait()
+            await client.close()
 
     asyncio.run(scenario())
