@@ -213,10 +213,14 @@ class KubernetesSource:
             w = workload_of(pod, namespaces.get(ns))
             if w is not None:
                 workloads[w.key] = w
+        uids = set()
         for (ns, _), pod in self.local.snapshot().items():
+            uids.add(pod.metadata.uid if pod.metadata else None)
             w = workload_of(pod, namespaces.get(ns), self.sandbox_of(pod))
             if w is not None:
                 workloads[w.key] = w
+        for gone in set(self._found) - uids:  # found at start, deleted since
+            del self._found[gone]
         return Snapshot(workloads)
 
     def _notify(self) -> None:
@@ -399,6 +403,9 @@ class KubernetesSource:
         outcome: list[Outcome] = []
 
         def decided() -> bool:
+            if self.sandboxes.get(record.uid) != record:
+                outcome.append(Outcome("failed", "the sandbox was deleted (CNI DEL) meanwhile"))
+                return True
             pod = self._local_pod(record.namespace, record.name)
             if pod is None or pod.metadata is None or pod.metadata.uid != record.uid:
                 outcome.append(Outcome("failed", f"pod {record.key} was deleted"))

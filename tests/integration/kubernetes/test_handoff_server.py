@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from lightkube.resources.core_v1 import Pod
 
 from smesh.agent import client as admin_client
 from smesh.capture.ebpf import EbpfCapture
@@ -36,6 +37,7 @@ from tests.integration.kubernetes.sandboxkit import (
     attached_programs,
     handoff,
     label_namespace,
+    label_pod,
     set_status,
     uid_of,
 )
@@ -307,5 +309,42 @@ def test_a_restarted_agent_meshes_its_running_pods_again_without_the_cni(
             app.kill()
             app.wait()
             await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_labels_flipped_live_release_and_mesh_a_running_pod_again(
+    control_plane: ControlPlane, agent: RunningAgent
+) -> None:
+    async def scenario() -> None:
+        client = admin(control_plane)
+        ns = unique("mesh")
+        await make_namespace(client, ns)
+        await label_namespace(client, ns, "enabled")
+        uid = uid_of(await client.create(pod("web", ns, agent.name)))
+        cgroup = agent.node.pod_cgroup(uid)
+        netns = agent.node.sandbox_netns("198.18.60.6")
+        status, _ = await call(agent, "add", request(ns, "web", uid, netns, "198.18.60.6"))
+        assert status == 200
+
+        async def captured(expected: bool) -> None:
+            deadline = time.monotonic() + 30
+            while ("cgroup_inet4_connect" in attached_programs(cgroup)) != expected:
+                assert time.monotonic() < deadline, f"capture never became {expected}"
+                await asyncio.sleep(0.05)
+
+        await captured(True)
+        await label_namespace(client, ns, None)
+        await captured(False)
+        await label_namespace(client, ns, "enabled")
+        await captured(True)
+        await label_pod(client, "web", ns, "disabled")
+        await captured(False)
+        assert agent.workload(f"{ns}/web") is None
+        await label_pod(client, "web", ns, None)
+        await captured(True)
+        await client.delete(Pod, "web", namespace=ns, grace_period=0)  # released with the pod
+        await captured(False)
+        await client.close()
 
     asyncio.run(scenario())
