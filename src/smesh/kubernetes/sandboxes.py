@@ -295,9 +295,12 @@ class SandboxServer:
 
 
 async def wait_until(
-    ready: Callable[[], bool], changed: Callable[[], Awaitable[None]], deadline: float
+    ready: Callable[[], bool], changed: Callable[[], Awaitable[object]], deadline: float
 ) -> bool:
-    """Re-check *ready* each time *changed* returns, until *deadline* (monotonic)."""
+    """Re-check *ready* each time *changed* returns, until *deadline* (monotonic).
+
+    *changed* is called right after each check, in the same step of the event loop, so it
+    must capture what it waits for at once (a bound ``Event.wait()``)."""
     while not ready():
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 
 from lightkube.resources.core_v1 import Namespace, Pod
@@ -228,8 +228,10 @@ class KubernetesSource:
         self._progress.set()
         self._progress = asyncio.Event()
 
-    async def _progressed(self) -> None:
-        await self._progress.wait()
+    def _progressed(self) -> Awaitable[bool]:
+        """The next notification: bound to the current event now, so a notification that
+        comes before the waiter first runs is not missed."""
+        return self._progress.wait()
 
     async def _run(self, name: str, informer: Informer[Pod] | Informer[Namespace]) -> None:
         async for item in informer.events():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,15 @@ from lightkube.models.core_v1 import Container, PodIP, PodSpec, PodStatus
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Pod
 
-from smesh.kubernetes.sandboxes import SandboxRecord
-from smesh.kubernetes.source import not_meshed_because, same_sandbox, workload_of
+from smesh.agent.config import KubernetesSettings
+from smesh.kubernetes.client import KubeApi
+from smesh.kubernetes.sandboxes import SandboxRecord, wait_until
+from smesh.kubernetes.source import (
+    KubernetesSource,
+    not_meshed_because,
+    same_sandbox,
+    workload_of,
+)
 
 UID = "8d2d6f2a-4f6e-4c1b-9a51-3c0e1f7b2a10"
 
@@ -159,3 +168,33 @@ def test_another_sandbox_of_the_same_pod_is_not_the_same() -> None:
     other = sandbox().model_copy(update={"netns": "/run/netns/cni-2"})
     assert not same_sandbox(w, other)
     assert not same_sandbox(None, sandbox())
+
+
+def test_a_notification_before_the_waiter_first_runs_is_not_missed(tmp_path: Path) -> None:
+    """A CNI ADD that checks, finds the pod not meshed yet, and starts waiting must see a
+    reconcile that lands before its waiting task is first scheduled."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    source = KubernetesSource(
+        KubeApi.from_kubeconfig(kubeconfig),
+        node="node-1",
+        settings=KubernetesSettings(),
+        sandbox_dir=tmp_path / "sandboxes",
+    )
+    meshed: list[bool] = []
+
+    async def scenario() -> bool:
+        waiter = asyncio.create_task(
+            wait_until(lambda: bool(meshed), source._progressed, time.monotonic() + 60)
+        )
+        await asyncio.sleep(0)  # the waiter checks, and asks for the next notification
+        meshed.append(True)
+        source.reconciled({}, {})
+        return await asyncio.wait_for(waiter, 20)  # missed, it would wait the whole 60 s
+
+    assert asyncio.run(scenario())
