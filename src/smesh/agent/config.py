@@ -12,6 +12,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -220,6 +221,53 @@ class LimitSettings(_Section):
         return self
 
 
+# The kubelet's cgroup drivers (smesh.kubernetes.layout.CgroupDriver), or detect it.
+CgroupDriverSetting = Literal["auto", "cgroupfs", "systemd"]
+#: How long a CNI ADD may wait, at most, for its pod to be meshed (kubernetes.enrolTimeout).
+MAX_ENROL_TIMEOUT = 120.0
+
+
+class KubernetesSettings(_Section):
+    """The Kubernetes workload source: the API server, and the CNI hand-off on this node."""
+
+    # Absent: the in-cluster configuration (the pod's service account).
+    kubeconfig: Path | None = None
+    cni_socket: Path = Field(default=Path("/run/smesh/cni.sock"), alias="cniSocket")
+    cgroup_driver: CgroupDriverSetting = Field(default="auto", alias="cgroupDriver")
+    cgroup_root: str = Field(default="/", alias="cgroupRoot")
+    # Persisted hand-off records; default /var/lib/smesh/NODE/sandboxes (sandbox_dir).
+    sandbox_dir: Path | None = Field(default=None, alias="sandboxDir")
+    # A CNI ADD answers within this, meshed or with an error: the runtime's own CNI timeout
+    # and the plugin's timeoutSeconds (15 s) must be longer.
+    enrol_timeout: Annotated[Seconds, Field(gt=0, le=MAX_ENROL_TIMEOUT)] = Field(
+        default=10.0, alias="enrolTimeout"
+    )
+
+    @field_validator("cni_socket", "sandbox_dir", "kubeconfig")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path")
+        return value
+
+    @field_validator("cni_socket")
+    @classmethod
+    def _socket_path(cls, value: Path) -> Path:
+        if len(os.fsencode(str(value))) > 107:  # sun_path holds 108 bytes with its NUL
+            raise ValueError(f"{str(value)!r} is longer than a Unix socket path may be (107 bytes)")
+        return value
+
+    @field_validator("cgroup_root")
+    @classmethod
+    def _cgroup_root(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(
+                f"{value!r} is not a cgroup path such as / or /kubelet (the kubelet's "
+                "--cgroup-root)"
+            )
+        return value
+
+
 class LogSettings(_Section):
     format: Literal["json", "text"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -227,7 +275,9 @@ class LogSettings(_Section):
 
 class AgentConfig(_Section):
     node: str = Field(min_length=1)
-    workloads: Path
+    # Exactly one workload source: a directory of pod files (the lab), or Kubernetes.
+    workloads: Path | None = None
+    kubernetes: KubernetesSettings | None = None
     non_meshed: Literal["passthrough", "deny"] = Field(default="passthrough", alias="nonMeshed")
     event_loop: LoopKind = Field(default="uvloop", alias="eventLoop")
     policy: Path | None = None
@@ -239,6 +289,26 @@ class AgentConfig(_Section):
     limits: LimitSettings = LimitSettings()
     logging: LogSettings = LogSettings()
 
+    @model_validator(mode="after")
+    def _one_source(self) -> AgentConfig:
+        if self.workloads is not None and self.kubernetes is not None:
+            raise ValueError(
+                "workloads and kubernetes are both set: configure exactly one workload "
+                "source (workloads for a directory of pod files, kubernetes for the API server)"
+            )
+        if self.workloads is None and self.kubernetes is None:
+            raise ValueError(
+                "no workload source: set either workloads (a directory of pod files) or "
+                "kubernetes (the API server; see docs/kubernetes.md)"
+            )
+        return self
+
+    @property
+    def sandbox_dir(self) -> Path:
+        """``kubernetes.sandboxDir``, or the default in the node's state directory."""
+        configured = self.kubernetes.sandbox_dir if self.kubernetes is not None else None
+        return configured or STATE_ROOT / self.node / "sandboxes"
+
     @property
     def credential_cache_dir(self) -> Path:
         """``identity.credentialCache``, or the default in the node's state directory."""
@@ -249,7 +319,11 @@ def _field_aliases(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseMode
     """Map both spellings of every key (``pinDir`` and ``pin_dir``) to the alias used in files."""
     names: dict[str, tuple[str, type[BaseModel] | None]] = {}
     for name, info in model.model_fields.items():
-        nested = info.annotation if isinstance(info.annotation, type) else None
+        annotation = info.annotation
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1:  # an optional section: `kubernetes: KubernetesSettings | None`
+            annotation = members[0]
+        nested = annotation if isinstance(annotation, type) else None
         sub = nested if nested is not None and issubclass(nested, BaseModel) else None
         key = info.alias or name
         names[name] = names[key] = (key, sub)

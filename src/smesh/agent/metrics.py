@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import platform
 import ssl
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +18,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from smesh import __version__
 from smesh.dataplane.peers import REASONS
@@ -36,6 +40,59 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+
+
+# CNI ADD → reply: meant to be well under 100 ms, bounded by kubernetes.enrolTimeout (≤ 120 s).
+_ENROL_BUCKETS = (*_LATENCY_BUCKETS, 30.0, 60.0, 120.0)
+HANDOFF_COMMANDS = ("add", "del", "check")
+HANDOFF_RESULTS = ("meshed", "not_meshed", "ok", "bad_request", "failed", "timeout")
+
+
+class InformerCounts(Protocol):
+    """What smesh.kubernetes.informer.InformerStats counts (read, never copied)."""
+
+    lists: int
+    watches: int
+    gone: int
+    errors: int
+
+
+class InformerCollector(Collector):
+    """The informers' own counters, exported as they are when scraped."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, InformerCounts]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "lists": CounterMetricFamily(
+                "smesh_kubernetes_lists",
+                "Complete lists of an informer: the first, and a relist after each 410 Gone.",
+                labels=["informer"],
+            ),
+            "watches": CounterMetricFamily(
+                "smesh_kubernetes_watches",
+                "Watches an informer started (each resumes from the last resourceVersion).",
+                labels=["informer"],
+            ),
+            "gone": CounterMetricFamily(
+                "smesh_kubernetes_watch_gone",
+                "Watches answered 410 Gone (the resourceVersion was compacted): each relists.",
+                labels=["informer"],
+            ),
+            "errors": CounterMetricFamily(
+                "smesh_kubernetes_api_errors",
+                "Failed lists and watches, each retried after a capped backoff.",
+                labels=["informer"],
+            ),
+        }
+        for name, stats in sorted(self._stats().items()):
+            for field, family in families.items():
+                family.add_metric([name], getattr(stats, field))
+        yield from families.values()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 # The reasons of smesh_connections_turned_away_total, per direction (docs/agent.md).
@@ -201,6 +258,28 @@ class AgentMetrics:
             registry=r,
         )
         self.build_info.labels(__version__, platform.python_version(), ssl.OPENSSL_VERSION).set(1)
+
+    def kubernetes(self, informers: Callable[[], Mapping[str, InformerCounts]]) -> None:
+        """The Kubernetes source's metrics: its informers and the CNI hand-off."""
+        self.registry.register(InformerCollector(informers))
+        self.handoff_requests = Counter(
+            "smesh_cni_requests_total",
+            "CNI hand-off requests by command (add, del, check) and result: meshed or "
+            "not_meshed (add), ok, bad_request (400), failed (5xx: the pod must not start), "
+            "timeout (kubernetes.enrolTimeout passed).",
+            ["command", "result"],
+            registry=self.registry,
+        )
+        for command in HANDOFF_COMMANDS:
+            for result in HANDOFF_RESULTS:
+                self.handoff_requests.labels(command, result)
+        self.enrol_duration = Histogram(
+            "smesh_cni_enrol_duration_seconds",
+            "From a CNI ADD received to its reply (the pod meshed, not meshed, or refused).",
+            ["result"],
+            buckets=_ENROL_BUCKETS,
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,7 +33,7 @@ from smesh.agent.admin import AdminServer, ConnectionCap, Response
 from smesh.agent.config import AgentConfig
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodRuntime, PodWiring
-from smesh.agent.workloads import DirectorySource, Registry, Snapshot, Workload, WorkloadSource
+from smesh.agent.workloads import Registry, Snapshot, Workload, WorkloadSource
 from smesh.capture import CaptureConfig, NodeCapture, abi, select_mode
 from smesh.capture.backends import node_capture
 from smesh.errors import SmeshError
@@ -69,8 +69,12 @@ class Agent:
     ) -> None:
         self.config = config
         self.wiring = wiring
-        self.source = source or DirectorySource(config.workloads)
         self.metrics = AgentMetrics()
+        if source is None:
+            from smesh.agent.wiring import workload_source  # noqa: PLC0415
+
+            source = workload_source(config, self.metrics)
+        self.source = source
         self.registry = Registry()
         self.pods: dict[str, PodRuntime] = {}
         self.capture: NodeCapture | None = None
@@ -192,11 +196,27 @@ class Agent:
         except Exception:
             log.exception("reconciling the workloads failed; retrying in %gs", RETRY_INTERVAL)
             self._unreconciled = snapshot
+        self._report()
+
+    def _report(self) -> None:
+        """Tell the source which pods are meshed and which failed (CNI ADDs wait on it)."""
+        meshed = {k: p.workload for k, p in self.pods.items() if p.ready}
+        failed = {k: (p.workload, p.error) for k, p in self.pods.items() if p.error is not None}
+        try:
+            self.source.reconciled(meshed, failed)
+        except Exception:  # a source's bug must not stop the reconciler
+            log.exception("the workload source failed to take the reconcile result")
 
     async def reconcile(self, snapshot: Snapshot) -> None:
         self.registry.update(snapshot)
         self.wiring.workloads_changed(snapshot)
-        self._desired = {k: w for k, w in snapshot.on_node(self.config.node).items() if w.meshed}
+        # A pod of this node whose sandbox the source does not know yet (a Kubernetes pod
+        # before its CNI ADD) cannot be captured: there is no cgroup or netns to act on.
+        self._desired = {
+            k: w
+            for k, w in snapshot.on_node(self.config.node).items()
+            if w.meshed and w.has_sandbox
+        }
         assert self.capture is not None
         replaced: list[PodRuntime] = []
         for key in list(self.pods):
@@ -253,9 +273,13 @@ class Agent:
             assert self.capture is not None
             if self._unreconciled is not None:
                 await self._reconcile_or_retry(self._unreconciled)
+            retried = False
             for pod in list(self.pods.values()):
                 if pod.error is not None and self.pods.get(pod.workload.key) is pod:
                     await pod.start(self.capture)
+                    retried = True
+            if retried:
+                self._report()
 
     async def _export_counters(self) -> None:
         last: dict[tuple[str, str], int] = {}

@@ -98,7 +98,8 @@ class PodRuntime:
                     return
                 self.listeners, self.stage = listeners, "capture"
             if self.stage == "capture":
-                capture.add_pod(w.key, w.name, w.cgroup, w.netns, ipv4=w.ipv4, ipv6=w.ipv6)
+                netns, cgroup = w.sandbox()
+                capture.add_pod(w.key, w.name, cgroup, netns, ipv4=w.ipv4, ipv6=w.ipv6)
                 self.captured = True
                 self.stage = "ready"
         except SmeshError as exc:
@@ -184,6 +185,9 @@ class PodRuntime:
             "name": w.name,
             "identity": f"ns/{w.namespace}/sa/{w.service_account}",
             "ips": [str(ip) for ip in w.ips],
+            "uid": w.uid,
+            "netns": w.netns,
+            "cgroup": str(w.cgroup) if w.cgroup is not None else None,
             "stage": self.stage,
             "error": self.error,
             "certificate_expires": self.expires,

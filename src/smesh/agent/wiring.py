@@ -17,7 +17,7 @@ from smesh.agent import logs
 from smesh.agent.config import AgentConfig
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodListeners
-from smesh.agent.workloads import Snapshot, Workload
+from smesh.agent.workloads import DirectorySource, Snapshot, Workload, WorkloadSource
 from smesh.capture import original_destination
 from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services
 from smesh.dataplane.endpoint import PodEndpoint
@@ -105,6 +105,16 @@ def binding_refusal(
     return PeerRefusal(
         "identity_mismatch", f"{address} is pod {workload.key}, whose identity is {expected}"
     )
+
+
+def workload_source(config: AgentConfig, metrics: AgentMetrics) -> WorkloadSource:
+    """The lab's directory of pod files, or the Kubernetes API with the CNI hand-off."""
+    if config.kubernetes is not None:
+        from smesh.kubernetes.source import KubernetesSource  # noqa: PLC0415 - lightkube
+
+        return KubernetesSource.from_config(config, metrics)
+    assert config.workloads is not None  # the configuration has exactly one source
+    return DirectorySource(config.workloads)
 
 
 def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
@@ -297,14 +307,15 @@ class MeshWiring:
 
     async def listen(self, workload: Workload) -> PodListeners:
         assert self.services is not None
-        ns = self._namespaces.of(workload.key, workload.netns)
+        netns, _cgroup = workload.sandbox()
+        ns = self._namespaces.of(workload.key, netns)
         ports = self.config.ports
         opened: list[socket.socket] = []
         try:
             outbound = [self._listener(ns, "127.0.0.1", ports.outbound, opened)]
             outbound.append(self._listener(ns, "::1", ports.outbound, opened))
             inbound = [self._listener(ns, str(ip), ports.inbound, opened) for ip in workload.ips]
-            scope = single_link(workload.netns)  # for IPv6 link-local passthrough
+            scope = single_link(netns)  # for IPv6 link-local passthrough
         except (OSError, SmeshError) as exc:
             for sock in opened:
                 sock.close()

@@ -2,8 +2,8 @@
 
 A :class:`WorkloadSource` yields complete snapshots of the cluster's workloads; the agent
 reconciles its pods against each snapshot, so a missed or repeated event cannot leave it
-out of step. The lab's source is a directory with one file per pod; a Kubernetes pod
-watcher will implement the same interface.
+out of step. The lab's source is a directory with one file per pod; the Kubernetes source
+(smesh.kubernetes.source) watches the API server and takes sandboxes from the CNI plugin.
 """
 
 from __future__ import annotations
@@ -41,13 +41,27 @@ class Workload(BaseModel):
     service_account: Annotated[str, Field(pattern=_LABEL, alias="serviceAccount")] = "default"
     node: Annotated[str, Field(min_length=1)]
     ips: Annotated[tuple[IP, ...], Field(min_length=1)]
-    netns: str  # `ip netns` name or a path such as /proc/PID/ns/net
-    cgroup: Path  # absolute path of the pod's cgroup v2 directory
+    # The pod's sandbox: `ip netns` name or a path such as /proc/PID/ns/net, and the absolute
+    # path of its cgroup v2 directory. None where this node does not know it (another
+    # node's pod, or a local pod before its CNI ADD): such a pod is never meshed here.
+    netns: str | None = None
+    cgroup: Path | None = None
     meshed: bool = True
+    uid: str | None = None  # the Kubernetes pod UID, where there is one
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def has_sandbox(self) -> bool:
+        return self.netns is not None and self.cgroup is not None
+
+    def sandbox(self) -> tuple[str, Path]:
+        """(netns, cgroup); a pod without them cannot be meshed on this node."""
+        if self.netns is None or self.cgroup is None:
+            raise WorkloadError(f"pod {self.key}: its sandbox (netns, cgroup) is not known here")
+        return self.netns, self.cgroup
 
     @property
     def ipv4(self) -> ipaddress.IPv4Address | None:
@@ -73,6 +87,17 @@ class WorkloadSource(Protocol):
         """Yield the current snapshot, then a new one after every change."""
         ...
 
+    def reconciled(
+        self, meshed: Mapping[str, Workload], failed: Mapping[str, tuple[Workload, str]]
+    ) -> None:
+        """The agent's state after each reconcile (and each retry of a failed pod): the pods
+        of this node meshed now (capture attached, listeners open) and those whose meshing
+        failed, with why, each as the workload its runtime serves. The Kubernetes source
+        answers CNI ADDs from it; the workload tells a pod meshed (or failed) with *this*
+        sandbox from an answer about the pod's previous one.
+        """
+        ...
+
 
 def parse(text: str, origin: str) -> Workload:
     try:
@@ -80,9 +105,14 @@ def parse(text: str, origin: str) -> Workload:
     except yaml.YAMLError:
         raise WorkloadError(f"{origin}: not valid JSON or YAML") from None
     try:
-        return Workload.model_validate(data)
+        workload = Workload.model_validate(data)
     except ValidationError as exc:
         raise WorkloadError(f"{origin}: {describe(exc)}") from None
+    # A pod file describes the whole pod: the lab always knows its sandbox.
+    for field in ("netns", "cgroup"):
+        if getattr(workload, field) is None:
+            raise WorkloadError(f"{origin}: {field}: required but missing")
+    return workload
 
 
 class DirectorySource:
@@ -139,6 +169,11 @@ class DirectorySource:
                 continue
             by_key[workload.key] = workload
         return Snapshot(by_key)
+
+    def reconciled(
+        self, meshed: Mapping[str, Workload], failed: Mapping[str, tuple[Workload, str]]
+    ) -> None:
+        """Nothing waits on the agent here: the lab starts a pod's apps after it is meshed."""
 
     async def watch(self) -> AsyncIterator[Snapshot]:
         last: Snapshot | None = None

@@ -209,3 +209,71 @@ def test_registry_lag_is_a_bounded_duration(tmp_path: Path) -> None:
     for value in ("-1", "31s"):
         with pytest.raises(ConfigError, match=r"timeouts\.registryLag: "):
             load(None, ["node=n", "workloads=/w", f"timeouts.registryLag={value}"], environ={})
+
+
+KUBE = "node: node-1\nkubernetes: {kubeconfig: /etc/smesh/agent.kubeconfig}\n"
+
+
+def test_a_kubernetes_section_replaces_workloads_with_documented_defaults(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, KUBE), environ={})
+    assert cfg.workloads is None
+    assert cfg.kubernetes is not None
+    assert cfg.kubernetes.kubeconfig == Path("/etc/smesh/agent.kubeconfig")
+    assert cfg.kubernetes.cni_socket == Path("/run/smesh/cni.sock")
+    assert cfg.kubernetes.cgroup_driver == "auto"
+    assert cfg.kubernetes.cgroup_root == "/"
+    assert cfg.kubernetes.enrol_timeout == 10.0
+    assert cfg.sandbox_dir == Path("/var/lib/smesh/node-1/sandboxes")
+
+
+def test_every_kubernetes_key_is_read(tmp_path: Path) -> None:
+    text = (
+        "node: node-2\nkubernetes:\n  cniSocket: /run/lab/cni.sock\n  cgroupDriver: cgroupfs\n"
+        "  cgroupRoot: /smesh-lab-x/node-2\n  sandboxDir: /var/lib/lab/sandboxes\n"
+        "  enrolTimeout: 1500ms\n"
+    )
+    k = load(write(tmp_path, text), environ={}).kubernetes
+    assert k is not None
+    assert k.kubeconfig is None  # in-cluster
+    assert (k.cni_socket, k.cgroup_driver, k.cgroup_root) == (
+        Path("/run/lab/cni.sock"),
+        "cgroupfs",
+        "/smesh-lab-x/node-2",
+    )
+    assert (k.sandbox_dir, k.enrol_timeout) == (Path("/var/lib/lab/sandboxes"), 1.5)
+
+
+def test_kubernetes_keys_can_be_overridden(tmp_path: Path) -> None:
+    cfg = load(
+        write(tmp_path, KUBE),
+        ["kubernetes.enrolTimeout=3s"],
+        environ={"SMESH__KUBERNETES__CGROUP_DRIVER": "systemd"},
+    )
+    assert cfg.kubernetes is not None
+    assert (cfg.kubernetes.enrol_timeout, cfg.kubernetes.cgroup_driver) == (3.0, "systemd")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "node: n\nworkloads: /w\nkubernetes: {}\n",
+            "agent.yaml: (top level): workloads and kubernetes are both set",
+        ),
+        ("node: n\n", "agent.yaml: (top level): no workload source: set either workloads"),
+        ("node: n\nkubernetes: {cgroupDriver: docker}\n", "agent.yaml: kubernetes.cgroupDriver: "),
+        ("node: n\nkubernetes: {enrolTimeout: 0s}\n", "agent.yaml: kubernetes.enrolTimeout: "),
+        ("node: n\nkubernetes: {enrolTimeout: 10m}\n", "agent.yaml: kubernetes.enrolTimeout: "),
+        ("node: n\nkubernetes: {enrolTimeout: soon}\n", "kubernetes.enrolTimeout: 'soon' is not"),
+        ("node: n\nkubernetes: {cniSocket: cni.sock}\n", "kubernetes.cniSocket: 'cni.sock' is not"),
+        (f"node: n\nkubernetes: {{cniSocket: /{'x' * 120}}}\n", "kubernetes.cniSocket: .* longer"),
+        ("node: n\nkubernetes: {sandboxDir: var/x}\n", "kubernetes.sandboxDir: 'var/x' is not"),
+        ("node: n\nkubernetes: {kubeconfig: k.yaml}\n", "kubernetes.kubeconfig: 'k.yaml' is not"),
+        ("node: n\nkubernetes: {cgroupRoot: kubelet}\n", "kubernetes.cgroupRoot: 'kubelet' is"),
+        ("node: n\nkubernetes: {cgroupRoot: /a/../b}\n", "kubernetes.cgroupRoot: "),
+        ("node: n\nkubernetes: {cgroupDrvier: auto}\n", "kubernetes.cgroupDrvier: unknown field"),
+    ],
+)
+def test_bad_kubernetes_settings_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load(write(tmp_path, text), environ={})

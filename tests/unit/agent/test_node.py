@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -387,3 +388,57 @@ def test_capture_counters_that_restart_with_a_pod_captured_anew_keep_counting(
     exposition = agent.metrics.render().decode()
     line = 'smesh_capture_events_total{decision="captured",workload="pod-1"} 8.0'
     assert line in exposition  # 5, then 2 and 1 more after the restart
+
+
+class Reporting(DirectorySource):
+    """A directory source that keeps what the agent reports after each reconcile."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.reports: list[tuple[list[str], dict[str, str]]] = []
+
+    def reconciled(
+        self, meshed: Mapping[str, Workload], failed: Mapping[str, tuple[Workload, str]]
+    ) -> None:
+        self.reports.append((sorted(meshed), {k: why for k, (_, why) in failed.items()}))
+
+
+def test_a_pod_of_this_node_without_a_sandbox_is_not_meshed(tmp_path: Path) -> None:
+    """A Kubernetes pod before its CNI ADD: known to the registry, not captured."""
+    source = Reporting(tmp_path)
+    agent = Agent(AgentConfig(node="node-1", workloads=tmp_path), Wiring(), source)  # type: ignore[arg-type]
+    capture = Capture()
+    agent.capture = capture  # type: ignore[assignment]
+    bare = POD.model_copy(update={"netns": None, "cgroup": None})
+
+    async def scenario() -> None:
+        await agent._reconcile_or_retry(Snapshot({bare.key: bare}))
+        assert agent.pods == {}
+        assert capture.captured == set()
+        assert agent.registry.lookup(bare.ips[0]) == bare
+        assert agent.ready()  # nothing this node can mesh is waiting
+        await agent._reconcile_or_retry(Snapshot({POD.key: POD}))  # its sandbox arrived
+
+    asyncio.run(scenario())
+    assert capture.captured == {POD.key}
+    assert source.reports == [([], {}), ([POD.key], {})]
+
+
+def test_the_source_is_told_which_pods_failed_and_why(tmp_path: Path) -> None:
+    source = Reporting(tmp_path)
+    wiring = Wiring(SmeshError("signing service did not answer"))
+    agent = Agent(AgentConfig(node="node-1", workloads=tmp_path), wiring, source)  # type: ignore[arg-type]
+    agent.capture = Capture()  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        await agent._reconcile_or_retry(Snapshot({POD.key: POD}))
+        assert source.reports == [([], {POD.key: "signing service did not answer"})]
+        retry = asyncio.create_task(agent._retry_failed())
+        try:
+            while len(source.reports) < 2:
+                await asyncio.sleep(0.01)
+        finally:
+            retry.cancel()
+
+    asyncio.run(scenario())
+    assert source.reports[1] == ([POD.key], {})

@@ -1,0 +1,486 @@
+"""The agent's workload source on a Kubernetes node: the API server plus the CNI hand-off.
+
+Three informers keep the picture: the Pods of this node (field selector on spec.nodeName),
+which decide what the agent meshes; the Pods of the whole cluster, the registry of who
+answers at an address, meshed or not; and the Namespaces, whose label ``smesh.io/mesh=
+enabled`` opts their pods in. The API does not say where a pod's sandbox is: the CNI plugin
+hands it over (smesh.kubernetes.sandboxes), and a restarted agent finds it again from its
+persisted records or, failing those, from a process in the pod's cgroup.
+
+:func:`workload_of` is the whole mapping from API objects to what the agent meshes, and is
+pure; the class around it only gathers its inputs and yields a snapshot when they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from pathlib import Path
+
+from lightkube.resources.core_v1 import Namespace, Pod
+from pydantic import ValidationError
+
+from smesh.agent.config import AgentConfig, KubernetesSettings
+from smesh.agent.metrics import AgentMetrics
+from smesh.agent.workloads import Snapshot, Workload
+from smesh.kubernetes import layout
+from smesh.kubernetes.client import NAMESPACES, PODS, KubeApi, Selection
+from smesh.kubernetes.handoff import SandboxRequest
+from smesh.kubernetes.informer import Informer, InformerStats
+from smesh.kubernetes.sandboxes import (
+    POD_LOOKUP_WAIT,
+    BadRequest,
+    HandoffFailure,
+    Outcome,
+    RecordStore,
+    SandboxRecord,
+    SandboxServer,
+    wait_until,
+)
+from smesh.kubernetes.store import Synced
+from smesh.linux import cgroups, netns
+from smesh.validation import IPAddress, describe
+
+log = logging.getLogger("smesh.agent")
+
+MESH_LABEL = "smesh.io/mesh"
+NAMESPACE_ENABLED = "enabled"
+POD_DISABLED = "disabled"
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+# -- the mapping (sans-IO) -----------------------------------------------------------------
+
+
+def not_meshed_because(pod: Pod, namespace: Namespace | None) -> str | None:
+    """Why *pod* is not meshed, or None if it is (the rules of docs/kubernetes.md)."""
+    ns_labels = (namespace.metadata.labels if namespace and namespace.metadata else None) or {}
+    pod_labels = (pod.metadata.labels if pod.metadata else None) or {}
+    if ns_labels.get(MESH_LABEL) != NAMESPACE_ENABLED:
+        return f"namespace is not labelled {MESH_LABEL}={NAMESPACE_ENABLED}"
+    if pod_labels.get(MESH_LABEL) == POD_DISABLED:
+        return f"pod is labelled {MESH_LABEL}={POD_DISABLED}"
+    if pod.spec is not None and pod.spec.hostNetwork:
+        return "pod uses the host network"
+    if pod.status is not None and pod.status.phase in TERMINAL_PHASES:
+        return f"pod has ended ({pod.status.phase})"
+    return None
+
+
+def pod_ips(pod: Pod) -> tuple[IPAddress, ...]:
+    """status.podIPs (or the older status.podIP); addresses that do not parse are skipped."""
+    status = pod.status
+    if status is None:
+        return ()
+    texts = [p.ip for p in status.podIPs or () if p.ip] or ([status.podIP] if status.podIP else [])
+    ips: list[IPAddress] = []
+    for text in texts:
+        with contextlib.suppress(ValueError):
+            ips.append(ipaddress.ip_address(text))
+    return tuple(ips)
+
+
+def workload_of(
+    pod: Pod, namespace: Namespace | None, sandbox: SandboxRecord | None = None
+) -> Workload | None:
+    """The workload the agent knows *pod* as, or None if it has none (no node, no address).
+
+    *sandbox* is the pod's sandbox if this node knows it: its netns and cgroup, and the
+    addresses the CNI result gave it, which the API learns only after the sandbox exists.
+    A pod of a host-network pod's addresses are the node's: it is no destination of its own.
+    """
+    meta, spec = pod.metadata, pod.spec
+    if meta is None or spec is None or not meta.name or not spec.nodeName:
+        return None
+    if spec.hostNetwork:
+        return None
+    ips = pod_ips(pod) or (sandbox.ips if sandbox is not None else ())
+    if not ips:
+        return None
+    try:
+        return Workload(
+            name=meta.name,
+            namespace=meta.namespace or "default",
+            service_account=spec.serviceAccountName or "default",
+            node=spec.nodeName,
+            ips=ips,
+            netns=sandbox.netns if sandbox is not None else None,
+            cgroup=sandbox.cgroup if sandbox is not None else None,
+            meshed=not_meshed_because(pod, namespace) is None,
+            uid=meta.uid,
+        )
+    except ValidationError as exc:
+        log.warning("ignoring pod %s/%s: %s", meta.namespace, meta.name, describe(exc))
+        return None
+
+
+def same_sandbox(workload: Workload | None, record: SandboxRecord) -> bool:
+    return (
+        workload is not None and workload.netns == record.netns and workload.cgroup == record.cgroup
+    )
+
+
+# -- the source ------------------------------------------------------------------------------
+
+
+class KubernetesSource:
+    """A :class:`~smesh.agent.workloads.WorkloadSource` over the API server and the CNI."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        node: str,
+        settings: KubernetesSettings,
+        sandbox_dir: Path,
+        metrics: AgentMetrics | None = None,
+        cgroup_mount: Path | None = None,
+    ) -> None:
+        self.api = api
+        self.node = node
+        self.settings = settings
+        self.records = RecordStore(sandbox_dir)
+        self.metrics = metrics
+        self._cgroup_mount = cgroup_mount
+        self._driver: layout.CgroupDriver | None = (
+            None
+            if settings.cgroup_driver == "auto"
+            else layout.CgroupDriver(settings.cgroup_driver)
+        )
+        self.local: Informer[Pod] = Informer(
+            api, PODS, Selection(field_selector=f"spec.nodeName={node}")
+        )
+        self.cluster: Informer[Pod] = Informer(api, PODS)
+        self.namespaces: Informer[Namespace] = Informer(api, NAMESPACES)
+        self.sandboxes: dict[str, SandboxRecord] = {}  # by pod UID
+        self._found: dict[str, SandboxRecord] = {}  # by pod UID: found on the node at start
+        self._meshed: dict[str, Workload] = {}
+        self._failed: dict[str, tuple[Workload, str]] = {}
+        self._changed = asyncio.Event()  # for the snapshot loop
+        self._progress = asyncio.Event()  # for hand-off requests waiting on the agent
+        self._synced: set[str] = set()
+        self.server = SandboxServer(
+            self, settings.cni_socket, settings.enrol_timeout, self._observe
+        )
+        if metrics is not None:
+            metrics.kubernetes(self.informer_stats)
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, metrics: AgentMetrics) -> KubernetesSource:
+        assert config.kubernetes is not None
+        api = KubeApi.from_kubeconfig(config.kubernetes.kubeconfig)
+        return cls(
+            api,
+            node=config.node,
+            settings=config.kubernetes,
+            sandbox_dir=config.sandbox_dir,
+            metrics=metrics,
+        )
+
+    def informer_stats(self) -> dict[str, InformerStats]:
+        return {
+            "node_pods": self.local.stats,
+            "cluster_pods": self.cluster.stats,
+            "namespaces": self.namespaces.stats,
+        }
+
+    @property
+    def synced(self) -> bool:
+        return len(self._synced) == 3
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def _namespace_objects(self) -> dict[str, Namespace]:
+        return {name: ns for (_, name), ns in self.namespaces.snapshot().items()}
+
+    def sandbox_of(self, pod: Pod) -> SandboxRecord | None:
+        uid = pod.metadata.uid if pod.metadata else None
+        if not uid:
+            return None
+        return self.sandboxes.get(uid) or self._found.get(uid)
+
+    def build(self) -> Snapshot:
+        """Every pod of the cluster with an address; this node's from its own informer."""
+        namespaces = self._namespace_objects()
+        workloads: dict[str, Workload] = {}
+        for (ns, _), pod in self.cluster.snapshot().items():
+            if pod.spec is not None and pod.spec.nodeName == self.node:
+                continue  # the node's informer is the authority on the node's pods
+            w = workload_of(pod, namespaces.get(ns))
+            if w is not None:
+                workloads[w.key] = w
+        uids = set()
+        for (ns, _), pod in self.local.snapshot().items():
+            uids.add(pod.metadata.uid if pod.metadata else None)
+            w = workload_of(pod, namespaces.get(ns), self.sandbox_of(pod))
+            if w is not None:
+                workloads[w.key] = w
+        for gone in set(self._found) - uids:  # found at start, deleted since
+            del self._found[gone]
+        return Snapshot(workloads)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def _progressed(self) -> Awaitable[bool]:
+        """The next notification: bound to the current event now, so a notification that
+        comes before the waiter first runs is not missed."""
+        return self._progress.wait()
+
+    async def _run(self, name: str, informer: Informer[Pod] | Informer[Namespace]) -> None:
+        async for item in informer.events():
+            if isinstance(item, Synced):
+                self._synced.add(name)
+            self._notify()
+
+    async def watch(self) -> AsyncIterator[Snapshot]:
+        self.sandboxes = self.records.load()
+        loaded = set(self.sandboxes)
+        await self.server.start()
+        tasks = [
+            asyncio.create_task(self._run(name, informer), name=f"informer {name}")
+            for name, informer in (
+                ("node_pods", self.local),
+                ("cluster_pods", self.cluster),
+                ("namespaces", self.namespaces),
+            )
+        ]
+        try:
+            last: Snapshot | None = None
+            while True:
+                await self._changed.wait()
+                self._changed.clear()
+                for task in tasks:
+                    if task.done():  # informers retry forever: this is a bug; say so
+                        task.result()
+                        raise RuntimeError(f"{task.get_name()} ended")
+                if not self.synced:
+                    continue
+                if last is None:
+                    self._restore(loaded)
+                snapshot = self.build()
+                if last is None or snapshot.workloads != last.workloads:
+                    last = snapshot
+                    yield snapshot
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.server.close()
+            await self.api.aclose()
+
+    # -- restart without the CNI -------------------------------------------------------
+
+    def _restore(self, loaded: set[str]) -> None:
+        """After the first complete lists: keep the persisted sandboxes whose pod is still
+        in the API and whose netns still exists; find the others' in their cgroups."""
+        local = {
+            pod.metadata.uid: pod
+            for pod in self.local.snapshot().values()
+            if pod.metadata is not None and pod.metadata.uid
+        }
+        for uid in loaded:
+            record = self.sandboxes.get(uid)
+            if record is None:
+                continue
+            if uid not in local or not netns.exists(record.netns):
+                why = "its pod is gone" if uid not in local else f"netns {record.netns} is gone"
+                log.info("dropping the sandbox record of %s: %s", record.key, why)
+                del self.sandboxes[uid]
+                with contextlib.suppress(Exception):
+                    self.records.remove(uid)
+        for uid, pod in local.items():
+            if uid in self.sandboxes or pod.status is None:
+                continue
+            if pod.status.phase != "Running" or (pod.spec is not None and pod.spec.hostNetwork):
+                continue
+            found = self._find_on_node(pod)
+            if found is not None:
+                self._found[uid] = found
+
+    def _find_on_node(self, pod: Pod) -> SandboxRecord | None:
+        """A running pod without a record: its cgroup from the kubelet's layout, its netns
+        that of a process in it (the CNI plugin ran while no agent did, or before smesh)."""
+        assert pod.metadata is not None
+        assert pod.metadata.uid is not None
+        key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+        try:
+            cgroup = self.pod_cgroup(pod)
+        except (layout.LayoutError, OSError) as exc:
+            log.warning("pod %s has no sandbox record and no cgroup found: %s", key, exc)
+            return None
+        for pid in cgroups.pids(cgroup):
+            path = f"/proc/{pid}/ns/net"
+            with contextlib.suppress(OSError):
+                Path(path).stat()
+                log.info("found the sandbox of %s from process %d", key, pid)
+                return SandboxRecord(
+                    uid=pod.metadata.uid,
+                    namespace=pod.metadata.namespace or "default",
+                    name=pod.metadata.name or "",
+                    netns=path,
+                    cgroup=cgroup,
+                    ips=pod_ips(pod),
+                )
+        log.warning("pod %s has no sandbox record and no process in %s", key, cgroup)
+        return None
+
+    def pod_cgroup(self, pod: Pod) -> Path:
+        """The pod's cgroup directory from the kubelet's layout (LayoutError if absent)."""
+        assert pod.metadata is not None
+        assert pod.metadata.uid is not None
+        mount = self._cgroup_mount or cgroups.v2_root()
+        root = self.settings.cgroup_root
+        if self._driver is None:
+            self._driver = layout.detect_driver(mount, root)
+        qos = layout.qos_class(pod.status.qosClass if pod.status else None)
+        return layout.find_pod_cgroup(mount, self._driver, root, qos, pod.metadata.uid)
+
+    # -- the agent's side of the hand-off (SandboxHost) -----------------------------------
+
+    def reconciled(
+        self, meshed: Mapping[str, Workload], failed: Mapping[str, tuple[Workload, str]]
+    ) -> None:
+        self._meshed = dict(meshed)
+        self._failed = dict(failed)
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def _local_pod(self, namespace: str, name: str) -> Pod | None:
+        return self.local.snapshot().get((namespace, name))
+
+    async def admit(self, request: SandboxRequest, deadline: float) -> SandboxRecord:
+        for field, value in (
+            ("podNamespace", request.pod_namespace),
+            ("podName", request.pod_name),
+            ("podUid", request.pod_uid),
+            ("netns", request.netns),
+        ):
+            if not value:
+                raise BadRequest(f"{field}: required for ADD (CNI_ARGS K8S_POD_*, CNI_NETNS)")
+        if not netns.exists(request.netns):
+            raise BadRequest(f"netns: {request.netns!r} does not exist")
+        found: list[Pod] = []
+
+        def seen() -> bool:
+            pod = self._local_pod(request.pod_namespace, request.pod_name)
+            if pod is not None and pod.metadata is not None and pod.metadata.uid == request.pod_uid:
+                found.append(pod)
+                return True
+            return False
+
+        lookup = min(deadline, time.monotonic() + POD_LOOKUP_WAIT)
+        if not await wait_until(seen, self._progressed, lookup):
+            raise HandoffFailure(
+                f"pod {request.pod} (uid {request.pod_uid}) is not bound to node {self.node} "
+                f"in the API server, as far as the agent has seen in {POD_LOOKUP_WAIT:g} s"
+            )
+        pod = found[0]
+        try:
+            cgroup = self.pod_cgroup(pod)
+        except layout.LayoutError as exc:
+            raise HandoffFailure(str(exc)) from None
+        record = SandboxRecord(
+            uid=request.pod_uid,
+            namespace=request.pod_namespace,
+            name=request.pod_name,
+            container_id=request.container_id,
+            netns=request.netns,
+            cgroup=cgroup,
+            ips=request.ips,
+        )
+        self.records.put(record)
+        self.sandboxes[record.uid] = record
+        self._found.pop(record.uid, None)
+        self._notify()
+        return record
+
+    async def enrolment(self, record: SandboxRecord, deadline: float) -> Outcome:
+        outcome: list[Outcome] = []
+
+        def decided() -> bool:
+            if self.sandboxes.get(record.uid) != record:
+                outcome.append(Outcome("failed", "the sandbox was deleted (CNI DEL) meanwhile"))
+                return True
+            pod = self._local_pod(record.namespace, record.name)
+            if pod is None or pod.metadata is None or pod.metadata.uid != record.uid:
+                outcome.append(Outcome("failed", f"pod {record.key} was deleted"))
+                return True
+            namespace = self._namespace_objects().get(record.namespace)
+            why = not_meshed_because(pod, namespace)
+            if why is not None:
+                outcome.append(Outcome("not_meshed", why))
+                return True
+            if workload_of(pod, namespace, self.sandboxes.get(record.uid)) is None:
+                outcome.append(
+                    Outcome(
+                        "failed",
+                        f"pod {record.key} has no IP address: neither the CNI result before "
+                        "smesh-cni nor the pod's status.podIPs has one",
+                    )
+                )
+                return True
+            if same_sandbox(self._meshed.get(record.key), record):
+                outcome.append(Outcome("meshed"))
+                return True
+            failure = self._failed.get(record.key)
+            if failure is not None and same_sandbox(failure[0], record):
+                outcome.append(Outcome("failed", f"the agent cannot mesh it: {failure[1]}"))
+                return True
+            return False
+
+        if await wait_until(decided, self._progressed, deadline):
+            return outcome[-1]
+        return Outcome(
+            "timeout",
+            f"the agent did not mesh pod {record.key} within kubernetes.enrolTimeout "
+            f"({self.settings.enrol_timeout:g} s): its certificate, listeners or capture "
+            "are not in place yet (see the agent's /debug/workloads)",
+        )
+
+    async def release(self, request: SandboxRequest, deadline: float) -> str:
+        record = self.sandboxes.get(request.pod_uid) if request.pod_uid else None
+        if record is None:  # a DEL may come without the pod's args: find it by container
+            record = next(
+                (r for r in self.sandboxes.values() if r.container_id == request.container_id),
+                None,
+            )
+        if record is None or (record.container_id and record.container_id != request.container_id):
+            return ""  # nothing, or a newer sandbox of the pod: idempotent, nothing to do
+        self.records.remove(record.uid)
+        del self.sandboxes[record.uid]
+        self._notify()
+        await wait_until(
+            lambda: not same_sandbox(self._meshed.get(record.key), record),
+            self._progressed,
+            deadline,
+        )
+        return record.key
+
+    def check(self, request: SandboxRequest) -> Outcome:
+        record = self.sandboxes.get(request.pod_uid)
+        if record is None or record.container_id != request.container_id:
+            return Outcome("failed", f"the agent has no sandbox of {request.pod} on record")
+        pod = self._local_pod(record.namespace, record.name)
+        if pod is None:
+            return Outcome("failed", f"pod {record.key} is not in the API server")
+        if not_meshed_because(pod, self._namespace_objects().get(record.namespace)) is not None:
+            return Outcome("not_meshed")
+        if same_sandbox(self._meshed.get(record.key), record):
+            return Outcome("meshed")
+        failure = self._failed.get(record.key)
+        why = failure[1] if failure is not None else "not meshed yet"
+        return Outcome("failed", f"pod {record.key} should be meshed but is not: {why}")
+
+    def _observe(self, command: str, result: str, seconds: float | None) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.handoff_requests.labels(command, result).inc()
+        if command == "add" and seconds is not None:
+            self.metrics.enrol_duration.labels(result).observe(seconds)
