@@ -150,10 +150,12 @@ def publish_workloads(topo: Topology, cgroup_root: Path) -> None:
 def _teardown(name: str, cgroup_root: Path) -> None:
     lab = _saved(name)
     if lab is not None and (lab.kubelets or lab.control_plane):
-        # Kubelets first (no new pods), then the control plane newest first; the pods and
+        # Kubelets first (no new pods), then the control plane newest first, one by one: an
+        # API server whose etcd goes away while it shuts down hangs until killed. The pods and
         # whatever does not end in time go with the lab's cgroup below.
         _stop_all([*lab.kubelets.values()])
-        _stop_all([lab.control_plane[c] for c in reversed(list(lab.control_plane))])
+        for component in reversed(list(lab.control_plane)):
+            _stop_all([lab.control_plane[component]])
     if lab is not None and (lab.agents or lab.signer):  # gently first: agents drain
         from smesh.lab import agents  # noqa: PLC0415
 

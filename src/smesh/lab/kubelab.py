@@ -16,6 +16,7 @@ from typing import Any
 
 from smesh.lab import agents, cluster, kubepaths, state
 from smesh.lab import kubelet_cni as cni
+from smesh.lab.controlplane import ControlPlaneError
 from smesh.lab.errors import UnknownMember
 from smesh.lab.kubelet import Sandbox, load_sandboxes
 from smesh.lab.topology import Node, Topology
@@ -95,9 +96,26 @@ def find_pod(topo: Topology, ref: str) -> PodSandbox:
 
 def pod_rows(topo: Topology) -> list[dict[str, Any]]:
     """Every pod of the API (namespace/name, node, IPs, phase), with its sandbox if local."""
-    local = {f.sandbox.uid: f.sandbox for f in sandboxes(topo)}
+    found = sandboxes(topo)
+    local = {f.sandbox.uid: f.sandbox for f in found}
+    try:
+        listed = cluster.list_pods(topo.name)
+    except ControlPlaneError:  # the API server is down: what the kubelets know, phase unknown
+        listed = [
+            {
+                "metadata": {
+                    "namespace": f.sandbox.namespace,
+                    "name": f.sandbox.name,
+                    "uid": f.sandbox.uid,
+                },
+                "spec": {"nodeName": f.node, "hostNetwork": f.sandbox.host_network},
+                "status": {"phase": "Unknown", "podIPs": [{"ip": ip} for ip in f.sandbox.ips]},
+            }
+            for f in found
+            if not f.sandbox.released
+        ]
     rows = []
-    for pod in cluster.list_pods(topo.name):
+    for pod in listed:
         meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
         ips = [entry.get("ip", "") for entry in status.get("podIPs") or []]
         sandbox = local.get(meta.get("uid", ""))

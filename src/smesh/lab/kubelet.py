@@ -79,6 +79,7 @@ MAX_PODS = 110
 DEFAULT_GRACE = 30
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RUNTIME = "smesh-lab"
+STATUS_RETRY = 2.0  # seconds before a failed status update is tried again
 
 
 def short_uid(uid: str) -> str:
@@ -290,7 +291,8 @@ class PodWorker:
             sandbox = self.sandbox
             if phase(self._records(), sandbox.ready) in {"Succeeded", "Failed"}:
                 await self._release()
-            await self._report()
+            if not await self._report():  # the API is away: try again soon, not never
+                timeout = min(timeout or STATUS_RETRY, STATUS_RETRY)
             await self.sleep(timeout)
 
     async def _finish(self) -> None:
@@ -496,7 +498,8 @@ class PodWorker:
 
     # -- status -----------------------------------------------------------------------------
 
-    async def _report(self) -> None:
+    async def _report(self) -> bool:
+        """Patch the pod's status if it changed; whether the API has it now."""
         sandbox = self.sandbox
         status = pod_status(
             records=self._records(),
@@ -508,16 +511,17 @@ class PodWorker:
             start_time=self.start_time,
         )
         if status == self.reported:
-            return
+            return True
         try:
             await self.kubelet.writer.merge_patch(
                 f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status", {"status": status}
             )
         except KubernetesError as exc:
             log.warning("pod %s: status update failed: %s", self.ref, exc)
-            return
+            return False
         self.reported = status
         self.conditions = status["conditions"]
+        return True
 
 
 class Kubelet:
