@@ -146,6 +146,16 @@ def cni_call(sandbox: Sandbox) -> cni.Invocation:
     )
 
 
+def grace_period(pod: Pod) -> int:
+    """Seconds between SIGTERM and SIGKILL: the deletion's own, else the pod's, else 30."""
+    meta, spec = pod.metadata, pod.spec
+    if meta is not None and meta.deletionGracePeriodSeconds is not None:
+        return meta.deletionGracePeriodSeconds
+    if spec is not None and spec.terminationGracePeriodSeconds is not None:
+        return spec.terminationGracePeriodSeconds
+    return DEFAULT_GRACE
+
+
 def container_argv(spec: Container) -> list[str]:
     """``command`` + ``args``: there are no images, so no entrypoint to fall back on."""
     return [*(spec.command or []), *(spec.args or [])]
@@ -266,6 +276,9 @@ class PodWorker:
             await self._finish()
             return
         backoff = Backoff(initial=1.0, cap=30.0)
+        if self.sandbox is not None and not (self.sandbox.ready or self.sandbox.released):
+            await self._release()  # half made by a kubelet that died making it: start over
+            self.sandbox = None
         while self.sandbox is None or not (self.sandbox.ready or self.sandbox.released):
             if self.removed or self.deleting:
                 await self._finish()
@@ -298,15 +311,7 @@ class PodWorker:
     async def _finish(self) -> None:
         """Stop the containers, release the sandbox, and let the API forget the pod."""
         log.info("pod %s: %s", self.ref, "gone from the API" if self.removed else "deleting")
-        grace = 0
-        if not self.removed:
-            meta, spec = self.pod.metadata, self.pod.spec
-            grace = (
-                (meta.deletionGracePeriodSeconds if meta else None)
-                or (spec.terminationGracePeriodSeconds if spec else None)
-                or 0
-            )
-        await self._stop_containers(grace)
+        await self._stop_containers(0 if self.removed else grace_period(self.pod))
         await self._release()
         shutil.rmtree(self.directory, ignore_errors=True)
         if not self.removed:

@@ -249,6 +249,55 @@ def test_host_network_restart_policies_and_kubelet_restart(cluster: Lab) -> None
     assert state.start_time_of(before["containers"]["main"]["pid"]) is None
 
 
+def test_a_failing_cni_add_keeps_the_pod_pending_with_an_event_then_retries(
+    cluster: Lab,
+) -> None:
+    # A plugin missing from CNI_PATH stands in for any failing ADD (e.g. an agent away).
+    plugin = state.directory(cluster.name) / "kubernetes" / "cni" / "bin" / "bridge"
+    aside = plugin.with_name("bridge.aside")
+    plugin.rename(aside)
+    try:
+        kubectl(
+            cluster,
+            "run",
+            "late",
+            "--image=none",
+            "--restart=Never",
+            "--command",
+            "--",
+            "sleep",
+            "infinity",
+        )
+
+        def failed_event() -> list[dict[str, Any]]:
+            return json.loads(
+                kubectl(
+                    cluster,
+                    "get",
+                    "events",
+                    "--field-selector",
+                    "involvedObject.name=late,reason=FailedCreatePodSandBox",
+                    "-o",
+                    "json",
+                )
+            )["items"]
+
+        events = wait_for("a FailedCreatePodSandBox event", failed_event)
+        assert "failed to find plugin 'bridge'" in events[0]["message"]
+        assert events[0]["type"] == "Warning"
+        late = pods(cluster)["late"]
+        assert late["status"]["phase"] == "Pending"
+        waiting = late["status"]["containerStatuses"][0]["state"]["waiting"]
+        assert waiting["reason"] == "ContainerCreating"
+        assert not any(
+            ns.startswith(f"{cluster.name}.k8s-{late['metadata']['uid'][:8]}")
+            for ns in netns.list_names()
+        )  # the failed sandbox was undone
+    finally:
+        aside.rename(plugin)
+    running(cluster, "--field-selector", "metadata.name=late", count=1)
+
+
 def test_lab_down_leaves_nothing(cluster: Lab) -> None:
     lab = state.load(cluster.name)
     assert lab is not None
