@@ -59,11 +59,13 @@ from smesh.lab.kubelet_status import (
     TERMINATED,
     WAITING,
     ContainerRecord,
+    crashes_after_exit,
     now_micro,
     now_rfc3339,
     phase,
     pod_status,
     restart_delay,
+    seconds_since,
     should_restart,
 )
 from smesh.lab.topology import Node, Topology
@@ -471,13 +473,14 @@ class PodWorker:
 
     def _exited(self, name: str, record: ContainerRecord, code: int, reason: str = "") -> None:
         """A container ended: terminated for good, or waiting for its restart after backoff."""
+        ran = seconds_since(record.started_at) if record.state == RUNNING else 0.0
         record.exited(code, reason or None)
         if self.deleting or self.removed:
             return
         log.info("pod %s: container %s exited with %d", self.ref, name, code)
         if not should_restart(self.policy, code):
             return
-        record.crashes += 1
+        record.crashes = crashes_after_exit(record.crashes, ran)
         delay = restart_delay(record.crashes)
         record.last_state = {TERMINATED: record.terminated()}
         record.state = WAITING

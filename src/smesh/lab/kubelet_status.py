@@ -111,6 +111,21 @@ def restart_delay(crashes: int, backoff: tuple[float, float, float] = RESTART_BA
     return float(min(cap, initial * 2 ** min(crashes - 1, 32)))
 
 
+def crashes_after_exit(
+    crashes: int, ran_seconds: float, backoff: tuple[float, float, float] = RESTART_BACKOFF
+) -> int:
+    """The crash count after one more exit: a container that ran long enough starts over."""
+    return 1 if ran_seconds >= backoff[2] else crashes + 1
+
+
+def seconds_since(rfc3339: str) -> float:
+    """Seconds from a status timestamp to now (0 for none)."""
+    if not rfc3339:
+        return 0.0
+    then = datetime.datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return (datetime.datetime.now(datetime.UTC) - then).total_seconds()
+
+
 def phase(records: Sequence[ContainerRecord], sandbox_ready: bool) -> str:
     """The pod's phase from its containers (the kubelet's ``getPhase``, no init containers)."""
     if not sandbox_ready or not records:

@@ -11,6 +11,7 @@ from smesh.lab.kubelet_status import (
     WAITING,
     ContainerRecord,
     conditions,
+    crashes_after_exit,
     phase,
     pod_status,
     restart_delay,
@@ -51,6 +52,14 @@ def test_restart_backoff_doubles_up_to_its_cap() -> None:
     assert delays[3] == 4 * initial
     assert max(delays) == cap
     assert delays == sorted(delays)
+
+
+def test_a_container_that_ran_long_enough_starts_its_backoff_over() -> None:
+    reset = RESTART_BACKOFF[2]
+    assert crashes_after_exit(0, 0.5) == 1
+    assert crashes_after_exit(4, 0.5) == 5
+    assert crashes_after_exit(4, reset - 1) == 5
+    assert crashes_after_exit(4, reset) == 1
 
 
 @pytest.mark.parametrize(
