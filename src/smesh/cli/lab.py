@@ -24,6 +24,11 @@ def configure(lab: argparse.ArgumentParser) -> None:
     up.add_argument("--pods-per-node", type=int, default=2, help="pods on each node (default 2)")
     up.add_argument("--no-mesh", action="store_true", help="plain traffic: smesh switched off")
     up.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="a Kubernetes cluster: control plane, kubelets, pods from the API (no static pods)",
+    )
+    up.add_argument(
         "--identity",
         action="append",
         default=[],
@@ -51,10 +56,24 @@ def configure(lab: argparse.ArgumentParser) -> None:
     restart.add_argument("node", metavar="NODE", help="e.g. node-1")
     restart.set_defaults(func=_restart)
 
+    kubelet = named(verbs.add_parser("restart-kubelet", help="restart a node's lab kubelet"))
+    kubelet.add_argument("node", metavar="NODE", help="e.g. node-1")
+    kubelet.set_defaults(func=_restart_kubelet)
+
     run = named(verbs.add_parser("exec", help="run a command inside a pod (or node)"))
-    run.add_argument("member", metavar="POD", help="pod (or node) name, e.g. pod-1")
+    run.add_argument(
+        "member",
+        metavar="POD",
+        help="pod (or node) name, e.g. pod-1; NAMESPACE/POD for a Kubernetes lab's pods",
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     run.set_defaults(func=_exec)
+
+    kubectl = named(
+        verbs.add_parser("kubectl", help="run kubectl against a --kubernetes lab's API server")
+    )
+    kubectl.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGS...")
+    kubectl.set_defaults(func=_kubectl)
 
 
 def _name_option(parser: argparse.ArgumentParser) -> None:
@@ -102,9 +121,16 @@ def _up(args: argparse.Namespace) -> int:
         identities=args.identity,
         policy=args.policy,
         agent_overrides=args.agent_set,
+        kubernetes=args.kubernetes,
     )
     mode = "mesh on" if topo.mesh else "mesh off (--no-mesh)"
-    print(f"lab {topo.name!r} is up: {len(topo.nodes)} nodes, {len(topo.pods)} pods, {mode}")
+    if topo.kubernetes:
+        print(
+            f"lab {topo.name!r} is up: a Kubernetes cluster of {len(topo.nodes)} nodes, {mode}; "
+            f"use `smesh lab kubectl --name {topo.name} -- ...`"
+        )
+    else:
+        print(f"lab {topo.name!r} is up: {len(topo.nodes)} nodes, {len(topo.pods)} pods, {mode}")
     _print_tables(api.status(topo.name))
     return 0
 
@@ -130,10 +156,23 @@ def _restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restart_kubelet(args: argparse.Namespace) -> int:
+    process = api.restart_kubelet(args.name, args.node)
+    print(f"kubelet of {args.node} restarted (pid {process.pid})")
+    return 0
+
+
 def _exec(args: argparse.Namespace) -> int:
     options, argv = exec_command(list(args.argv))
     _exec_options(options, args)
     api.exec_argv(args.name, args.member, argv)
+    return 0  # not reached: exec replaced this process
+
+
+def _kubectl(args: argparse.Namespace) -> int:
+    options, argv = exec_command(list(args.argv))
+    _exec_options(options, args)
+    api.kubectl_argv(args.name, argv)
     return 0  # not reached: exec replaced this process
 
 
@@ -155,6 +194,24 @@ def _print_tables(doc: dict[str, Any]) -> None:
         )
     )
     print()
+    if doc.get("kubernetes"):
+        print(
+            table(
+                ["NAMESPACE/POD", "NODE", "IP", "IPV6", "PHASE", "NETNS"],
+                [
+                    [
+                        f"{p['namespace']}/{p['name']}",
+                        p["node"] or "-",
+                        p["ip"] or "-",
+                        p["ip6"] or "-",
+                        p["phase"] + (" (deleting)" if p["deleting"] else ""),
+                        p["netns"] or ("(node)" if p["host_network"] else "-"),
+                    ]
+                    for p in doc["kubernetes_pods"]
+                ],
+            )
+        )
+        return
     print(
         table(
             ["POD", "NODE", "IP", "IPV6", "IDENTITY", "MESHED", "NETNS", "CGROUP"],

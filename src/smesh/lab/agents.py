@@ -33,11 +33,39 @@ def node_dir(lab: str, node: str) -> Path:
     return state.directory(lab) / node
 
 
+#: Whether the agents of a ``--kubernetes`` lab learn their pods from the API server (the
+#: agent's ``kubernetes`` workload source, and smesh-cni in the nodes' CNI chain). Until the
+#: agent has that source, such a lab's agents run on the (empty) workloads directory and its
+#: pods are not meshed.
+KUBERNETES_SOURCE = False
+
+
+def kubernetes_section(topo: Topology, node: Node) -> dict[str, Any]:
+    """The agent's ``kubernetes`` workload source for a node of a Kubernetes lab."""
+    from smesh.lab import kubepaths  # noqa: PLC0415
+
+    return {
+        "kubeconfig": str(kubepaths.agent_kubeconfig(topo.name, node.name)),
+        "cniSocket": str(kubepaths.cni_socket(topo.name, node.name)),
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": f"/{node.cgroup}",
+        "sandboxDir": str(kubepaths.node_dir(topo.name, node.name) / "sandboxes"),
+    }
+
+
+def meshed_through_api(topo: Topology) -> bool:
+    """Whether *topo*'s agents watch the API and the kubelets chain smesh-cni to them."""
+    return topo.kubernetes and topo.mesh and KUBERNETES_SOURCE
+
+
 def config_for(topo: Topology, node: Node, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The agent configuration file of one lab node."""
+    source: dict[str, Any] = {"workloads": str(state.workloads_dir(topo.name))}
+    if meshed_through_api(topo):
+        source = {"kubernetes": kubernetes_section(topo, node)}
     config: dict[str, Any] = {
         "node": node.name,
-        "workloads": str(state.workloads_dir(topo.name)),
+        **source,
         "capture": {
             "mode": "auto",
             "meshCidrs": ["198.18.0.0/16", "fd00:198:18::/48"],
@@ -83,7 +111,8 @@ def spawn(argv: list[str], cgroup: Path, netns_name: str | None, log_path: Path)
         )
     start_time = state.start_time_of(proc.pid)
     if start_time is None:
-        raise LabError(f"`smesh {argv[3]}` exited at once; see {log_path}")
+        what = f"smesh {argv[3]}" if argv[1:3] == ["-m", "smesh"] else " ".join(argv[:3])
+        raise LabError(f"`{what}` exited at once; see {log_path}")
     return state.Process(pid=proc.pid, start_time=start_time)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from smesh.lab import builder, state, topology
-from smesh.lab.errors import CommandNotFound, LabError, LabExists, LabNotFound
+from smesh.lab.errors import CommandNotFound, InvalidLabSpec, LabError, LabExists, LabNotFound
 from smesh.lab.topology import Pod, Topology
 from smesh.linux import cgroups, netns, privileges
 
@@ -50,14 +52,25 @@ def up(
     identities: Sequence[str] = (),
     policy: Path | None = None,
     agent_overrides: Sequence[str] = (),
+    kubernetes: bool = False,
 ) -> Topology:
-    """Build lab *name*; on any failure remove what was built and re-raise."""
+    """Build lab *name*; on any failure remove what was built and re-raise.
+
+    With *kubernetes* the lab is a cluster: a control plane in ``NAME.control``, a kubelet per
+    node, and no static pods (*pods_per_node* is ignored): pods come from the API server.
+    """
+    if kubernetes and identities:
+        raise InvalidLabSpec(
+            "--identity names static pods; a --kubernetes lab has none (pods come from the API)"
+        )
     if policy is not None:
         from smesh.policy import load as load_policy  # noqa: PLC0415
 
         load_policy(policy)  # refuse a bad policy before building anything
     parsed = [topology.parse_identity(text) for text in identities]
-    topo = topology.plan(name, nodes, pods_per_node, mesh, {p: (n, s) for p, n, s in parsed})
+    topo = topology.plan(
+        name, nodes, pods_per_node, mesh, {p: (n, s) for p, n, s in parsed}, kubernetes=kubernetes
+    )
     cgroup_root = _preflight("smesh lab up")
     with _locked(name):
         if _leftovers(name, cgroup_root):
@@ -71,13 +84,20 @@ def up(
             mesh=mesh,
             identities={p: [n, s] for p, n, s in parsed},
             settings={"agent_overrides": list(agent_overrides)},
+            kubernetes=kubernetes,
         )
         state.save(lab)
         try:
             builder.build(topo, cgroup_root)
             publish_workloads(topo, cgroup_root)
+            if kubernetes:
+                from smesh.lab import kubelab  # noqa: PLC0415 - only for Kubernetes labs
+
+                kubelab.start_control_plane(lab, topo, cgroup_root)
             if mesh:
                 _start_mesh(lab, topo, cgroup_root, policy)
+            if kubernetes:
+                kubelab.start_kubelets(lab, topo, cgroup_root)
             lab.phase = "up"
             state.save(lab)
         except BaseException:
@@ -129,6 +149,13 @@ def publish_workloads(topo: Topology, cgroup_root: Path) -> None:
 
 def _teardown(name: str, cgroup_root: Path) -> None:
     lab = _saved(name)
+    if lab is not None and (lab.kubelets or lab.control_plane):
+        # Kubelets first (no new pods), then the control plane newest first, one by one: an
+        # API server whose etcd goes away while it shuts down hangs until killed. The pods and
+        # whatever does not end in time go with the lab's cgroup below.
+        _stop_all([*lab.kubelets.values()])
+        for component in reversed(list(lab.control_plane)):
+            _stop_all([lab.control_plane[component]])
     if lab is not None and (lab.agents or lab.signer):  # gently first: agents drain
         from smesh.lab import agents  # noqa: PLC0415
 
@@ -142,6 +169,17 @@ def _teardown(name: str, cgroup_root: Path) -> None:
         for entry in sorted(directory.rglob("*"), key=lambda p: -len(p.parts)):
             entry.rmdir() if entry.is_dir() else entry.unlink()
         directory.rmdir()
+
+
+def _stop_all(processes: Sequence[state.Process], timeout: float = 5.0) -> None:
+    """SIGTERM every one of *processes* (by pid, checked by start time), wait a little."""
+    for process in processes:
+        if process.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(p.alive() for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def down(name: str = topology.DEFAULT_NAME) -> bool:
@@ -216,7 +254,23 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
         }
         for pod in topo.pods
     ]
-    return {"name": topo.name, "mesh": topo.mesh, "nodes": nodes, "pods": pods}
+    doc: dict[str, Any] = {"name": topo.name, "mesh": topo.mesh, "nodes": nodes, "pods": pods}
+    doc["kubernetes"] = topo.kubernetes
+    if topo.kubernetes:
+        from smesh.lab import kubelab, kubepaths  # noqa: PLC0415
+
+        doc["api_server"] = kubepaths.API_SERVER
+        doc["kubeconfig"] = str(kubepaths.admin_kubeconfig(topo.name))
+        doc["control_plane"] = {
+            component: {"pid": process.pid, "alive": process.alive()}
+            for component, process in lab.control_plane.items()
+        }
+        for entry in nodes:
+            kubelet = lab.kubelets.get(str(entry["name"]))
+            entry["kubelet_pid"] = kubelet.pid if kubelet else None
+            entry["kubelet_alive"] = bool(kubelet and kubelet.alive())
+        doc["kubernetes_pods"] = kubelab.pod_rows(topo)
+    return doc
 
 
 def restart_agent(name: str, node_name: str) -> state.Process:
@@ -241,6 +295,25 @@ def restart_agent(name: str, node_name: str) -> state.Process:
     return process
 
 
+def restart_kubelet(name: str, node_name: str) -> state.Process:
+    """Stop *node_name*'s kubelet (its pods keep running) and start it again; it adopts them."""
+    from smesh.lab import kubelab  # noqa: PLC0415
+
+    cgroup_root = _preflight("smesh lab restart-kubelet")
+    with _locked(name):
+        lab, topo = load(name)
+        if not topo.kubernetes:
+            raise LabError(f"lab {name!r} is not a Kubernetes lab: it has no kubelets")
+        node = topo.node(node_name)
+        old = lab.kubelets.get(node.name)
+        if old is not None:
+            _stop_all([old])
+        process = kubelab.spawn_kubelet(topo, node, cgroup_root)
+        lab.kubelets[node.name] = process
+        state.save(lab)
+    return process
+
+
 def exec_argv(name: str, member: str, argv: Sequence[str]) -> None:
     """Replace this process with *argv* running in *member*'s cgroup and network namespace.
 
@@ -252,11 +325,44 @@ def exec_argv(name: str, member: str, argv: Sequence[str]) -> None:
         raise LabError("nothing to run: give a command after `--`")
     root = _preflight("smesh lab exec")
     _lab, topo = load(name)
-    target = topo.member(member)
-    cgroup = target.cgroup if isinstance(target, Pod) else target.host_cgroup
-    cgroups.join(root / cgroup)
-    netns.enter(target.netns)
+    if "/" in member:  # NAMESPACE/POD: a Kubernetes pod
+        if not topo.kubernetes:
+            raise LabError(f"lab {name!r} is not a Kubernetes lab: it has no pod {member!r}")
+        from smesh.lab import kubelab  # noqa: PLC0415
+
+        found = kubelab.find_pod(topo, member)
+        cgroups.join(Path(found.sandbox.cgroup))
+        netns.enter(found.sandbox.netns or topo.node(found.node).netns)
+    else:
+        target = topo.member(member)
+        cgroup = target.cgroup if isinstance(target, Pod) else target.host_cgroup
+        cgroups.join(root / cgroup)
+        netns.enter(target.netns)
     try:
         os.execvp(argv[0], list(argv))
     except FileNotFoundError:
         raise CommandNotFound(f"command not found: {argv[0]}") from None
+
+
+def kubectl_argv(name: str, argv: Sequence[str]) -> None:
+    """Replace this process with kubectl, run inside ``NAME.control`` with the admin kubeconfig.
+
+    Only there: the machine's own network namespace never talks to the lab's API server.
+    """
+    from smesh.lab import kubepaths  # noqa: PLC0415
+    from smesh.lab.controlplane import DEFAULT_BIN_DIR  # noqa: PLC0415
+
+    root = _preflight("smesh lab kubectl")
+    _lab, topo = load(name)
+    if not topo.kubernetes:
+        raise LabError(
+            f"lab {name!r} has no Kubernetes control plane; start one with "
+            f"`smesh lab up --kubernetes --name {name}`"
+        )
+    kubectl = DEFAULT_BIN_DIR / "kubectl"
+    if not kubectl.is_file():
+        raise CommandNotFound(f"{kubectl} is not built: run `make kubernetes`")
+    cgroups.join(root / topo.cgroup / "control")
+    netns.enter(topo.control_netns)
+    config = str(kubepaths.admin_kubeconfig(name))
+    os.execve(str(kubectl), ["kubectl", *argv], {**os.environ, "KUBECONFIG": config})

@@ -11,7 +11,7 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from smesh.lab.topology import FABRIC4, FABRIC6, Node, Pod, Topology
+from smesh.lab.topology import CONTROL_IP4, CONTROL_IP6, FABRIC4, FABRIC6, Node, Pod, Topology
 from smesh.linux import cgroups, iproute, netns
 from smesh.linux.errors import CommandFailed
 
@@ -27,7 +27,23 @@ def fabric_commands(topo: Topology) -> list[str]:
             f"link set {port} master fab0",
             f"link set {port} up",
         ]
+    if topo.kubernetes:
+        cmds += [
+            f"link add ctl type veth peer name eth0 netns {topo.control_netns}",
+            "link set ctl master fab0",
+            "link set ctl up",
+        ]
     return cmds
+
+
+def control_commands() -> list[str]:
+    """The Kubernetes control plane's namespace: one leg on the fabric, nothing else."""
+    return [
+        "link set lo up",
+        f"addr add {CONTROL_IP4}/{FABRIC4.prefixlen} dev eth0",
+        f"addr add {CONTROL_IP6}/{FABRIC6.prefixlen} dev eth0 nodad",
+        "link set eth0 up",
+    ]
 
 
 def node_commands(topo: Topology, node: Node) -> list[str]:
@@ -80,6 +96,8 @@ def build(topo: Topology, cgroup_root: Path) -> None:
         iproute.batch(node_commands(topo, node), netns=node.netns)
     for pod in topo.pods:
         iproute.batch(pod_commands(topo, pod), netns=pod.netns)
+    if topo.kubernetes:
+        iproute.batch(control_commands(), netns=topo.control_netns)
     for node in topo.nodes:
         cgroups.create(cgroup_root / node.host_cgroup)
     for pod in topo.pods:

@@ -72,6 +72,7 @@ class Pki:
     """File paths of the control plane's keys and certificates."""
 
     ca_cert: Path
+    ca_key: Path
     server_cert: Path
     server_key: Path
     admin_cert: Path
@@ -181,6 +182,7 @@ def make_pki(directory: Path, hosts: list[str]) -> Pki:
     sa_key = ec.generate_private_key(ec.SECP256R1())
     return Pki(
         ca_cert=_write(directory / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM)),
+        ca_key=_write(directory / "ca.key", _key_pem(ca_key)),
         server_cert=_write(directory / "apiserver.crt", server_cert),
         server_key=_write(directory / "apiserver.key", server_key),
         admin_cert=_write(directory / "admin.crt", admin_cert),
@@ -195,8 +197,55 @@ def make_pki(directory: Path, hosts: list[str]) -> Pki:
     )
 
 
-def write_kubeconfig(path: Path, server: str, pki: Pki, user: str = ADMIN_USER) -> Path:
-    """An admin kubeconfig that verifies the API server with the control plane's CA."""
+def issue_client_cert(
+    pki: Pki, stem: str, common_name: str, organizations: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """A client certificate from the control plane's CA, written next to it as STEM.crt/.key.
+
+    The API server takes the user from the CN and the groups from the O attributes, which is
+    how a kubelet (``system:node:NAME`` in ``system:nodes``) or a controller is named.
+    """
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ControlPlaneError(f"{pki.ca_key}: not the control plane's EC key")
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attributes))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(ca_cert.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory = pki.ca_cert.parent
+    return (
+        _write(directory / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM)),
+        _write(directory / f"{stem}.key", _key_pem(key)),
+    )
+
+
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    pki: Pki,
+    user: str = ADMIN_USER,
+    client: tuple[Path, Path] | None = None,
+) -> Path:
+    """A kubeconfig that verifies the API server with the control plane's CA and presents
+    *client* (certificate, key); the admin certificate unless told otherwise."""
+    cert, key = client or (pki.admin_cert, pki.admin_key)
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -210,8 +259,8 @@ def write_kubeconfig(path: Path, server: str, pki: Pki, user: str = ADMIN_USER) 
             {
                 "name": user,
                 "user": {
-                    "client-certificate": str(pki.admin_cert),
-                    "client-key": str(pki.admin_key),
+                    "client-certificate": str(cert),
+                    "client-key": str(key),
                 },
             }
         ],

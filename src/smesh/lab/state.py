@@ -40,6 +40,10 @@ class LabState:
     agents: dict[str, Process] = field(default_factory=dict)
     signer: Process | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    kubernetes: bool = False
+    #: ``--kubernetes``: etcd, kube-apiserver, ... by component name, and the kubelets by node.
+    control_plane: dict[str, Process] = field(default_factory=dict)
+    kubelets: dict[str, Process] = field(default_factory=dict)
 
     def topology(self) -> topology.Topology:
         return topology.plan(
@@ -48,6 +52,7 @@ class LabState:
             self.pods_per_node,
             self.mesh,
             {pod: (ns_sa[0], ns_sa[1]) for pod, ns_sa in self.identities.items()},
+            kubernetes=self.kubernetes,
         )
 
 
@@ -81,7 +86,8 @@ def load(name: str) -> LabState | None:
         raise LabError(
             f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --name {name}`"
         ) from exc
-    data["agents"] = {node: Process(**proc) for node, proc in data.get("agents", {}).items()}
+    for key in ("agents", "control_plane", "kubelets"):
+        data[key] = {name: Process(**proc) for name, proc in data.get(key, {}).items()}
     if data.get("signer"):
         data["signer"] = Process(**data["signer"])
     return LabState(**data)

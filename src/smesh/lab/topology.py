@@ -28,6 +28,9 @@ POD_CIDR4 = ipaddress.IPv4Network("198.18.0.0/16")
 POD_CIDR6 = ipaddress.IPv6Network("fd00:198:18::/48")
 FABRIC4 = ipaddress.IPv4Network("198.19.0.0/24")
 FABRIC6 = ipaddress.IPv6Network("fd00:198:19::/64")
+#: The Kubernetes control plane's place on the fabric (``--kubernetes``): above every node.
+CONTROL_IP4 = FABRIC4.network_address + 250
+CONTROL_IP6 = FABRIC6.network_address + 0xFA
 
 IDENTITY_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -96,10 +99,17 @@ class Topology:
     pods: tuple[Pod, ...]
     mesh: bool = True
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    #: A Kubernetes cluster: pods come from the API server, none from the plan.
+    kubernetes: bool = False
 
     @property
     def fabric_netns(self) -> str:
         return f"{self.name}.fabric"
+
+    @property
+    def control_netns(self) -> str:
+        """The Kubernetes control plane's namespace (only with ``kubernetes``)."""
+        return f"{self.name}.control"
 
     @property
     def cgroup(self) -> str:
@@ -107,7 +117,8 @@ class Topology:
 
     @property
     def netns_names(self) -> list[str]:
-        return [self.fabric_netns, *(n.netns for n in self.nodes), *(p.netns for p in self.pods)]
+        names = [self.fabric_netns, *(n.netns for n in self.nodes), *(p.netns for p in self.pods)]
+        return [*names, self.control_netns] if self.kubernetes else names
 
     def pod(self, name: str) -> Pod:
         for pod in self.pods:
@@ -164,12 +175,19 @@ def plan(
     pods_per_node: int = 2,
     mesh: bool = True,
     identities: dict[str, tuple[str, str]] | None = None,
+    *,
+    kubernetes: bool = False,
 ) -> Topology:
-    """The lab *name* with *nodes* nodes and *pods_per_node* pods on each, filled node by node."""
+    """The lab *name* with *nodes* nodes and *pods_per_node* pods on each, filled node by node.
+
+    A Kubernetes lab plans no pods (*pods_per_node* is ignored): the API server has them.
+    """
     validate_name(name)
     if not 1 <= nodes <= MAX_NODES:
         raise InvalidLabSpec(f"--nodes must be between 1 and {MAX_NODES}, not {nodes}")
-    if not 1 <= pods_per_node <= MAX_PODS_PER_NODE:
+    if kubernetes:
+        pods_per_node = 0
+    elif not 1 <= pods_per_node <= MAX_PODS_PER_NODE:
         raise InvalidLabSpec(
             f"--pods-per-node must be between 1 and {MAX_PODS_PER_NODE}, not {pods_per_node}"
         )
@@ -212,4 +230,6 @@ def plan(
         raise UnknownMember(
             f"--identity names pods the lab does not have: {', '.join(sorted(identities))}"
         )
-    return Topology(name=name, nodes=tuple(node_list), pods=tuple(pod_list), mesh=mesh)
+    return Topology(
+        name=name, nodes=tuple(node_list), pods=tuple(pod_list), mesh=mesh, kubernetes=kubernetes
+    )

@@ -88,3 +88,12 @@ def test_unknown_member_lists_what_exists() -> None:
     with pytest.raises(UnknownMember, match="no node 'node-9'"):
         topo.member("node-9")
     assert topo.member("node-2").name == "node-2"
+
+
+def test_a_kubernetes_lab_plans_no_pods_and_a_control_namespace() -> None:
+    topo = topology.plan("k", nodes=2, pods_per_node=5, kubernetes=True)
+    assert topo.pods == ()
+    assert topo.netns_names == ["k.fabric", "k.node-1", "k.node-2", "k.control"]
+    assert str(topology.CONTROL_IP4) == "198.19.0.250"
+    assert str(topology.CONTROL_IP6) == "fd00:198:19::fa"
+    assert "k.control" not in topology.plan("k").netns_names
