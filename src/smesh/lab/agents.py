@@ -33,13 +33,6 @@ def node_dir(lab: str, node: str) -> Path:
     return state.directory(lab) / node
 
 
-#: Whether the agents of a ``--kubernetes`` lab learn their pods from the API server (the
-#: agent's ``kubernetes`` workload source, and smesh-cni in the nodes' CNI chain). Until the
-#: agent has that source, such a lab's agents run on the (empty) workloads directory and its
-#: pods are not meshed.
-KUBERNETES_SOURCE = False
-
-
 def kubernetes_section(topo: Topology, node: Node) -> dict[str, Any]:
     """The agent's ``kubernetes`` workload source for a node of a Kubernetes lab."""
     from smesh.lab import kubepaths  # noqa: PLC0415
@@ -55,7 +48,7 @@ def kubernetes_section(topo: Topology, node: Node) -> dict[str, Any]:
 
 def meshed_through_api(topo: Topology) -> bool:
     """Whether *topo*'s agents watch the API and the kubelets chain smesh-cni to them."""
-    return topo.kubernetes and topo.mesh and KUBERNETES_SOURCE
+    return topo.kubernetes and topo.mesh
 
 
 def config_for(topo: Topology, node: Node, extra: dict[str, Any] | None = None) -> dict[str, Any]:

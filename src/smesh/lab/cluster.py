@@ -39,6 +39,7 @@ from smesh.linux import netns
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ETCD_URL = "http://127.0.0.1:2379"
 AGENT_GROUP = "smesh:agents"
+SIGNER_USER = "smesh-signer"
 AGENT_ROLE = "smesh:agent"
 #: Health ports of the controller manager and the scheduler (their defaults), on loopback.
 HEALTH_PORTS = {"kube-controller-manager": 10257, "kube-scheduler": 10259}
@@ -90,6 +91,9 @@ def set_up_pki(topo: Topology) -> Pki:
         write_kubeconfig(
             kubepaths.component_kubeconfig(topo.name, component), server, pki, user, client
         )
+    # the lab's signer reads which pods run where (its entitlements) with the agents' rights
+    client = issue_client_cert(pki, "smesh-signer", SIGNER_USER, (AGENT_GROUP,))
+    write_kubeconfig(kubepaths.signer_kubeconfig(topo.name), server, pki, SIGNER_USER, client)
     for node in topo.nodes:
         kubepaths.node_dir(topo.name, node.name).mkdir(parents=True, exist_ok=True)
         user = f"system:node:{node.name}"

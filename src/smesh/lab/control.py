@@ -41,7 +41,7 @@ def set_up_identity(topo: Topology) -> CertificateAuthority:
     return ca
 
 
-def start_signer(topo: Topology, cgroup_root: Path, timeout: float = 10.0) -> state.Process:
+def start_signer(topo: Topology, cgroup_root: Path, timeout: float = 30.0) -> state.Process:
     socket_path = signer_socket(topo.name)
     argv = [
         sys.executable,
@@ -53,11 +53,17 @@ def start_signer(topo: Topology, cgroup_root: Path, timeout: float = 10.0) -> st
         str(ca_dir(topo.name)),
         "--socket",
         str(socket_path),
-        "--workloads",
-        str(state.workloads_dir(topo.name)),
     ]
+    where: str | None = None
+    if topo.kubernetes:  # who runs where comes from the API server, reached in its netns
+        from smesh.lab import kubepaths  # noqa: PLC0415
+
+        argv += ["--kubeconfig", str(kubepaths.signer_kubeconfig(topo.name))]
+        where = topo.control_netns
+    else:
+        argv += ["--workloads", str(state.workloads_dir(topo.name))]
     log_path = ca_dir(topo.name) / "signer.log"
-    process = agents.spawn(argv, cgroup_root / topo.cgroup / "control", None, log_path)
+    process = agents.spawn(argv, cgroup_root / topo.cgroup / "control", where, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if socket_path.exists():

@@ -60,6 +60,10 @@ def node_dir(lab: str, node: str) -> Path:
     return state.directory(lab) / "nodes" / node
 
 
+def signer_kubeconfig(lab: str) -> Path:
+    return kube_dir(lab) / "smesh-signer.kubeconfig"
+
+
 def kubelet_kubeconfig(lab: str, node: str) -> Path:
     return node_dir(lab, node) / "kubelet.kubeconfig"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from smesh.lab import agents, builder, kubepaths, topology
 
 
@@ -19,15 +17,14 @@ def test_the_control_namespace_gets_one_fabric_leg_created_inside_it() -> None:
     assert not any("ctl" in cmd for cmd in builder.fabric_commands(topology.plan("k")))
 
 
-def test_agents_keep_the_workloads_directory_until_the_kubernetes_source_is_switched_on() -> None:
-    topo = topology.plan("k", nodes=2, kubernetes=True)
+def test_agents_of_a_plain_lab_read_the_workloads_directory() -> None:
+    topo = topology.plan("k", nodes=2)
     config = agents.config_for(topo, topo.nodes[0])
     assert "workloads" in config
     assert "kubernetes" not in config
 
 
-def test_switched_on_agents_watch_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agents, "KUBERNETES_SOURCE", True)
+def test_agents_of_a_kubernetes_lab_watch_the_api() -> None:
     topo = topology.plan("k", nodes=2, kubernetes=True)
     node = topo.nodes[1]
     config = agents.config_for(topo, node)
