@@ -17,7 +17,7 @@ from smesh.bench.errors import BenchError
 
 #: What the agent logs when it answers a CNI ADD (smesh.kubernetes.sandboxes.SandboxServer).
 _ADD_LINE = re.compile(
-    r"^CNI ADD of (?P<pod>[^/\s]+/\S+) answered: (?P<result>meshed|not meshed) "
+    r"CNI ADD of (?P<pod>[^/\s]+/\S+) answered: (?P<result>meshed|not meshed) "
     r"in (?P<ms>\d+(?:\.\d+)?) ms"
 )
 
@@ -138,14 +138,6 @@ def enrolments(log_text: str, namespace: str | None = None) -> list[Enrolment]:
 def latest_by_pod(entries: Iterable[Enrolment]) -> dict[str, Enrolment]:
     """One enrolment per pod: the last (a retried ADD replaces the first)."""
     return {entry.pod: entry for entry in entries}
-
-
-def proc_stat_cpu_ticks(stat: str) -> int:
-    """utime + stime of a ``/proc/PID/stat`` line, in clock ticks (the comm may hold spaces)."""
-    fields = stat.rpartition(")")[2].split()
-    if len(fields) < 13:
-        raise BenchError(f"not a /proc/PID/stat line: {stat[:100]!r}")
-    return int(fields[11]) + int(fields[12])
 
 
 def per_thousand(cpu_seconds: float, events: int) -> float:
