@@ -118,6 +118,61 @@ def workload_of(
         return None
 
 
+#: What :func:`workload_of` reads of its inputs: the pod's and the namespace's
+#: (uid, resourceVersion) and the sandbox. The API server gives an object a new
+#: resourceVersion on every change, so an equal stamp means an equal workload.
+Stamp = tuple[str, str, str, str, SandboxRecord | None]
+
+
+def stamp_of(pod: Pod, namespace: Namespace | None, sandbox: SandboxRecord | None) -> Stamp | None:
+    """The stamp of *pod*'s inputs, or None if an object lacks the fields that make it one."""
+    meta = pod.metadata
+    if meta is None or not meta.uid or not meta.resourceVersion:
+        return None
+    ns_uid = ns_version = ""
+    if namespace is not None:
+        ns_meta = namespace.metadata
+        if ns_meta is None or not ns_meta.uid or not ns_meta.resourceVersion:
+            return None
+        ns_uid, ns_version = ns_meta.uid, ns_meta.resourceVersion
+    return (meta.uid, meta.resourceVersion, ns_uid, ns_version, sandbox)
+
+
+class WorkloadCache:
+    """:func:`workload_of` for the pods that changed since the last build, the previous
+    result for the others.
+
+    The snapshot is rebuilt after every watch event; without this, each event of a burst
+    of N pods validated all N workloads again (O(N²) per burst, on the event loop that
+    answers the CNI ADDs). An unchanged pod also keeps its Workload object, which makes
+    comparing snapshots cheap (dict comparison checks identity first).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[Stamp, Workload | None]] = {}
+        self._next: dict[tuple[str, str], tuple[Stamp, Workload | None]] = {}
+
+    def get(
+        self,
+        key: tuple[str, str],
+        pod: Pod,
+        namespace: Namespace | None,
+        sandbox: SandboxRecord | None = None,
+    ) -> Workload | None:
+        stamp = stamp_of(pod, namespace, sandbox)
+        if stamp is None:
+            return workload_of(pod, namespace, sandbox)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != stamp:
+            entry = (stamp, workload_of(pod, namespace, sandbox))
+        self._next[key] = entry
+        return entry[1]
+
+    def done(self) -> None:
+        """End of a build: keep only what it asked for (deleted pods are forgotten)."""
+        self._entries, self._next = self._next, {}
+
+
 def same_sandbox(workload: Workload | None, record: SandboxRecord) -> bool:
     return (
         workload is not None and workload.netns == record.netns and workload.cgroup == record.cgroup
@@ -163,6 +218,8 @@ class KubernetesSource:
         self._changed = asyncio.Event()  # for the snapshot loop
         self._progress = asyncio.Event()  # for hand-off requests waiting on the agent
         self._synced: set[str] = set()
+        self._cluster_cache = WorkloadCache()
+        self._local_cache = WorkloadCache()
         self.server = SandboxServer(
             self, settings.cni_socket, settings.enrol_timeout, self._observe
         )
@@ -207,18 +264,20 @@ class KubernetesSource:
         """Every pod of the cluster with an address; this node's from its own informer."""
         namespaces = self._namespace_objects()
         workloads: dict[str, Workload] = {}
-        for (ns, _), pod in self.cluster.snapshot().items():
+        for key, pod in self.cluster.snapshot().items():
             if pod.spec is not None and pod.spec.nodeName == self.node:
                 continue  # the node's informer is the authority on the node's pods
-            w = workload_of(pod, namespaces.get(ns))
+            w = self._cluster_cache.get(key, pod, namespaces.get(key[0]))
             if w is not None:
                 workloads[w.key] = w
         uids = set()
-        for (ns, _), pod in self.local.snapshot().items():
+        for key, pod in self.local.snapshot().items():
             uids.add(pod.metadata.uid if pod.metadata else None)
-            w = workload_of(pod, namespaces.get(ns), self.sandbox_of(pod))
+            w = self._local_cache.get(key, pod, namespaces.get(key[0]), self.sandbox_of(pod))
             if w is not None:
                 workloads[w.key] = w
+        self._cluster_cache.done()
+        self._local_cache.done()
         for gone in set(self._found) - uids:  # found at start, deleted since
             del self._found[gone]
         return Snapshot(workloads)
