@@ -19,7 +19,9 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightkube.resources.core_v1 import Namespace, Pod
 from pydantic import ValidationError
@@ -28,7 +30,7 @@ from smesh.agent.config import AgentConfig, KubernetesSettings
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.workloads import Snapshot, Workload
 from smesh.kubernetes import layout
-from smesh.kubernetes.client import NAMESPACES, PODS, KubeApi, Selection
+from smesh.kubernetes.client import NAMESPACES, PODS, Kind, KubeApi, Selection
 from smesh.kubernetes.handoff import SandboxRequest
 from smesh.kubernetes.informer import Informer, InformerStats
 from smesh.kubernetes.sandboxes import (
@@ -54,6 +56,53 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 # -- the mapping (sans-IO) -----------------------------------------------------------------
+
+#: The parts of a Pod the agent reads (here, in sandboxes.py and layout.py); the rest of
+#: each object is dropped before it is decoded and stored.
+_POD_SPEC_KEPT = ("nodeName", "hostNetwork", "serviceAccountName")
+_POD_STATUS_KEPT = ("phase", "podIP", "podIPs", "qosClass")
+
+
+def lean_pod(raw: Any) -> Any:
+    """A Pod as the API sent it, cut down to what the agent reads.
+
+    The cluster-wide informer holds every pod of the cluster and decodes every change of
+    any of them; ``managedFields``, annotations, container specs and container statuses
+    are most of a pod's bytes and of its decoding time, and the agent uses none of them.
+    Containers keep their names (the model requires the list).
+    """
+    if not isinstance(raw, dict):
+        return raw  # Kind.decode says what is wrong with it
+    lean = dict(raw)
+    meta = raw.get("metadata")
+    if isinstance(meta, dict):
+        lean["metadata"] = {
+            k: v for k, v in meta.items() if k not in ("managedFields", "annotations")
+        }
+    spec = raw.get("spec")
+    if isinstance(spec, dict):
+        kept = {k: spec[k] for k in _POD_SPEC_KEPT if k in spec}
+        containers = spec.get("containers")
+        if isinstance(containers, list):
+            kept["containers"] = [
+                {"name": c.get("name", "")} for c in containers if isinstance(c, dict)
+            ]
+        lean["spec"] = kept
+    status = raw.get("status")
+    if isinstance(status, dict):
+        lean["status"] = {k: status[k] for k in _POD_STATUS_KEPT if k in status}
+    return lean
+
+
+@dataclass(frozen=True)
+class LeanPods(Kind[Pod]):
+    """PODS, decoded through :func:`lean_pod`."""
+
+    def decode(self, raw: Any) -> Pod:
+        return super().decode(lean_pod(raw))
+
+
+LEAN_PODS = LeanPods(PODS.model, PODS.group_path, PODS.plural, PODS.namespaced)
 
 
 def not_meshed_because(pod: Pod, namespace: Namespace | None) -> str | None:
@@ -207,9 +256,9 @@ class KubernetesSource:
             else layout.CgroupDriver(settings.cgroup_driver)
         )
         self.local: Informer[Pod] = Informer(
-            api, PODS, Selection(field_selector=f"spec.nodeName={node}")
+            api, LEAN_PODS, Selection(field_selector=f"spec.nodeName={node}")
         )
-        self.cluster: Informer[Pod] = Informer(api, PODS)
+        self.cluster: Informer[Pod] = Informer(api, LEAN_PODS)
         self.namespaces: Informer[Namespace] = Informer(api, NAMESPACES)
         self.sandboxes: dict[str, SandboxRecord] = {}  # by pod UID
         self._found: dict[str, SandboxRecord] = {}  # by pod UID: found on the node at start
