@@ -176,8 +176,8 @@ def markdown(section: Mapping[str, Any], machine_line: str, date: str) -> str:
         f"One lab of {plan.get('nodes', '?')} nodes; {plan.get('enroll_pods', '?')} pods "
         f"created at once for enrolment, {plan.get('connect_pods', '?')} pods one after "
         f"another for the first connect, {plan.get('rss_pods', '?')} idle pods on node-1 "
-        f"for memory, {plan.get('churn_pods', '?')} pods created and deleted on node-2 for "
-        "CPU.",
+        f"for memory, {plan.get('churn_rounds', 1)} x {plan.get('churn_pods', '?')} pods created "
+        "and deleted on node-2 for CPU.",
         "",
         "| figure | value | goal | met |",
         "|---|---|---|---|",
