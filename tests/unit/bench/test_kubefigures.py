@@ -159,3 +159,38 @@ def test_pod_manifests_place_pods_by_selector_or_binding() -> None:
     bound = pod_manifest("a", "app", ["sleep", "1"], "node-2", bind=True)
     assert bound["spec"]["nodeName"] == "node-2"
     assert bound["metadata"]["labels"] == {"app": "app"}
+
+
+def _kube_document(failed: str | None = None) -> dict[str, object]:
+    section: dict[str, object] = {
+        "plan": {"nodes": 2, "enroll_pods": 50},
+        "figures": {"enroll_p50_ms": 10.0, "enroll_p99_ms": 50.0},
+        "notes": {},
+    }
+    if failed:
+        section["failed"] = failed
+    return {
+        "machine": {"cpu": "cpu", "cpus": 2, "memory_gib": 1, "kernel": "k", "python": "3",
+                    "openssl": "o", "peers": {}},
+        "date": "today",
+        "plan": {"repetitions": 3},
+        "variants": {},
+        "notes": {},
+        "failed": {},
+        "kubernetes": section,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("quick", "failed", "written"), [(False, None, True),
+                         (True, None, False), (False, "enrolment: boom", False)])  # fmt: skip
+def test_only_a_full_kubernetes_run_without_failures_is_published(
+    tmp_path: Path, quick: bool, failed: str | None, written: bool
+) -> None:
+    (tmp_path / "benchmarks.md").write_text("# B\n\nby hand\n")
+    args = argparse.Namespace(docs=tmp_path)
+    status = cli._publish(args, _kube_document(failed), complete=False, quick=quick)
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert status == (1 if failed else 0)
+    assert ("| enroll_p99_ms | 50.0 ms | ≤ 100 ms | yes |" in text) is written
+    assert "by hand" in text
+    assert report.BEGIN not in text  # the proxies' section is not touched
