@@ -91,13 +91,13 @@ def markdown(document: Mapping[str, Any], chart: str | None = None) -> str:
     return "\n".join(parts) + "\n"
 
 
-def update_document(path: Path, generated: str) -> None:
+def update_document(path: Path, generated: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the generated section of *path*, keeping everything written by hand."""
-    block = f"{BEGIN}\n{generated}{END}"
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+    block = f"{begin}\n{generated}{end}"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"

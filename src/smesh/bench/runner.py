@@ -342,9 +342,9 @@ def _prefixed(progress: Progress, prefix: str) -> Progress:
     return lambda text: progress(f"{prefix} {text}")
 
 
-def run(plan: Plan, progress: Progress) -> dict[str, Any]:
-    """Measure every variant of *plan*; the document of the published JSON schema."""
-    document: dict[str, Any] = {
+def empty_document(plan: Plan) -> dict[str, Any]:
+    """The results document before any variant ran (the machine, the date, the plan)."""
+    return {
         "machine": machine(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "plan": {
@@ -359,6 +359,11 @@ def run(plan: Plan, progress: Progress) -> dict[str, Any]:
         "notes": {},
         "failed": {},
     }
+
+
+def run(plan: Plan, progress: Progress) -> dict[str, Any]:
+    """Measure every variant of *plan*; the document of the published JSON schema."""
+    document = empty_document(plan)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # proxies inherit: 1000s of fds
     workdir = Path(tempfile.mkdtemp(prefix="smesh-bench-"))

@@ -14,6 +14,7 @@ from smesh.bench import figures, peers
 from smesh.bench.errors import BenchError
 
 PROJECT_DOCS = Path(__file__).resolve().parents[3] / "docs"
+KUBERNETES = "kubernetes"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="WHAT",
         help="comma-separated variants and/or figure groups to run, e.g. smesh,haproxy or "
         "cps,memory (variants: direct, smesh, stunnel, haproxy, model-*; "
-        "groups: throughput, rtt, cps, memory)",
+        "groups: throughput, rtt, cps, memory; kubernetes: the Kubernetes lab's figures, "
+        "alone unless other variants or groups are named too)",
+    )
+    parser.add_argument(
+        "--kubernetes-pods",
+        metavar="COUNTS",
+        help="pod counts of the kubernetes group, e.g. enroll=50,connect=20,rss=100,churn=50 "
+        "(defaults: those; --quick: 20, 5, 30, 20)",
     )
     parser.add_argument(
         "--models",
@@ -56,15 +64,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _selection(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Variants and groups of the proxy comparison; both empty when only kubernetes runs."""
     from smesh.bench import runner, variants  # noqa: PLC0415
 
     chosen = [w.strip() for w in (args.only or "").split(",") if w.strip()]
+    if chosen and set(chosen) == {KUBERNETES}:
+        return [], []
+    chosen = [w for w in chosen if w != KUBERNETES]
     known = variants.known()
     unknown = [w for w in chosen if w not in known and w not in runner.GROUPS]
     if unknown:
         raise BenchError(
             f"--only: unknown {', '.join(unknown)}; choose from variants {', '.join(known)} "
-            f"and groups {', '.join(runner.GROUPS)}"
+            f"and groups {', '.join((*runner.GROUPS, KUBERNETES))}"
         )
     names = [w for w in chosen if w in known]
     if not names:
@@ -87,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         quick = document.get("plan", {}).get("repetitions", 0) < 3
         return _publish(args, document, complete=not figures.missing(document), quick=quick)
     names, groups = _selection(args)
+    kubernetes = KUBERNETES in (args.only or "").replace(" ", "").split(",")
+    kube_plan = _kube_plan(args) if kubernetes else None
     privileges.require("smesh bench")
     plan = (runner.Plan.quick if args.quick else runner.Plan.full)(names, groups)
     if args.profile:
@@ -96,17 +110,70 @@ def run(args: argparse.Namespace) -> int:
     def progress(text: str) -> None:
         print(f"{time.monotonic() - started:6.1f}s {text}", file=sys.stderr, flush=True)
 
-    document = runner.run(plan, progress)
+    document = runner.run(plan, progress) if names else runner.empty_document(plan)
+    if kube_plan is not None:
+        document["kubernetes"] = _run_kubernetes(kube_plan, progress)
     if args.json:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     complete = not figures.missing(document) and set(groups) == set(runner.GROUPS)
     return _publish(args, document, complete=complete, quick=args.quick)
 
 
+def _kube_plan(args: argparse.Namespace) -> Any:
+    from smesh.bench import kubefigures, kubernetes  # noqa: PLC0415
+
+    plan = kubernetes.KubePlan.quick() if args.quick else kubernetes.KubePlan()
+    counts = kubefigures.pod_counts(args.kubernetes_pods or "")
+    return dataclasses.replace(plan, **{f"{k}_pods": v for k, v in counts.items()})
+
+
+def _run_kubernetes(plan: Any, progress: Any) -> dict[str, Any]:
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from smesh.bench import kubernetes  # noqa: PLC0415
+
+    workdir = Path(tempfile.mkdtemp(prefix="smesh-bench-k8s-"))
+    section = kubernetes.run(plan, workdir, lambda text: progress(f"[kubernetes] {text}"))
+    if "failed" in section:
+        progress(f"[kubernetes] logs of the failed run are kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return section
+
+
+def _publish_kubernetes(args: argparse.Namespace, document: dict[str, Any], quick: bool) -> int:
+    """The Kubernetes table; a full run without failures also goes into the document."""
+    from smesh.bench import kubefigures, report  # noqa: PLC0415
+
+    section = document["kubernetes"]
+    text = kubefigures.markdown(section, report.machine_line(document["machine"]), document["date"])
+    print(text)
+    if "failed" in section:
+        print(f"smesh: error: kubernetes: {section['failed']}", file=sys.stderr)
+        return 1
+    if not quick:
+        path = args.docs / "benchmarks.md"
+        report.update_document(path, text, kubefigures.BEGIN, kubefigures.END)
+        print(f"wrote the Kubernetes section of {path}")
+    return 0
+
+
 def _publish(
     args: argparse.Namespace, document: dict[str, Any], complete: bool, quick: bool
 ) -> int:
     """Print the tables; a complete, full run also updates the published document."""
+    status = 0
+    if "kubernetes" in document:
+        status = _publish_kubernetes(args, document, quick)
+    if not document.get("variants") and not document.get("failed"):
+        return status
+    return max(status, _publish_variants(args, document, complete, quick))
+
+
+def _publish_variants(
+    args: argparse.Namespace, document: dict[str, Any], complete: bool, quick: bool
+) -> int:
     from smesh.bench import report  # noqa: PLC0415
 
     chart_name = None

@@ -19,7 +19,9 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightkube.resources.core_v1 import Namespace, Pod
 from pydantic import ValidationError
@@ -28,7 +30,7 @@ from smesh.agent.config import AgentConfig, KubernetesSettings
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.workloads import Snapshot, Workload
 from smesh.kubernetes import layout
-from smesh.kubernetes.client import NAMESPACES, PODS, KubeApi, Selection
+from smesh.kubernetes.client import NAMESPACES, PODS, Kind, KubeApi, Selection
 from smesh.kubernetes.handoff import SandboxRequest
 from smesh.kubernetes.informer import Informer, InformerStats
 from smesh.kubernetes.sandboxes import (
@@ -54,6 +56,53 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 # -- the mapping (sans-IO) -----------------------------------------------------------------
+
+#: The parts of a Pod the agent reads (here, in sandboxes.py and layout.py); the rest of
+#: each object is dropped before it is decoded and stored.
+_POD_SPEC_KEPT = ("nodeName", "hostNetwork", "serviceAccountName")
+_POD_STATUS_KEPT = ("phase", "podIP", "podIPs", "qosClass")
+
+
+def lean_pod(raw: Any) -> Any:
+    """A Pod as the API sent it, cut down to what the agent reads.
+
+    The cluster-wide informer holds every pod of the cluster and decodes every change of
+    any of them; ``managedFields``, annotations, container specs and container statuses
+    are most of a pod's bytes and of its decoding time, and the agent uses none of them.
+    Containers keep their names (the model requires the list).
+    """
+    if not isinstance(raw, dict):
+        return raw  # Kind.decode says what is wrong with it
+    lean = dict(raw)
+    meta = raw.get("metadata")
+    if isinstance(meta, dict):
+        lean["metadata"] = {
+            k: v for k, v in meta.items() if k not in ("managedFields", "annotations")
+        }
+    spec = raw.get("spec")
+    if isinstance(spec, dict):
+        kept = {k: spec[k] for k in _POD_SPEC_KEPT if k in spec}
+        containers = spec.get("containers")
+        if isinstance(containers, list):
+            kept["containers"] = [
+                {"name": c.get("name", "")} for c in containers if isinstance(c, dict)
+            ]
+        lean["spec"] = kept
+    status = raw.get("status")
+    if isinstance(status, dict):
+        lean["status"] = {k: status[k] for k in _POD_STATUS_KEPT if k in status}
+    return lean
+
+
+@dataclass(frozen=True)
+class LeanPods(Kind[Pod]):
+    """PODS, decoded through :func:`lean_pod`."""
+
+    def decode(self, raw: Any) -> Pod:
+        return super().decode(lean_pod(raw))
+
+
+LEAN_PODS = LeanPods(PODS.model, PODS.group_path, PODS.plural, PODS.namespaced)
 
 
 def not_meshed_because(pod: Pod, namespace: Namespace | None) -> str | None:
@@ -118,6 +167,61 @@ def workload_of(
         return None
 
 
+#: What :func:`workload_of` reads of its inputs: the pod's and the namespace's
+#: (uid, resourceVersion) and the sandbox. The API server gives an object a new
+#: resourceVersion on every change, so an equal stamp means an equal workload.
+Stamp = tuple[str, str, str, str, SandboxRecord | None]
+
+
+def stamp_of(pod: Pod, namespace: Namespace | None, sandbox: SandboxRecord | None) -> Stamp | None:
+    """The stamp of *pod*'s inputs, or None if an object lacks the fields that make it one."""
+    meta = pod.metadata
+    if meta is None or not meta.uid or not meta.resourceVersion:
+        return None
+    ns_uid = ns_version = ""
+    if namespace is not None:
+        ns_meta = namespace.metadata
+        if ns_meta is None or not ns_meta.uid or not ns_meta.resourceVersion:
+            return None
+        ns_uid, ns_version = ns_meta.uid, ns_meta.resourceVersion
+    return (meta.uid, meta.resourceVersion, ns_uid, ns_version, sandbox)
+
+
+class WorkloadCache:
+    """:func:`workload_of` for the pods that changed since the last build, the previous
+    result for the others.
+
+    The snapshot is rebuilt after every watch event; without this, each event of a burst
+    of N pods validated all N workloads again (O(N²) per burst, on the event loop that
+    answers the CNI ADDs). An unchanged pod also keeps its Workload object, which makes
+    comparing snapshots cheap (dict comparison checks identity first).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[Stamp, Workload | None]] = {}
+        self._next: dict[tuple[str, str], tuple[Stamp, Workload | None]] = {}
+
+    def get(
+        self,
+        key: tuple[str, str],
+        pod: Pod,
+        namespace: Namespace | None,
+        sandbox: SandboxRecord | None = None,
+    ) -> Workload | None:
+        stamp = stamp_of(pod, namespace, sandbox)
+        if stamp is None:
+            return workload_of(pod, namespace, sandbox)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != stamp:
+            entry = (stamp, workload_of(pod, namespace, sandbox))
+        self._next[key] = entry
+        return entry[1]
+
+    def done(self) -> None:
+        """End of a build: keep only what it asked for (deleted pods are forgotten)."""
+        self._entries, self._next = self._next, {}
+
+
 def same_sandbox(workload: Workload | None, record: SandboxRecord) -> bool:
     return (
         workload is not None and workload.netns == record.netns and workload.cgroup == record.cgroup
@@ -152,9 +256,9 @@ class KubernetesSource:
             else layout.CgroupDriver(settings.cgroup_driver)
         )
         self.local: Informer[Pod] = Informer(
-            api, PODS, Selection(field_selector=f"spec.nodeName={node}")
+            api, LEAN_PODS, Selection(field_selector=f"spec.nodeName={node}")
         )
-        self.cluster: Informer[Pod] = Informer(api, PODS)
+        self.cluster: Informer[Pod] = Informer(api, LEAN_PODS)
         self.namespaces: Informer[Namespace] = Informer(api, NAMESPACES)
         self.sandboxes: dict[str, SandboxRecord] = {}  # by pod UID
         self._found: dict[str, SandboxRecord] = {}  # by pod UID: found on the node at start
@@ -163,6 +267,8 @@ class KubernetesSource:
         self._changed = asyncio.Event()  # for the snapshot loop
         self._progress = asyncio.Event()  # for hand-off requests waiting on the agent
         self._synced: set[str] = set()
+        self._cluster_cache = WorkloadCache()
+        self._local_cache = WorkloadCache()
         self.server = SandboxServer(
             self, settings.cni_socket, settings.enrol_timeout, self._observe
         )
@@ -207,18 +313,20 @@ class KubernetesSource:
         """Every pod of the cluster with an address; this node's from its own informer."""
         namespaces = self._namespace_objects()
         workloads: dict[str, Workload] = {}
-        for (ns, _), pod in self.cluster.snapshot().items():
+        for key, pod in self.cluster.snapshot().items():
             if pod.spec is not None and pod.spec.nodeName == self.node:
                 continue  # the node's informer is the authority on the node's pods
-            w = workload_of(pod, namespaces.get(ns))
+            w = self._cluster_cache.get(key, pod, namespaces.get(key[0]))
             if w is not None:
                 workloads[w.key] = w
         uids = set()
-        for (ns, _), pod in self.local.snapshot().items():
+        for key, pod in self.local.snapshot().items():
             uids.add(pod.metadata.uid if pod.metadata else None)
-            w = workload_of(pod, namespaces.get(ns), self.sandbox_of(pod))
+            w = self._local_cache.get(key, pod, namespaces.get(key[0]), self.sandbox_of(pod))
             if w is not None:
                 workloads[w.key] = w
+        self._cluster_cache.done()
+        self._local_cache.done()
         for gone in set(self._found) - uids:  # found at start, deleted since
             del self._found[gone]
         return Snapshot(workloads)

@@ -1,0 +1,524 @@
+"""``smesh bench --only kubernetes``: what meshing costs on a Kubernetes lab.
+
+One meshed ``lab up --kubernetes`` lab (torn down even when a measurement fails), one
+opted-in namespace, four measurements one after another, each leaving no pod behind:
+
+1. memory: node-1's agent RSS with no pod on node-1, then with N meshed idle pods there;
+2. enrolment: a Deployment scaled 0 → N, its pods spread on the nodes by the scheduler;
+   each pod's ADD duration is the one the agent logs when it answers the ADD;
+3. first connect: server pods created one after another through the API, each timed from
+   just before its POST to the first HTTP reply a client pod on the other node gets over
+   the mesh (the benchmark watches the pods and hands each address to the client at once);
+4. churn: pods bound to node-2 by ``nodeName`` created and deleted, node-1's agent's CPU
+   divided by the pod events the API sent meanwhile.
+
+Every API call is made from inside ``LAB.control`` (:func:`smesh.lab.cluster.request`, and
+the watch thread here enters that namespace): the machine's own network namespace never
+talks to the lab's API server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from smesh.bench import kubefigures, parse
+from smesh.bench.errors import BenchError
+from smesh.bench.processes import Started
+
+Progress = Callable[[str], None]
+
+NAMESPACE = "bench"
+SERVER_PORT = 8080
+POLL = 0.2  # seconds between API polls while waiting for pods
+
+
+@dataclass(frozen=True)
+class KubePlan:
+    nodes: int = 2
+    enroll_pods: int = 50
+    connect_pods: int = 20
+    rss_pods: int = 100
+    churn_pods: int = 50
+    churn_rounds: int = 2
+    pod_timeout: float = 240.0  # seconds for a batch of pods to run or to go
+
+    @classmethod
+    def quick(cls) -> KubePlan:
+        return cls(enroll_pods=20, connect_pods=5, rss_pods=30, churn_pods=20, churn_rounds=1)
+
+
+# -- the API, from inside LAB.control ------------------------------------------------------
+
+
+class Api:
+    def __init__(self, lab: str) -> None:
+        self.lab = lab
+
+    def call(self, method: str, path: str, body: Any = None, patch: bool = False) -> Any:
+        from smesh.lab import cluster  # noqa: PLC0415
+
+        kind = "application/merge-patch+json" if patch else "application/json"
+        status, reply = cluster.request(self.lab, method, path, body, content_type=kind)
+        if status >= 400:
+            message = reply.get("message") if isinstance(reply, dict) else reply
+            raise BenchError(f"{method} {path}: HTTP {status}: {message}")
+        return reply
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        reply = self.call("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?{query}")
+        items: list[dict[str, Any]] = reply.get("items") or []
+        return items
+
+    def create_pod(self, manifest: dict[str, Any]) -> None:
+        self.call("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", manifest)
+
+    def delete_pods(self, selector: str) -> None:
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        self.call("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods?{query}")
+
+    def wait_pods(self, selector: str, count: int, timeout: float, what: str) -> None:
+        """Until *count* pods of *selector* run (0: until none is left)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = self.pods(selector)
+            running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+            if (count == 0 and not pods) or (count > 0 and len(running) >= count):
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{what}: {len(running)} of {count} pods running, {len(pods)} in the API "
+                    f"after {timeout:.0f} s (see the kubelet logs in the lab's state)"
+                )
+            time.sleep(POLL)
+
+
+def pod_manifest(
+    name: str, app: str, command: list[str], node: str | None = None, bind: bool = False
+) -> dict[str, Any]:
+    """A pod of *app*; on *node* by the scheduler (a node selector) or bound (``nodeName``)."""
+    spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "main", "image": "none", "command": command}],
+    }
+    if node is not None and bind:
+        spec["nodeName"] = node
+    elif node is not None:
+        spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": spec,
+    }
+
+
+IDLE = ["sleep", "infinity"]
+
+
+def _expect_ok(response: http.client.HTTPResponse) -> None:
+    if response.status != 200:
+        raise BenchError(f"watch: HTTP {response.status}: {response.read()[:200]!r}")
+
+
+class PodWatch:
+    """A watch of the namespace's pods of one selector, in a thread inside ``LAB.control``.
+
+    Counts the events the API sends (what every agent's cluster-wide informer receives for
+    these pods) and calls *on_ip* once per pod, as soon as a status with its address comes.
+    """
+
+    def __init__(
+        self, api: Api, selector: str, on_ip: Callable[[str, str], None] | None = None
+    ) -> None:
+        from smesh.lab import kubepaths  # noqa: PLC0415
+
+        self.api = api
+        self.selector = selector
+        self.on_ip = on_ip
+        self.counts = {"ADDED": 0, "MODIFIED": 0, "DELETED": 0}
+        self.ip_seen: dict[str, float] = {}
+        self.error: BaseException | None = None
+        self._pki = kubepaths.pki_dir(api.lab)
+        self._conn: http.client.HTTPSConnection | None = None
+        self._stopping = False
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench pod watch", daemon=True)
+
+    @property
+    def events(self) -> int:
+        return sum(self.counts.values())
+
+    def start(self) -> None:
+        query = urllib.parse.urlencode({"labelSelector": self.selector, "limit": "1"})
+        reply = self.api.call("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?{query}")
+        self._version = str(reply["metadata"]["resourceVersion"])
+        self._thread.start()
+        if not self._started.wait(10) or self.error is not None:
+            raise BenchError(f"the benchmark's pod watch did not start: {self.error}")
+
+    def _run(self) -> None:
+        from smesh.lab.kubepaths import API_PORT  # noqa: PLC0415
+        from smesh.lab.topology import CONTROL_IP4  # noqa: PLC0415
+        from smesh.linux import netns  # noqa: PLC0415
+
+        try:
+            netns.enter(f"{self.api.lab}.control")  # this thread only
+            context = ssl.create_default_context(cafile=str(self._pki / "ca.crt"))
+            context.load_cert_chain(str(self._pki / "admin.crt"), str(self._pki / "admin.key"))
+            conn = http.client.HTTPSConnection(str(CONTROL_IP4), API_PORT, context=context)
+            self._conn = conn
+            query = urllib.parse.urlencode(
+                {
+                    "labelSelector": self.selector,
+                    "watch": "true",
+                    "resourceVersion": self._version,
+                    "timeoutSeconds": "1800",
+                }
+            )
+            conn.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods?{query}")
+            response = conn.getresponse()
+            _expect_ok(response)
+            self._started.set()
+            while line := response.readline():
+                self._event(json.loads(line))
+        except BaseException as exc:  # handed to the measuring thread through self.error
+            if not self._stopping:
+                self.error = exc
+        finally:
+            self._started.set()
+
+    def _event(self, event: dict[str, Any]) -> None:
+        """Count one watch event; hand a new pod's address over (BOOKMARK, ERROR: ignored)."""
+        kind = event.get("type", "")
+        if kind not in self.counts:
+            return
+        self.counts[kind] += 1
+        pod = event.get("object") or {}
+        name = (pod.get("metadata") or {}).get("name", "")
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip and name not in self.ip_seen and kind != "DELETED":
+            self.ip_seen[name] = time.time()
+            if self.on_ip is not None:
+                self.on_ip(name, ip)
+
+    def stop(self) -> None:
+        self._stopping = True
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
+        if conn is not None:
+            conn.close()
+
+
+# -- the measurements ----------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    name: str
+    api: Api
+    agent_pids: dict[str, int]
+    agent_logs: dict[str, Path]
+    workdir: Path
+
+
+def _enrolled(lab: Lab, names: Iterable[str]) -> dict[str, kubefigures.Enrolment]:
+    """The latest answered ADD of each of *names*, from every node's agent log."""
+    found: dict[str, kubefigures.Enrolment] = {}
+    for log_path in lab.agent_logs.values():
+        text = log_path.read_text(errors="replace")
+        found.update(kubefigures.latest_by_pod(kubefigures.enrolments(text, NAMESPACE)))
+    wanted = {f"{NAMESPACE}/{n}" for n in names}
+    return {pod: e for pod, e in found.items() if pod in wanted}
+
+
+def _wait_enrolled(lab: Lab, names: list[str], timeout: float) -> dict[str, kubefigures.Enrolment]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _enrolled(lab, names)
+        if len(found) == len(names):
+            not_meshed = sorted(pod for pod, e in found.items() if not e.meshed)
+            if not_meshed:
+                raise BenchError(f"pods answered as not meshed: {', '.join(not_meshed[:5])}")
+            return found
+        if time.monotonic() > deadline:
+            missing = sorted(set(names) - {p.partition("/")[2] for p in found})
+            raise BenchError(
+                f"no answered CNI ADD in the agents' logs for {len(missing)} pods "
+                f"({', '.join(missing[:5])}...)"
+            )
+        time.sleep(POLL)
+
+
+def _pod_names(lab: Lab, selector: str) -> list[str]:
+    return [p["metadata"]["name"] for p in lab.api.pods(selector)]
+
+
+def _settle() -> None:
+    time.sleep(2.0)  # the agent's reconcile of the last change, timers, freed buffers
+
+
+def measure_memory(lab: Lab, plan: KubePlan, progress: Progress) -> dict[str, Any]:
+    count = plan.rss_pods
+    _settle()
+    pid = lab.agent_pids["node-1"]
+    before = parse.rss_kib(pid)
+    progress(f"memory: node-1's agent {before} KiB with no pod; creating {count} idle pods")
+    for index in range(count):
+        lab.api.create_pod(pod_manifest(f"idle-{index}", "idle", IDLE, "node-1", bind=True))
+    lab.api.wait_pods("app=idle", count, plan.pod_timeout, "memory")
+    _wait_enrolled(lab, _pod_names(lab, "app=idle"), plan.pod_timeout)
+    _settle()
+    after = parse.rss_kib(pid)
+    per_pod = (after - before) / count
+    progress(f"memory: {after} KiB with {count} meshed pods: {per_pod:.0f} KiB per pod")
+    lab.api.delete_pods("app=idle")
+    lab.api.wait_pods("app=idle", 0, plan.pod_timeout, "memory, deleting")
+    return {"rss_before_kib": before, "rss_after_kib": after, "pods": count, "per_pod": per_pod}
+
+
+def measure_enrolment(lab: Lab, plan: KubePlan, progress: Progress) -> dict[str, Any]:
+    count = plan.enroll_pods
+    template = pod_manifest("", "enrol", IDLE)
+    del template["metadata"]["name"]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "enrol"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "enrol"}},
+            "template": {"metadata": template["metadata"], "spec": template["spec"]},
+        },
+    }
+    path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+    lab.api.call("POST", path, deployment)
+    progress(f"enrolment: scaling a Deployment 0 → {count}")
+    lab.api.call("PATCH", f"{path}/enrol", {"spec": {"replicas": count}}, patch=True)
+    lab.api.wait_pods("app=enrol", count, plan.pod_timeout, "enrolment")
+    pods = lab.api.pods("app=enrol")
+    found = _wait_enrolled(lab, [p["metadata"]["name"] for p in pods], plan.pod_timeout)
+    per_node: dict[str, int] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName", "")
+        per_node[node] = per_node.get(node, 0) + 1
+    durations = sorted(e.ms for e in found.values())
+    p50 = kubefigures.percentile(durations, 50)
+    p99 = kubefigures.percentile(durations, 99)
+    progress(
+        f"enrolment: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {durations[-1]:.1f} ms "
+        f"over {len(durations)} pods ({per_node})"
+    )
+    lab.api.call("DELETE", f"{path}/enrol")
+    lab.api.delete_pods("app=enrol")
+    lab.api.wait_pods("app=enrol", 0, plan.pod_timeout, "enrolment, deleting")
+    return {"p50": p50, "p99": p99, "durations_ms": durations, "pods_per_node": per_node}
+
+
+def measure_first_connect(lab: Lab, plan: KubePlan, progress: Progress) -> dict[str, Any]:
+    lab.api.create_pod(pod_manifest("prober", "prober", IDLE, "node-1"))
+    lab.api.wait_pods("app=prober", 1, plan.pod_timeout, "first connect, client pod")
+    log = lab.workdir / "kubeprobe.log"
+    probe = Started(
+        lab.name, f"{NAMESPACE}/prober", [sys.executable, "-m", "smesh.bench.kubeprobe"], log
+    )
+    lock = threading.Lock()
+
+    def hand_over(name: str, ip: str) -> None:
+        assert probe.proc.stdin is not None
+        with lock:
+            probe.proc.stdin.write(f"{name} {ip} {SERVER_PORT}\n".encode())
+            probe.proc.stdin.flush()
+
+    watch = PodWatch(lab.api, "app=server", hand_over)
+    created: dict[str, float] = {}
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        _wait_for_line(probe, log, ("ready", True), 30, "the client")
+        watch.start()
+        server = ["python3", "-m", "http.server", str(SERVER_PORT)]
+        for index in range(plan.connect_pods):
+            name = f"server-{index}"
+            manifest = pod_manifest(name, "server", server, "node-2")
+            created[name] = time.time()
+            lab.api.create_pod(manifest)
+            reply = _wait_for_line(probe, log, ("name", name), 60, f"a reply of {name}")
+            if "error" in reply:
+                raise BenchError(f"first connect to {name}: {reply['error']}")
+            results[name] = reply
+            if watch.error is not None:
+                raise BenchError(f"the pod watch failed: {watch.error}")
+    finally:
+        watch.stop()
+        probe.stop()
+    latencies = sorted((results[n]["ok_at"] - created[n]) * 1000 for n in results)
+    to_ip = sorted((watch.ip_seen[n] - created[n]) * 1000 for n in results if n in watch.ip_seen)
+    p99 = kubefigures.percentile(latencies, 99)
+    progress(
+        f"first connect: p50 {kubefigures.percentile(latencies, 50):.0f} ms, p99 {p99:.0f} ms "
+        f"over {len(latencies)} pods (address in the API after p50 "
+        f"{kubefigures.percentile(to_ip, 50):.0f} ms)"
+    )
+    lab.api.delete_pods("app in (server, prober)")
+    lab.api.wait_pods("app in (server, prober)", 0, plan.pod_timeout, "first connect, deleting")
+    return {
+        "p50": kubefigures.percentile(latencies, 50),
+        "p99": p99,
+        "latencies_ms": latencies,
+        "address_seen_ms": to_ip,
+        "attempts": [results[n]["attempts"] for n in results],
+    }
+
+
+def _wait_for_line(
+    process: Started,
+    log: Path,
+    wanted: tuple[str, Any],
+    timeout: float,
+    what: str,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get(wanted[0]) == wanted[1]:
+                    return record
+        if process.proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    tail = log.read_text(errors="replace").strip()[-400:]
+    raise BenchError(f"no sign of {what} within {timeout:.0f} s: {tail}")
+
+
+def measure_churn(lab: Lab, plan: KubePlan, progress: Progress) -> dict[str, Any]:
+    pid = lab.agent_pids["node-1"]
+    _settle()
+    idle_start = parse.cpu_seconds(pid)
+    time.sleep(5.0)
+    idle_per_s = (parse.cpu_seconds(pid) - idle_start) / 5.0
+    watch = PodWatch(lab.api, "app=churn")
+    watch.start()
+    started = time.monotonic()
+    cpu_before = parse.cpu_seconds(pid)
+    try:
+        for round_ in range(plan.churn_rounds):
+            for index in range(plan.churn_pods):
+                name = f"churn-{round_}-{index}"
+                lab.api.create_pod(pod_manifest(name, "churn", IDLE, "node-2", bind=True))
+            lab.api.wait_pods("app=churn", plan.churn_pods, plan.pod_timeout, "churn")
+            lab.api.delete_pods("app=churn")
+            lab.api.wait_pods("app=churn", 0, plan.pod_timeout, "churn, deleting")
+        _settle()
+        cpu = parse.cpu_seconds(pid) - cpu_before
+        seconds = time.monotonic() - started
+    finally:
+        watch.stop()
+    if watch.error is not None:
+        raise BenchError(f"the pod watch failed: {watch.error}")
+    per_1k = kubefigures.per_thousand(cpu, watch.events)
+    progress(
+        f"churn: node-1's agent used {cpu:.2f} CPU s in {seconds:.0f} s for {watch.events} "
+        f"pod events on node-2 ({per_1k:.2f} s per 1,000; idle {idle_per_s * 1000:.1f} ms/s)"
+    )
+    return {
+        "cpu_s": cpu,
+        "seconds": seconds,
+        "events": dict(watch.counts),
+        "idle_cpu_s_per_s": idle_per_s,
+        "per_1k": per_1k,
+    }
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def _prepare(api: Api) -> None:
+    api.call(
+        "POST",
+        "/api/v1/namespaces",
+        {"metadata": {"name": NAMESPACE, "labels": {"smesh.io/mesh": "enabled"}}},
+    )
+    deadline = time.monotonic() + 60
+    while True:  # pods are refused until the controller manager made the ServiceAccount
+        with contextlib.suppress(BenchError):
+            api.call("GET", f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default")
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"no ServiceAccount default in namespace {NAMESPACE} after 60 s")
+        time.sleep(POLL)
+
+
+def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
+    """Bring a meshed Kubernetes lab up, measure, tear it down: the report's section."""
+    import secrets  # noqa: PLC0415
+
+    from smesh.lab import agents, api  # noqa: PLC0415
+    from smesh.lab.controlplane import missing_binaries  # noqa: PLC0415
+
+    section: dict[str, Any] = {"plan": asdict(plan), "figures": {}, "notes": {}}
+    absent = missing_binaries()
+    if absent:
+        section["failed"] = f"Kubernetes binaries not built ({', '.join(absent)}): make kubernetes"
+        return section
+    name = f"benchk{secrets.token_hex(3)}"
+    progress(f"building Kubernetes lab {name} ({plan.nodes} nodes, mesh on)")
+    try:
+        api.up(name, nodes=plan.nodes, mesh=True, kubernetes=True)
+    except Exception as exc:  # reported in the section; api.up cleaned up after itself
+        section["failed"] = f"lab up --kubernetes failed: {exc}"
+        return section
+    try:
+        saved, topo = api.load(name)
+        lab = Lab(
+            name,
+            Api(name),
+            {node: process.pid for node, process in saved.agents.items()},
+            {n.name: agents.node_dir(name, n.name) / "agent.log" for n in topo.nodes},
+            workdir,
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        _prepare(lab.api)
+        figures, notes = section["figures"], section["notes"]
+        steps = (
+            ("memory", measure_memory),
+            ("enrolment", measure_enrolment),
+            ("first_connect", measure_first_connect),
+            ("churn", measure_churn),
+        )
+        for step, measure in steps:
+            try:
+                notes[step] = measure(lab, plan, progress)
+            except BenchError as exc:
+                section.setdefault("failed", "")
+                section["failed"] += f"{step}: {exc}; "
+                progress(f"{step} FAILED: {exc}")
+                continue
+        if "memory" in notes:
+            figures["agent_rss_kib_per_pod"] = notes["memory"]["per_pod"]
+        if "enrolment" in notes:
+            figures["enroll_p50_ms"] = notes["enrolment"]["p50"]
+            figures["enroll_p99_ms"] = notes["enrolment"]["p99"]
+        if "first_connect" in notes:
+            figures["first_connect_p99_ms"] = notes["first_connect"]["p99"]
+        if "churn" in notes:
+            figures["agent_cpu_s_per_1k_pod_events"] = notes["churn"]["per_1k"]
+    finally:
+        progress(f"tearing down {name}")
+        api.down(name)
+    return section
