@@ -84,6 +84,9 @@ class Agent:
         self._desired: dict[str, Workload] = {}
         self._synced = False
         self._unreconciled: Snapshot | None = None  # a snapshot whose reconcile failed
+        # Pods bound to this node whose sandbox has not come yet: their certificate, fetched
+        # early so the CNI ADD does not wait for the signer (see _fetch_early).
+        self._early: dict[str, asyncio.Task[Workload | None]] = {}
         self.broken: str | None = None  # why a task the agent lives on has ended
         self._admin = AdminServer(
             {
@@ -161,6 +164,8 @@ class Agent:
             extra=logs.fields(deadline_s=self.config.timeouts.drain),
         )
         await self._admin.close()
+        for task in self._early.values():
+            task.cancel()
         for pod in self.pods.values():
             pod.stop_accepting()
         deadline = time.monotonic() + self.config.timeouts.drain
@@ -212,11 +217,10 @@ class Agent:
         self.wiring.workloads_changed(snapshot)
         # A pod of this node whose sandbox the source does not know yet (a Kubernetes pod
         # before its CNI ADD) cannot be captured: there is no cgroup or netns to act on.
-        self._desired = {
-            k: w
-            for k, w in snapshot.on_node(self.config.node).items()
-            if w.meshed and w.has_sandbox
-        }
+        on_node = snapshot.on_node(self.config.node)
+        self._desired = {k: w for k, w in on_node.items() if w.meshed and w.has_sandbox}
+        waiting = {k: w for k, w in on_node.items() if w.meshed and not w.has_sandbox}
+        self._fetch_early(waiting)
         assert self.capture is not None
         replaced: list[PodRuntime] = []
         for key in list(self.pods):
@@ -237,6 +241,7 @@ class Agent:
         finally:  # the new runtimes took their certificate uses first
             for pod in replaced:
                 pod.release_certificate()
+            self._drop_early(keep=waiting)
         if not self._synced:
             self._release_leftovers()
             self.wiring.forget_others(list(self._desired.values()))
@@ -260,6 +265,38 @@ class Agent:
                 self.capture.remove_pod(captured.pod_id)
             except SmeshError as exc:
                 log.error("cannot release capture: %s", exc, extra=logs.fields(pod=captured.pod_id))
+
+    def _fetch_early(self, waiting: dict[str, Workload]) -> None:
+        """Fetch the certificate of a pod as soon as it is bound to this node.
+
+        The container runtime spends a few hundred milliseconds on a sandbox before its CNI
+        ADD reaches the agent; a certificate asked for then, not at the ADD, keeps the
+        signer's round trip off the pod's start path. The early use is given up once the
+        pod's own runtime holds the certificate, or the pod is gone.
+        """
+        for key, workload in waiting.items():
+            if key not in self._early:
+                self._early[key] = asyncio.create_task(
+                    self._issue_early(workload), name=f"early-certificate {key}"
+                )
+
+    async def _issue_early(self, workload: Workload) -> Workload | None:
+        try:
+            await self.wiring.issue(workload)
+        except Exception as exc:  # the pod's own start asks again, and reports
+            log.debug("early certificate for %s not issued: %s", workload.key, exc)
+            return None
+        return workload
+
+    def _drop_early(self, keep: dict[str, Workload]) -> None:
+        for key in [k for k in self._early if k not in keep]:
+            task = self._early.pop(key)
+            # never cancelled: a use taken while cancelling would never be given back
+            task.add_done_callback(self._release_early)
+
+    def _release_early(self, task: asyncio.Task[Workload | None]) -> None:
+        if not task.cancelled() and (workload := task.result()) is not None:
+            self.wiring.release(workload)
 
     async def _start(self, workload: Workload) -> None:
         assert self.capture is not None

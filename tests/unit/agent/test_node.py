@@ -442,3 +442,45 @@ def test_the_source_is_told_which_pods_failed_and_why(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert source.reports[1] == ([POD.key], {})
+
+
+def test_a_bound_pod_gets_its_certificate_before_its_sandbox_and_gives_the_early_use_back(
+    tmp_path: Path,
+) -> None:
+    """The CNI ADD finds the certificate held: the signer is off the pod's start path."""
+    wiring = CachingWiring()
+    agent, capture = agent_with(wiring, tmp_path)
+    bare = POD.model_copy(update={"netns": None, "cgroup": None})
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({bare.key: bare}))  # bound, no sandbox yet
+        for _ in range(200):
+            if wiring.certificate_users:
+                break
+            await asyncio.sleep(0.01)
+        assert wiring.certificate_users == 1  # fetched on the binding alone
+        wiring.signer_down = True  # only a certificate already held can serve now
+        await agent.reconcile(Snapshot({POD.key: POD}))  # the CNI ADD: its sandbox
+        assert agent.ready()
+        await asyncio.sleep(0.01)  # the early use is given back once the pod holds its own
+        assert wiring.certificate_users == 1
+
+    asyncio.run(scenario())
+    assert capture.captured == {POD.key}
+
+
+def test_a_bound_pod_deleted_before_its_sandbox_gives_its_early_certificate_back(
+    tmp_path: Path,
+) -> None:
+    wiring = Wiring(issue_delay=0.05)
+    agent, capture = agent_with(wiring, tmp_path)
+    bare = POD.model_copy(update={"netns": None, "cgroup": None})
+
+    async def scenario() -> None:
+        await agent.reconcile(Snapshot({bare.key: bare}))
+        await agent.reconcile(Snapshot({}))  # deleted while its certificate is on the way
+        await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert wiring.certificate_users == 0
+    assert capture.captured == set()
