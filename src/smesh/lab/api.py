@@ -329,9 +329,9 @@ def restart_control_plane(
     """
     from smesh.lab import cluster  # noqa: PLC0415
 
-    cgroup_root = _preflight("smesh lab restart-control-plane")
     if loopback_only and component != "kube-apiserver":
-        raise LabError("--loopback-only is for kube-apiserver only")
+        raise LabError(f"--loopback-only is for kube-apiserver only, not {component}")
+    cgroup_root = _preflight("smesh lab restart-control-plane")
     with _locked(name):
         lab, topo = load(name)
         if not topo.kubernetes:
