@@ -56,6 +56,30 @@ def configure(lab: argparse.ArgumentParser) -> None:
     restart.add_argument("node", metavar="NODE", help="e.g. node-1")
     restart.set_defaults(func=_restart)
 
+    stop = named(verbs.add_parser("stop-agent", help="stop a node's agent (capture stays)"))
+    stop.add_argument("node", metavar="NODE", help="e.g. node-1")
+    stop.set_defaults(func=_stop_agent)
+
+    plane = named(
+        verbs.add_parser(
+            "restart-control-plane",
+            help="restart one component of a --kubernetes lab's control plane",
+        )
+    )
+    plane.add_argument(
+        "component",
+        metavar="COMPONENT",
+        choices=["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"],
+        help="etcd, kube-apiserver, kube-controller-manager or kube-scheduler",
+    )
+    plane.add_argument(
+        "--loopback-only",
+        action="store_true",
+        help="kube-apiserver: listen on 127.0.0.1 in NAME.control only (an outage for the "
+        "nodes; reach it with `lab kubectl -- --server https://127.0.0.1:6443 ...`)",
+    )
+    plane.set_defaults(func=_restart_control_plane)
+
     kubelet = named(verbs.add_parser("restart-kubelet", help="restart a node's lab kubelet"))
     kubelet.add_argument("node", metavar="NODE", help="e.g. node-1")
     kubelet.set_defaults(func=_restart_kubelet)
@@ -153,6 +177,20 @@ def _status(args: argparse.Namespace) -> int:
 def _restart(args: argparse.Namespace) -> int:
     process = api.restart_agent(args.name, args.node)
     print(f"agent of {args.node} restarted (pid {process.pid}) and ready")
+    return 0
+
+
+def _stop_agent(args: argparse.Namespace) -> int:
+    if api.stop_agent(args.name, args.node):
+        print(f"agent of {args.node} stopped; its pods stay captured (connects fail closed)")
+    else:
+        print(f"agent of {args.node} was not running")
+    return 0
+
+
+def _restart_control_plane(args: argparse.Namespace) -> int:
+    process = api.restart_control_plane(args.name, args.component, loopback_only=args.loopback_only)
+    print(f"{args.component} restarted (pid {process.pid}) and healthy")
     return 0
 
 

@@ -84,6 +84,7 @@ class Informer(Generic[R]):
         self.backoff = backoff or Backoff()
         self.stats = InformerStats()
         self._store: Store[R] = Store(object_meta)
+        self._woken = asyncio.Event()
 
     @property
     def resource_version(self) -> str | None:
@@ -156,9 +157,22 @@ class Informer(Generic[R]):
                         KubernetesError("the watch ended without any event"),
                     )
 
+    def wake(self) -> None:
+        """Retry now if the informer is waiting out a backoff delay (or at its next one).
+
+        For a caller that knows the API answers again: the agent, when a CNI ADD names a pod
+        its informer has not seen (the kubelet got it from the API, so the API is back), so
+        the pod is not failed for up to the backoff cap after an API server outage. The
+        schedule goes on: a retry that fails waits its next, longer delay.
+        """
+        self._woken.set()
+
     async def _pause(self, what: str, exc: Exception) -> None:
         self.stats.errors += 1
         delay = self.backoff.next_delay()
-        # One line per attempt; the backoff bounds the rate at 1 per `cap` seconds.
+        # One line per attempt; the backoff bounds the rate at 1 per `cap` seconds (plus one
+        # per wake()).
         log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), delay)
+        self._woken.clear()

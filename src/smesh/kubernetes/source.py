@@ -483,6 +483,10 @@ class KubernetesSource:
                 return True
             return False
 
+        if not seen():
+            # The kubelet has the pod from the API: if the informer is waiting out a backoff
+            # after an API outage, it need not (it would miss POD_LOOKUP_WAIT, and fail the ADD).
+            self.local.wake()
         lookup = min(deadline, time.monotonic() + POD_LOOKUP_WAIT)
         if not await wait_until(seen, self._progressed, lookup):
             raise HandoffFailure(

@@ -295,6 +295,55 @@ def restart_agent(name: str, node_name: str) -> state.Process:
     return process
 
 
+def stop_agent(name: str, node_name: str) -> bool:
+    """Stop *node_name*'s agent (SIGTERM: it drains; its pods' capture stays pinned, so their
+    connects fail closed, and new pods' CNI ADDs fail) until ``restart-agent``.
+
+    Returns whether it was running.
+    """
+    from smesh.lab import agents  # noqa: PLC0415
+
+    _preflight("smesh lab stop-agent")
+    with _locked(name):
+        lab, topo = load(name)
+        if not topo.mesh:
+            raise LabError(f"lab {name!r} runs without the mesh (--no-mesh): it has no agents")
+        node = topo.node(node_name)
+        process = lab.agents.get(node.name)
+        if process is None or not process.alive():
+            return False
+        agents.stop(process)
+        if process.alive():
+            raise LabError(f"the agent of {node.name} (pid {process.pid}) did not stop in 10 s")
+    return True
+
+
+def restart_control_plane(
+    name: str, component: str, *, loopback_only: bool = False
+) -> state.Process:
+    """Stop one control-plane component (by pid) and start it again; the others keep running.
+
+    *loopback_only* (kube-apiserver): it listens on 127.0.0.1 in ``NAME.control`` only, so the
+    nodes (kubelets, agents) cannot reach it while an admin can
+    (``lab kubectl -- --server https://127.0.0.1:6443 ...``): an API outage for the nodes.
+    """
+    from smesh.lab import cluster  # noqa: PLC0415
+
+    if loopback_only and component != "kube-apiserver":
+        raise LabError(f"--loopback-only is for kube-apiserver only, not {component}")
+    cgroup_root = _preflight("smesh lab restart-control-plane")
+    with _locked(name):
+        lab, topo = load(name)
+        if not topo.kubernetes:
+            raise LabError(f"lab {name!r} is not a Kubernetes lab: it has no control plane")
+        cluster.stop_component(lab, component)
+        extra = ["--bind-address=127.0.0.1"] if loopback_only else []
+        try:
+            return cluster.start_component(lab, topo, cgroup_root, component, extra)
+        finally:
+            state.save(lab)  # the new pid, even if it did not become healthy
+
+
 def restart_kubelet(name: str, node_name: str) -> state.Process:
     """Stop *node_name*'s kubelet (its pods keep running) and start it again; it adopts them."""
     from smesh.lab import kubelab  # noqa: PLC0415

@@ -14,11 +14,14 @@ This process (``lab up``, ``lab status``) talks to the API server only from a th
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +218,112 @@ def start(
     _set_up_rbac(topo.name)
 
 
+def stop_component(lab: state.LabState, component: str, timeout: float = 15.0) -> None:
+    """Stop one control-plane component by its recorded pid: SIGTERM, SIGKILL after *timeout*.
+
+    The others keep running (the API server keeps its etcd): a rolling restart of one
+    component, as on a real control plane.
+    """
+    process = _component(lab, component)
+    if not process.alive():
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process.alive():
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def start_component(
+    lab: state.LabState,
+    topo: Topology,
+    cgroup_root: Path,
+    component: str,
+    extra_args: Sequence[str] = (),
+    *,
+    bin_dir: Path = DEFAULT_BIN_DIR,
+    timeout: float = 90.0,
+) -> state.Process:
+    """Start one stopped component again with its usual flags (then *extra_args*, which
+    override them: the last of a repeated flag wins); returns once it is healthy.
+
+    The caller saves *lab* (its new pid is recorded in it).
+    """
+    old = _component(lab, component)
+    if old.alive():
+        raise ControlPlaneError(f"{component} is running (pid {old.pid}): stop it first")
+    argv = [*_argv(topo.name, bin_dir, _pki(topo.name))[component], *extra_args]
+    cgroup = cgroup_root / topo.cgroup / "control"
+    log = kubepaths.log_dir(topo.name) / f"{component}.log"
+    process = agents.spawn(argv, cgroup, topo.control_netns, log)
+    lab.control_plane[component] = process
+    probe: Callable[[], bool]
+    if component == "etcd":
+        probe = lambda: _etcd_ready(topo)  # noqa: E731
+    elif component == "kube-apiserver":
+        # A loopback-only API server (--bind-address=127.0.0.1) is probed there.
+        loopback = any(a == "--bind-address=127.0.0.1" for a in extra_args)
+        probe = lambda: _api_ready(topo.name, "127.0.0.1" if loopback else None)  # noqa: E731
+    else:
+        probe = lambda: _healthz(topo, HEALTH_PORTS[component])  # noqa: E731
+    _wait(topo.name, component, process, probe, timeout)
+    return process
+
+
+def _component(lab: state.LabState, component: str) -> state.Process:
+    process = lab.control_plane.get(component)
+    if process is None:
+        raise ControlPlaneError(
+            f"no control-plane component {component!r} in lab {lab.name!r} "
+            f"(there are: {', '.join(lab.control_plane) or 'none'})"
+        )
+    return process
+
+
+def etcd_call(lab: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One call to the lab etcd's v3 JSON gateway, from inside ``NAME.control`` (the only
+    place it listens: 127.0.0.1 there), e.g. ``kv/compaction``."""
+
+    def call() -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", 2379, timeout=10)
+        try:
+            conn.request(
+                "POST",
+                f"/v3/{method}",
+                body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ControlPlaneError(f"etcd {method} at {ETCD_URL} in {lab}.control: {exc}") from exc
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise ControlPlaneError(
+                f"etcd {method}: HTTP {response.status}: {raw.decode(errors='replace'):.200}"
+            )
+        result: dict[str, Any] = json.loads(raw)
+        return result
+
+    return netns.run_in(f"{lab}.control", call)
+
+
+def etcd_revision(lab: str) -> int:
+    """etcd's current revision: the newest resourceVersion of every Kubernetes object."""
+    return int(etcd_call(lab, "kv/range", {"key": "AA=="})["header"]["revision"])
+
+
+def compact_etcd(lab: str) -> int:
+    """Compact the lab's etcd at its current revision (every older resourceVersion is gone:
+    a watch from one gets 410 Gone); returns that revision."""
+    revision = etcd_revision(lab)
+    etcd_call(lab, "kv/compaction", {"revision": str(revision), "physical": True})
+    return revision
+
+
 def log_tail(lab: str, component: str, lines: int = 15) -> str:
     try:
         text = (kubepaths.log_dir(lab) / f"{component}.log").read_text(errors="replace")
@@ -274,9 +383,9 @@ def _healthz(topo: Topology, port: int) -> bool:
     return netns.run_in(topo.control_netns, probe)
 
 
-def _api_ready(lab: str) -> bool:
+def _api_ready(lab: str, host: str | None = None) -> bool:
     try:
-        status, _ = request(lab, "GET", "/readyz")
+        status, _ = request(lab, "GET", "/readyz", host=host)
     except ApiCallFailed:
         return False
     return status == 200
@@ -287,9 +396,16 @@ class ApiCallFailed(ControlPlaneError):
 
 
 def request(
-    lab: str, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    lab: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+    *,
+    host: str | None = None,
 ) -> tuple[int, Any]:
-    """One admin request to the lab's API server, made from inside ``NAME.control``.
+    """One admin request to the lab's API server, made from inside ``NAME.control`` (at
+    *host* there, by default its fabric address).
 
     Returns (HTTP status, decoded JSON or raw text). Only transport failures raise.
     """
@@ -299,7 +415,7 @@ def request(
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
         conn = http.client.HTTPSConnection(
-            str(CONTROL_IP4), kubepaths.API_PORT, context=context, timeout=10
+            host or str(CONTROL_IP4), kubepaths.API_PORT, context=context, timeout=10
         )
         try:
             headers = {"Accept": "application/json"}

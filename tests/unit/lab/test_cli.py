@@ -29,3 +29,10 @@ def test_options_before_the_double_dash_are_exec_s_own(
 def test_an_option_without_a_double_dash_is_an_error_not_a_command() -> None:
     with pytest.raises(LabError, match="end exec's options with `--`"):
         exec_command(["--name", "b", "curl"])
+
+
+def test_only_the_api_server_restarts_loopback_only() -> None:
+    from smesh.lab import api  # noqa: PLC0415
+
+    with pytest.raises(LabError, match="--loopback-only is for kube-apiserver only, not etcd"):
+        api.restart_control_plane("x", "etcd", loopback_only=True)
