@@ -296,16 +296,15 @@ class Agent:
                         if value < seen:  # the pod was captured anew: its counters restarted
                             seen = 0
                         if value > seen:
-                            self.metrics.capture_events.labels(pod.workload.name, decision).inc(
-                                value - seen
-                            )
+                            # namespace/name: pods of one name in two namespaces are two series
+                            self.metrics.capture_events.labels(key, decision).inc(value - seen)
                             if decision == PLAINTEXT_REFUSED:
                                 log.warning(
                                     "refused %d plaintext connection attempt(s) to pod %s "
                                     "from outside the mesh (capture.inboundPlaintext: refuse)",
                                     value - seen,
-                                    pod.workload.name,
-                                    extra=logs.fields(pod=pod.workload.name, refused=value - seen),
+                                    key,
+                                    extra=logs.fields(pod=key, refused=value - seen),
                                 )
                         last[(key, decision)] = value
 

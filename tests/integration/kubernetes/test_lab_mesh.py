@@ -195,6 +195,12 @@ def request(lab: Lab, client: str, pod: dict[str, Any], path: str = "") -> str:
     return proc.stdout
 
 
+def serving(lab: Lab, client: str, *targets: dict[str, Any]) -> None:
+    """Wait until *targets*' servers listen: Running says their process started, not that."""
+    for target in targets:
+        lab.wait_tcp(client, target["status"]["podIP"], 8080, timeout=30)
+
+
 def refused(lab: Lab, client: str, pod: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     ip = pod["status"]["podIP"]
     return lab.exec(
@@ -226,6 +232,7 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
     shop = web(cluster, "shop")
     running(cluster, "-n", "shop", "--field-selector", "metadata.name=client", count=1)
     assert sorted(p["spec"]["nodeName"] for p in shop.values()) == ["node-1", "node-2"]
+    serving(cluster, "shop/client", *shop.values())
     before = {node: len(access(cluster, node)) for node in ("node-1", "node-2")}
     with sniffing(cluster, "node-1", "any") as packets:
         for target in shop.values():
@@ -264,6 +271,7 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
 def test_the_same_app_in_a_namespace_not_opted_in_is_plain_tcp(cluster: Lab) -> None:
     plain = web(cluster, "plain")
     running(cluster, "-n", "plain", "--field-selector", "metadata.name=client", count=1)
+    serving(cluster, "plain/client", *plain.values())
     before = {node: len(access(cluster, node)) for node in ("node-1", "node-2")}
     for target in plain.values():
         assert meshed(cluster, target) is None
@@ -291,6 +299,7 @@ def test_scaling_up_meshes_new_pods_and_scaling_down_releases_them(cluster: Lab)
         assert meshed(cluster, target) is not None
         assert len(attached_programs(Path(sandbox_of(cluster, target)["cgroup"]))) >= 5
     wait_for("the new pods' certificates", lambda: ready(cluster, *new), timeout=30)
+    serving(cluster, "shop/client", *new)
     marks = {node: len(access(cluster, node)) for node in ("node-1", "node-2")}
     for target in new:
         request(cluster, "shop/client", target)
@@ -351,6 +360,7 @@ def test_a_pod_deleted_mid_transfer_releases_everything_and_the_agent_serves_on(
     now = web(cluster, "shop")
     assert name not in now
     wait_for("the replacement's certificate", lambda: ready(cluster, *now.values()), timeout=30)
+    serving(cluster, "shop/client", *now.values())
     for other in now.values():
         request(cluster, "shop/client", other)
 
@@ -375,7 +385,7 @@ def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> Non
         cluster,
         "node-2",
         "smesh_capture_events_total",
-        f'decision="plaintext_refused",workload="{remote["metadata"]["name"]}"',
+        f'decision="plaintext_refused",workload="shop/{remote["metadata"]["name"]}"',
     )
     for name in ("optout", "hostnet"):
         assert meshed(cluster, found[name]) is None
@@ -399,7 +409,7 @@ def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> Non
         cluster,
         "node-2",
         "smesh_capture_events_total",
-        f'decision="plaintext_refused",workload="{remote["metadata"]["name"]}"',
+        f'decision="plaintext_refused",workload="shop/{remote["metadata"]["name"]}"',
     )
     assert refused_after > refused_before
     for name in ("optout", "hostnet"):
@@ -452,6 +462,21 @@ def test_namespace_labels_mesh_and_release_running_pods_live(cluster: Lab) -> No
     records = [
         r for r in access(cluster, "node-1")[marks["node-1"] :] if r["direction"] == "outbound"
     ]
+    # The two clients share a name: each has its own capture counters.
+    for namespace in ("shop", "plain"):
+        wait_for(
+            f"{namespace}/client's captured connects to be counted",
+            lambda ns=namespace: (
+                metric(
+                    cluster,
+                    "node-1",
+                    "smesh_capture_events_total",
+                    f'decision="captured",workload="{ns}/client"',
+                )
+                >= 2
+            ),
+            timeout=10,
+        )
     assert len(records) == 4
     assert all(r["route"] == "tunnel" and r["result"] == "ok" for r in records)
     assert {r["peer_identity"] for r in records} == {
