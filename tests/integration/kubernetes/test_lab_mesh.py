@@ -157,6 +157,12 @@ def meshed(lab: Lab, pod: dict[str, Any]) -> dict[str, Any] | None:
     return workloads(lab, pod["spec"]["nodeName"]).get(key)
 
 
+def connections(lab: Lab, node: str) -> list[dict[str, Any]]:
+    reply = admin_client.get("127.0.0.1", 15000, "/debug/connections", netns=f"{lab.name}.{node}")
+    assert reply.status == 200
+    return reply.json()["connections"]  # type: ignore[no-any-return]
+
+
 def ready(lab: Lab, *all_pods: dict[str, Any]) -> bool:
     return all((w := meshed(lab, p)) is not None and w["stage"] == "ready" for p in all_pods)
 
@@ -346,10 +352,23 @@ def test_a_pod_deleted_mid_transfer_releases_everything_and_the_agent_serves_on(
         lambda: (w := meshed(cluster, target)) is not None and w["active_connections"] > 0,
         timeout=30,
     )
+    assert [c for c in connections(cluster, "node-1") if f"{ip}:8080" in json.dumps(c)]
     kubectl(cluster, "delete", "pod", "-n", "shop", name, "--timeout=60s")
     _, err = download.communicate(timeout=60)
     assert download.returncode != 0, f"the download outlived its server: {err}"
     released(cluster, target, the_id)
+    wait_for(
+        "both agents to close the download's connections",
+        lambda: (
+            not [
+                c
+                for node in ("node-1", "node-2")
+                for c in connections(cluster, node)
+                if f"{ip}:" in json.dumps(c)
+            ]
+        ),
+        timeout=15,
+    )
 
     # The agent kept running and serves the others, and the replacement pod, at once.
     assert state.load(cluster.name).agents["node-2"].pid == agent_pid  # type: ignore[union-attr]
