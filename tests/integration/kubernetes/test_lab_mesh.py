@@ -292,6 +292,20 @@ def test_the_same_app_in_a_namespace_not_opted_in_is_plain_tcp(cluster: Lab) -> 
     for node in ("node-1", "node-2"):
         assert access(cluster, node)[before[node] :] == []  # not through any agent
 
+    # A meshed client reaches them too, in plain TCP (nonMeshed: passthrough), through its
+    # agent, which expects no identity there.
+    with sniffing(cluster, "node-1", "any") as packets:
+        for target in plain.values():
+            request(cluster, "shop/client", target, "/from-shop")
+    assert f"POST /path-{MARKER}/from-shop" in packets.text()
+    out = [r for r in access(cluster, "node-1")[before["node-1"] :] if r["direction"] == "outbound"]
+    assert sorted(r["destination"] for r in out) == sorted(
+        f"{p['status']['podIP']}:8080" for p in plain.values()
+    )
+    assert {(r["route"], r["result"], r["peer_identity"]) for r in out} == {
+        ("passthrough", "ok", "")
+    }
+
 
 def test_scaling_up_meshes_new_pods_and_scaling_down_releases_them(cluster: Lab) -> None:
     before = web(cluster, "shop")
