@@ -158,6 +158,7 @@ class KubernetesSource:
         self.namespaces: Informer[Namespace] = Informer(api, NAMESPACES)
         self.sandboxes: dict[str, SandboxRecord] = {}  # by pod UID
         self._found: dict[str, SandboxRecord] = {}  # by pod UID: found on the node at start
+        self._sandboxed: dict[str, Workload] = {}  # by pod UID: node pods with a CNI record
         self._meshed: dict[str, Workload] = {}
         self._failed: dict[str, tuple[Workload, str]] = {}
         self._changed = asyncio.Event()  # for the snapshot loop
@@ -214,11 +215,22 @@ class KubernetesSource:
             if w is not None:
                 workloads[w.key] = w
         uids = set()
+        sandboxed: dict[str, Workload] = {}
         for (ns, _), pod in self.local.snapshot().items():
             uids.add(pod.metadata.uid if pod.metadata else None)
             w = workload_of(pod, namespaces.get(ns), self.sandbox_of(pod))
             if w is not None:
                 workloads[w.key] = w
+                if w.uid is not None and w.uid in self.sandboxes:
+                    sandboxed[w.uid] = w
+        # A pod gone from the API while the CNI has not deleted its sandbox (a forced
+        # deletion: a graceful one ends after the kubelet's teardown) may still run its apps:
+        # it stays as it was until the DEL, so its connects never go out uncaptured.
+        for uid, w in self._sandboxed.items():
+            if uid not in uids and uid in self.sandboxes and w.key not in workloads:
+                workloads[w.key] = w
+                sandboxed[uid] = w
+        self._sandboxed = sandboxed
         for gone in set(self._found) - uids:  # found at start, deleted since
             del self._found[gone]
         return Snapshot(workloads)

@@ -181,6 +181,18 @@ def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if '"smesh.access"' in line]
 
 
+def outbound(lab: Lab, mark: int, count: int) -> list[dict[str, Any]]:
+    """node-1's outbound records after *mark*, once there are *count* (an agent writes a
+    record when it has closed the connection, which may be just after the client exits)."""
+
+    def check() -> list[dict[str, Any]]:
+        found = [r for r in access(lab, "node-1")[mark:] if r["direction"] == "outbound"]
+        return found if len(found) >= count else []
+
+    found: list[dict[str, Any]] = wait_for(f"{count} outbound records on node-1", check, 10)
+    return found
+
+
 def request(lab: Lab, client: str, pod: dict[str, Any], path: str = "") -> str:
     """POST a marked body to a marked path of *pod*; the server's echo of both."""
     ip = pod["status"]["podIP"]
@@ -248,7 +260,7 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
 
     for target in shop.values():
         ip = target["status"]["podIP"]
-        ours = [r for r in access(cluster, "node-1")[before["node-1"] :]]
+        ours = outbound(cluster, before["node-1"], len(shop))
         out = [r for r in ours if r["direction"] == "outbound" and r["destination"] == f"{ip}:8080"]
         assert len(out) == 1, ours
         assert out[0]["pod"] == "client"
@@ -298,7 +310,7 @@ def test_the_same_app_in_a_namespace_not_opted_in_is_plain_tcp(cluster: Lab) -> 
         for target in plain.values():
             request(cluster, "shop/client", target, "/from-shop")
     assert f"POST /path-{MARKER}/from-shop" in packets.text()
-    out = [r for r in access(cluster, "node-1")[before["node-1"] :] if r["direction"] == "outbound"]
+    out = outbound(cluster, before["node-1"], len(plain))
     assert sorted(r["destination"] for r in out) == sorted(
         f"{p['status']['podIP']}:8080" for p in plain.values()
     )
@@ -325,8 +337,8 @@ def test_scaling_up_meshes_new_pods_and_scaling_down_releases_them(cluster: Lab)
         request(cluster, "shop/client", target)
     tunnelled = [
         r["destination"]
-        for r in access(cluster, "node-1")[marks["node-1"] :]
-        if r["direction"] == "outbound" and r["route"] == "tunnel"
+        for r in outbound(cluster, marks["node-1"], len(new))
+        if r["route"] == "tunnel"
     ]
     assert sorted(tunnelled) == sorted(f"{p['status']['podIP']}:8080" for p in new)
 
@@ -396,6 +408,42 @@ def test_a_pod_deleted_mid_transfer_releases_everything_and_the_agent_serves_on(
     serving(cluster, "shop/client", *now.values())
     for other in now.values():
         request(cluster, "shop/client", other)
+
+
+def test_a_force_deleted_pod_stays_captured_until_its_sandbox_is_torn_down(cluster: Lab) -> None:
+    # A pod stuck in Terminating (its app ignores SIGTERM) is force-deleted, as people do:
+    # the Pod object is gone at once while the kubelet waits out the grace period before it
+    # kills the app and tears the sandbox down. Meanwhile it must not go out uncaptured.
+    remote = next(p for p in web(cluster, "shop").values() if p["spec"]["nodeName"] == "node-2")
+    url = f"http://{remote['status']['podIP']}:8080/stubborn-{MARKER}"
+    loop = f"trap '' TERM; while true; do curl -s -o /dev/null --max-time 1 {url}; sleep 0.2; done"
+    stubborn = pod("stubborn", "shop", "node-1", terminationGracePeriodSeconds=8)
+    stubborn["spec"]["containers"] = [
+        {"name": "main", "image": "none", "command": ["sh", "-c", loop]}
+    ]
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(stubborn))
+    found = running(cluster, "-n", "shop", "--field-selector", "metadata.name=stubborn", count=1)
+    target = found["stubborn"]
+    ip, sandbox = target["status"]["podIP"], sandbox_of(cluster, target)
+    the_id = cgroup_id(cluster, target)
+    mark = len(access(cluster, "node-1"))
+    wait_for(
+        "stubborn's requests to go through the tunnel",
+        lambda: [r for r in access(cluster, "node-1")[mark:] if r["pod"] == "stubborn"],
+        timeout=30,
+    )
+    with sniffing(cluster, "node-1", "any") as packets:
+        kubectl(cluster, "delete", "pod", "-n", "shop", "stubborn", "--wait=false")
+        wait_for(
+            "stubborn to be terminating",
+            lambda: pods(cluster, "-n", "shop")["stubborn"]["metadata"].get("deletionTimestamp"),
+        )
+        kubectl(cluster, "delete", "pod", "-n", "shop", "stubborn", "--force", "--grace-period=0")
+        wait_for("the kubelet to tear the sandbox down", lambda: not netns.exists(sandbox["netns"]))
+    plain = [line for line in packets.lines if f"{ip}." in line and ".8080" in line]
+    assert plain == [], f"stubborn's connects left uncaptured: {plain[:3]}"
+    assert MARKER not in packets.text()
+    released(cluster, target, the_id)
 
 
 def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> None:
@@ -492,9 +540,7 @@ def test_namespace_labels_mesh_and_release_running_pods_live(cluster: Lab) -> No
     for p in opted_out:  # the namespace's label never overrides these
         assert meshed(cluster, p) is None
         assert attached_programs(Path(sandbox_of(cluster, p)["cgroup"])) == []
-    records = [
-        r for r in access(cluster, "node-1")[marks["node-1"] :] if r["direction"] == "outbound"
-    ]
+    records = outbound(cluster, marks["node-1"], 4)
     # The two clients share a name: each has its own capture counters.
     for namespace in ("shop", "plain"):
         wait_for(
