@@ -225,9 +225,16 @@ class KubernetesSource:
                     sandboxed[w.uid] = w
         # A pod gone from the API while the CNI has not deleted its sandbox (a forced
         # deletion: a graceful one ends after the kubelet's teardown) may still run its apps:
-        # it stays as it was until the DEL, so its connects never go out uncaptured.
+        # it stays as it was until the DEL (or its netns is gone), so its connects never go
+        # out uncaptured.
         for uid, w in self._sandboxed.items():
-            if uid not in uids and uid in self.sandboxes and w.key not in workloads:
+            record = self.sandboxes.get(uid)
+            if (
+                uid not in uids
+                and record is not None
+                and w.key not in workloads
+                and netns.exists(record.netns)
+            ):
                 workloads[w.key] = w
                 sandboxed[uid] = w
         self._sandboxed = sandboxed
