@@ -333,16 +333,15 @@ class Agent:
                         if value < seen:  # the pod was captured anew: its counters restarted
                             seen = 0
                         if value > seen:
-                            self.metrics.capture_events.labels(pod.workload.name, decision).inc(
-                                value - seen
-                            )
+                            # namespace/name: pods of one name in two namespaces are two series
+                            self.metrics.capture_events.labels(key, decision).inc(value - seen)
                             if decision == PLAINTEXT_REFUSED:
                                 log.warning(
                                     "refused %d plaintext connection attempt(s) to pod %s "
                                     "from outside the mesh (capture.inboundPlaintext: refuse)",
                                     value - seen,
-                                    pod.workload.name,
-                                    extra=logs.fields(pod=pod.workload.name, refused=value - seen),
+                                    key,
+                                    extra=logs.fields(pod=key, refused=value - seen),
                                 )
                         last[(key, decision)] = value
 
@@ -376,6 +375,17 @@ class Agent:
             "node": self.config.node,
             "capture": self.capture_mode,
             "workloads": [pod.describe() for pod in self.pods.values()],
+            # who answers at each destination address, as this node sees the cluster
+            "registry": [
+                {
+                    "pod": w.key,
+                    "node": w.node,
+                    "ips": [str(ip) for ip in w.ips],
+                    "meshed": w.meshed,
+                    "serviceAccount": w.service_account,
+                }
+                for w in self.registry.workloads()
+            ],
         }
         return Response(200, json.dumps(doc, indent=2).encode(), "application/json")
 

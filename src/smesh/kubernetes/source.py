@@ -262,6 +262,7 @@ class KubernetesSource:
         self.namespaces: Informer[Namespace] = Informer(api, NAMESPACES)
         self.sandboxes: dict[str, SandboxRecord] = {}  # by pod UID
         self._found: dict[str, SandboxRecord] = {}  # by pod UID: found on the node at start
+        self._sandboxed: dict[str, Workload] = {}  # by pod UID: node pods with a CNI record
         self._meshed: dict[str, Workload] = {}
         self._failed: dict[str, tuple[Workload, str]] = {}
         self._changed = asyncio.Event()  # for the snapshot loop
@@ -320,11 +321,29 @@ class KubernetesSource:
             if w is not None:
                 workloads[w.key] = w
         uids = set()
+        sandboxed: dict[str, Workload] = {}
         for key, pod in self.local.snapshot().items():
             uids.add(pod.metadata.uid if pod.metadata else None)
             w = self._local_cache.get(key, pod, namespaces.get(key[0]), self.sandbox_of(pod))
             if w is not None:
                 workloads[w.key] = w
+                if w.uid is not None and w.uid in self.sandboxes:
+                    sandboxed[w.uid] = w
+        # A pod gone from the API while the CNI has not deleted its sandbox (a forced
+        # deletion: a graceful one ends after the kubelet's teardown) may still run its apps:
+        # it stays as it was until the DEL (or its netns is gone), so its connects never go
+        # out uncaptured.
+        for uid, w in self._sandboxed.items():
+            record = self.sandboxes.get(uid)
+            if (
+                uid not in uids
+                and record is not None
+                and w.key not in workloads
+                and netns.exists(record.netns)
+            ):
+                workloads[w.key] = w
+                sandboxed[uid] = w
+        self._sandboxed = sandboxed
         self._cluster_cache.done()
         self._local_cache.done()
         for gone in set(self._found) - uids:  # found at start, deleted since

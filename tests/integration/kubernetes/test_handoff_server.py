@@ -343,7 +343,14 @@ def test_labels_flipped_live_release_and_mesh_a_running_pod_again(
         assert agent.workload(f"{ns}/web") is None
         await label_pod(client, "web", ns, None)
         await captured(True)
-        await client.delete(Pod, "web", namespace=ns, grace_period=0)  # released with the pod
+        # A forced deletion: the pod's apps may still run until the runtime tears the
+        # sandbox down, so it stays captured until the CNI DEL.
+        await client.delete(Pod, "web", namespace=ns, grace_period=0)
+        await asyncio.sleep(1)  # the agent has seen the deletion
+        await captured(True)
+        body = request(ns, "web", uid, netns, "198.18.60.6")
+        status, _ = await call(agent, "del", body)
+        assert status == 200
         await captured(False)
         await client.close()
 

@@ -17,10 +17,16 @@ from typing import Any
 import pytest
 
 from smesh.lab import state
-from smesh.lab.controlplane import DEFAULT_BIN_DIR
 from smesh.linux import cgroups, netns
-from tests.conftest import in_ci
-from tests.integration.labkit import Lab, smesh, unique_name
+from tests.integration.kubernetes.clusterkit import (
+    kubectl,
+    kubernetes_lab,
+    pods,
+    running,
+    sandbox_of,
+    wait_for,
+)
+from tests.integration.labkit import Lab, smesh
 
 WEB = """
 apiVersion: apps/v1
@@ -82,55 +88,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
-    if not (DEFAULT_BIN_DIR / "kube-scheduler").is_file():
-        message = f"the control plane is not built in {DEFAULT_BIN_DIR}: run `make kubernetes`"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    lab = Lab(unique_name("k"))
-    try:
-        smesh("lab", "up", "--name", lab.name, "--kubernetes", "--no-mesh", timeout=240)
+    with kubernetes_lab("k", "--no-mesh") as lab:
         yield lab
-    finally:
-        smesh("lab", "down", "--name", lab.name, check=False)
-
-
-def kubectl(lab: Lab, *args: str, stdin: str | None = None) -> str:
-    return smesh("lab", "kubectl", "--name", lab.name, "--", *args, input=stdin).stdout
-
-
-def pods(lab: Lab, *selector: str) -> dict[str, dict[str, Any]]:
-    items = json.loads(kubectl(lab, "get", "pods", "-o", "json", *selector))["items"]
-    return {p["metadata"]["name"]: p for p in items}
-
-
-def wait_for(what: str, check: collections.abc.Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
-def running(lab: Lab, *selector: str, count: int) -> dict[str, dict[str, Any]]:
-    def check() -> dict[str, dict[str, Any]] | None:
-        found = pods(lab, *selector)
-        ok = len(found) == count and all(
-            p["status"].get("phase") == "Running" and p["status"].get("podIP")
-            for p in found.values()
-        )
-        return found if ok else None
-
-    return wait_for(f"{count} running pods {selector}", check)  # type: ignore[no-any-return]
-
-
-def sandbox_of(lab: Lab, pod: dict[str, Any]) -> dict[str, Any]:
-    node, uid = pod["spec"]["nodeName"], pod["metadata"]["uid"]
-    path = state.directory(lab.name) / "nodes" / node / "pods" / uid / "sandbox.json"
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
 def test_nodes_register_ready_with_leases(cluster: Lab) -> None:

@@ -1,0 +1,126 @@
+"""Helpers for tests that drive a whole `smesh lab up --kubernetes` cluster through the CLI.
+
+Shared by the cluster tests (test_lab_cluster.py, test_lab_mesh.py): bring a lab up for a
+module and always down again, kubectl in the lab, wait for pods, read what the kubelet
+recorded of a pod's sandbox, and watch a node's links with tcpdump.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import json
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from smesh.lab import state
+from smesh.lab.controlplane import DEFAULT_BIN_DIR
+from tests.conftest import in_ci
+from tests.integration.labkit import Lab, smesh, unique_name
+
+
+@contextlib.contextmanager
+def kubernetes_lab(prefix: str, *args: str) -> collections.abc.Iterator[Lab]:
+    """A lab up with ``--kubernetes`` and *args*; brought down even if a test fails.
+
+    Skips (fails under CI) when the control plane is not built.
+    """
+    if not (DEFAULT_BIN_DIR / "kube-scheduler").is_file():
+        message = f"the control plane is not built in {DEFAULT_BIN_DIR}: run `make kubernetes`"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    lab = Lab(unique_name(prefix))
+    try:
+        smesh("lab", "up", "--name", lab.name, "--kubernetes", *args, timeout=240)
+        yield lab
+    finally:
+        lab.stop_background()
+        smesh("lab", "down", "--name", lab.name, check=False)
+
+
+def kubectl(lab: Lab, *args: str, stdin: str | None = None) -> str:
+    return smesh("lab", "kubectl", "--name", lab.name, "--", *args, input=stdin).stdout
+
+
+def pods(lab: Lab, *selector: str) -> dict[str, dict[str, Any]]:
+    items = json.loads(kubectl(lab, "get", "pods", "-o", "json", *selector))["items"]
+    return {p["metadata"]["name"]: p for p in items}
+
+
+def wait_for(what: str, check: collections.abc.Callable[[], Any], timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def running(lab: Lab, *selector: str, count: int) -> dict[str, dict[str, Any]]:
+    def check() -> dict[str, dict[str, Any]] | None:
+        found = pods(lab, *selector)
+        ok = len(found) == count and all(
+            p["status"].get("phase") == "Running" and p["status"].get("podIP")
+            for p in found.values()
+        )
+        return found if ok else None
+
+    return wait_for(f"{count} running pods {selector}", check)  # type: ignore[no-any-return]
+
+
+def sandbox_of(lab: Lab, pod: dict[str, Any]) -> dict[str, Any]:
+    """What the lab kubelet recorded of *pod*'s sandbox (netns, cgroup, ips, containers)."""
+    node, uid = pod["spec"]["nodeName"], pod["metadata"]["uid"]
+    path = state.directory(lab.name) / "nodes" / node / "pods" / uid / "sandbox.json"
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+class Lines:
+    """Every line a process prints, collected as it comes (so its pipe never fills)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def sniffing(lab: Lab, member: str, interface: str = "eth0") -> collections.abc.Iterator[Lines]:
+    """tcpdump (packets with their payload as ASCII) on *member*'s *interface*."""
+    proc = lab.spawn(
+        member,
+        ["tcpdump", "-i", interface, "-n", "-l", "-A", "tcp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    said = [proc.stderr.readline()]
+    while "listening on" not in said[-1] and said[-1] and len(said) < 5:
+        said.append(proc.stderr.readline())  # a notice or two first
+    assert f"listening on {interface}" in said[-1], said
+    packets = Lines(proc.stdout)
+    try:
+        yield packets
+    finally:
+        time.sleep(0.5)  # what is in flight reaches tcpdump
+        proc.terminate()
+        proc.wait(timeout=10)
+        packets.join()
