@@ -20,7 +20,7 @@ from smesh.agent import client
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.spiffe import SpiffeId
 from tests.integration.labkit import Lab, LabFactory
-from tests.integration.mesh.test_agent import admin, metric, set_meshed, wait
+from tests.integration.mesh.test_agent import admin, meshed_here, metric, set_meshed, wait
 
 POD3 = "198.18.2.2"
 TUNNEL = f"{POD3}:18001"
@@ -223,7 +223,7 @@ def test_a_removed_pods_certificate_from_its_old_address(lab: Lab, tmp_path: Pat
     proc = via_tunnel(lab, f"{POD3}:8080", cert, member="pod-2")
     assert proc.stdout == "200", proc.stderr  # it works while pod-2 exists...
     set_meshed(lab, "pod-2", None)  # ...and pod-2 is deleted
-    wait(lambda: "pod-2" not in admin(lab, "node-1", "/debug/workloads").body.decode())
+    wait(lambda: "pod-2" not in meshed_here(lab, "node-1"))
     time.sleep(1)  # node-2's agent polls the same directory (every 200 ms): it has seen it too
     # its namespace and address are still there (a pod's sandbox outlives its workload entry)
     proc = via_tunnel(lab, f"{POD3}:8080", cert, member="pod-2")

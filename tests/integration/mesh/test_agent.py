@@ -30,6 +30,12 @@ def admin(lab: Lab, node_name: str, path: str) -> client.AdminReply:
     return client.get("127.0.0.1", 15000, path, netns=node(lab, node_name)["netns"])
 
 
+def meshed_here(lab: Lab, node_name: str) -> set[str]:
+    """The pods (by name) the node's agent meshes: its /debug/workloads, not its registry."""
+    reply = admin(lab, node_name, "/debug/workloads")
+    return {w["name"] for w in reply.json()["workloads"]}
+
+
 def metric(body: bytes, name: str, labels: str) -> float:
     selector = rf"\{{{labels}\}}" if labels else ""
     match = re.search(rf"^{name}{selector} (\S+)$", body.decode(), re.M)
@@ -96,7 +102,7 @@ def test_pods_leave_and_join_the_mesh_at_run_time(meshed: Lab, apps: Apps) -> No
     assert attempt == {"connected": False, "error": "TimeoutError"}
 
     set_meshed(meshed, "pod-1", meshed=True)  # (/ready stays 200 throughout: wait for pod-1)
-    wait(lambda: "pod-1" in admin(meshed, "node-1", "/debug/workloads").body.decode())
+    wait(lambda: "pod-1" in meshed_here(meshed, "node-1"))
     wait(lambda: admin(meshed, "node-1", "/ready").status == 200)
     assert seen_from(meshed, server) == POD3
 
@@ -108,7 +114,7 @@ def test_readiness_names_what_a_pod_is_waiting_for(meshed: Lab) -> None:
     assert lab.signer is not None
     os.kill(lab.signer.pid, signal.SIGKILL)  # the signing service is gone
     set_meshed(meshed, "pod-2", meshed=False)
-    wait(lambda: "pod-2" not in admin(meshed, "node-1", "/debug/workloads").body.decode())
+    wait(lambda: "pod-2" not in meshed_here(meshed, "node-1"))
     set_meshed(meshed, "pod-2", meshed=True)
     wait(lambda: admin(meshed, "node-1", "/ready").status == 503)
     reply = admin(meshed, "node-1", "/ready")

@@ -6,7 +6,7 @@ import pytest
 
 from tests.integration.labkit import LabFactory, smesh
 from tests.integration.mesh.conftest import Apps
-from tests.integration.mesh.test_agent import POD3, admin, metric, set_meshed, wait
+from tests.integration.mesh.test_agent import POD3, admin, meshed_here, metric, set_meshed, wait
 
 REFUSED = 'decision="plaintext_refused",workload="default/pod-3"'
 HEALTH_PORT = 9200  # a port left open to plaintext, as for a kubelet health probe
@@ -28,7 +28,7 @@ def test_plaintext_from_outside_the_mesh_is_refused_and_the_mesh_serves_on(
     assert apps.run("pod-1", "halfclose", POD3, 9100, 10)["ok"]  # through the tunnel
 
     set_meshed(lab, "pod-1", meshed=False)  # its connects now leave in plaintext
-    wait(lambda: "pod-1" not in admin(lab, "node-1", "/debug/workloads").body.decode())
+    wait(lambda: "pod-1" not in meshed_here(lab, "node-1"))
     attempt = apps.run("pod-1", "try-connect", POD3, 9100, 2)
     assert attempt == {"connected": False, "error": "TimeoutError"}
     wait(
@@ -45,7 +45,7 @@ def test_plaintext_from_outside_the_mesh_is_refused_and_the_mesh_serves_on(
     assert "PLAINTEXT-REFUSED" in status
 
     set_meshed(lab, "pod-3", meshed=False)  # out of the mesh, pod-3 takes plaintext again
-    wait(lambda: "pod-3" not in admin(lab, "node-2", "/debug/workloads").body.decode())
+    wait(lambda: "pod-3" not in meshed_here(lab, "node-2"))
     assert apps.run("pod-1", "try-connect", POD3, 9100, 5)["connected"]
 
 
@@ -54,5 +54,5 @@ def test_allow_lets_plaintext_reach_a_meshed_pod(lab_factory: LabFactory) -> Non
     apps = Apps(lab)
     apps.serve("pod-3", "halfclose", 9100)
     set_meshed(lab, "pod-1", meshed=False)
-    wait(lambda: "pod-1" not in admin(lab, "node-1", "/debug/workloads").body.decode())
+    wait(lambda: "pod-1" not in meshed_here(lab, "node-1"))
     assert apps.run("pod-1", "try-connect", POD3, 9100, 5)["connected"]
