@@ -165,7 +165,10 @@ def test_an_app_connection_on_a_removed_pods_carrier_is_reset(gated: Gated) -> N
         gated.remove_pod()
         with pytest.raises(ConnectionResetError):
             recv_all(app)
-    assert gated.reasons == ["unknown_address"]  # the open carrier, when the registry changed
+    # the open carrier, when the registry changed (and a carrier the client's pool may have
+    # dialled meanwhile, refused for the same reason: a CI run saw two)
+    assert gated.reasons
+    assert set(gated.reasons) == {"unknown_address"}
 
 
 def test_an_unknown_address_waits_for_the_registry_to_catch_up(tmp_path: Path) -> None:
