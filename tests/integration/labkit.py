@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import json
 import secrets
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,3 +83,51 @@ class Lab:
 
 
 LabFactory = collections.abc.Callable[..., Lab]
+
+
+class Lines:
+    """Every line a process prints, collected as it comes (so its pipe never fills)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def sniffing(
+    lab: Lab,
+    member: str,
+    interface: str = "eth0",
+    *,
+    payloads: bool = False,
+    expression: Sequence[str] = ("tcp",),
+) -> collections.abc.Iterator[Lines]:
+    """tcpdump on *member*'s *interface*: a line per packet (and its payload as ASCII, -A)."""
+    argv = ["tcpdump", "-i", interface, "-n", "-l", *(["-A"] if payloads else []), *expression]
+    proc = lab.spawn(
+        member, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
+    )
+    assert proc.stderr is not None
+    said = [proc.stderr.readline()]
+    while "listening on" not in said[-1] and said[-1] and len(said) < 5:
+        said.append(proc.stderr.readline())  # a notice or two first
+    assert f"listening on {interface}" in said[-1], said
+    packets = Lines(proc.stdout)
+    try:
+        yield packets
+    finally:
+        time.sleep(0.5)  # what is in flight reaches tcpdump
+        proc.terminate()
+        proc.wait(timeout=10)
+        packets.join()

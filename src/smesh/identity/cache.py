@@ -34,6 +34,7 @@ from smesh.identity.bundle import TrustBundle
 from smesh.identity.credential import Credential
 from smesh.identity.errors import IdentityError, InvalidSpiffeId
 from smesh.identity.spiffe import SpiffeId
+from smesh.linux.files import write_atomic
 
 log = logging.getLogger("smesh.identity")
 
@@ -86,24 +87,7 @@ class CredentialCache:
 
     def _write(self, path: Path, data: bytes) -> None:
         self.ensure()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        with contextlib.suppress(OSError):  # make the rename itself durable
-            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        write_atomic(path, data, 0o600, durable=True)
 
     # -- writing -----------------------------------------------------------------------
 

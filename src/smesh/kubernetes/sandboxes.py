@@ -37,6 +37,7 @@ from smesh.kubernetes.handoff import (
     decode_request,
     encode,
 )
+from smesh.linux.files import write_atomic
 from smesh.validation import IP, describe
 
 log = logging.getLogger("smesh.agent")
@@ -108,11 +109,7 @@ class RecordStore:
     def put(self, record: SandboxRecord) -> None:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = self.directory / f".{record.uid}.json.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(record.model_dump_json(by_alias=True).encode())
-            tmp.replace(self._path(record.uid))
+            write_atomic(self._path(record.uid), record.model_dump_json(by_alias=True).encode())
         except OSError as exc:
             raise SandboxError(
                 f"cannot record the sandbox of {record.key} in {self.directory}: {exc}"

@@ -32,6 +32,7 @@ from smesh.lab.controlplane import (
     ControlPlaneError,
     MissingBinaries,
     Pki,
+    apiserver_argv,
     issue_client_cert,
     make_pki,
     write_kubeconfig,
@@ -114,21 +115,9 @@ def set_up_pki(topo: Topology) -> Pki:
 def _argv(lab: str, bin_dir: Path, pki: Pki) -> dict[str, list[str]]:
     kube = kubepaths.kube_dir(lab)
     api = [
-        str(bin_dir / "kube-apiserver"),
-        f"--etcd-servers={ETCD_URL}",
-        f"--advertise-address={CONTROL_IP4}",
-        f"--secure-port={kubepaths.API_PORT}",
-        f"--tls-cert-file={pki.server_cert}",
-        f"--tls-private-key-file={pki.server_key}",
-        f"--client-ca-file={pki.ca_cert}",
-        "--service-account-issuer=https://kubernetes.default.svc",
-        f"--service-account-key-file={pki.sa_pub}",
-        f"--service-account-signing-key-file={pki.sa_key}",
-        "--authorization-mode=Node,RBAC",
+        *apiserver_argv(bin_dir, pki, ETCD_URL, str(CONTROL_IP4), kubepaths.API_PORT),
         # A kubelet may change only its own Node and the pods bound to it.
         "--enable-admission-plugins=NodeRestriction",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
-        "--shutdown-watch-termination-grace-period=2s",
         # The front proxy's CA, which the controller manager's and the scheduler's delegated
         # authentication read from kube-system/extension-apiserver-authentication (they log
         # errors every few seconds without it). One CA here; kubeadm has a second one.

@@ -271,6 +271,27 @@ def write_kubeconfig(
     return _write(path, json.dumps(config, indent=2).encode())
 
 
+def apiserver_argv(bin_dir: Path, pki: Pki, etcd_url: str, advertise: str, port: int) -> list[str]:
+    """The API server's command line that the tests' and the lab's control planes share."""
+    return [
+        str(bin_dir / "kube-apiserver"),
+        f"--etcd-servers={etcd_url}",
+        f"--advertise-address={advertise}",
+        f"--secure-port={port}",
+        f"--tls-cert-file={pki.server_cert}",
+        f"--tls-private-key-file={pki.server_key}",
+        f"--client-ca-file={pki.ca_cert}",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        "--authorization-mode=Node,RBAC",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # Without it a SIGTERM waits for open watches forever (until our SIGKILL); with it
+        # they are ended cleanly, as in a rolling restart of a real control plane.
+        "--shutdown-watch-termination-grace-period=2s",
+    ]
+
+
 class ControlPlane:
     """etcd and kube-apiserver on *host*, with free ports, a private PKI and data directory.
 
@@ -370,24 +391,10 @@ class ControlPlane:
             raise ControlPlaneError("the API server is already running: stop_apiserver() first")
         pki = self.pki
         args = [
-            str(self.bin_dir / "kube-apiserver"),
-            f"--etcd-servers={self.etcd_url}",
+            *apiserver_argv(self.bin_dir, pki, self.etcd_url, self.host, self.apiserver_port),
             f"--bind-address={self.host}",
-            f"--advertise-address={self.host}",
-            f"--secure-port={self.apiserver_port}",
-            f"--tls-cert-file={pki.server_cert}",
-            f"--tls-private-key-file={pki.server_key}",
-            f"--client-ca-file={pki.ca_cert}",
-            "--service-account-issuer=https://kubernetes.default.svc",
-            f"--service-account-key-file={pki.sa_pub}",
-            f"--service-account-signing-key-file={pki.sa_key}",
-            "--authorization-mode=Node,RBAC",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
             # A loopback advertise address has no endpoints to reconcile.
             "--endpoint-reconciler-type=none",
-            # Without it a SIGTERM waits for open watches forever (until our SIGKILL); with
-            # it they are ended cleanly, as in a rolling restart of a real control plane.
-            "--shutdown-watch-termination-grace-period=2s",
             *self.apiserver_args,
         ]
         self._apiserver = self._spawn("kube-apiserver", args)

@@ -71,6 +71,7 @@ from smesh.lab.kubelet_status import (
 from smesh.lab.topology import Node, Topology
 from smesh.linux import cgroups, iproute, netns
 from smesh.linux.errors import LinuxError
+from smesh.linux.files import write_atomic
 
 log = logging.getLogger("smesh.lab.kubelet")
 
@@ -113,9 +114,7 @@ class Sandbox:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "sandbox.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(directory / "sandbox.json")
+        write_atomic(directory / "sandbox.json", json.dumps(asdict(self), indent=2).encode())
 
     @classmethod
     def load(cls, path: Path) -> Sandbox:

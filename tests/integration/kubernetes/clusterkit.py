@@ -10,8 +10,6 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import json
-import subprocess
-import threading
 import time
 from typing import Any
 
@@ -20,7 +18,8 @@ import pytest
 from smesh.lab import state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
 from tests.conftest import in_ci
-from tests.integration.labkit import Lab, smesh, unique_name
+from tests.integration import labkit
+from tests.integration.labkit import Lab, Lines, smesh, unique_name
 
 
 @contextlib.contextmanager
@@ -82,45 +81,8 @@ def sandbox_of(lab: Lab, pod: dict[str, Any]) -> dict[str, Any]:
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
-class Lines:
-    """Every line a process prints, collected as it comes (so its pipe never fills)."""
-
-    def __init__(self, stream: Any) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: Any) -> None:
-        for line in stream:
-            self.lines.append(line)
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def join(self) -> None:
-        self._thread.join(10)
-
-
 @contextlib.contextmanager
 def sniffing(lab: Lab, member: str, interface: str = "eth0") -> collections.abc.Iterator[Lines]:
-    """tcpdump (packets with their payload as ASCII) on *member*'s *interface*."""
-    proc = lab.spawn(
-        member,
-        ["tcpdump", "-i", interface, "-n", "-l", "-A", "tcp"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    said = [proc.stderr.readline()]
-    while "listening on" not in said[-1] and said[-1] and len(said) < 5:
-        said.append(proc.stderr.readline())  # a notice or two first
-    assert f"listening on {interface}" in said[-1], said
-    packets = Lines(proc.stdout)
-    try:
+    """tcpdump (TCP packets with their payload as ASCII) on *member*'s *interface*."""
+    with labkit.sniffing(lab, member, interface, payloads=True) as packets:
         yield packets
-    finally:
-        time.sleep(0.5)  # what is in flight reaches tcpdump
-        proc.terminate()
-        proc.wait(timeout=10)
-        packets.join()

@@ -25,7 +25,6 @@ import re
 import secrets
 import signal
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -36,9 +35,9 @@ from smesh.lab import kubepaths, state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
 from smesh.linux import netns
 from tests.conftest import in_ci
+from tests.integration import labkit
 from tests.integration.kubernetes.test_lab_cluster import kubectl, pods, wait_for
-from tests.integration.labkit import Lab, smesh, unique_name
-from tests.integration.mesh.test_restart import Lines
+from tests.integration.labkit import Lab, Lines, smesh, unique_name
 
 SHOP = """
 apiVersion: v1
@@ -205,28 +204,9 @@ def access_lines(lab: Lab, node: str) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def sniffing(lab: Lab, node: str) -> collections.abc.Iterator[Lines]:
-    """tcpdump on *node*'s link to the fabric, packets with their payloads (-A)."""
-    proc = lab.spawn(
-        node,
-        ["tcpdump", "-i", "eth0", "-n", "-l", "-A"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-    )
-    assert proc.stderr is not None
-    said = [proc.stderr.readline()]
-    while "listening on" not in said[-1] and said[-1] and len(said) < 5:
-        said.append(proc.stderr.readline())
-    assert "listening on eth0" in said[-1], said
-    packets = Lines(proc.stdout)
-    try:
+    """tcpdump on *node*'s link to the fabric, every packet with its payload (-A)."""
+    with labkit.sniffing(lab, node, payloads=True, expression=()) as packets:
         yield packets
-    finally:
-        time.sleep(0.5)  # what is in flight reaches tcpdump
-        proc.terminate()
-        proc.wait(timeout=10)
-        packets.join()
 
 
 def sandbox_events(lab: Lab, pod: str) -> list[dict[str, Any]]:

@@ -9,22 +9,19 @@ the restarted agent serves its pods with the certificates its predecessor cached
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from smesh.capture import libbpf, pins
 from smesh.lab import control, state
 from smesh.linux import cgroups
-from tests.integration.labkit import Lab, LabFactory, smesh
+from tests.integration.labkit import Lab, LabFactory, Lines, smesh, sniffing
 from tests.integration.mesh.conftest import APP, Apps
 from tests.integration.mesh.test_agent import POD3, admin, metric, node, seen_from, wait
 
@@ -32,47 +29,6 @@ POD1 = "198.18.1.2"
 APP_PORT = 8080
 TUNNEL = re.compile(r"\.18001[: ]")
 PLAIN = re.compile(rf"\.{APP_PORT}[: ]")
-
-
-class Lines:
-    """Every line a process prints, collected as it comes (so its pipe never fills)."""
-
-    def __init__(self, stream: object) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            self.lines.append(line)
-
-    def join(self) -> None:
-        self._thread.join(10)
-
-
-@contextlib.contextmanager
-def sniffing(lab: Lab, member: str) -> Iterator[Lines]:
-    """tcpdump on *member*'s link to the fabric; the TCP packets it saw, one per line."""
-    proc = lab.spawn(
-        member,
-        ["tcpdump", "-i", "eth0", "-n", "-l", "tcp"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    said = [proc.stderr.readline()]
-    while "listening on" not in said[-1] and said[-1] and len(said) < 5:
-        said.append(proc.stderr.readline())  # a notice or two first
-    assert "listening on eth0" in said[-1], said
-    packets = Lines(proc.stdout)
-    try:
-        yield packets
-    finally:
-        time.sleep(0.5)  # what is in flight reaches tcpdump
-        proc.terminate()
-        proc.wait(timeout=10)
-        packets.join()
 
 
 def grows(lines: Lines, by: int) -> None:
