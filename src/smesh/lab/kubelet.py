@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lightkube.models.core_v1 import Container
+from lightkube.models.core_v1 import ConfigMapKeySelector, Container, Probe, SecretKeySelector
 from lightkube.resources.core_v1 import Pod
 
 from smesh.kubernetes.backoff import Backoff
@@ -52,7 +52,8 @@ from smesh.kubernetes.layout import CgroupDriver, LayoutError, pod_cgroup, qos_c
 from smesh.kubernetes.store import Event, EventType, Synced
 from smesh.kubernetes.writer import KubeWriter, is_status
 from smesh.lab import kubelet_cni as cni
-from smesh.lab import kubepaths, state
+from smesh.lab import kubelet_exec, kubelet_probe, kubepaths, state
+from smesh.lab import kubelet_volumes as volumes
 from smesh.lab.errors import LabError
 from smesh.lab.kubelet_status import (
     RUNNING,
@@ -68,7 +69,7 @@ from smesh.lab.kubelet_status import (
     seconds_since,
     should_restart,
 )
-from smesh.lab.topology import Node, Topology
+from smesh.lab.topology import CONTROL_IP4, Node, Topology
 from smesh.linux import cgroups, iproute, netns
 from smesh.linux.errors import LinuxError
 from smesh.linux.files import write_atomic
@@ -80,7 +81,16 @@ LEASE_RENEW = 10.0  # a quarter of it, as the kubelet does
 NODE_STATUS_PERIOD = 60.0
 MAX_PODS = 110
 DEFAULT_GRACE = 30
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The checkout's venv first: its ``smesh`` stands in for the image of smesh's own pods.
+DEFAULT_PATH = f"{sys.prefix}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The lab has no Services: ``kubernetes.default`` is the API server itself.
+SERVICE_HOST = str(CONTROL_IP4)
+SERVICE_PORT = str(kubepaths.API_PORT)
+CONFIG_RETRY = 10.0  # seconds before a container whose configuration failed is tried again
+TOKEN_RETRY = 10.0  # seconds before a failed token renewal is tried again
+MAX_TERMINATION_MESSAGE = 4096  # bytes of terminationMessagePath the kubelet reads
+FALLBACK_LOG_LINES = 80  # FallbackToLogsOnError: the log's last lines ...
+FALLBACK_LOG_BYTES = 2048  # ... and at most this many bytes of them
 RUNTIME = "smesh-lab"
 STATUS_RETRY = 2.0  # seconds before a failed status update is tried again
 
@@ -162,24 +172,94 @@ def container_argv(spec: Container) -> list[str]:
     return [*(spec.command or []), *(spec.args or [])]
 
 
-def container_env(spec: Container, pod: Pod, node: str, pod_ips: list[str]) -> dict[str, str]:
-    """The container's environment: literal values and the common ``fieldRef`` sources."""
+#: ConfigMaps and Secrets a pod's environment names: (kind, name) → data (None: not found).
+EnvObjects = dict[tuple[str, str], dict[str, bytes] | None]
+
+
+def env_references(pod: Pod) -> set[tuple[str, str]]:
+    """Every (``configmaps``|``secrets``, name) the containers' ``env``/``envFrom`` read."""
+    found = set()
+    for spec in pod.spec.containers if pod.spec else []:
+        for var in spec.env or []:
+            source = var.valueFrom
+            if source is not None and source.configMapKeyRef is not None:
+                found.add(("configmaps", source.configMapKeyRef.name or ""))
+            if source is not None and source.secretKeyRef is not None:
+                found.add(("secrets", source.secretKeyRef.name or ""))
+        for env_from in spec.envFrom or []:
+            if env_from.configMapRef is not None:
+                found.add(("configmaps", env_from.configMapRef.name or ""))
+            if env_from.secretRef is not None:
+                found.add(("secrets", env_from.secretRef.name or ""))
+    return found
+
+
+def _lookup(
+    objects: EnvObjects, kind: str, name: str, key: str | None, optional: bool
+) -> dict[str, bytes]:
+    data = objects.get((kind, name))
+    if data is None:
+        if optional:
+            return {}
+        raise kubelet_exec.ContainerConfigError(f'{kind.removesuffix("s")} "{name}" not found')
+    if key is not None and key not in data and not optional:
+        raise kubelet_exec.ContainerConfigError(
+            f"couldn't find key {key} in {kind.removesuffix('s')} {name}"
+        )
+    return data
+
+
+def container_env(
+    spec: Container,
+    pod: Pod,
+    node: str,
+    pod_ips: list[str],
+    objects: EnvObjects | None = None,
+) -> dict[str, str]:
+    """The container's environment: the API server's address, then ``envFrom``, then ``env``
+    (literals, ``fieldRef``, ``configMapKeyRef``, ``secretKeyRef``), later entries winning."""
     meta = pod.metadata
-    fields = {
-        "metadata.name": meta.name if meta else "",
-        "metadata.namespace": meta.namespace if meta else "",
-        "metadata.uid": meta.uid if meta else "",
-        "spec.nodeName": node,
-        "spec.serviceAccountName": (pod.spec.serviceAccountName if pod.spec else None) or "",
-        "status.podIP": pod_ips[0] if pod_ips else "",
-        "status.podIPs": ",".join(pod_ips),
+    objects = objects or {}
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOSTNAME": (meta.name if meta else "") or "",
+        "HOME": "/root",
+        "KUBERNETES_SERVICE_HOST": SERVICE_HOST,
+        "KUBERNETES_SERVICE_PORT": SERVICE_PORT,
+        "KUBERNETES_SERVICE_PORT_HTTPS": SERVICE_PORT,
+        "KUBERNETES_PORT": f"tcp://{SERVICE_HOST}:{SERVICE_PORT}",
+        "KUBERNETES_PORT_443_TCP": f"tcp://{SERVICE_HOST}:{SERVICE_PORT}",
+        "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
+        "KUBERNETES_PORT_443_TCP_ADDR": SERVICE_HOST,
+        "KUBERNETES_PORT_443_TCP_PORT": SERVICE_PORT,
     }
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": (meta.name if meta else "") or "", "HOME": "/root"}
+    for env_from in spec.envFrom or []:
+        ref = env_from.configMapRef or env_from.secretRef
+        if ref is None:
+            continue
+        kind = "configmaps" if env_from.configMapRef is not None else "secrets"
+        data = _lookup(objects, kind, ref.name or "", None, bool(ref.optional))
+        for key, value in data.items():
+            env[f"{env_from.prefix or ''}{key}"] = value.decode(errors="replace")
     for var in spec.env or []:
+        source = var.valueFrom
         if var.value is not None:
             env[var.name] = var.value
-        elif var.valueFrom is not None and var.valueFrom.fieldRef is not None:
-            env[var.name] = fields.get(var.valueFrom.fieldRef.fieldPath) or ""
+        elif source is not None and source.fieldRef is not None:
+            try:
+                env[var.name] = volumes.field_value(pod, source.fieldRef.fieldPath, node, pod_ips)
+            except volumes.VolumeError as exc:
+                raise kubelet_exec.ContainerConfigError(f"env {var.name}: {exc}") from None
+        elif source is not None and (source.configMapKeyRef or source.secretKeyRef):
+            selector: ConfigMapKeySelector | SecretKeySelector | None = (
+                source.configMapKeyRef or source.secretKeyRef
+            )
+            assert selector is not None
+            kind = "configmaps" if source.configMapKeyRef is not None else "secrets"
+            name, key = selector.name or "", selector.key
+            data = _lookup(objects, kind, name, key, bool(selector.optional))
+            if key in data:
+                env[var.name] = data[key].decode(errors="replace")
     return env
 
 
@@ -203,6 +283,11 @@ class PodWorker:
         self.watched: dict[str, int] = {}  # container → pidfd
         self.next_start: dict[str, float] = {}
         self.broken: set[str] = set()  # containers that cannot run (no command)
+        self.volumes_ready = False  # written for this worker (a restarted kubelet rewrites)
+        self.env_objects: EnvObjects = {}
+        self.tokens: dict[volumes.TokenSource, float] = {}  # → loop time its renewal is due
+        self.mount_backoff = Backoff(initial=1.0, cap=30.0)
+        self.probes: dict[str, asyncio.Task[None]] = {}
         self.reported: dict[str, Any] | None = None
         # What the API already has (a restarted kubelet): kept, not reset.
         status = pod.status
@@ -260,6 +345,9 @@ class PodWorker:
         except Exception:
             log.exception("pod %s (%s): the worker failed", self.ref, self.uid)
         finally:
+            for task in self.probes.values():
+                task.cancel()
+            self.probes.clear()
             for fd in self.watched.values():
                 with contextlib.suppress(OSError, ValueError):
                     asyncio.get_running_loop().remove_reader(fd)
@@ -301,7 +389,9 @@ class PodWorker:
             if self.removed or self.deleting:
                 await self._finish()
                 return
-            timeout = self._start_due()
+            timeout = await self._volumes()
+            if self.volumes_ready:
+                timeout = _earliest(timeout, self._start_due())
             sandbox = self.sandbox
             if phase(self._records(), sandbox.ready) in {"Succeeded", "Failed"}:
                 await self._release()
@@ -359,6 +449,62 @@ class PodWorker:
             if self.directory.exists():
                 self.sandbox.save(self.directory)
 
+    # -- volumes ----------------------------------------------------------------------------
+
+    async def _volumes(self) -> float | None:
+        """Write the pod's volumes once and renew its tokens when due; seconds until the next
+        renewal (or retry), None when nothing is due."""
+        sandbox = self.sandbox
+        if sandbox is None or sandbox.released:
+            return None
+        kubelet = self.kubelet
+        loop = asyncio.get_running_loop()
+        try:
+            if not self.volumes_ready:
+                await volumes.write_volumes(
+                    self.pod, self.directory, kubelet.writer.get, kubelet.node.name
+                )
+                self.env_objects = await self._env_objects()
+                self.tokens = dict.fromkeys(volumes.token_sources(self.pod), 0.0)
+            for source, due in list(self.tokens.items()):
+                if due <= loop.time():
+                    try:
+                        after = await volumes.write_token(
+                            self.pod, self.directory, source, kubelet.request_token
+                        )
+                    except (KubernetesError, volumes.VolumeError) as exc:
+                        if not self.volumes_ready:
+                            raise
+                        log.warning("pod %s: renewing a token failed: %s", self.ref, exc)
+                        after = TOKEN_RETRY
+                    self.tokens[source] = loop.time() + after
+        except (volumes.VolumeError, KubernetesError, OSError) as exc:
+            message = f"MountVolume.SetUp failed: {exc}"
+            log.warning("pod %s: %s", self.ref, message)
+            await kubelet.event(self, "Warning", "FailedMount", message)
+            return self.mount_backoff.next_delay()
+        self.volumes_ready = True
+        if not self.tokens:
+            return None
+        return max(0.0, min(self.tokens.values()) - loop.time())
+
+    async def _env_objects(self) -> EnvObjects:
+        found: EnvObjects = {}
+        for kind, name in env_references(self.pod):
+            path = f"/api/v1/namespaces/{self.namespace}/{kind}/{name}"
+            try:
+                obj = await self.kubelet.writer.get(path)
+            except KubernetesError as exc:
+                if not is_status(exc, 404):
+                    raise
+                found[kind, name] = None
+                continue
+            if kind == "secrets":
+                found[kind, name] = volumes.secret_data(obj)
+            else:
+                found[kind, name] = volumes.configmap_data(obj)
+        return found
+
     # -- containers -------------------------------------------------------------------------
 
     def _records(self) -> list[ContainerRecord]:
@@ -398,8 +544,29 @@ class PodWorker:
             record.state, record.reason = WAITING, "CreateContainerConfigError"
             record.message = "the lab runs no images: give the container a command"
             return
+        try:
+            env = container_env(
+                spec, self.pod, self.kubelet.node.name, sandbox.ips, self.env_objects
+            )
+            pod_context = self.pod.spec.securityContext if self.pod.spec else None
+            who = kubelet_exec.identity(spec, pod_context)
+            mounts = volumes.container_mounts(self.pod, spec, self.directory)
+        except (kubelet_exec.ContainerConfigError, volumes.VolumeError) as exc:
+            # e.g. a ConfigMap not there yet: read the objects again and retry, as the kubelet
+            log.warning("pod %s: container %s: %s", self.ref, spec.name, exc)
+            record.state, record.reason, record.message = (
+                WAITING,
+                "CreateContainerConfigError",
+                str(exc),
+            )
+            self.volumes_ready = False
+            self.next_start[spec.name] = asyncio.get_running_loop().time() + CONFIG_RETRY
+            return
+        termination = volumes.termination_file(self.directory, spec.name)
+        termination.write_bytes(b"")
+        termination.chmod(0o666)  # any user of the container may leave its message
+        argv = kubelet_exec.command(argv, mounts, who)
         cgroup = cgroups.create(Path(sandbox.cgroup) / spec.name)
-        env = container_env(spec, self.pod, self.kubelet.node.name, sandbox.ips)
         target = None if sandbox.host_network else sandbox.netns
 
         def place() -> None:  # in the child, before exec: the cgroup first, then the netns
@@ -423,8 +590,7 @@ class PodWorker:
             except (OSError, subprocess.SubprocessError) as exc:
                 log.warning("pod %s: container %s cannot start: %s", self.ref, spec.name, exc)
                 record.started_at = record.started_at or now_rfc3339()
-                record.message = str(exc)
-                self._exited(spec.name, record, 128, "StartError")
+                self._exited(spec.name, record, 128, "StartError", str(exc))
                 return
         if record.started_at:
             record.restarts += 1
@@ -435,6 +601,12 @@ class PodWorker:
         record.started_at = now_rfc3339()
         self.procs[spec.name] = proc
         self._watch(spec.name, record)
+        record.probed = spec.readinessProbe is not None
+        record.probe_ready = False
+        if spec.readinessProbe is not None:
+            self.probes[spec.name] = asyncio.create_task(
+                self._probe(spec, record, spec.readinessProbe, env), name=f"probe {self.ref}"
+            )
         log.info("pod %s: container %s started (pid %d)", self.ref, spec.name, proc.pid)
 
     def _adopt_processes(self) -> None:
@@ -444,6 +616,15 @@ class PodWorker:
                 continue
             if record.pid and state.start_time_of(record.pid) == record.proc_start:
                 self._watch(record.name, record)
+                spec = next((c for c in self.specs if c.name == record.name), None)
+                if spec is not None and spec.readinessProbe is not None and self.sandbox:
+                    with contextlib.suppress(kubelet_exec.ContainerConfigError):
+                        env = container_env(
+                            spec, self.pod, self.kubelet.node.name, self.sandbox.ips
+                        )
+                        self.probes[spec.name] = asyncio.create_task(
+                            self._probe(spec, record, spec.readinessProbe, env)
+                        )
             else:
                 self._exited(record.name, record, 255, "Unknown")
 
@@ -470,10 +651,22 @@ class PodWorker:
             self._exited(name, record, 128 - code if code < 0 else code)
         self.wake.set()
 
-    def _exited(self, name: str, record: ContainerRecord, code: int, reason: str = "") -> None:
+    def _exited(
+        self,
+        name: str,
+        record: ContainerRecord,
+        code: int,
+        reason: str = "",
+        message: str | None = None,
+    ) -> None:
         """A container ended: terminated for good, or waiting for its restart after backoff."""
         ran = seconds_since(record.started_at) if record.state == RUNNING else 0.0
-        record.exited(code, reason or None)
+        probe = self.probes.pop(name, None)
+        if probe is not None:
+            probe.cancel()
+        if message is None:
+            message = self._termination_message(name, code)
+        record.exited(code, reason or None, message)
         if self.deleting or self.removed:
             return
         log.info("pod %s: container %s exited with %d", self.ref, name, code)
@@ -486,6 +679,53 @@ class PodWorker:
         record.reason = "CrashLoopBackOff"
         record.message = f"back-off {delay:.0f}s restarting failed container={name} pod={self.ref}"
         self.next_start[name] = asyncio.get_running_loop().time() + delay
+
+    def _termination_message(self, name: str, code: int) -> str:
+        """What the container left at its ``terminationMessagePath`` (or, with
+        ``FallbackToLogsOnError`` and a failure, the tail of its log)."""
+        with contextlib.suppress(OSError):
+            data = volumes.termination_file(self.directory, name).read_bytes()
+            if data:
+                return data[:MAX_TERMINATION_MESSAGE].decode(errors="replace")
+        spec = next((c for c in self.specs if c.name == name), None)
+        if spec is None or spec.terminationMessagePolicy != "FallbackToLogsOnError" or code == 0:
+            return ""
+        with contextlib.suppress(OSError):
+            lines = (self.directory / f"{name}.log").read_bytes().splitlines()[-FALLBACK_LOG_LINES:]
+            return b"\n".join(lines)[-FALLBACK_LOG_BYTES:].decode(errors="replace")
+        return ""
+
+    async def _probe(
+        self, spec: Container, record: ContainerRecord, probe: Probe, env: dict[str, str]
+    ) -> None:
+        """Run *probe* every ``periodSeconds`` while the container runs; flip its readiness
+        after ``successThreshold`` successes or ``failureThreshold`` failures in a row."""
+        assert self.sandbox is not None
+        sandbox = self.sandbox
+        pid = record.pid
+        await asyncio.sleep(probe.initialDelaySeconds or 0)
+        successes = failures = 0
+        while True:
+            ok, why = await kubelet_probe.run_probe(
+                probe,
+                spec,
+                pid=pid,
+                pod_ip=sandbox.ips[0] if sandbox.ips else "127.0.0.1",
+                namespace=None if sandbox.host_network else sandbox.netns,
+                env=env,
+            )
+            if ok:
+                successes, failures = successes + 1, 0
+                if not record.probe_ready and successes >= (probe.successThreshold or 1):
+                    record.probe_ready = True
+                    self.wake.set()
+            else:
+                successes, failures = 0, failures + 1
+                if record.probe_ready and failures >= (probe.failureThreshold or 3):
+                    log.info("pod %s: container %s not ready: %s", self.ref, spec.name, why)
+                    record.probe_ready = False
+                    self.wake.set()
+            await asyncio.sleep(probe.periodSeconds or 10)
 
     async def _stop_containers(self, grace: int) -> None:
         """SIGTERM every container; SIGKILL (the whole pod cgroup) after *grace* seconds."""
@@ -547,6 +787,7 @@ class Kubelet:
             kubepaths.conflist(topo.name, node.name).read_text()
         )
         self.host_ips = [str(node.ip4), str(node.ip6)]
+        self.control_netns = topo.control_netns
         self.workers: dict[str, PodWorker] = {}
         self.version = "v0.0.0"
         self.started = now_rfc3339()
@@ -594,7 +835,19 @@ class Kubelet:
                 await asyncio.sleep(delay)
             else:
                 log.info("node %s registered", self.node.name)
+                self._route_from_control()
                 return
+
+    def _route_from_control(self) -> None:
+        """Routes from the control plane's namespace to this node's pod CIDRs, so pods reach
+        the API server (in-cluster clients) and it answers them: what a cloud's routes for
+        each Node's podCIDR do on a real cluster (the lab's fabric has none)."""
+        node = self.node
+        for cidr, via in ((node.pod_cidr4, node.ip4), (node.pod_cidr6, node.ip6)):
+            try:
+                iproute.ip("route", "replace", str(cidr), "via", str(via), netns=self.control_netns)
+            except LinuxError as exc:
+                log.warning("no route from the control plane to %s: %s", cidr, exc)
 
     def _node_object(self) -> dict[str, Any]:
         node = self.node
@@ -778,6 +1031,13 @@ class Kubelet:
         sandbox.ready = False
         sandbox.released = True
 
+    async def request_token(
+        self, namespace: str, account: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A TokenRequest as the node (NodeRestriction: only for pods bound to it)."""
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token"
+        return await self.writer.create(path, body)
+
     async def delete_pod(self, worker: PodWorker) -> None:
         path = f"/api/v1/namespaces/{worker.namespace}/pods/{worker.name}"
         body = {
@@ -822,6 +1082,12 @@ class Kubelet:
             await self.writer.create(f"/api/v1/namespaces/{worker.namespace}/events", body)
         except KubernetesError as exc:
             log.warning("pod %s: posting event %s failed: %s", worker.ref, reason, exc)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _rfc3339(value: datetime.datetime | None) -> str:

@@ -1,9 +1,10 @@
 """What the lab kubelet reports and decides about a pod, as pure functions.
 
 The pod's phase, conditions and container statuses follow the kubelet's rules (``getPhase``,
-``generateAPIPodStatus``) for pods without init containers or probes: a container is ready
-while its process runs. Restarts follow the pod's ``restartPolicy`` with the kubelet's
-crash-loop backoff, shortened for a lab (:data:`RESTART_BACKOFF`).
+``generateAPIPodStatus``) for pods without init containers: a container is ready while its
+process runs and, if it has a readiness probe, the probe passes. Restarts follow the pod's
+``restartPolicy`` with the kubelet's crash-loop backoff, shortened for a lab
+(:data:`RESTART_BACKOFF`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class ContainerRecord:
     restarts: int = 0
     crashes: int = 0  # consecutive, for the backoff
     last_state: dict[str, Any] = field(default_factory=dict)
+    probed: bool = False  # the container has a readinessProbe
+    probe_ready: bool = False  # ... and it last succeeded (successThreshold times)
+
+    @property
+    def ready(self) -> bool:
+        """Running, and passing its readiness probe if it has one."""
+        return self.state == RUNNING and (self.probe_ready or not self.probed)
 
     def status(self) -> dict[str, Any]:
         """The container's entry of ``status.containerStatuses``."""
@@ -65,7 +73,7 @@ class ContainerRecord:
             "name": self.name,
             "image": self.image,
             "imageID": "",
-            "ready": self.state == RUNNING,
+            "ready": self.ready,
             "started": self.state == RUNNING,
             "restartCount": self.restarts,
             "state": state,
@@ -82,12 +90,16 @@ class ContainerRecord:
             "startedAt": self.started_at or None,
             "finishedAt": self.finished_at or None,
         }
+        if self.message:
+            terminated["message"] = self.message
         if self.container_id:
             terminated["containerID"] = self.container_id
         return terminated
 
-    def exited(self, exit_code: int, reason: str | None = None) -> None:
+    def exited(self, exit_code: int, reason: str | None = None, message: str = "") -> None:
         self.state = TERMINATED
+        self.message = message
+        self.probe_ready = False
         self.exit_code = exit_code
         self.reason = reason or ("Completed" if exit_code == 0 else "Error")
         self.finished_at = now_rfc3339()
@@ -165,7 +177,7 @@ def pod_status(
 ) -> dict[str, Any]:
     """The ``status`` the kubelet merge-patches onto the pod."""
     pod_phase = phase(records, sandbox_ready)
-    ready = pod_phase == "Running" and all(r.state == RUNNING for r in records)
+    ready = pod_phase == "Running" and all(r.ready for r in records)
     wanted = {
         "PodReadyToStartContainers": sandbox_ready,
         "Initialized": True,
