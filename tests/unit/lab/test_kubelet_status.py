@@ -153,3 +153,32 @@ def test_pod_status_before_the_sandbox_has_no_ip_and_is_not_ready() -> None:
     kinds = {c["type"]: c["status"] for c in status["conditions"]}
     assert kinds["Ready"] == "False"
     assert kinds["PodReadyToStartContainers"] == "False"
+
+
+def test_a_probed_container_is_ready_only_while_its_probe_passes() -> None:
+    probed = record(RUNNING)
+    probed.probed = True
+    status = pod_status(
+        records=[probed, record(RUNNING)],
+        sandbox_ready=True,
+        host_ip="198.19.0.1",
+        host_ips=["198.19.0.1"],
+        pod_ips=["198.18.1.10"],
+        previous_conditions=[],
+        start_time="2026-01-01T00:00:00Z",
+    )
+    assert [c["ready"] for c in status["containerStatuses"]] == [False, True]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+    assert status["phase"] == "Running"
+    probed.probe_ready = True
+    assert probed.status()["ready"] is True
+    probed.exited(0)
+    assert probed.probe_ready is False
+
+
+def test_a_termination_message_is_in_the_terminated_state() -> None:
+    rec = record(RUNNING)
+    rec.exited(4, message="it broke")
+    assert rec.status()["state"][TERMINATED]["message"] == "it broke"
+    rec.exited(0)
+    assert "message" not in rec.status()["state"][TERMINATED]

@@ -1,0 +1,222 @@
+"""The lab kubelet's volumes: what files a source yields, tokens asked for, mounts made."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube.models.core_v1 import (
+    ConfigMapProjection,
+    ConfigMapVolumeSource,
+    Container,
+    DownwardAPIProjection,
+    DownwardAPIVolumeFile,
+    EmptyDirVolumeSource,
+    HostPathVolumeSource,
+    KeyToPath,
+    ObjectFieldSelector,
+    PodSpec,
+    ProjectedVolumeSource,
+    ServiceAccountTokenProjection,
+    Volume,
+    VolumeMount,
+    VolumeProjection,
+)
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Pod
+
+from smesh.kubernetes.errors import ApiStatusError
+from smesh.lab import kubelet_volumes as v
+
+UID = "0a1b2c3d-0000-4000-8000-000000000001"
+
+
+def api_access() -> Volume:
+    """The volume the ServiceAccount admission plugin adds to every pod."""
+    return Volume(
+        name="kube-api-access-x",
+        projected=ProjectedVolumeSource(
+            defaultMode=0o644,
+            sources=[
+                VolumeProjection(
+                    serviceAccountToken=ServiceAccountTokenProjection(
+                        path="token", expirationSeconds=3607
+                    )
+                ),
+                VolumeProjection(
+                    configMap=ConfigMapProjection(
+                        name="kube-root-ca.crt", items=[KeyToPath(key="ca.crt", path="ca.crt")]
+                    )
+                ),
+                VolumeProjection(
+                    downwardAPI=DownwardAPIProjection(
+                        items=[
+                            DownwardAPIVolumeFile(
+                                path="namespace",
+                                fieldRef=ObjectFieldSelector(fieldPath="metadata.namespace"),
+                            )
+                        ]
+                    )
+                ),
+            ],
+        ),
+    )
+
+
+def pod(*volumes: Volume, mounts: list[VolumeMount] | None = None) -> Pod:
+    return Pod(
+        metadata=ObjectMeta(
+            name="web-1", namespace="shop", uid=UID, labels={"app": "web", "tier": 'a"b'}
+        ),
+        spec=PodSpec(
+            serviceAccountName="web",
+            containers=[Container(name="c", volumeMounts=mounts)],
+            volumes=list(volumes),
+        ),
+    )
+
+
+def test_configmap_keys_items_modes_and_a_missing_key() -> None:
+    data = {"a": b"1", "b": b"2"}
+    assert v.key_files(data, None, None, "cm", False) == [
+        v.File("a", b"1", 0o644),
+        v.File("b", b"2", 0o644),
+    ]
+    items = [KeyToPath(key="b", path="sub/b.txt", mode=0o600)]
+    assert v.key_files(data, items, 0o640, "cm", False) == [v.File("sub/b.txt", b"2", 0o600)]
+    with pytest.raises(v.VolumeError, match="has no key 'z'"):
+        v.key_files(data, [KeyToPath(key="z", path="z")], None, 'configmap "cm"', False)
+    assert v.key_files(data, [KeyToPath(key="z", path="z")], None, "cm", True) == []
+
+
+def test_paths_stay_inside_the_volume() -> None:
+    for bad in ("../etc/passwd", "/etc/passwd", "a/../../b", ""):
+        with pytest.raises(v.VolumeError, match="relative path"):
+            v.key_files({"k": b""}, [KeyToPath(key="k", path=bad)], None, "cm", False)
+
+
+def test_secret_and_binary_data_are_decoded() -> None:
+    assert v.secret_data({"data": {"p": "czNjcmV0"}}) == {"p": b"s3cret"}
+    assert v.configmap_data({"data": {"t": "x"}, "binaryData": {"b": "AAE="}}) == {
+        "t": b"x",
+        "b": b"\x00\x01",
+    }
+
+
+def test_downward_api_fields_and_labels_as_the_kubelet_writes_them() -> None:
+    p = pod()
+    assert v.field_value(p, "metadata.name") == "web-1"
+    assert v.field_value(p, "metadata.namespace") == "shop"
+    assert v.field_value(p, "metadata.labels") == 'app="web"\ntier="a\\"b"'
+    assert v.field_value(p, "metadata.labels['app']") == "web"
+    assert v.field_value(p, "spec.nodeName", node="node-2") == "node-2"
+    with pytest.raises(v.VolumeError, match="not supported"):
+        v.field_value(p, "status.phase")
+
+
+def test_the_token_request_is_bound_to_the_pod() -> None:
+    (source,) = v.token_sources(pod(api_access()))
+    assert source == v.TokenSource("kube-api-access-x", "token", "", 3607, 0o644)
+    assert v.token_request(pod(), source) == {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "expirationSeconds": 3607,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": UID},
+        },
+    }
+    with_audience = v.TokenSource("t", "tok", "smesh", 600, 0o600)
+    assert v.token_request(pod(), with_audience)["spec"]["audiences"] == ["smesh"]
+
+
+def test_a_token_is_renewed_at_80_percent_of_its_life() -> None:
+    issued = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    assert v.refresh_after(issued, issued + datetime.timedelta(seconds=3607)) == pytest.approx(
+        2885.6
+    )
+    assert v.refresh_after(issued, issued) == 1.0  # never a busy loop
+
+
+def test_mounts_sources_read_only_propagation_and_the_termination_file(tmp_path: Path) -> None:
+    mounts = [
+        VolumeMount(name="netns", mountPath="/run/netns", mountPropagation="HostToContainer"),
+        VolumeMount(name="kube-api-access-x", mountPath=v.SA_MOUNT, readOnly=True),
+        VolumeMount(name="scratch", mountPath="/scratch"),
+        VolumeMount(name="scratch", mountPath="/etc/app.conf", subPath="app.conf"),
+        VolumeMount(name="etc", mountPath="/etc/x", readOnly=True),
+    ]
+    p = pod(
+        api_access(),
+        Volume(name="netns", hostPath=HostPathVolumeSource(path="/run/netns")),
+        Volume(name="scratch", emptyDir=EmptyDirVolumeSource()),
+        Volume(name="etc", hostPath=HostPathVolumeSource(path="/etc")),
+        mounts=mounts,
+    )
+    assert p.spec is not None
+    got = v.container_mounts(p, p.spec.containers[0], tmp_path)
+    volumes = tmp_path / "volumes"
+    assert got == [
+        v.Mount(str(volumes / "scratch"), "/scratch", False),  # parents before children
+        v.Mount("/run/netns", "/run/netns", False, "rslave"),
+        v.Mount(str(volumes / "scratch/app.conf"), "/etc/app.conf", False, is_file=True),
+        v.Mount("/etc", "/etc/x", True),
+        v.Mount(str(volumes / "kube-api-access-x"), v.SA_MOUNT, True),
+        v.Mount(str(tmp_path / "c.termination-log"), "/dev/termination-log", False, is_file=True),
+    ]
+
+
+def test_a_mount_of_an_unknown_volume_is_refused(tmp_path: Path) -> None:
+    p = pod(mounts=[VolumeMount(name="nope", mountPath="/x")])
+    assert p.spec is not None
+    with pytest.raises(v.VolumeError, match="names no volume 'nope'"):
+        v.container_mounts(p, p.spec.containers[0], tmp_path)
+
+
+def test_host_path_types(tmp_path: Path) -> None:
+    made = tmp_path / "a" / "b"
+    v.check_host_path(str(made), "DirectoryOrCreate")
+    assert made.is_dir()
+    v.check_host_path(str(made / "f"), "FileOrCreate")
+    assert (made / "f").is_file()
+    v.check_host_path(str(tmp_path / "missing"), "")  # no type: no check
+    with pytest.raises(v.VolumeError, match="does not exist"):
+        v.check_host_path(str(tmp_path / "missing"), "Directory")
+    with pytest.raises(v.VolumeError, match="is not a Socket"):
+        v.check_host_path(str(made / "f"), "Socket")
+
+
+def test_writing_volumes_and_a_token(tmp_path: Path) -> None:
+    objects = {"/api/v1/namespaces/shop/configmaps/kube-root-ca.crt": {"data": {"ca.crt": "CA"}}}
+
+    async def get(path: str) -> dict[str, Any]:
+        if path not in objects:
+            raise ApiStatusError(404, "NotFound", "not found")
+        return objects[path]
+
+    requests = []
+
+    async def create(namespace: str, account: str, body: dict[str, Any]) -> dict[str, Any]:
+        requests.append((namespace, account, body["spec"]["boundObjectRef"]["uid"]))
+        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=3607)
+        stamp = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"status": {"token": "eyJ.t", "expirationTimestamp": stamp}}
+
+    p = pod(api_access(), Volume(name="cm", configMap=ConfigMapVolumeSource(name="absent")))
+    with pytest.raises(v.NotFound, match='configmap "absent" not found'):
+        asyncio.run(v.write_volumes(p, tmp_path, get, "node-1"))
+    p = pod(api_access())
+    asyncio.run(v.write_volumes(p, tmp_path, get, "node-1"))
+    (source,) = v.token_sources(p)
+    after = asyncio.run(v.write_token(p, tmp_path, source, create))
+    assert 2880 < after < 2890
+    assert requests == [("shop", "web", UID)]
+    directory = v.volume_dir(tmp_path, "kube-api-access-x")
+    assert {f.name: f.read_text() for f in directory.iterdir()} == {
+        "ca.crt": "CA",
+        "namespace": "shop",
+        "token": "eyJ.t",
+    }
+    assert (directory / "token").stat().st_mode & 0o777 == 0o644
