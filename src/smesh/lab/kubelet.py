@@ -215,6 +215,8 @@ def container_env(
     node: str,
     pod_ips: list[str],
     objects: EnvObjects | None = None,
+    *,
+    host_ips: list[str] | None = None,
 ) -> dict[str, str]:
     """The container's environment: the API server's address, then ``envFrom``, then ``env``
     (literals, ``fieldRef``, ``configMapKeyRef``, ``secretKeyRef``), later entries winning."""
@@ -247,7 +249,16 @@ def container_env(
             env[var.name] = var.value
         elif source is not None and source.fieldRef is not None:
             try:
-                env[var.name] = volumes.field_value(pod, source.fieldRef.fieldPath, node, pod_ips)
+                path = source.fieldRef.fieldPath
+                env[var.name] = volumes.field_value(pod, path, node, pod_ips, host_ips)
+            except volumes.VolumeError as exc:
+                raise kubelet_exec.ContainerConfigError(f"env {var.name}: {exc}") from None
+        elif source is not None and source.resourceFieldRef is not None:
+            field = source.resourceFieldRef
+            divisor = str(field.divisor) if field.divisor is not None else None
+            try:
+                resource = field.resource
+                env[var.name] = volumes.resource_value(spec, resource, divisor, _allocatable())
             except volumes.VolumeError as exc:
                 raise kubelet_exec.ContainerConfigError(f"env {var.name}: {exc}") from None
         elif source is not None and (source.configMapKeyRef or source.secretKeyRef):
@@ -545,8 +556,9 @@ class PodWorker:
             record.message = "the lab runs no images: give the container a command"
             return
         try:
+            node, host_ips = self.kubelet.node.name, self.kubelet.host_ips
             env = container_env(
-                spec, self.pod, self.kubelet.node.name, sandbox.ips, self.env_objects
+                spec, self.pod, node, sandbox.ips, self.env_objects, host_ips=host_ips
             )
             pod_context = self.pod.spec.securityContext if self.pod.spec else None
             who = kubelet_exec.identity(spec, pod_context)
@@ -618,13 +630,13 @@ class PodWorker:
                 self._watch(record.name, record)
                 spec = next((c for c in self.specs if c.name == record.name), None)
                 if spec is not None and spec.readinessProbe is not None and self.sandbox:
-                    with contextlib.suppress(kubelet_exec.ContainerConfigError):
-                        env = container_env(
-                            spec, self.pod, self.kubelet.node.name, self.sandbox.ips
-                        )
-                        self.probes[spec.name] = asyncio.create_task(
-                            self._probe(spec, record, spec.readinessProbe, env)
-                        )
+                    try:  # the objects of its environment are not read yet: what is known
+                        env = container_env(spec, self.pod, self.kubelet.node.name, [])
+                    except kubelet_exec.ContainerConfigError:
+                        env = {"PATH": DEFAULT_PATH}
+                    self.probes[spec.name] = asyncio.create_task(
+                        self._probe(spec, record, spec.readinessProbe, env)
+                    )
             else:
                 self._exited(record.name, record, 255, "Unknown")
 
@@ -872,11 +884,7 @@ class Kubelet:
 
     def node_status(self) -> dict[str, Any]:
         now = now_rfc3339()
-        resources = {
-            "cpu": str(os.cpu_count() or 1),
-            "memory": f"{_memory_kib()}Ki",
-            "pods": str(MAX_PODS),
-        }
+        resources = _allocatable()
 
         def condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
             return {
@@ -1101,6 +1109,15 @@ def _read(path: str) -> str:
         return Path(path).read_text().strip()
     except OSError:
         return ""
+
+
+def _allocatable() -> dict[str, str]:
+    """The node's capacity (= allocatable): the machine's CPUs and memory."""
+    return {
+        "cpu": str(os.cpu_count() or 1),
+        "memory": f"{_memory_kib()}Ki",
+        "pods": str(MAX_PODS),
+    }
 
 
 def _memory_kib() -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import math
 import os
 import posixpath
 import stat
@@ -158,7 +159,13 @@ def quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def field_value(pod: Pod, path: str, node: str = "", pod_ips: list[str] | None = None) -> str:
+def field_value(
+    pod: Pod,
+    path: str,
+    node: str = "",
+    pod_ips: list[str] | None = None,
+    host_ips: list[str] | None = None,
+) -> str:
     """A ``fieldRef`` of the downward API (file or environment)."""
     meta = pod.metadata
     spec = pod.spec
@@ -178,7 +185,8 @@ def field_value(pod: Pod, path: str, node: str = "", pod_ips: list[str] | None =
         "spec.serviceAccountName": (spec.serviceAccountName if spec else None) or "",
         "status.podIP": ips[0] if ips else "",
         "status.podIPs": ",".join(ips),
-        "status.hostIP": "",
+        "status.hostIP": (host_ips or [""])[0],
+        "status.hostIPs": ",".join(host_ips or []),
     }
     if path not in fields:
         raise VolumeError(f"fieldRef {path!r} is not supported by the lab kubelet")
@@ -244,6 +252,61 @@ def refresh_after(issued: datetime.datetime, expires: datetime.datetime) -> floa
 
 def parse_time(value: str) -> datetime.datetime:
     return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+_SUFFIXES = {
+    "m": 0.001,
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def quantity(text: str) -> float:
+    """A resource quantity (``500m``, ``128Mi``, ``1e3``) as a number."""
+    text = text.strip()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if suffix and text.endswith(suffix):
+            number, scale = text[: -len(suffix)], _SUFFIXES[suffix]
+            break
+    else:
+        number, scale = text, 1
+    try:
+        return float(number) * scale
+    except ValueError:
+        raise VolumeError(f"{text!r} is not a resource quantity") from None
+
+
+def resource_value(
+    spec: Container, resource: str, divisor: str | None, allocatable: Mapping[str, str]
+) -> str:
+    """A ``resourceFieldRef``: the container's request or limit (a limit not set is the
+    node's allocatable, as the kubelet says), divided by *divisor* and rounded up."""
+    kind, _, name = resource.partition(".")
+    if kind not in {"requests", "limits"} or name not in {"cpu", "memory", "ephemeral-storage"}:
+        raise VolumeError(f"resourceFieldRef {resource!r} is not supported by the lab kubelet")
+    resources = spec.resources
+    values = (getattr(resources, kind) if resources else None) or {}
+    if name in values:
+        value = quantity(str(values[name]))
+    elif kind == "limits":
+        value = quantity(allocatable.get(name, "0"))
+    else:
+        value = 0.0
+    scale = quantity(divisor or "1")
+    if scale <= 0:
+        raise VolumeError(f"resourceFieldRef {resource!r}: divisor must be positive")
+    return str(math.ceil(value / scale - 1e-9))
 
 
 # -- mounts ----------------------------------------------------------------------------------

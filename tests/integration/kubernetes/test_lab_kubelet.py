@@ -88,6 +88,9 @@ spec:
     env:
     - {name: GREETING, valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}}
     - {name: PASSWORD, valueFrom: {secretKeyRef: {name: sec, key: password}}}
+    - {name: HOST_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+    - {name: MEMORY_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    resources: {limits: {memory: 64Mi}}
     securityContext:
       capabilities: {drop: [ALL], add: [NET_ADMIN]}
     volumeMounts:
@@ -250,6 +253,7 @@ def test_volumes_env_and_capabilities_of_a_container(cluster: Lab) -> None:
             if "=" in entry
         )
         assert (env["GREETING"], env["PASSWORD"]) == ("hello", "s3cret")
+        assert (env["HOST_IP"], env["MEMORY_MI"]) == ("198.19.0.1", "64")
         assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == (
             "198.19.0.250",
             "6443",

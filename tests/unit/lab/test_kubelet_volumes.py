@@ -20,6 +20,7 @@ from lightkube.models.core_v1 import (
     ObjectFieldSelector,
     PodSpec,
     ProjectedVolumeSource,
+    ResourceRequirements,
     ServiceAccountTokenProjection,
     Volume,
     VolumeMount,
@@ -220,3 +221,30 @@ def test_writing_volumes_and_a_token(tmp_path: Path) -> None:
         "token": "eyJ.t",
     }
     assert (directory / "token").stat().st_mode & 0o777 == 0o644
+
+
+def test_quantities_and_resource_field_refs() -> None:
+    assert v.quantity("500m") == 0.5
+    assert v.quantity("128Mi") == 128 * 2**20
+    assert v.quantity("1k") == 1000
+    assert v.quantity("2") == 2
+    with pytest.raises(v.VolumeError, match="not a resource quantity"):
+        v.quantity("lots")
+    spec = Container(
+        name="c",
+        resources=ResourceRequirements(requests={"cpu": "250m"}, limits={"memory": "64Mi"}),
+    )
+    node = {"cpu": "2", "memory": "4096Ki"}
+    assert v.resource_value(spec, "limits.memory", "1Mi", node) == "64"
+    assert v.resource_value(spec, "requests.cpu", None, node) == "1"  # rounded up
+    assert v.resource_value(spec, "requests.cpu", "1m", node) == "250"
+    assert v.resource_value(spec, "limits.cpu", None, node) == "2"  # no limit: the node's
+    assert v.resource_value(spec, "requests.memory", None, node) == "0"
+    with pytest.raises(v.VolumeError, match="not supported"):
+        v.resource_value(spec, "limits.gpu", None, node)
+
+
+def test_host_ip_field() -> None:
+    assert v.field_value(pod(), "status.hostIP", host_ips=["198.19.0.1", "fd00::1"]) == (
+        "198.19.0.1"
+    )
