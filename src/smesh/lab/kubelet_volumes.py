@@ -321,7 +321,8 @@ _PROPAGATION = {
 
 
 def container_mounts(pod: Pod, spec: Container, pod_dir: Path) -> list[Mount]:
-    """*spec*'s bind mounts, parents before children, then its termination message file."""
+    """*spec*'s bind mounts, parents before children, then its termination message file
+    (a ``subPath`` of an emptyDir or hostPath that does not exist is made a directory)."""
     volumes: dict[str, Volume] = {v.name: v for v in (pod.spec.volumes if pod.spec else None) or []}
     mounts = []
     for vm in spec.volumeMounts or []:
@@ -341,16 +342,18 @@ def container_mounts(pod: Pod, spec: Container, pod_dir: Path) -> list[Mount]:
                 f"volume {volume.name!r}: only hostPath, emptyDir, configMap, "
                 "secret, downwardAPI and projected are supported by the lab"
             )
+        api = any(getattr(volume, k) for k in _API_VOLUMES)
         if vm.subPath:
             source = posixpath.join(source, _safe_relative(vm.subPath, "subPath"))
-        api = any(getattr(volume, k) for k in _API_VOLUMES)
+            if not api and not os.path.lexists(source):
+                os.makedirs(source, exist_ok=True)  # as the kubelet: a missing subPath is a dir
         mounts.append(
             Mount(
                 source=source,
                 target=posixpath.normpath(vm.mountPath),
                 read_only=bool(vm.readOnly) or api,  # the kubelet mounts API data read-only
                 propagation=propagation,
-                is_file=bool(vm.subPath) and not os.path.isdir(source),
+                is_file=bool(vm.subPath) and os.path.exists(source) and not os.path.isdir(source),
             )
         )
     mounts.sort(key=lambda m: m.target.count("/"))

@@ -146,7 +146,8 @@ def test_mounts_sources_read_only_propagation_and_the_termination_file(tmp_path:
         VolumeMount(name="netns", mountPath="/run/netns", mountPropagation="HostToContainer"),
         VolumeMount(name="kube-api-access-x", mountPath=v.SA_MOUNT, readOnly=True),
         VolumeMount(name="scratch", mountPath="/scratch"),
-        VolumeMount(name="scratch", mountPath="/etc/app.conf", subPath="app.conf"),
+        VolumeMount(name="scratch", mountPath="/etc/app.d", subPath="app.d"),
+        VolumeMount(name="kube-api-access-x", mountPath="/etc/ca.crt", subPath="ca.crt"),
         VolumeMount(name="etc", mountPath="/etc/x", readOnly=True),
     ]
     p = pod(
@@ -157,12 +158,17 @@ def test_mounts_sources_read_only_propagation_and_the_termination_file(tmp_path:
         mounts=mounts,
     )
     assert p.spec is not None
-    got = v.container_mounts(p, p.spec.containers[0], tmp_path)
     volumes = tmp_path / "volumes"
+    api = volumes / "kube-api-access-x"
+    api.mkdir(parents=True)
+    (api / "ca.crt").write_text("CA")  # written before the containers start
+    got = v.container_mounts(p, p.spec.containers[0], tmp_path)
+    assert (volumes / "scratch/app.d").is_dir()
     assert got == [
         v.Mount(str(volumes / "scratch"), "/scratch", False),  # parents before children
         v.Mount("/run/netns", "/run/netns", False, "rslave"),
-        v.Mount(str(volumes / "scratch/app.conf"), "/etc/app.conf", False, is_file=True),
+        v.Mount(str(volumes / "scratch/app.d"), "/etc/app.d", False),  # made: a directory
+        v.Mount(str(api / "ca.crt"), "/etc/ca.crt", True, is_file=True),
         v.Mount("/etc", "/etc/x", True),
         v.Mount(str(volumes / "kube-api-access-x"), v.SA_MOUNT, True),
         v.Mount(str(tmp_path / "c.termination-log"), "/dev/termination-log", False, is_file=True),
