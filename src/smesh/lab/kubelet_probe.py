@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from lightkube.models.core_v1 import Container, Probe
 
 from smesh.linux import netns
+from smesh.linux.errors import LinuxError
 
 USER_AGENT = "kube-probe/lab"
 MAX_READ = 10 * 1024  # the kubelet reads at most 10 KiB of a probe's answer
@@ -112,7 +113,7 @@ async def run_probe(
                     await writer.wait_closed()
             code = http_status(head)
             return 200 <= code < 400, f"HTTP probe failed with statuscode: {code}"
-    except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
+    except (OSError, TimeoutError, ValueError, ssl.SSLError, LinuxError) as exc:
         return False, f"probe failed: {exc or type(exc).__name__}"
     return False, "the lab kubelet runs exec, httpGet and tcpSocket probes only"
 
