@@ -3,15 +3,25 @@ refuses invalid objects with a message that names the field (no agent needed).""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube.resources.core_v1 import Pod
 
+from smesh.identity.spiffe import SpiffeId
+from smesh.kubernetes.client import KubeApi
+from smesh.kubernetes.policies import PolicyWatcher, agent_entry
 from smesh.lab.controlplane import ControlPlane
+from smesh.policy import DestinationWorkload, decide, parse
+from smesh.policy.rules import PolicyStore
+from tests.integration.kubernetes.kubekit import admin, make_namespace, pod, unique
 
 KUBECTL = "kubectl"
 CRD_PATH = Path(__file__).parents[3] / "deploy/helm/smesh/crds/authorizationpolicies.smesh.io.yaml"
@@ -30,12 +40,12 @@ def kubectl(
     )
 
 
-def policy(spec: dict[str, Any], name: str = "p") -> str:
+def policy(spec: dict[str, Any], name: str = "p", namespace: str = "default") -> str:
     return json.dumps(
         {
             "apiVersion": "smesh.io/v1alpha1",
             "kind": "AuthorizationPolicy",
-            "metadata": {"name": name, "namespace": "default"},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": spec,
         }
     )
@@ -160,3 +170,157 @@ def test_an_invalid_policy_is_refused_naming_the_field(
     assert result.returncode != 0, f"accepted: {change}"
     assert "is invalid" in result.stderr, result.stderr
     assert f"{field}:" in result.stderr, result.stderr
+
+
+# -- the agent's watcher against the same API server ----------------------------------------
+
+
+async def eventually(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+    return result
+
+
+def entry(plane: ControlPlane, name: str, namespace: str, node: str) -> dict[str, Any] | None:
+    got = kubectl(plane, "get", "smeshpol", name, "-n", namespace, "-o", "json", check=False)
+    if got.returncode != 0:
+        return None
+    return agent_entry(json.loads(got.stdout), node)
+
+
+def test_the_agent_applies_objects_as_they_change_and_reports_in_status(crd: ControlPlane) -> None:
+    """Pods created bound to a node need no kubelet: their labels are all a selector reads."""
+    node, ns = unique("node"), unique("pol")
+    batch = SpiffeId.parse("spiffe://cluster.local/ns/batch/sa/worker")
+    db = DestinationWorkload(ns, "db", "db-0")
+    web = DestinationWorkload(ns, "web", "web-0")
+
+    async def scenario() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            client = admin(crd)
+            stack.push_async_callback(client.close)
+            await make_namespace(client, ns)
+            await client.create(pod("db-0", ns, node, app="db"))
+            await client.create(pod("web-0", ns, node, app="web"))
+            store = PolicyStore(None, pending="not yet")
+            watcher = PolicyWatcher(KubeApi.from_kubeconfig(crd.kubeconfig), node, store)
+            task = asyncio.create_task(watcher.run())
+            stack.push_async_callback(stop, task)
+            await eventually("the first list", lambda: store.pending is None)
+            assert decide(store.policy, batch, db, 5432).allowed
+
+            deny = {
+                "action": "DENY",
+                "selector": {"matchLabels": {"app": "db"}},
+                "rules": [{"from": [{"namespace": "batch"}]}],
+            }
+            kubectl(crd, "apply", "-f", "-", stdin=policy(deny, "no-batch", ns))
+            await eventually(
+                "the deny rule", lambda: not decide(store.policy, batch, db, 5432).allowed
+            )
+            assert decide(store.policy, batch, web, 5432).allowed
+            # Its status says this agent applied this generation, written by this agent.
+            got = await eventually("the status entry", lambda: entry(crd, "no-batch", ns, node))
+            assert got["applied"] is True
+            assert got["observedGeneration"] == 1
+            assert got["message"] == "in force"
+            managers = json.loads(
+                kubectl(
+                    crd,
+                    "get",
+                    "smeshpol",
+                    "no-batch",
+                    "-n",
+                    ns,
+                    "-o",
+                    "json",
+                    "--show-managed-fields",
+                ).stdout
+            )["metadata"]["managedFields"]
+            assert {"manager": f"smesh-agent/{node}", "subresource": "status"}.items() <= next(
+                m for m in managers if m["manager"] == f"smesh-agent/{node}"
+            ).items()
+
+            # A label change moves the pod into the selector's reach.
+            await client.patch(Pod, "web-0", {"metadata": {"labels": {"app": "db"}}}, namespace=ns)
+            await eventually(
+                "the relabelled pod", lambda: not decide(store.policy, batch, web, 1).allowed
+            )
+
+            # Deleting the object restores the flow.
+            kubectl(crd, "delete", "smeshpol", "no-batch", "-n", ns)
+            await eventually("the deletion", lambda: decide(store.policy, batch, db, 5432).allowed)
+
+    asyncio.run(scenario())
+
+
+def test_an_object_the_agent_cannot_use_gets_applied_false_with_why(crd: ControlPlane) -> None:
+    """An object the API server accepted but this agent cannot use (here: its rule's name
+    is taken by the agent's policy file) is not applied, and its status says why."""
+    node, ns = unique("node"), unique("pol")
+    base = parse(f'rules: [{{name: "{ns}/clash#0", action: allow, from: [{{namespace: a}}]}}]')
+
+    async def scenario() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            client = admin(crd)
+            stack.push_async_callback(client.close)
+            await make_namespace(client, ns)
+            store = PolicyStore(None, pending="not yet")
+            store.file_policy = base
+            watcher = PolicyWatcher(KubeApi.from_kubeconfig(crd.kubeconfig), node, store)
+            task = asyncio.create_task(watcher.run())
+            stack.push_async_callback(stop, task)
+            spec = {"action": "DENY", "rules": [{"from": [{"namespace": "batch"}]}]}
+            kubectl(crd, "apply", "-f", "-", stdin=policy(spec, "clash", ns))
+            got = await eventually("the status entry", lambda: entry(crd, "clash", ns, node))
+            assert got["applied"] is False
+            assert f"{ns}/clash#0" in got["message"]
+            assert [r.name for r in store.policy.rules] == [f"{ns}/clash#0"]  # the file's
+
+    asyncio.run(scenario())
+
+
+def test_without_the_crd_the_agent_enforces_its_file_and_picks_the_crd_up_later() -> None:
+    """Its own API server: the CRD must be absent at first."""
+    with ControlPlane() as plane:
+
+        async def scenario() -> None:
+            store = PolicyStore(None, pending="not yet")
+            watcher = PolicyWatcher(
+                KubeApi.from_kubeconfig(plane.kubeconfig), "node-1", store, absent_retry=0.5
+            )
+            task = asyncio.create_task(watcher.run())
+            try:
+                await eventually("the absent CRD noticed", lambda: store.pending is None)
+                assert not task.done()
+                kubectl(plane, "apply", "-f", str(CRD_PATH))
+                kubectl(
+                    plane,
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/authorizationpolicies.smesh.io",
+                )
+                spec = {"action": "DENY", "rules": [{"from": [{"namespace": "batch"}]}]}
+                await eventually(
+                    "the policy applied",
+                    lambda: (
+                        kubectl(
+                            plane, "apply", "-f", "-", stdin=policy(spec, "late"), check=False
+                        ).returncode
+                        == 0
+                    ),
+                )
+                await eventually("the late policy", lambda: len(store.policy.rules) == 1)
+            finally:
+                await stop(task)
+
+        asyncio.run(scenario())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -230,3 +230,23 @@ rules:
     (outcome,) = translate([deny_batch()], PODS, base).outcomes
     assert not outcome.applied
     assert "shop/no-batch#0" in outcome.message
+
+
+def test_the_store_combines_its_file_with_the_overlay_on_every_reload(tmp_path: Any) -> None:
+    from smesh.policy.rules import PolicyStore  # noqa: PLC0415
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("default: allow\n")
+    store = PolicyStore(path, pending="waiting")
+    assert store.pending == "waiting"
+    store.overlay(lambda base: translate([deny_batch()], PODS, base).policy)
+    assert store.pending is None
+    assert not decide(store.policy, BATCH, DB, 1).allowed
+    assert decide(store.policy, PARTNER, DB, 1).allowed
+    path.write_text("default: deny\n")
+    assert store.reload()  # SIGHUP: the new file, the objects still added
+    assert not decide(store.policy, PARTNER, DB, 1).allowed
+    assert decide(store.policy, BATCH, DB, 1).decided_by == "shop/no-batch#0"
+    path.write_text("rules: [")
+    assert not store.reload()  # a bad file keeps both
+    assert decide(store.policy, BATCH, DB, 1).decided_by == "shop/no-batch#0"
