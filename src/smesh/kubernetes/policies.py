@@ -89,20 +89,29 @@ def agent_entry(obj: dict[str, Any], node: str) -> dict[str, Any] | None:
     return None
 
 
-def shows(entry: dict[str, Any] | None, outcome: Outcome) -> bool:
-    """Whether *entry* already says *outcome* (its time aside)."""
+def applied_nodes(obj: dict[str, Any]) -> list[Any]:
+    status = obj.get("status")
+    nodes = status.get("appliedNodes") if isinstance(status, dict) else None
+    return nodes if isinstance(nodes, list) else []
+
+
+def shows(obj: dict[str, Any], node: str, outcome: Outcome) -> bool:
+    """Whether *obj*'s status already says this node's *outcome* (its time aside)."""
+    entry = agent_entry(obj, node)
     return (
         entry is not None
         and entry.get("observedGeneration") == outcome.generation
         and entry.get("applied") == outcome.applied
         and entry.get("message") == outcome.message
+        and (node in applied_nodes(obj)) == outcome.applied
     )
 
 
 def status_patch(outcome: Outcome, node: str, now: datetime.datetime) -> dict[str, Any]:
-    """The server-side apply body of this agent's entry; the uid makes it a precondition
+    """The server-side apply body of this agent's entry (and its name in ``appliedNodes``
+    if applied: left out, server-side apply removes it); the uid makes it a precondition
     (an object deleted and recreated under the name gets no stale entry)."""
-    return {
+    body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": outcome.name, "namespace": outcome.namespace, "uid": outcome.uid},
@@ -118,6 +127,9 @@ def status_patch(outcome: Outcome, node: str, now: datetime.datetime) -> dict[st
             ]
         },
     }
+    if outcome.applied:
+        body["status"]["appliedNodes"] = [node]
+    return body
 
 
 class PolicyWatcher:
@@ -277,7 +289,7 @@ class PolicyWatcher:
         current = self.policies.snapshot().get(key)
         if current is None or current.metadata is None or current.metadata.uid != outcome.uid:
             return  # deleted (or replaced) since: its events bring a new translation
-        if shows(agent_entry(current.raw, self.node), outcome):
+        if shows(current.raw, self.node, outcome):
             return
         path = f"{POLICIES.path(outcome.namespace)}/{outcome.name}/status"
         body = status_patch(outcome, self.node, datetime.datetime.now(datetime.UTC))

@@ -97,7 +97,7 @@ def test_the_crd_installs_and_a_valid_policy_is_accepted_and_printed(crd: Contro
         "apiVersion": "smesh.io/v1alpha1",
         "kind": "AuthorizationPolicy",
         "metadata": {"name": "good", "namespace": "default"},
-        "status": {"agents": [entry]},
+        "status": {"agents": [entry], "appliedNodes": ["node-1"]},
     }
     kubectl(
         crd,
@@ -109,7 +109,7 @@ def test_the_crd_installs_and_a_valid_policy_is_accepted_and_printed(crd: Contro
         "-",
         stdin=json.dumps(patch),
     )
-    assert kubectl(crd, "get", "smeshpol", "good").stdout.split("\n")[1].split()[2] == "node-1"
+    assert kubectl(crd, "get", "smeshpol", "good").stdout.split("\n")[1].split()[2] == '["node-1"]'
 
 
 def mutate(change: dict[str, Any]) -> dict[str, Any]:

@@ -23,19 +23,21 @@ def test_the_patch_is_this_nodes_entry_with_the_uid_as_precondition() -> None:
                 "message": "in force",
                 "lastUpdate": "2026-01-02T03:04:05Z",
             }
-        ]
+        ],
+        "appliedNodes": ["node-1"],
     }
+    refused = Outcome("shop", "no-batch", "uid-1", 3, False, "not applied: spec: x")
+    assert "appliedNodes" not in status_patch(refused, "node-1", now)["status"]
 
 
 def test_an_entry_that_already_says_the_outcome_is_not_written_again() -> None:
-    written = status_patch(OUTCOME, "node-1", datetime.datetime.now(datetime.UTC))
-    obj = {
-        "status": {"agents": [{"node": "node-2", "applied": False}, *written["status"]["agents"]]}
-    }
-    assert shows(agent_entry(obj, "node-1"), OUTCOME)
-    assert not shows(agent_entry(obj, "node-2"), OUTCOME)
-    assert not shows(agent_entry(obj, "node-3"), OUTCOME)
-    newer = Outcome("shop", "no-batch", "uid-1", 4, True, "in force")
-    assert not shows(agent_entry(obj, "node-1"), newer)
+    obj = status_patch(OUTCOME, "node-1", datetime.datetime.now(datetime.UTC))
+    obj["status"]["agents"].insert(0, {"node": "node-2", "applied": False})
+    assert shows(obj, "node-1", OUTCOME)
+    assert not shows(obj, "node-2", OUTCOME)
+    assert not shows(obj, "node-3", OUTCOME)
+    assert not shows(obj, "node-1", Outcome("shop", "no-batch", "uid-1", 4, True, "in force"))
+    obj["status"]["appliedNodes"] = []  # e.g. removed by hand: written again
+    assert not shows(obj, "node-1", OUTCOME)
     assert agent_entry({"status": "garbage"}, "node-1") is None
     assert agent_entry({}, "node-1") is None
