@@ -242,6 +242,9 @@ class KubernetesSettings(_Section):
     enrol_timeout: Annotated[Seconds, Field(gt=0, le=MAX_ENROL_TIMEOUT)] = Field(
         default=10.0, alias="enrolTimeout"
     )
+    # Watch AuthorizationPolicy objects (smesh.io) and enforce them with the policy file's
+    # rules and default (docs/policy-kubernetes.md).
+    authorization_policies: bool = Field(default=True, alias="authorizationPolicies")
 
     @field_validator("cni_socket", "sandbox_dir", "kubeconfig")
     @classmethod

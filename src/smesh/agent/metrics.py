@@ -281,5 +281,26 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+    def authorization_policies(self) -> None:
+        """The AuthorizationPolicy watcher's metrics (smesh.kubernetes.policies)."""
+        self.policy_objects = Gauge(
+            "smesh_authorization_policies",
+            "AuthorizationPolicy objects this agent has in force (applied) or could not use "
+            "(refused: their status says why).",
+            ["state"],
+            registry=self.registry,
+        )
+        self.policy_status_writes = Counter(
+            "smesh_policy_status_writes_total",
+            "This agent's writes of its entry in AuthorizationPolicy status, by result (a "
+            "failed write is retried after a capped backoff).",
+            ["result"],
+            registry=self.registry,
+        )
+        for label in ("applied", "refused"):
+            self.policy_objects.labels(label)
+        for label in ("ok", "failed"):
+            self.policy_status_writes.labels(label)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

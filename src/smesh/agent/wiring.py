@@ -142,10 +142,21 @@ def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
     raise SmeshError("configure identity.signerSocket (with nodeCredentialDir) or identity.caDir")
 
 
+def _policy_pending(config: AgentConfig) -> str | None:
+    """Why policy decisions wait at start: AuthorizationPolicies are to be read first."""
+    k8s = config.kubernetes
+    if k8s is None or not k8s.authorization_policies:
+        return None
+    from smesh.kubernetes.policies import PENDING  # noqa: PLC0415 - lightkube
+
+    return PENDING
+
+
 class MeshWiring:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.policy = PolicyStore(config.policy)
+        self.policy = PolicyStore(config.policy, pending=_policy_pending(config))
+        self._policies: asyncio.Task[None] | None = None
         self.certs: CertificateManager | None = None
         self.services: Services | None = None
         self._agent: Agent | None = None
@@ -219,12 +230,19 @@ class MeshWiring:
         agent.metrics.unread_budget.labels("pod").set(windows.held.pod_limit)
         self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
         agent.depends_on(self._renewals)
+        if self.policy.pending is not None:
+            from smesh.kubernetes.policies import PolicyWatcher  # noqa: PLC0415 - lightkube
+
+            watcher = PolicyWatcher.from_config(self.config, self.policy, agent.metrics)
+            self._policies = asyncio.create_task(watcher.run(), name="authorization policies")
+            agent.depends_on(self._policies)
 
     async def stop(self) -> None:
-        if self._renewals is not None:
-            self._renewals.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewals
+        for task in (self._renewals, self._policies):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._namespaces.close()
 
     def reload(self) -> None:
@@ -298,7 +316,10 @@ class MeshWiring:
 
     def _authorize(self, peer: SpiffeId, pod: PodConfig, port: int) -> Decision:
         dest = DestinationWorkload(pod.identity.namespace, pod.identity.service_account, pod.name)
-        decision = decide(self.policy.policy, peer, dest, port)
+        if self.policy.pending is not None:  # fail closed until the objects are read
+            decision = Decision(False, None, self.policy.pending, "pending")
+        else:
+            decision = decide(self.policy.policy, peer, dest, port)
         if not decision.allowed and self._agent is not None:
             self._agent.metrics.policy_denials.labels(decision.decided_by).inc()
         return decision

@@ -193,6 +193,20 @@ class KubeApi:
         finally:
             await response.aclose()
 
+    async def apply(self, path: str, body: dict[str, Any], field_manager: str) -> None:
+        """Server-side apply of *body* at *path* (an object or a subresource such as status),
+        taking over the fields it sets from any other manager (``force``): each writer owns
+        a part no other writes, e.g. its own entry of a list keyed by node."""
+        params = {"fieldManager": field_manager, "force": "true"}
+        headers = {"Content-Type": "application/apply-patch+yaml"}  # JSON is YAML
+        try:
+            response = await self._http.patch(
+                path, params=params, headers=headers, content=json.dumps(body)
+            )
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(f"PATCH {path} at {self.server}: {exc!r}") from exc
+        _raise_for_status(response, response.content)
+
     async def _get(self, path: str, params: dict[str, str]) -> bytes:
         try:
             response = await self._http.get(path, params=params)

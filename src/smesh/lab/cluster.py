@@ -436,7 +436,8 @@ def _must(lab: str, method: str, path: str, body: Any = None, **kw: Any) -> Any:
 
 
 def _set_up_rbac(lab: str) -> None:
-    """What every node agent may read: pods and namespaces (and nodes), cluster wide."""
+    """What every node agent may read: pods and namespaces (and nodes), cluster wide; and
+    AuthorizationPolicies, whose status it writes."""
     rbac = "/apis/rbac.authorization.k8s.io/v1"
     _must(
         lab,
@@ -451,7 +452,17 @@ def _set_up_rbac(lab: str) -> None:
                     "apiGroups": [""],
                     "resources": ["pods", "namespaces", "nodes"],
                     "verbs": ["get", "list", "watch"],
-                }
+                },
+                {
+                    "apiGroups": ["smesh.io"],
+                    "resources": ["authorizationpolicies"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {
+                    "apiGroups": ["smesh.io"],
+                    "resources": ["authorizationpolicies/status"],
+                    "verbs": ["patch"],
+                },
             ],
         },
     )

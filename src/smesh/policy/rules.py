@@ -21,6 +21,7 @@ rules:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -196,22 +197,46 @@ def load(path: Path) -> Policy:
 
 
 class PolicyStore:
-    """The policy in force, reloadable without a restart; a bad file keeps the old policy."""
+    """The policy in force, reloadable without a restart; a bad file keeps the old policy.
 
-    def __init__(self, path: Path | None) -> None:
+    With AuthorizationPolicy objects (smesh.kubernetes.policies) the policy in force is the
+    file's plus the objects' rules: an *overlay* combines the two whenever either changes
+    (SIGHUP, or an object or pod event). Until the first overlay, ``pending`` says why no
+    decision can be made yet, and connections are refused: a restarted agent must not admit
+    what a deny policy it has not read yet forbids.
+    """
+
+    def __init__(self, path: Path | None, *, pending: str | None = None) -> None:
         self.path = path
-        self.policy = load(path) if path is not None else Policy()
+        self.file_policy = load(path) if path is not None else Policy()
+        self.policy = self.file_policy
         self.error: str | None = None
+        self.pending = pending
+        self._overlay: Callable[[Policy], Policy] | None = None
 
     def reload(self) -> bool:
         if self.path is None:
+            self._refresh()
             return False
         try:
-            self.policy = load(self.path)
+            self.file_policy = load(self.path)
         except PolicyError as exc:
             self.error = str(exc)
             log.error("policy not reloaded, keeping the previous one: %s", exc)
             return False
         self.error = None
-        log.info("policy reloaded from %s: %d rules", self.path, len(self.policy.rules))
+        log.info("policy reloaded from %s: %d rules", self.path, len(self.file_policy.rules))
+        self._refresh()
         return True
+
+    def overlay(self, combine: Callable[[Policy], Policy]) -> None:
+        """From now on the policy in force is ``combine(file policy)``; applied at once."""
+        self._overlay = combine
+        self.pending = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._overlay is not None:
+            self.policy = self._overlay(self.file_policy)
+        else:
+            self.policy = self.file_policy
