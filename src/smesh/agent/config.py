@@ -121,6 +121,9 @@ class IdentitySettings(_Section):
     # Other trust domains whose workloads may use this node's pods' tunnel ports (their
     # certificates must still chain to the bundle); any other is refused.
     federated_trust_domains: tuple[str, ...] = Field(default=(), alias="federatedTrustDomains")
+    # auto: caDir or signerSocket; kubernetes: CSRs to the cluster's smesh controller
+    # (smesh.identity.kubecsr), with the kubernetes section's credentials.
+    source: Literal["auto", "kubernetes"] = "auto"
     ca_dir: Path | None = Field(default=None, alias="caDir")
     signer_socket: Path | None = Field(default=None, alias="signerSocket")
     node_credential_dir: Path | None = Field(default=None, alias="nodeCredentialDir")
@@ -152,6 +155,17 @@ class IdentitySettings(_Section):
                     f"{domain!r} is this agent's own trust domain (always accepted): remove it"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _kubernetes_source(self) -> IdentitySettings:
+        if self.source == "kubernetes":
+            for key, value in (("caDir", self.ca_dir), ("signerSocket", self.signer_socket)):
+                if value is not None:
+                    raise ValueError(
+                        f"identity.{key} and identity.source: kubernetes are exclusive: "
+                        "certificates come from the cluster's CSR API; remove one"
+                    )
+        return self
 
     @field_validator("cert_ttl")
     @classmethod
@@ -300,6 +314,15 @@ class AgentConfig(_Section):
             raise ValueError(
                 "no workload source: set either workloads (a directory of pod files) or "
                 "kubernetes (the API server; see docs/kubernetes.md)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _identity_needs_kubernetes(self) -> AgentConfig:
+        if self.identity.source == "kubernetes" and self.kubernetes is None:
+            raise ValueError(
+                "identity.source: kubernetes needs the kubernetes section (the API server "
+                "that takes the agent's CSRs)"
             )
         return self
 

@@ -120,6 +120,13 @@ def workload_source(config: AgentConfig, metrics: AgentMetrics) -> WorkloadSourc
 def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
     """The signing service if configured, else a CA directory in this process."""
     ident = config.identity
+    if ident.source == "kubernetes":
+        from smesh.identity.kubecsr import KubeCsrSource  # noqa: PLC0415 - lightkube
+
+        assert config.kubernetes is not None  # the configuration checks it
+        return KubeCsrSource(
+            config.node, ident.cert_lifetime, kubeconfig=config.kubernetes.kubeconfig
+        )
     if ident.signer_socket is not None:
         if ident.node_credential_dir is None:
             raise SmeshError("identity.nodeCredentialDir is required with identity.signerSocket")
