@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -43,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from smesh.errors import SmeshError  # noqa: PLC0415
     from smesh.kubernetes.client import KubeApi, load_config  # noqa: PLC0415
 
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise
     config = load_config(args.kubeconfig)
     settings = Settings(trust_domain=args.trust_domain, namespace=args.namespace)
     metrics = ControllerMetrics()

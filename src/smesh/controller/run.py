@@ -132,7 +132,6 @@ class Controller:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._ready = asyncio.Event()
-        self._tasks: set[asyncio.Future[None]] = set()
 
     # -- leading ------------------------------------------------------------------------
 
@@ -146,7 +145,7 @@ class Controller:
         self.ca = None
         api = self.api_factory()
         ns = self.settings.namespace
-        informers: list[tuple[Informer[Any], Callable[[Any], None]]] = [
+        informers: list[tuple[Informer[Any], Callable[[Any], Any]]] = [
             (Informer(api, PODS), self._mirror.apply_pod),
             (Informer(api, NAMESPACES), self._mirror.apply_namespace),
             (
@@ -170,16 +169,19 @@ class Controller:
         finally:
             await api.aclose()
 
-    async def _follow(self, informer: Informer[R], apply: Callable[[Any], None]) -> None:
+    async def _follow(self, informer: Informer[R], apply: Callable[[Any], Any]) -> None:
         stream: AsyncIterator[Event[R] | Synced] = informer.events()
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for item in stream:
-                apply(item)
+                done = apply(item)
+                if done is not None:
+                    await done
                 synced = self._mirror.synced >= {"pods", "namespaces"}
                 if synced and self.ca is not None and not self._ready.is_set():
                     self._ready.set()
 
-    def _apply_secret(self, item: Event[Secret] | Synced) -> None:
+    async def _apply_secret(self, item: Event[Secret] | Synced) -> None:
+        """A new CA is published before it signs: no agent gets a chain it cannot verify."""
         if isinstance(item, Synced):
             if self.ca is None:
                 log.error(
@@ -200,13 +202,14 @@ class Controller:
         except CaError as exc:
             log.error("kept the previous CA: %s", exc)
             return
+        while not await self._publish_bundle(ca.bundle_pem()):
+            await asyncio.sleep(RETRY_DELAY)
         self.ca = ca
         log.info(
             "signing with %s; %d trusted root(s)",
             ca.chain[0].subject.rfc4514_string(),
             len(ca.roots.roots),
         )
-        self._spawn(self._publish_bundle(ca.bundle_pem()))
         if self._mirror.synced >= {"pods", "namespaces"}:
             self._ready.set()
 
@@ -232,12 +235,7 @@ class Controller:
             return False
         return not (csr.status and csr.status.certificate)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _publish_bundle(self, pem: str) -> None:
+    async def _publish_bundle(self, pem: str) -> bool:
         ns = self.settings.namespace
         try:
             try:
@@ -252,17 +250,15 @@ class Controller:
                     )
                 )
                 log.info("published the trust bundle %s/%s", ns, BUNDLE_CONFIGMAP)
-                return
-            if (current.data or {}).get(BUNDLE_KEY) == pem:
-                return
-            current.data = {**(current.data or {}), BUNDLE_KEY: pem}
-            await self.client.replace(current)
-            log.info("updated the trust bundle %s/%s", ns, BUNDLE_CONFIGMAP)
+                return True
+            if (current.data or {}).get(BUNDLE_KEY) != pem:
+                current.data = {**(current.data or {}), BUNDLE_KEY: pem}
+                await self.client.replace(current)
+                log.info("updated the trust bundle %s/%s", ns, BUNDLE_CONFIGMAP)
         except ApiError as exc:
             log.error("cannot publish the trust bundle (retrying): %s", exc.status.message)
-            await asyncio.sleep(RETRY_DELAY)
-            if self.ca is not None and self.ca.bundle_pem() == pem:
-                self._spawn(self._publish_bundle(pem))
+            return False
+        return True
 
     # -- answering CSRs -----------------------------------------------------------------
 
