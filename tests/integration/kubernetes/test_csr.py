@@ -310,3 +310,72 @@ def test_rbac_of_the_agent_and_the_controller(cluster: Cluster) -> None:
     assert not can("smesh-controller", "update", "certificatesigningrequests")
     assert can("smesh-controller", "update", "leases/smesh-controller", "-n", NS)
     assert not can("smesh-controller", "update", "leases/other", "-n", NS)
+
+
+def _verifies(leaf: x509.Certificate, bundle_pem: str) -> bool:
+    store = x509.verification.Store(x509.load_pem_x509_certificates(bundle_pem.encode()))
+    verifier = x509.verification.PolicyBuilder().store(store).build_client_verifier()
+    try:
+        verifier.verify(leaf, [])
+    except x509.verification.VerificationError:
+        return False
+    return True
+
+
+def _published(cluster: Cluster) -> str:
+    bundle = api(cluster.plane, lambda c: c.get(ConfigMap, "smesh-trust-bundle", namespace=NS))
+    return (bundle.data or {})["roots.pem"]
+
+
+def _rotate(cluster: Cluster, *flags: str) -> str:
+    done = subprocess.run(
+        [*SMESH, "ca", "rotate", "--kubeconfig", str(cluster.plane.kubeconfig), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_ca_rotation_through_the_secret(
+    cluster: Cluster, controller: csrkit.ControllerProcess
+) -> None:
+    """Old and new roots are published before the new one signs; old leaves keep verifying."""
+    old_root = cluster.ca().chain[0]
+
+    def leaf() -> x509.Certificate:
+        return x509.load_pem_x509_certificates(cluster.source().sign(web_request()).chain_pem)[0]
+
+    before = leaf()
+    assert before.issuer == old_root.subject
+    assert "--activate" in _rotate(cluster)
+    wait_until("the bundle with both roots", lambda: _published(cluster).count("BEGIN") == 2)
+    staged = leaf()
+    assert staged.issuer == old_root.subject  # staging does not switch signing
+    _rotate(cluster, "--activate")
+    new_root = cluster.ca().chain[0]
+    assert new_root.subject != old_root.subject
+
+    def signs_with_new_root() -> bool:
+        return leaf().issuer == new_root.subject
+
+    wait_until("the controller to sign with the new root", signs_with_new_root)
+    after = leaf()
+    bundle = _published(cluster)
+    assert bundle.count("BEGIN") == 2
+    assert _verifies(before, bundle)
+    assert _verifies(staged, bundle)
+    assert _verifies(after, bundle)
+    after.verify_directly_issued_by(new_root)
+    # Retiring the old root before its last leaf expired is refused.
+    refused = subprocess.run(
+        [*SMESH, "ca", "rotate", "--retire-old", "--kubeconfig", str(cluster.plane.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "may be valid until" in refused.stderr
