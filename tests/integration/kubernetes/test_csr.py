@@ -379,3 +379,47 @@ def test_ca_rotation_through_the_secret(
     )
     assert refused.returncode != 0
     assert "may be valid until" in refused.stderr
+
+
+def test_the_agents_certificate_manager_issues_through_csrs(
+    cluster: Cluster, controller: csrkit.ControllerProcess, tmp_path: Path
+) -> None:
+    """What the agent wires for identity.source: kubernetes, up to a real mutual TLS handshake."""
+    import asyncio  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from smesh.agent.config import load  # noqa: PLC0415
+    from smesh.agent.wiring import certificate_source  # noqa: PLC0415
+    from smesh.identity.manager import CertificateManager  # noqa: PLC0415
+    from smesh.identity.spiffe import SpiffeId  # noqa: PLC0415
+
+    config_file = tmp_path / "agent.yaml"
+    config_file.write_text(
+        f"node: node-1\nkubernetes: {{kubeconfig: {cluster.agent}}}\n"
+        "identity: {source: kubernetes, certTtl: 1h}\n"
+    )
+    config = load(config_file, environ={})
+    source = certificate_source(config, None)  # type: ignore[arg-type]
+    assert isinstance(source, KubeCsrSource)
+    web = SpiffeId(TD, SHOP, "web")
+
+    async def handshake() -> str:
+        manager = CertificateManager(source)
+        await manager.acquire(web)
+        server_ctx, client_ctx = manager.server_context(web), manager.client_context(web)
+        a, b = socket.socketpair()
+        peer: list[str] = []
+
+        def serve() -> None:
+            with server_ctx.wrap_socket(a, server_side=True) as tls:
+                peer.append(str(tls.getpeercert()))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with client_ctx.wrap_socket(b, server_hostname=None) as tls:
+            assert tls.version() == "TLSv1.3"
+        thread.join(10)
+        return peer[0]
+
+    assert f"spiffe://{TD}/ns/{SHOP}/sa/web" in asyncio.run(handshake())
