@@ -130,8 +130,9 @@ class IdentitySettings(_Section):
     # Where the agent keeps its pods' certificates and keys (0700) for a restart while
     # the signer is away; default /var/lib/smesh/NODE/credentials (credential_cache_dir).
     credential_cache: Path | None = Field(default=None, alias="credentialCache")
-    # The lifetime of certificates signed in this process (caDir); a signing service
-    # (signerSocket) uses its own (`smesh ca serve --ttl`).
+    # The lifetime of certificates signed in this process (caDir), or asked of the CSR API
+    # (source: kubernetes; the controller caps it at 24 h); a signing service (signerSocket)
+    # uses its own (`smesh ca serve --ttl`).
     cert_ttl: Seconds = Field(default=24 * 3600.0, alias="certTtl")
 
     @field_validator("trust_domain")
