@@ -134,6 +134,8 @@ class IdentitySettings(_Section):
     # (source: kubernetes; the controller caps it at 24 h); a signing service (signerSocket)
     # uses its own (`smesh ca serve --ttl`).
     cert_ttl: Seconds = Field(default=24 * 3600.0, alias="certTtl")
+    # source: kubernetes: how long a CSR waits for the controller's answer.
+    csr_timeout: Annotated[Seconds, Field(ge=1, le=300)] = Field(default=30.0, alias="csrTimeout")
 
     @field_validator("trust_domain")
     @classmethod

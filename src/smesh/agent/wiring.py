@@ -124,8 +124,13 @@ def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
         from smesh.identity.kubecsr import KubeCsrSource  # noqa: PLC0415 - lightkube
 
         assert config.kubernetes is not None  # the configuration checks it
+        answered = agent.metrics.csr_requests
         return KubeCsrSource(
-            config.node, ident.cert_lifetime, kubeconfig=config.kubernetes.kubeconfig
+            config.node,
+            ident.cert_lifetime,
+            kubeconfig=config.kubernetes.kubeconfig,
+            timeout=ident.csr_timeout,
+            on_answer=lambda result: answered.labels(result).inc(),
         )
     if ident.signer_socket is not None:
         if ident.node_credential_dir is None:

@@ -144,6 +144,17 @@ def _identity(
     return identity, public
 
 
+def requested_identity(spec: CertificateSigningRequestSpec) -> SpiffeId | None:
+    """The workload identity *spec* asks for, if it names one; the decision checks the rest."""
+    try:
+        csr = x509.load_pem_x509_csr(base64.b64decode(spec.request, validate=True))
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        return SpiffeId.parse(uris[0]) if len(uris) == 1 else None
+    except (ValueError, x509.ExtensionNotFound, InvalidSpiffeId):
+        return None
+
+
 def decide(
     spec: CertificateSigningRequestSpec,
     bound_pod: Pod | None,

@@ -34,7 +34,16 @@ from lightkube.resources.certificates_v1 import (
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Secret
 from prometheus_client import CollectorRegistry, Counter
 
-from smesh.controller.decide import REASONS, SIGNER_NAME, Approve, Decision, Deny, Settings, decide
+from smesh.controller.decide import (
+    REASONS,
+    SIGNER_NAME,
+    Approve,
+    Decision,
+    Deny,
+    Settings,
+    decide,
+    requested_identity,
+)
 from smesh.controller.lease import LeaderElector
 from smesh.controller.secretca import BUNDLE_CONFIGMAP, BUNDLE_KEY, SECRET_NAME, SecretCA
 from smesh.identity.errors import CaError
@@ -289,7 +298,11 @@ class Controller:
         return decision
 
     async def _decide_fresh(self, csr: CertificateSigningRequest, bound_name: str) -> Decision:
-        """The decision from a quorum read of what the informers may not have seen yet."""
+        """The decision from a quorum read of what the informers may not have seen yet.
+
+        Narrow on purpose (one pod, one namespace, that namespace's pods on that node): a
+        compromised node can file CSRs for foreign identities at will, and each must stay cheap.
+        """
         ns = self.settings.namespace
         bound: Pod | None = None
         if bound_name:
@@ -298,12 +311,22 @@ class Controller:
             except ApiError as exc:
                 if exc.status.code != 404:
                     raise
-        pods = [p async for p in self.client.list(Pod, namespace="*")]
-        namespaces = {
-            n.metadata.name: n
-            async for n in self.client.list(Namespace)
-            if n.metadata is not None and n.metadata.name
-        }
+        node = bound.spec.nodeName if bound is not None and bound.spec is not None else None
+        identity = requested_identity(csr.spec)
+        pods: list[Pod] = []
+        namespaces: dict[str, Namespace] = {}
+        if node and identity is not None:
+            fields: dict[str, Any] = {"spec.nodeName": node}
+            pods = [
+                p async for p in self.client.list(Pod, namespace=identity.namespace, fields=fields)
+            ]
+            try:
+                namespaces[identity.namespace] = await self.client.get(
+                    Namespace, identity.namespace
+                )
+            except ApiError as exc:
+                if exc.status.code != 404:
+                    raise
         return decide(csr.spec, bound, pods, namespaces, self.settings)
 
     async def _put(

@@ -19,6 +19,7 @@ import base64
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lightkube import AsyncClient
@@ -52,6 +53,10 @@ CSRS: Kind[CertificateSigningRequest] = Kind(
 )
 
 
+class CsrTimeout(SignerUnavailable):
+    """No answer to a CSR within identity.csrTimeout."""
+
+
 def _answer(csr: CertificateSigningRequest) -> bytes | None:
     """The certificate chain if signed; raises if denied or failed; None while pending."""
     status = csr.status
@@ -82,12 +87,14 @@ class KubeCsrSource:
         kubeconfig: Path | None = None,
         namespace: str = "smesh-system",
         timeout: float = DEFAULT_TIMEOUT,
+        on_answer: Callable[[str], None] | None = None,
     ) -> None:
         self.node = node
         self.expiration = max(MIN_EXPIRATION, int(lifetime.total_seconds()))
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.timeout = timeout
+        self._on_answer = on_answer
         load_config(kubeconfig)  # a missing configuration fails the agent's start, not a pod
 
     def _config(self) -> SingleConfig:
@@ -96,8 +103,26 @@ class KubeCsrSource:
     # -- CertificateSource ---------------------------------------------------------------
 
     def sign(self, csr_pem: bytes) -> IssuedCertificate:
-        chain = asyncio.run(self._sign(csr_pem))
+        try:
+            chain = asyncio.run(self._sign(csr_pem))
+        except CsrTimeout:
+            self._count("timeout")
+            raise
+        except NotEntitled:
+            self._count("denied")
+            raise
+        except CaError:
+            self._count("failed")
+            raise
+        except SignerUnavailable:
+            self._count("error")
+            raise
+        self._count("issued")
         return IssuedCertificate(chain, self.bundle().pem().encode())
+
+    def _count(self, result: str) -> None:
+        if self._on_answer is not None:
+            self._on_answer(result)
 
     def bundle(self) -> TrustBundle:
         return asyncio.run(self._bundle())
@@ -177,7 +202,7 @@ class KubeCsrSource:
                 break
             finally:
                 await stream.aclose()
-        raise SignerUnavailable(
+        raise CsrTimeout(
             f"CSR {name} got no answer within {self.timeout:g} s: is the smesh controller "
             f"running (kubectl -n {self.namespace} get pods,lease)? "
             f"`kubectl get csr {name}` shows its state"

@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import re
 import subprocess
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from lightkube.resources.rbac_authorization_v1 import ClusterRoleBinding
 from smesh.controller.secretca import SecretCA
 from smesh.identity import certs
 from smesh.identity.errors import NotEntitled
-from smesh.identity.kubecsr import KubeCsrSource
+from smesh.identity.kubecsr import CsrTimeout, KubeCsrSource
 from smesh.lab.controlplane import ControlPlane
 from tests.integration.kubernetes import csrkit
 from tests.integration.kubernetes.csrkit import NS, api, controllers, wait_until
@@ -390,6 +391,7 @@ def test_the_agents_certificate_manager_issues_through_csrs(
     import threading  # noqa: PLC0415
 
     from smesh.agent.config import load  # noqa: PLC0415
+    from smesh.agent.metrics import AgentMetrics  # noqa: PLC0415
     from smesh.agent.wiring import certificate_source  # noqa: PLC0415
     from smesh.identity.manager import CertificateManager  # noqa: PLC0415
     from smesh.identity.spiffe import SpiffeId  # noqa: PLC0415
@@ -400,7 +402,8 @@ def test_the_agents_certificate_manager_issues_through_csrs(
         "identity: {source: kubernetes, certTtl: 1h}\n"
     )
     config = load(config_file, environ={})
-    source = certificate_source(config, None)  # type: ignore[arg-type]
+    agent = types.SimpleNamespace(metrics=AgentMetrics())
+    source = certificate_source(config, agent)  # type: ignore[arg-type]
     assert isinstance(source, KubeCsrSource)
     web = SpiffeId(TD, SHOP, "web")
 
@@ -423,3 +426,14 @@ def test_the_agents_certificate_manager_issues_through_csrs(
         return peer[0]
 
     assert f"spiffe://{TD}/ns/{SHOP}/sa/web" in asyncio.run(handshake())
+    assert agent.metrics.csr_requests.labels("issued")._value.get() == 1
+
+
+def test_no_controller_is_a_timeout_that_names_the_csr(cluster: Cluster, tmp_path: Path) -> None:
+    answers: list[str] = []
+    source = KubeCsrSource(
+        "node-1", DAY, kubeconfig=cluster.agent, timeout=2, on_answer=answers.append
+    )
+    with pytest.raises(CsrTimeout, match=r"CSR smesh-node-1-\S+ got no answer within 2 s"):
+        source.sign(web_request())
+    assert answers == ["timeout"]

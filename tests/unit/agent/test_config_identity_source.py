@@ -42,3 +42,11 @@ def test_kubernetes_source_excludes_local_signers(tmp_path: Path, key: str, valu
 def test_unknown_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="source"):
         load(write(tmp_path, KUBE + "identity: {source: vault}\n"), environ={})
+
+
+def test_csr_timeout_default_and_bounds(tmp_path: Path) -> None:
+    assert load(write(tmp_path, KUBE), environ={}).identity.csr_timeout == 30.0
+    cfg = load(write(tmp_path, KUBE + "identity: {csrTimeout: 2m}\n"), environ={})
+    assert cfg.identity.csr_timeout == 120.0
+    with pytest.raises(ConfigError, match="csrTimeout"):
+        load(write(tmp_path, KUBE + "identity: {csrTimeout: 10m}\n"), environ={})

@@ -25,6 +25,7 @@ from smesh.controller.decide import (
     Deny,
     Settings,
     decide,
+    requested_identity,
 )
 from smesh.identity import certs
 
@@ -275,3 +276,9 @@ def test_default_service_account_when_unset() -> None:
     p.spec.serviceAccountName = None
     req = request(x509.UniformResourceIdentifier(f"spiffe://{TD}/ns/shop/sa/default"))
     assert isinstance(run(spec(req), pods=[p]), Approve)
+
+
+def test_requested_identity_for_the_fresh_read() -> None:
+    assert str(requested_identity(spec())) == WEB
+    assert requested_identity(spec(request(x509.DNSName("web")))) is None
+    assert requested_identity(spec("%%%")) is None
