@@ -13,7 +13,6 @@ expired Lease cannot both win: the API server refuses the second with 409 Confli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -68,6 +67,7 @@ class LeaderElector:
         self._observed: tuple[object, ...] = ()
         self._observed_at = 0.0
         self.leading = False
+        self._failing = False
 
     async def _try_acquire_or_renew(self) -> bool:
         now = dt.datetime.now(dt.UTC)
@@ -120,15 +120,25 @@ class LeaderElector:
 
     async def _attempt(self) -> bool:
         try:
-            return await asyncio.wait_for(
-                self._try_acquire_or_renew(), self.timing.retry_period * 2
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the request fails, and the campaign would never stop.
+            async with asyncio.timeout(self.timing.retry_period * 2):
+                won = await self._try_acquire_or_renew()
+        except Exception as exc:  # API errors, transport errors, timeouts: retry, never die
+            # One line per outage, not one per retry (every 2 s).
+            (log.debug if self._failing else log.warning)(
+                "lease %s/%s: %r; retrying every %g s",
+                self.namespace,
+                self.name,
+                exc,
+                self.timing.retry_period,
             )
-        except (ApiError, OSError, TimeoutError) as exc:
-            log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+            self._failing = True
             return False
-        except Exception as exc:  # httpx transport errors and the like: retry, never die
-            log.warning("lease %s/%s: %r", self.namespace, self.name, exc)
-            return False
+        if self._failing:
+            log.info("lease %s/%s: the API answers again", self.namespace, self.name)
+            self._failing = False
+        return won
 
     async def _acquire(self) -> None:
         logged = False
@@ -162,8 +172,9 @@ class LeaderElector:
                 self.leading = False
                 for task in (work, holding):
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                # asyncio.wait, not `await task` under suppress(CancelledError): that would
+                # also swallow a cancellation of run() itself arriving meanwhile (a SIGTERM).
+                await asyncio.wait({work, holding})
             if work.done() and not work.cancelled() and work.exception() is not None:
                 raise work.exception()  # type: ignore[misc]
             log.warning("lost the lease %s/%s; stopped leading", self.namespace, self.name)

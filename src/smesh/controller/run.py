@@ -399,8 +399,7 @@ async def run(elector: LeaderElector, controller: Controller, stop: asyncio.Even
     finally:
         for task in (campaign, stopping):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.wait({campaign, stopping})
         await elector.release()
     if campaign.done() and not campaign.cancelled() and campaign.exception() is not None:
         raise campaign.exception()  # type: ignore[misc]

@@ -7,12 +7,13 @@ TokenRequest API, so the API server itself writes who asked into each CSR.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import re
 import subprocess
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,6 +217,58 @@ def test_another_service_account_is_denied(
     with pytest.raises(NotEntitled) as exc:
         cluster.source(cluster.rogue).sign(web_request())
     assert "system:serviceaccount:shop:rogue" in denied(cluster, exc, "WrongRequester")
+
+
+async def _file(kubeconfig: Path, request: bytes) -> str:
+    """File a CSR as the kubeconfig's user without waiting for an answer; its name."""
+    from lightkube import KubeConfig  # noqa: PLC0415
+
+    client = AsyncClient(config=KubeConfig.from_file(kubeconfig))
+    try:
+        created = await client.create(
+            CertificateSigningRequest(
+                metadata=ObjectMeta(generateName="smesh-node-1-"),
+                spec=CertificateSigningRequestSpec(
+                    request=base64.b64encode(request).decode(),
+                    signerName="smesh.io/workload-identity",
+                    usages=["digital signature", "server auth", "client auth"],
+                    expirationSeconds=3600,
+                ),
+            )
+        )
+    finally:
+        await client.close()
+    assert created.metadata is not None
+    assert created.metadata.name is not None
+    return created.metadata.name
+
+
+def _answered(cluster: Cluster, name: str) -> Callable[[], bool]:
+    def check() -> bool:
+        status = cluster.csr(name).status
+        return bool(
+            status
+            and (
+                status.certificate
+                or {"Denied", "Failed"} & {c.type for c in status.conditions or []}
+            )
+        )
+
+    return check
+
+
+def test_a_csr_an_admin_approved_is_still_checked(cluster: Cluster) -> None:
+    """Approval by someone else does not bypass the node rule: the signer fails it."""
+    request = csrkit.csr_pem(x509.UniformResourceIdentifier(f"spiffe://{TD}/ns/{SHOP}/sa/db"))
+    name = asyncio.run(_file(cluster.agent, request))
+    approved = csrkit.kubectl(cluster.plane, "certificate", "approve", name)
+    assert approved.returncode == 0, approved.stderr
+    with controllers(cluster.controller, cluster.directory, "after-admin"):
+        wait_until(f"an answer to {name}", _answered(cluster, name))
+    status = cluster.csr(name).status
+    assert status is not None
+    assert not status.certificate
+    assert [(c.type, c.reason) for c in status.conditions or []][-1] == ("Failed", "NotOnNode")
 
 
 def test_a_csr_whose_bound_pod_was_deleted_is_denied(cluster: Cluster) -> None:
