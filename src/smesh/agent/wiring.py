@@ -229,8 +229,17 @@ class MeshWiring:
         agent.metrics.unread.set_function(lambda: windows.held.held)
         agent.metrics.unread_budget.labels("node").set(windows.held.limit)
         agent.metrics.unread_budget.labels("pod").set(windows.held.pod_limit)
-        self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
+        self._renewals = asyncio.create_task(self._upkeep(source), name="renewals")
         agent.depends_on(self._renewals)
+
+    async def _upkeep(self, source: CertificateSource) -> None:
+        """Renewals, and the trust bundle's changes where the source can follow them."""
+        assert self.certs is not None
+        follow = getattr(source, "follow_bundle", None)  # KubeCsrSource: a ConfigMap watch
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.certs.run())
+            if follow is not None:
+                group.create_task(follow(self.certs.refresh_bundle))
 
     async def stop(self) -> None:
         if self._renewals is not None:

@@ -285,7 +285,8 @@ def _rotate_cluster(args: argparse.Namespace) -> int:
     else:
         print(
             "a new root joined the trust bundle (ConfigMap smesh-trust-bundle, written by the "
-            "controller). Agents re-read it within 5 minutes; after that run "
+            "controller). Agents follow it within seconds and re-read it every 5 minutes; "
+            "after that run "
             f"`smesh ca rotate --activate {flags}`"
         )
     return 0

@@ -19,7 +19,7 @@ import base64
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from lightkube import AsyncClient
@@ -35,7 +35,9 @@ from smesh.identity.errors import CaError, NotEntitled, SignerUnavailable
 from smesh.identity.signer import IssuedCertificate
 from smesh.kubernetes.client import Kind, KubeApi, Selection, load_config
 from smesh.kubernetes.errors import KubernetesError
+from smesh.kubernetes.informer import Informer
 from smesh.kubernetes.protocol import Bookmark
+from smesh.kubernetes.store import Event, EventType
 
 log = logging.getLogger("smesh.kubecsr")
 
@@ -48,6 +50,7 @@ MIN_EXPIRATION = 600
 #: How long a request waits for the controller's answer by default.
 DEFAULT_TIMEOUT = 30.0
 
+CONFIGMAPS: Kind[ConfigMap] = Kind(ConfigMap, "/api/v1", "configmaps", namespaced=True)
 CSRS: Kind[CertificateSigningRequest] = Kind(
     CertificateSigningRequest, "/apis/certificates.k8s.io/v1", "certificatesigningrequests", False
 )
@@ -126,6 +129,23 @@ class KubeCsrSource:
 
     def bundle(self) -> TrustBundle:
         return asyncio.run(self._bundle())
+
+    async def follow_bundle(self, changed: Callable[[], Awaitable[None]]) -> None:
+        """Call *changed* whenever the trust bundle ConfigMap changes, forever.
+
+        So a rotation's new root reaches the agent within a watch event, not at its next
+        bundle poll (every 5 minutes). The informer retries API errors by itself.
+        """
+        api = KubeApi(self._config())
+        selection = Selection(
+            namespace=self.namespace, field_selector=f"metadata.name={BUNDLE_CONFIGMAP}"
+        )
+        try:
+            async for item in Informer(api, CONFIGMAPS, selection).events():
+                if isinstance(item, Event) and item.type is not EventType.DELETED:
+                    await changed()
+        finally:
+            await api.aclose()
 
     # -- the requests ----------------------------------------------------------------------
 

@@ -490,3 +490,31 @@ def test_no_controller_is_a_timeout_that_names_the_csr(cluster: Cluster, tmp_pat
     with pytest.raises(CsrTimeout, match=r"CSR smesh-node-1-\S+ got no answer within 2 s"):
         source.sign(web_request())
     assert answers == ["timeout"]
+
+
+def test_an_agent_follows_the_bundle_configmap(
+    cluster: Cluster, controller: csrkit.ControllerProcess
+) -> None:
+    """A staged root reaches the agent's certificate manager by the watch, not the 5-min poll."""
+    from smesh.identity.manager import CertificateManager  # noqa: PLC0415
+    from smesh.identity.spiffe import SpiffeId  # noqa: PLC0415
+
+    source = cluster.source()
+
+    async def run() -> None:
+        manager = CertificateManager(source)
+        await manager.acquire(SpiffeId(TD, SHOP, "web"))
+        before = len(manager.bundle.roots)
+        follow = asyncio.create_task(source.follow_bundle(manager.refresh_bundle))
+        try:
+            await asyncio.to_thread(_rotate, cluster)
+            async with asyncio.timeout(csrkit.WAIT):
+                while len(manager.bundle.roots) != before + 1:
+                    assert not follow.done()
+                    await asyncio.sleep(0.05)
+        finally:
+            follow.cancel()
+            await asyncio.wait({follow})
+        await asyncio.to_thread(_rotate, cluster, "--activate")
+
+    asyncio.run(run())
