@@ -47,8 +47,9 @@ from smesh.controller.decide import (
 from smesh.controller.lease import LeaderElector
 from smesh.controller.secretca import BUNDLE_CONFIGMAP, BUNDLE_KEY, SECRET_NAME, SecretCA
 from smesh.identity.errors import CaError
-from smesh.kubernetes.client import NAMESPACES, PODS, Kind, KubeApi, Selection
+from smesh.kubernetes.client import NAMESPACES, Kind, KubeApi, Selection
 from smesh.kubernetes.informer import HasMetadata, Informer
+from smesh.kubernetes.source import LEAN_PODS
 from smesh.kubernetes.store import Event, EventType, Synced
 
 log = logging.getLogger("smesh.controller")
@@ -155,7 +156,9 @@ class Controller:
         api = self.api_factory()
         ns = self.settings.namespace
         informers: list[tuple[Informer[Any], Callable[[Any], Any]]] = [
-            (Informer(api, PODS), self._mirror.apply_pod),
+            # Lean: the controller holds every pod of the cluster and reads only what the
+            # agent's informer keeps (node, account, hostNetwork, labels, phase).
+            (Informer(api, LEAN_PODS), self._mirror.apply_pod),
             (Informer(api, NAMESPACES), self._mirror.apply_namespace),
             (
                 Informer(
