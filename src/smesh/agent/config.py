@@ -121,15 +121,21 @@ class IdentitySettings(_Section):
     # Other trust domains whose workloads may use this node's pods' tunnel ports (their
     # certificates must still chain to the bundle); any other is refused.
     federated_trust_domains: tuple[str, ...] = Field(default=(), alias="federatedTrustDomains")
+    # auto: caDir or signerSocket; kubernetes: CSRs to the cluster's smesh controller
+    # (smesh.identity.kubecsr), with the kubernetes section's credentials.
+    source: Literal["auto", "kubernetes"] = "auto"
     ca_dir: Path | None = Field(default=None, alias="caDir")
     signer_socket: Path | None = Field(default=None, alias="signerSocket")
     node_credential_dir: Path | None = Field(default=None, alias="nodeCredentialDir")
     # Where the agent keeps its pods' certificates and keys (0700) for a restart while
     # the signer is away; default /var/lib/smesh/NODE/credentials (credential_cache_dir).
     credential_cache: Path | None = Field(default=None, alias="credentialCache")
-    # The lifetime of certificates signed in this process (caDir); a signing service
-    # (signerSocket) uses its own (`smesh ca serve --ttl`).
+    # The lifetime of certificates signed in this process (caDir), or asked of the CSR API
+    # (source: kubernetes; the controller caps it at 24 h); a signing service (signerSocket)
+    # uses its own (`smesh ca serve --ttl`).
     cert_ttl: Seconds = Field(default=24 * 3600.0, alias="certTtl")
+    # source: kubernetes: how long a CSR waits for the controller's answer.
+    csr_timeout: Annotated[Seconds, Field(ge=1, le=300)] = Field(default=30.0, alias="csrTimeout")
 
     @field_validator("trust_domain")
     @classmethod
@@ -152,6 +158,17 @@ class IdentitySettings(_Section):
                     f"{domain!r} is this agent's own trust domain (always accepted): remove it"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _kubernetes_source(self) -> IdentitySettings:
+        if self.source == "kubernetes":
+            for key, value in (("caDir", self.ca_dir), ("signerSocket", self.signer_socket)):
+                if value is not None:
+                    raise ValueError(
+                        f"identity.{key} and identity.source: kubernetes are exclusive: "
+                        "certificates come from the cluster's CSR API; remove one"
+                    )
+        return self
 
     @field_validator("cert_ttl")
     @classmethod
@@ -303,6 +320,15 @@ class AgentConfig(_Section):
             raise ValueError(
                 "no workload source: set either workloads (a directory of pod files) or "
                 "kubernetes (the API server; see docs/kubernetes.md)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _identity_needs_kubernetes(self) -> AgentConfig:
+        if self.identity.source == "kubernetes" and self.kubernetes is None:
+            raise ValueError(
+                "identity.source: kubernetes needs the kubernetes section (the API server "
+                "that takes the agent's CSRs)"
             )
         return self
 

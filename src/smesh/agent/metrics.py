@@ -248,6 +248,13 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.csr_requests = Counter(
+            "smesh_csr_requests_total",
+            "Certificate requests filed through the Kubernetes CSR API (identity.source: "
+            "kubernetes), by answer: issued, denied, failed, timeout (identity.csrTimeout), error.",
+            ["result"],
+            registry=r,
+        )
         self.workloads = Gauge(
             "smesh_workloads", "Meshed workloads on this node, by state.", ["state"], registry=r
         )

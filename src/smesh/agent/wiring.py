@@ -120,6 +120,18 @@ def workload_source(config: AgentConfig, metrics: AgentMetrics) -> WorkloadSourc
 def certificate_source(config: AgentConfig, agent: Agent) -> CertificateSource:
     """The signing service if configured, else a CA directory in this process."""
     ident = config.identity
+    if ident.source == "kubernetes":
+        from smesh.identity.kubecsr import KubeCsrSource  # noqa: PLC0415 - lightkube
+
+        assert config.kubernetes is not None  # the configuration checks it
+        answered = agent.metrics.csr_requests
+        return KubeCsrSource(
+            config.node,
+            ident.cert_lifetime,
+            kubeconfig=config.kubernetes.kubeconfig,
+            timeout=ident.csr_timeout,
+            on_answer=lambda result: answered.labels(result).inc(),
+        )
     if ident.signer_socket is not None:
         if ident.node_credential_dir is None:
             raise SmeshError("identity.nodeCredentialDir is required with identity.signerSocket")
@@ -228,7 +240,7 @@ class MeshWiring:
         agent.metrics.unread.set_function(lambda: windows.held.held)
         agent.metrics.unread_budget.labels("node").set(windows.held.limit)
         agent.metrics.unread_budget.labels("pod").set(windows.held.pod_limit)
-        self._renewals = asyncio.create_task(self.certs.run(), name="renewals")
+        self._renewals = asyncio.create_task(self._upkeep(source), name="renewals")
         agent.depends_on(self._renewals)
         if self.policy.pending is not None:
             from smesh.kubernetes.policies import PolicyWatcher  # noqa: PLC0415 - lightkube
@@ -236,6 +248,15 @@ class MeshWiring:
             watcher = PolicyWatcher.from_config(self.config, self.policy, agent.metrics)
             self._policies = asyncio.create_task(watcher.run(), name="authorization policies")
             agent.depends_on(self._policies)
+
+    async def _upkeep(self, source: CertificateSource) -> None:
+        """Renewals, and the trust bundle's changes where the source can follow them."""
+        assert self.certs is not None
+        follow = getattr(source, "follow_bundle", None)  # KubeCsrSource: a ConfigMap watch
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.certs.run())
+            if follow is not None:
+                group.create_task(follow(self.certs.refresh_bundle))
 
     async def stop(self) -> None:
         for task in (self._renewals, self._policies):

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "status": "workloads, certificates and connections of running agents",
     "demo": "pod-to-pod traffic as an attacker on the wire sees it, without and with smesh",
     "ca": "the certificate authority and its signing service",
+    "controller": "sign workload certificates requested through the Kubernetes CSR API",
     "policy": "authorization policy",
     "capture": "redirect pods' outbound TCP to the node proxy (eBPF or nftables)",
     "trace": "stream capture events: which connect was captured or left alone",

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 from smesh.cli.output import table
 from smesh.identity.ca import DEFAULT_DIR, CertificateAuthority
@@ -26,9 +27,18 @@ def configure(ca: argparse.ArgumentParser) -> None:
         )
         return parser
 
+    def with_cluster(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--kubeconfig",
+            type=Path,
+            help="act on the Secret smesh-ca of this cluster (for `smesh controller`), not --dir",
+        )
+        parser.add_argument("--namespace", default="smesh-system", help="with --kubeconfig")
+
     init = with_dir(verbs.add_parser("init", help="create a root CA (ECDSA P-256)"))
     init.add_argument("--trust-domain", default="cluster.local")
     init.add_argument("--force", action="store_true", help="replace an existing CA")
+    with_cluster(init)
     init.set_defaults(func=_init)
 
     inspect = with_dir(verbs.add_parser("inspect", help="roots and issued certificates"))
@@ -40,6 +50,10 @@ def configure(ca: argparse.ArgumentParser) -> None:
     step.add_argument("--activate", action="store_true", help="step 2: the newest root signs")
     step.add_argument("--retire-old", action="store_true", help="step 3: drop old roots")
     rotate.add_argument("--force", action="store_true", help="retire even with unexpired leaves")
+    rotate.add_argument(
+        "--trust-domain", default="cluster.local", help="with --kubeconfig: the new root's"
+    )
+    with_cluster(rotate)
     rotate.set_defaults(func=_rotate)
 
     serve = with_dir(verbs.add_parser("serve", help="run the signing service for node agents"))
@@ -58,6 +72,8 @@ def configure(ca: argparse.ArgumentParser) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
+    if args.kubeconfig is not None:
+        return _init_cluster(args)
     ca = CertificateAuthority.init(args.dir, args.trust_domain, force=args.force)
     print(f"CA for trust domain {ca.trust_domain} created in {args.dir} (root {ca.active.id})")
     return 0
@@ -95,6 +111,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    if args.kubeconfig is not None:
+        return _rotate_cluster(args)
     ca = CertificateAuthority.load(args.dir)
     if args.activate:
         root = ca.activate_newest()
@@ -202,3 +220,73 @@ def _serve_kubernetes(args: argparse.Namespace, ca: CertificateAuthority, ttl: d
 def _watch_ended(follow: asyncio.Task[None]) -> None:
     follow.result()  # raises what ended it, if anything did
     raise KubernetesError("the watch of the API server's pods ended; the signer stops with it")
+
+
+def _cluster_client(args: argparse.Namespace) -> Any:
+    from lightkube import AsyncClient  # noqa: PLC0415
+
+    from smesh.kubernetes.client import load_config  # noqa: PLC0415
+
+    return AsyncClient(config=load_config(args.kubeconfig), field_manager="smesh-ca")
+
+
+def _init_cluster(args: argparse.Namespace) -> int:
+    from smesh.controller import secretca, secretio  # noqa: PLC0415
+
+    async def run() -> bool:
+        client = _cluster_client(args)
+        try:
+            data = secretca.new_data(args.trust_domain)
+            if args.force:
+                await secretio.update_secret(client, args.namespace, lambda _: data)
+                return True
+            return await secretio.create_secret(client, args.namespace, data)
+        finally:
+            await client.close()
+
+    where = f"{args.namespace}/{secretca.SECRET_NAME}"
+    if asyncio.run(run()):
+        print(f"CA for trust domain {args.trust_domain} created in the Secret {where}")
+    else:
+        print(f"the Secret {where} exists; kept it (pass --force to replace it)")
+    return 0
+
+
+def _rotate_cluster(args: argparse.Namespace) -> int:
+    from smesh.controller import secretca, secretio  # noqa: PLC0415
+    from smesh.controller.decide import MAX_LIFETIME  # noqa: PLC0415
+    from smesh.identity.certs import now  # noqa: PLC0415
+
+    if args.activate:
+        step = lambda d: secretca.activate_rotation(d, now(), MAX_LIFETIME)  # noqa: E731
+    elif args.retire_old:
+        step = lambda d: secretca.retire_old_roots(d, now(), args.force)  # noqa: E731
+    else:
+
+        def step(data: secretca.SecretData) -> secretca.SecretData:
+            return secretca.stage_rotation(data, args.trust_domain)
+
+    async def run() -> None:
+        client = _cluster_client(args)
+        try:
+            await secretio.update_secret(client, args.namespace, step)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+    flags = f"--kubeconfig {args.kubeconfig} --namespace {args.namespace}"
+    if args.activate:
+        print(
+            "the new root signs from now on; the old one stays in the bundle. After 24 h "
+            f"(the longest certificate lifetime) run `smesh ca rotate --retire-old {flags}`"
+        )
+    elif args.retire_old:
+        print("only the signing root is left in the trust bundle")
+    else:
+        print(
+            "a new root joined the trust bundle (ConfigMap smesh-trust-bundle, written by the "
+            "controller). Agents follow it within seconds and re-read it every 5 minutes; "
+            "after that run "
+            f"`smesh ca rotate --activate {flags}`"
+        )
+    return 0
