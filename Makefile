@@ -19,7 +19,7 @@ BPF_OBJ := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRC))
 BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I bpf \
 	-I /usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all setup apt venv bpf kubernetes helm manifest test lint typecheck unit integration demo bench clean
+.PHONY: all setup apt venv bpf kubernetes helm manifest image image-test test lint typecheck unit integration demo bench clean
 
 all: setup kubernetes helm
 
@@ -90,6 +90,18 @@ manifest: helm
 	{ echo "# smesh: rendered by \`make manifest\` from deploy/helm/smesh with its default values; do not edit."; \
 	  $(HELM_BIN)/helm template smesh deploy/helm/smesh --namespace smesh-system --include-crds; } \
 	  > deploy/smesh.yaml.tmp && mv deploy/smesh.yaml.tmp deploy/smesh.yaml
+
+# The OCI image of smesh (agent and controller) in build/image/smesh, from Debian packages
+# (image/build.sh: mmdebstrap + umoci; no container runtime, no registry). Not part of
+# `make test`: a cold build downloads a Debian base system and takes minutes.
+IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image: setup
+	@scripts/ensure-apt mmdebstrap umoci
+	image/build.sh build/image $(IMAGE_TAG)
+
+image-test: image
+	SMESH_IMAGE_TEST=1 $(VENV)/bin/pytest tests/integration/image
 
 lint: venv
 	$(VENV)/bin/ruff check src tests
