@@ -80,7 +80,7 @@ def _uninstall(args: argparse.Namespace) -> int:
                 f"--only-if-daemonset-deleted {args.only_if_daemonset_deleted!r}: "
                 "expected NAMESPACE/NAME, e.g. smesh-system/smesh-agent"
             )
-        found = cluster.read_daemonset(cluster.client(args.kubeconfig), namespace, name)
+        found = cluster.read_daemonset(args.kubeconfig, namespace, name)
         if not cluster.daemonset_going(found):
             print(
                 f"smesh-cni uninstall: DaemonSet {namespace}/{name} is still there (an "

@@ -1,25 +1,60 @@
-"""The install's reads of the cluster: a synchronous lightkube client over smesh's config.
+"""The install's reads of the cluster: GETs of API paths as JSON, over smesh's configuration.
 
-Only reads; what they mean is decided by pure functions (:mod:`.check`,
-:func:`daemonset_going`).
+Only reads, and only as plain JSON objects; what they mean is decided by pure functions
+(:mod:`.check`, :func:`daemonset_going`), which the unit tests feed with objects directly.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-from lightkube import ApiError, Client
-from lightkube.resources.apps_v1 import DaemonSet
+from lightkube.config import client_adapter
 
 from smesh.install.errors import InstallError
 from smesh.kubernetes.client import REQUEST_TIMEOUT, load_config
+from smesh.kubernetes.errors import ApiUnreachable
 
 
-def client(kubeconfig: Path | None = None) -> Client:
-    """A client from *kubeconfig*, $KUBECONFIG, ~/.kube/config or the in-cluster config."""
-    return Client(config=load_config(kubeconfig), timeout=httpx.Timeout(REQUEST_TIMEOUT))
+class Cluster:
+    """GET of API paths; a 404 is ``None``, any other failure a typed error."""
+
+    def __init__(self, kubeconfig: Path | None = None) -> None:
+        config = load_config(kubeconfig)
+        params = client_adapter.ConnectionParams(
+            timeout=httpx.Timeout(REQUEST_TIMEOUT), trust_env=False
+        )
+        self.server = config.cluster.server
+        self._http = client_adapter.Client(config, params)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get(self, path: str, **params: str) -> dict[str, Any] | None:
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"GET {path} at {self.server}: {exc!r}") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise InstallError(
+                f"GET {path}: HTTP {response.status_code}: {response.text[:300].strip()}"
+            )
+        try:
+            body = json.loads(response.content)
+        except ValueError as exc:
+            raise InstallError(f"GET {path}: not JSON: {response.text[:200]!r}") from exc
+        if not isinstance(body, dict):
+            raise InstallError(f"GET {path}: not a JSON object")
+        return body
+
+    def items(self, path: str, **params: str) -> list[dict[str, Any]]:
+        """The items of a list (one page of up to 5000: a check, not an informer)."""
+        found = self.get(path, limit="5000", **params)
+        return list((found or {}).get("items") or [])
 
 
 def daemonset_going(obj: dict[str, Any] | None) -> bool:
@@ -32,15 +67,9 @@ def daemonset_going(obj: dict[str, Any] | None) -> bool:
     return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def read_daemonset(api: Client, namespace: str, name: str) -> dict[str, Any] | None:
+def read_daemonset(kubeconfig: Path | None, namespace: str, name: str) -> dict[str, Any] | None:
+    cluster = Cluster(kubeconfig)
     try:
-        found = api.get(DaemonSet, name, namespace=namespace)
-    except ApiError as exc:
-        if exc.status.code == 404:
-            return None
-        raise InstallError(f"cannot read DaemonSet {namespace}/{name}: {exc}") from exc
-    except httpx.HTTPError as exc:
-        raise InstallError(
-            f"cannot reach the API server to read {namespace}/{name}: {exc!r}"
-        ) from exc
-    return dict(found.to_dict())
+        return cluster.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}")
+    finally:
+        cluster.close()
