@@ -7,6 +7,7 @@ Only reads, and only as plain JSON objects; what they mean is decided by pure fu
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ class Cluster:
     """GET of API paths; a 404 is ``None``, any other failure a typed error."""
 
     def __init__(self, kubeconfig: Path | None = None) -> None:
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request otherwise
         config = load_config(kubeconfig)
         params = client_adapter.ConnectionParams(
             timeout=httpx.Timeout(REQUEST_TIMEOUT), trust_env=False

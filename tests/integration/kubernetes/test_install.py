@@ -1,16 +1,25 @@
 """The install against a real API server: the rendered manifest is accepted object by object
-(server-side dry run: admission and validation run, nothing is stored)."""
+(server-side dry run: admission and validation run, nothing is stored), and `smesh install
+check` fails with a fix for each missing part, then passes once every part is there."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import secrets
 import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from smesh.lab.controlplane import DEFAULT_BIN_DIR, ControlPlane
 from tests.chartkit import MANIFEST, objects
+from tests.unit.install.test_check import root_pem
 
 KUBECTL = DEFAULT_BIN_DIR / "kubectl"
+SMESH = Path(sys.executable).parent / "smesh"
 
 
 def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None) -> str:
@@ -48,3 +57,198 @@ def test_every_object_of_the_manifest_is_accepted(
         for group in [doc["apiVersion"].rpartition("/")[0]]
     }
     assert applied == expected
+
+
+def install_check(plane: ControlPlane) -> tuple[int, list[str]]:
+    proc = subprocess.run(
+        [str(SMESH), "install", "check", "--kubeconfig", str(plane.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert not proc.stderr.strip(), proc.stderr
+    return proc.returncode, proc.stdout.splitlines()
+
+
+def status_patch(plane: ControlPlane, kind: str, name: str, status: dict[str, Any]) -> None:
+    """What a controller or kubelet would report; the bare API server runs neither."""
+    kubectl(
+        plane,
+        "patch",
+        kind,
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+        *(["-n", "smesh-system"] if kind not in ("node", "crd") else []),
+    )
+
+
+CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "authorizationpolicies.smesh.io"},
+    "spec": {
+        "group": "smesh.io",
+        "scope": "Namespaced",
+        "names": {
+            "plural": "authorizationpolicies",
+            "singular": "authorizationpolicy",
+            "kind": "AuthorizationPolicy",
+        },
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def test_install_check_fails_with_fixes_then_passes_for_what_exists(
+    control_plane: ControlPlane, install_namespace: str
+) -> None:
+    code, lines = install_check(control_plane)
+    assert code == 1
+    assert lines[0].startswith(f"ok    API server: {control_plane.server} answers, Kubernetes v1.")
+    failed = {
+        line.split(":")[0].removeprefix("FAIL  ") for line in lines if line.startswith("FAIL")
+    }
+    assert failed == {
+        "CRD authorizationpolicies.smesh.io",
+        "controller Deployment smesh-system/smesh-controller",
+        "controller Lease smesh-system/smesh-controller",
+        "trust bundle ConfigMap smesh-system/smesh-trust-bundle",
+        "agent DaemonSet smesh-system/smesh-agent",
+    }
+    assert all("; fix: " in line for line in lines if line.startswith("FAIL"))
+
+    # What an installed, working smesh leaves in the API: the manifest's objects, the CRD,
+    # and what the controller, the kubelets and the control plane report.
+    kubectl(control_plane, "apply", "-f", str(MANIFEST))
+    kubectl(control_plane, "apply", "-f", "-", stdin=json.dumps(CRD))
+    kubectl(
+        control_plane,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/authorizationpolicies.smesh.io",
+    )
+    now = dt.datetime.now(dt.UTC)
+    kubectl(
+        control_plane,
+        "-n",
+        "smesh-system",
+        "create",
+        "configmap",
+        "smesh-trust-bundle",
+        f"--from-literal=roots.pem={root_pem(now)}",
+    )
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "smesh-controller", "namespace": "smesh-system"},
+        "spec": {
+            "holderIdentity": "smesh-controller-abc",
+            "leaseDurationSeconds": 3600,
+            "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        },
+    }
+    kubectl(control_plane, "apply", "-f", "-", stdin=json.dumps(lease))
+    status_patch(
+        control_plane,
+        "deployment",
+        "smesh-controller",
+        {
+            "replicas": 2,
+            "readyReplicas": 2,
+            "availableReplicas": 2,
+            "conditions": [
+                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}
+            ],
+        },
+    )
+    node = f"install-node-{secrets.token_hex(3)}"
+    kubectl(
+        control_plane,
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}),
+    )
+    status_patch(
+        control_plane,
+        "node",
+        node,
+        {
+            "nodeInfo": {
+                "kernelVersion": "6.1.0-28-amd64",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "osImage": "",
+                "containerRuntimeVersion": "",
+                "kubeletVersion": "",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            }
+        },
+    )
+    agent = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"smesh-agent-{node}",
+            "namespace": "smesh-system",
+            "labels": {"app.kubernetes.io/name": "smesh-agent"},
+        },
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": "smesh-agent",
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "agent", "image": "smesh:0.1.0"}],
+        },
+    }
+    kubectl(control_plane, "apply", "-f", "-", stdin=json.dumps(agent))
+    status_patch(
+        control_plane,
+        "pod",
+        agent["metadata"]["name"],
+        {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    )
+    status_patch(
+        control_plane,
+        "daemonset",
+        "smesh-agent",
+        {
+            "currentNumberScheduled": 1,
+            "desiredNumberScheduled": 1,
+            "numberMisscheduled": 0,
+            "numberReady": 1,
+            "updatedNumberScheduled": 1,
+        },
+    )
+
+    code, lines = install_check(control_plane)
+    assert [line for line in lines if line.startswith("FAIL")] == []
+    assert code == 0, lines
+    assert f"ok    kernel of {node}: Linux 6.1.0-28-amd64" in lines
+    assert f"ok    agent on {node}: smesh-agent-{node} Ready (capture attached)" in lines
+    assert (
+        "ok    controller Lease smesh-system/smesh-controller: held by smesh-controller-abc"
+        in lines
+    )
