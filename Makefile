@@ -110,7 +110,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy --strict src
 
-unit: venv
+unit: venv helm
 	$(VENV)/bin/pytest tests/unit
 
 integration: setup kubernetes helm
