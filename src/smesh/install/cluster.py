@@ -14,7 +14,7 @@ from typing import Any
 import httpx2 as httpx
 from lightkube.config import client_adapter
 
-from smesh.install.errors import InstallError
+from smesh.install.errors import AccessDenied, InstallError
 from smesh.kubernetes.client import REQUEST_TIMEOUT, load_config
 from smesh.kubernetes.errors import ApiUnreachable
 
@@ -41,6 +41,10 @@ class Cluster:
             raise ApiUnreachable(f"GET {path} at {self.server}: {exc!r}") from exc
         if response.status_code == 404:
             return None
+        if response.status_code in (401, 403):
+            raise AccessDenied(
+                f"GET {path}: HTTP {response.status_code}: {response.text[:300].strip()}"
+            )
         if response.status_code >= 400:
             raise InstallError(
                 f"GET {path}: HTTP {response.status_code}: {response.text[:300].strip()}"
@@ -70,8 +74,14 @@ def daemonset_going(obj: dict[str, Any] | None) -> bool:
 
 
 def read_daemonset(kubeconfig: Path | None, namespace: str, name: str) -> dict[str, Any] | None:
+    """The DaemonSet, or ``None`` if it is gone -- or if our own access is: an uninstall
+    deletes the agent's ServiceAccount and RBAC in the same pass as the DaemonSet, usually
+    before its pods stop, so their token is refused (401) or the Role gone (403). Neither
+    happens on an upgrade or a restart, which keep both."""
     cluster = Cluster(kubeconfig)
     try:
         return cluster.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}")
+    except AccessDenied:
+        return None
     finally:
         cluster.close()

@@ -13,3 +13,7 @@ class InstallError(SmeshError):
 
 class CniConfigError(InstallError):
     """The node's CNI network configuration cannot take smesh-cni (unreadable, not a list)."""
+
+
+class AccessDenied(InstallError):
+    """The API server refused the credentials (401) or the request (403)."""

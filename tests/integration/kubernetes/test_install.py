@@ -252,3 +252,72 @@ def test_install_check_fails_with_fixes_then_passes_for_what_exists(
         "ok    controller Lease smesh-system/smesh-controller: held by smesh-controller-abc"
         in lines
     )
+
+
+def chained_dir(tmp_path: Path) -> tuple[Path, Path]:
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    conf_dir.mkdir(parents=True)
+    bin_dir.mkdir(parents=True)
+    plugins = [{"type": "bridge"}, {"type": "smesh-cni", "agentSocket": "/run/smesh/cni.sock"}]
+    (conf_dir / "10-pods.conflist").write_text(
+        json.dumps({"cniVersion": "1.0.0", "name": "pods", "plugins": plugins})
+    )
+    (bin_dir / "smesh-cni").write_text("#!/bin/sh\n")
+    return conf_dir, bin_dir
+
+
+def pre_stop(kubeconfig: Path, conf_dir: Path, bin_dir: Path) -> str:
+    """What the agent's preStop hook runs."""
+    proc = subprocess.run(
+        [
+            str(SMESH),
+            "cni",
+            "uninstall",
+            f"--conf-dir={conf_dir}",
+            f"--bin-dir={bin_dir}",
+            "--only-if-daemonset-deleted",
+            "smesh-system/smesh-agent",
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def chained(conf_dir: Path) -> bool:
+    plugins = json.loads((conf_dir / "10-pods.conflist").read_text())["plugins"]
+    return "smesh-cni" in [p["type"] for p in plugins]
+
+
+def test_the_pre_stop_removes_smesh_cni_only_when_the_daemonset_is_deleted(
+    control_plane: ControlPlane, install_namespace: str, tmp_path: Path
+) -> None:
+    kubectl(control_plane, "apply", "-f", str(MANIFEST))
+    conf_dir, bin_dir = chained_dir(tmp_path)
+    # An upgrade or a restart: the DaemonSet is there, smesh-cni stays.
+    said = pre_stop(control_plane.kubeconfig, conf_dir, bin_dir)
+    assert "is still there" in said
+    assert chained(conf_dir)
+    assert (bin_dir / "smesh-cni").exists()
+
+    # An uninstall that removed the agent's ServiceAccount first: its token is refused.
+    config = json.loads(control_plane.kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": "the-deleted-service-accounts-token"}
+    revoked = tmp_path / "revoked.kubeconfig"
+    revoked.write_text(json.dumps(config))
+    said = pre_stop(revoked, conf_dir, bin_dir)
+    assert "10-pods.conflist updated" in said
+    assert not chained(conf_dir)
+    assert not (bin_dir / "smesh-cni").exists()
+
+    # An uninstall: the DaemonSet is gone.
+    conf_dir, bin_dir = chained_dir(tmp_path / "again")
+    kubectl(control_plane, "-n", "smesh-system", "delete", "daemonset", "smesh-agent")
+    pre_stop(control_plane.kubeconfig, conf_dir, bin_dir)
+    assert not chained(conf_dir)
+    assert not (bin_dir / "smesh-cni").exists()
