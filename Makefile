@@ -19,9 +19,9 @@ BPF_OBJ := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRC))
 BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I bpf \
 	-I /usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all setup apt venv bpf kubernetes test lint typecheck unit integration demo bench clean
+.PHONY: all setup apt venv bpf kubernetes helm manifest image image-test test lint typecheck unit integration demo bench clean
 
-all: setup kubernetes
+all: setup kubernetes helm
 
 setup: apt venv bpf
 
@@ -68,6 +68,41 @@ $(K8S_BIN)/.built: k8s/go.mod k8s/go.sum
 	cd k8s && $(K8S_GO) $(GO) build $(K8S_LDFLAGS) -o $(CURDIR)/$(K8S_BIN)/etcd go.etcd.io/etcd/server/v3
 	@touch $@
 
+# Helm, for the chart in deploy/helm/smesh (its tests render it with `helm template`),
+# compiled from the Go module proxy like Kubernetes above: `go install` of the pinned
+# release into build/helm/bin. The stamp names the version, so changing it rebuilds.
+HELM_VERSION := 4.3.2
+HELM_BIN := build/helm/bin
+HELM_LDFLAGS := -trimpath -ldflags='-s -w -X helm.sh/helm/v4/internal/version.version=v$(HELM_VERSION)'
+
+helm: $(HELM_BIN)/.built-$(HELM_VERSION)
+
+$(HELM_BIN)/.built-$(HELM_VERSION):
+	@command -v $(GO) >/dev/null || { echo "make helm: Go is not installed (needs Go 1.26)" >&2; exit 1; }
+	@mkdir -p $(HELM_BIN)
+	GOBIN=$(CURDIR)/$(HELM_BIN) $(K8S_GO) $(GO) install $(HELM_LDFLAGS) helm.sh/helm/v4/cmd/helm@v$(HELM_VERSION)
+	@rm -f $(HELM_BIN)/.built-*
+	@touch $@
+
+# deploy/smesh.yaml, the chart rendered with its defaults for `kubectl apply -f` (a unit
+# test fails when it differs from what this renders: run `make manifest` after a change).
+manifest: helm
+	{ echo "# smesh: rendered by \`make manifest\` from deploy/helm/smesh with its default values; do not edit."; \
+	  $(HELM_BIN)/helm template smesh deploy/helm/smesh --namespace smesh-system --include-crds; } \
+	  > deploy/smesh.yaml.tmp && mv deploy/smesh.yaml.tmp deploy/smesh.yaml
+
+# The OCI image of smesh (agent and controller) in build/image/smesh, from Debian packages
+# (image/build.sh: mmdebstrap + umoci; no container runtime, no registry). Not part of
+# `make test`: a cold build downloads a Debian base system and takes minutes.
+IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image: setup
+	@scripts/ensure-apt mmdebstrap umoci
+	image/build.sh build/image $(IMAGE_TAG)
+
+image-test: image
+	SMESH_IMAGE_TEST=1 $(VENV)/bin/pytest tests/integration/image
+
 lint: venv
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
@@ -75,14 +110,14 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy --strict src
 
-unit: venv
+unit: venv helm
 	$(VENV)/bin/pytest tests/unit
 
-integration: setup kubernetes
+integration: setup kubernetes helm
 	$(VENV)/bin/pytest tests/integration
 
 # The test command of README.md and CI: lint, types, then every test, unit and integration.
-test: setup kubernetes lint typecheck
+test: setup kubernetes helm lint typecheck
 	$(VENV)/bin/pytest tests
 
 demo: setup
