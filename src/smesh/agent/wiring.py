@@ -191,6 +191,7 @@ class MeshWiring:
                 max_handshakes=lim.max_handshakes_per_pod,
                 max_carriers_per_peer=lim.max_carriers_per_peer,
                 max_streams_per_peer=lim.max_streams_per_peer,
+                certificate_wait=t.certificate_wait,
             ),
             windows=GrowthBudget(
                 lim.stream_window_budget_mib * 1024 * 1024,
@@ -278,6 +279,14 @@ class MeshWiring:
     def server_context(self, identity: SpiffeId) -> ssl.SSLContext:
         assert self.certs is not None
         return self.certs.server_context(identity)
+
+    def has_certificate(self, identity: SpiffeId) -> bool:
+        assert self.certs is not None
+        return self.certs.has(identity)
+
+    async def wait_certificate(self, identity: SpiffeId, timeout: float) -> None:
+        assert self.certs is not None
+        await self.certs.wait_for(identity, timeout)
 
     # -- routing and policy ----------------------------------------------------------------
 
