@@ -98,10 +98,6 @@ class PodRuntime:
         """Enrolled and holding its certificate: its connections need not wait."""
         return self.ready and self.issued
 
-    @property
-    def certificate_pending(self) -> bool:
-        return self._certifying is not None and not self._certifying.done()
-
     def after_certificate(self, callback: Callable[[], None]) -> None:
         """Call *callback* once this runtime holds its certificate use or has given up
         trying (stopped); at once if it is not waiting for one."""
@@ -123,16 +119,21 @@ class PodRuntime:
         w = self.workload
         if not self.issued and self._certifying is None and self.stage != "stopped":
             self._certifying = asyncio.create_task(self._certify(), name=f"certificate {w.key}")
+        took: dict[str, float] = {}  # where a start's time goes, for the log line
         try:
             if self.stage == "listeners":
+                started = time.monotonic()
                 listeners = await self.wiring.listen(w)
+                took["listen_ms"] = round((time.monotonic() - started) * 1000, 1)
                 if self.stage == "stopped":
                     await listeners.close()
                     return
                 self.listeners, self.stage = listeners, "capture"
             if self.stage == "capture":
                 netns, cgroup = w.sandbox()
+                started = time.monotonic()
                 capture.add_pod(w.key, w.name, cgroup, netns, ipv4=w.ipv4, ipv6=w.ipv6)
+                took["capture_ms"] = round((time.monotonic() - started) * 1000, 1)
                 self.captured = True
                 self.stage = "ready"
         except SmeshError as exc:
@@ -146,7 +147,7 @@ class PodRuntime:
             self.error = repr(exc)
             return
         self.error = None
-        log.info("pod meshed", extra=logs.fields(pod=w.key, ips=[str(ip) for ip in w.ips]))
+        log.info("pod meshed", extra=logs.fields(pod=w.key, ips=[str(ip) for ip in w.ips], **took))
 
     async def _certify(self) -> None:
         """Take a use of the pod's certificate, retrying until it comes or the pod goes.
