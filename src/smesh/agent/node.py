@@ -389,7 +389,7 @@ class Agent:
             return "not started"
         if pod.error is not None or not pod.ready:
             return pod.error or pod.stage
-        return f"no certificate yet: {pod.certificate_error or 'waiting for the signer'}"
+        return pod.certificate_error or "waiting for its certificate"
 
     def _metrics(self) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
