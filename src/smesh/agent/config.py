@@ -44,6 +44,7 @@ MIN_CERT_TTL = 60.0
 MAX_CERT_TTL = MAX_TTL.total_seconds()
 # An inbound connection waiting on the registry holds a socket (counted in the pod's cap).
 MAX_REGISTRY_LAG = 30.0
+MAX_CERTIFICATE_WAIT = 60.0
 STATE_ROOT = Path("/var/lib/smesh")  # a node's own state: /var/lib/smesh/NODE/...
 
 
@@ -199,6 +200,11 @@ class TimeoutSettings(_Section):
     # knows as another pod's) waits for the registry's next update before it is refused.
     registry_lag: Annotated[Seconds, Field(le=MAX_REGISTRY_LAG)] = Field(
         default=2.0, alias="registryLag"
+    )
+    # A pod is captured and listening before its certificate arrives; a tunnel connection
+    # that comes first waits this long for it, then is refused (never sent in plain text).
+    certificate_wait: Annotated[Seconds, Field(gt=0, le=MAX_CERTIFICATE_WAIT)] = Field(
+        default=5.0, alias="certificateWait"
     )
 
 

@@ -97,7 +97,7 @@ class InformerCollector(Collector):
 
 # The reasons of smesh_connections_turned_away_total, per direction (docs/agent.md).
 TURNED_AWAY = {
-    "outbound": ("at_cap", "accept_failed", "peer_carriers", "peer_streams"),
+    "outbound": ("at_cap", "accept_failed", "peer_carriers", "peer_streams", "no_certificate"),
     "inbound": (
         "at_cap",
         "accept_failed",
@@ -105,6 +105,7 @@ TURNED_AWAY = {
         "handshakes_total",
         "peer_carriers",
         "peer_streams",
+        "no_certificate",
     ),
 }
 
@@ -146,7 +147,9 @@ class AgentMetrics:
             "(at_cap); an accept that failed for want of descriptors or memory "
             "(accept_failed; the connection waits in the backlog and is retried); inbound "
             "connections past the handshake budget (handshakes_per_source, handshakes_total); "
-            "a peer past its share (peer_carriers, peer_streams).",
+            "a peer past its share (peer_carriers, peer_streams); a tunnel connection that "
+            "waited timeouts.certificateWait for its pod's certificate in vain "
+            "(no_certificate).",
             ["direction", "reason"],
             registry=r,
         )

@@ -2,8 +2,9 @@
 
 The agent is a reconciler: every workload snapshot says which pods of this node should be
 meshed, and the agent starts or stops :class:`~smesh.agent.pods.PodRuntime`s until what
-runs matches. A pod is captured only after its listeners and certificate are in place,
-and released (capture first) before its listeners close. A pod whose workload changes
+runs matches. A pod is captured only after its listeners are in place (its certificate
+follows; connections wait for it), and released (capture first) before its listeners
+close. A pod whose workload changes
 but stays meshed is not released: its new runtime inherits capture, and takes its
 certificate use before the old runtime gives its own up, so a signer outage cannot turn
 the change into plain text or cost the pod its cached certificate.
@@ -25,6 +26,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,7 @@ class Agent:
         self._desired: dict[str, Workload] = {}
         self._synced = False
         self._unreconciled: Snapshot | None = None  # a snapshot whose reconcile failed
+        self._reported: tuple[dict[str, Workload], dict[str, tuple[Workload, str]]] | None = None
         # Pods bound to this node whose sandbox has not come yet: their certificate, fetched
         # early so the CNI ADD does not wait for the signer (see _fetch_early).
         self._early: dict[str, asyncio.Task[Workload | None]] = {}
@@ -207,6 +210,9 @@ class Agent:
         """Tell the source which pods are meshed and which failed (CNI ADDs wait on it)."""
         meshed = {k: p.workload for k, p in self.pods.items() if p.ready}
         failed = {k: (p.workload, p.error) for k, p in self.pods.items() if p.error is not None}
+        if (meshed, failed) == self._reported:
+            return  # each pod's start reports, and so does the end of a reconcile
+        self._reported = (meshed, failed)
         try:
             self.source.reconciled(meshed, failed)
         except Exception:  # a source's bug must not stop the reconciler
@@ -238,9 +244,9 @@ class Agent:
             await asyncio.gather(
                 *(self._start(w) for k, w in self._desired.items() if k not in self.pods)
             )
-        finally:  # the new runtimes took their certificate uses first
+        finally:  # the new runtimes take their certificate uses first
             for pod in replaced:
-                pod.release_certificate()
+                self._after_certificate(pod.workload.key, pod.release_certificate)
             self._drop_early(keep=waiting)
         if not self._synced:
             self._release_leftovers()
@@ -296,13 +302,25 @@ class Agent:
 
     def _release_early(self, task: asyncio.Task[Workload | None]) -> None:
         if not task.cancelled() and (workload := task.result()) is not None:
-            self.wiring.release(workload)
+            self._after_certificate(workload.key, lambda: self.wiring.release(workload))
+
+    def _after_certificate(self, key: str, release: Callable[[], None]) -> None:
+        """Give up a use of a pod's certificate only once the pod's runtime holds its own
+        (or failed to get one): the last use gone takes the credential and its cached copy,
+        which the runtime, still waiting for the signer, would have to fetch again."""
+        pod = self.pods.get(key)
+        if pod is None:
+            release()
+        else:
+            pod.after_certificate(release)
 
     async def _start(self, workload: Workload) -> None:
         assert self.capture is not None
         pod = PodRuntime(workload, self.wiring)
         self.pods[workload.key] = pod
         await pod.start(self.capture)
+        # Its CNI ADD is answered now, not after every other pod of the snapshot started.
+        self._report()
 
     async def _retry_failed(self) -> None:
         while True:
@@ -348,8 +366,9 @@ class Agent:
     # -- admin -----------------------------------------------------------------------
 
     def ready(self) -> bool:
+        """Every pod enrolled and holding its certificate (a CNI ADD waits for less)."""
         return self._synced and all(
-            key in self.pods and self.pods[key].ready for key in self._desired
+            key in self.pods and self.pods[key].serving for key in self._desired
         )
 
     def _healthz(self) -> Response:
@@ -360,12 +379,17 @@ class Agent:
     def _ready(self) -> Response:
         if self.ready():
             return Response(200, b"ready\n")
-        waiting = [k for k in self._desired if not (k in self.pods and self.pods[k].ready)]
-        detail = "; ".join(
-            f"{k}: {self.pods[k].error or self.pods[k].stage if k in self.pods else 'not started'}"
-            for k in waiting
-        )
+        waiting = [k for k in self._desired if not (k in self.pods and self.pods[k].serving)]
+        detail = "; ".join(f"{k}: {self._not_serving(k)}" for k in waiting)
         return Response(503, f"not ready: {detail or 'no workload snapshot yet'}\n".encode())
+
+    def _not_serving(self, key: str) -> str:
+        pod = self.pods.get(key)
+        if pod is None:
+            return "not started"
+        if pod.error is not None or not pod.ready:
+            return pod.error or pod.stage
+        return pod.certificate_error or "waiting for its certificate"
 
     def _metrics(self) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")

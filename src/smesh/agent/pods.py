@@ -1,7 +1,9 @@
 """One meshed pod inside the agent: its certificate, its listeners, its capture.
 
-The order matters and is the point of this module. A pod is captured only when its
-certificate and both listeners exist, so no captured connect ever finds an empty port;
+The order matters and is the point of this module. A pod is captured only when both its
+listeners exist, so no captured connect ever finds an empty port; its certificate is
+fetched meanwhile, and a connection that comes before it waits for it (bounded by
+``timeouts.certificateWait``, then refused: fail closed, since capture is in place);
 a pod leaving the mesh is released capture-first, so the app falls back to plain
 networking before its listeners close under it. A pod whose workload changes but stays
 in the mesh keeps its capture and certificate while a new runtime replaces the old one.
@@ -12,8 +14,11 @@ retried by the agent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smesh.agent import logs
@@ -25,6 +30,9 @@ if TYPE_CHECKING:
     from smesh.agent.node import Agent
 
 log = logging.getLogger("smesh.agent")
+
+#: How often a pod whose certificate the signer did not give retries.
+CERTIFICATE_RETRY = 2.0
 
 
 class PodListeners(Protocol):
@@ -69,37 +77,63 @@ class PodRuntime:
     def __init__(self, workload: Workload, wiring: PodWiring) -> None:
         self.workload = workload
         self.wiring = wiring
-        self.stage = "certificate"
+        self.stage = "listeners"
         self.error: str | None = None
         self.expires: float | None = None
         self.listeners: PodListeners | None = None
         self.issued = False  # holds a use of its identity's certificate
+        self.certificate_error: str | None = None
         self.captured = False
         self.since = time.time()
+        self._certifying: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
 
     @property
     def ready(self) -> bool:
+        """Enrolled: captured with its listeners open (its certificate may still come)."""
         return self.stage == "ready"
 
+    @property
+    def serving(self) -> bool:
+        """Enrolled and holding its certificate: its connections need not wait."""
+        return self.ready and self.issued
+
+    def after_certificate(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once this runtime holds its certificate use or has given up
+        trying (stopped); at once if it is not waiting for one."""
+        task = self._certifying
+        if task is None or task.done():
+            callback()
+        else:
+            task.add_done_callback(lambda _task: callback())
+
     async def start(self, capture: NodeCapture) -> None:
-        """Run the remaining steps; on failure remember why (the agent retries)."""
+        """Run the remaining steps; on failure remember why (the agent retries).
+
+        The certificate is fetched beside the other steps, not before them: the signer's
+        round trip (tens of milliseconds, or an outage) would otherwise hold up the CNI
+        ADD. Capture is what keeps the pod from leaking, and it is in place before the
+        pod's apps start; connections that come before the certificate wait for it
+        (``timeouts.certificateWait``) and are refused after that, never let out plain.
+        """
         w = self.workload
+        if not self.issued and self._certifying is None and self.stage != "stopped":
+            self._certifying = asyncio.create_task(self._certify(), name=f"certificate {w.key}")
+        took: dict[str, float] = {}  # where a start's time goes, for the log line
         try:
-            if self.stage == "certificate":
-                expires = await self.wiring.issue(w)
-                if self.stage == "stopped":  # the pod went while its certificate came
-                    self.wiring.release(w)
-                    return
-                self.expires, self.issued, self.stage = expires, True, "listeners"
             if self.stage == "listeners":
+                started = time.monotonic()
                 listeners = await self.wiring.listen(w)
+                took["listen_ms"] = round((time.monotonic() - started) * 1000, 1)
                 if self.stage == "stopped":
                     await listeners.close()
                     return
                 self.listeners, self.stage = listeners, "capture"
             if self.stage == "capture":
                 netns, cgroup = w.sandbox()
+                started = time.monotonic()
                 capture.add_pod(w.key, w.name, cgroup, netns, ipv4=w.ipv4, ipv6=w.ipv6)
+                took["capture_ms"] = round((time.monotonic() - started) * 1000, 1)
                 self.captured = True
                 self.stage = "ready"
         except SmeshError as exc:
@@ -113,7 +147,37 @@ class PodRuntime:
             self.error = repr(exc)
             return
         self.error = None
-        log.info("pod meshed", extra=logs.fields(pod=w.key, ips=[str(ip) for ip in w.ips]))
+        log.info("pod meshed", extra=logs.fields(pod=w.key, ips=[str(ip) for ip in w.ips], **took))
+
+    async def _certify(self) -> None:
+        """Take a use of the pod's certificate, retrying until it comes or the pod goes.
+
+        Never cancelled: a use taken while cancelling would never be given back.
+        """
+        w = self.workload
+        while self.stage != "stopped":
+            try:
+                expires = await self.wiring.issue(w)
+            except Exception as exc:  # the signer refused or is away, or a bug: retried
+                why = str(exc) if isinstance(exc, SmeshError) else repr(exc)
+                if self.certificate_error != why:
+                    log.error(
+                        "no certificate for the pod yet (its connections wait up to "
+                        "timeouts.certificateWait, then are refused): %s; retrying every %gs",
+                        why,
+                        CERTIFICATE_RETRY,
+                        extra=logs.fields(pod=w.key),
+                        exc_info=not isinstance(exc, SmeshError),
+                    )
+                self.certificate_error = why
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), CERTIFICATE_RETRY)
+                continue
+            if self.stage == "stopped":  # the pod went while its certificate came
+                self.wiring.release(w)
+                return
+            self.expires, self.issued, self.certificate_error = expires, True, None
+            return
 
     def _failed(self, why: str) -> None:
         if self.error != why:
@@ -177,6 +241,7 @@ class PodRuntime:
             await self.listeners.close()
             self.listeners = None
         self.stage = "stopped"  # a start still under way undoes what it finishes
+        self._stopped.set()
 
     def describe(self) -> dict[str, Any]:
         w = self.workload
@@ -190,6 +255,8 @@ class PodRuntime:
             "cgroup": str(w.cgroup) if w.cgroup is not None else None,
             "stage": self.stage,
             "error": self.error,
+            "certificate": "issued" if self.issued else "pending",
+            "certificate_error": self.certificate_error,
             "certificate_expires": self.expires,
             "active_connections": self.active_connections(),
         }

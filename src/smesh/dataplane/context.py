@@ -49,6 +49,10 @@ class Limits:
     # destination pod (streams only: the pool opens carriers as streams need them).
     max_carriers_per_peer: int = 16
     max_streams_per_peer: int = 1024
+    # A pod serves before its certificate arrives; a tunnel connection (outbound from the
+    # app, inbound on the tunnel port) that comes first waits this long for it, then is
+    # refused (fail closed: never plain text).
+    certificate_wait: float = 5.0
 
     @property
     def inbound_deadline(self) -> float:
@@ -64,6 +68,14 @@ class TlsProvider(Protocol):
         ...
 
     def server_context(self, identity: SpiffeId) -> ssl.SSLContext: ...
+
+    def has_certificate(self, identity: SpiffeId) -> bool:
+        """Whether the contexts of *identity* exist now (a new pod's may not, yet)."""
+        ...
+
+    async def wait_certificate(self, identity: SpiffeId, timeout: float) -> None:
+        """Return once they do; raise CertificateNotReady after *timeout* seconds."""
+        ...
 
 
 class SocketFactory(Protocol):

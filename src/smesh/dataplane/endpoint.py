@@ -107,6 +107,7 @@ class PodEndpoint:
         self.draining = False
         self._cap_log = Throttle(TROUBLE_LOG_INTERVAL)
         self._budget_log = Throttle(TROUBLE_LOG_INTERVAL)
+        self._cert_log = Throttle(TROUBLE_LOG_INTERVAL)
         self.turned_away: dict[str, int] = {}  # by reason, for the throttled log lines
         self._accept_log = Throttle(TROUBLE_LOG_INTERVAL)
         self._sweeper: asyncio.Task[None] | None = None
@@ -309,6 +310,19 @@ class PodEndpoint:
         self._unproven.discard(tracked)
         self._connections.add(tracked)
         return None
+
+    def no_certificate(self, direction: str, why: str) -> None:
+        assert direction in ("outbound", "inbound")
+        self.services.observer.turned_away(direction, "no_certificate")
+        self.turned_away["no_certificate"] = self.turned_away.get("no_certificate", 0) + 1
+        if self._cert_log.ready():
+            log.warning(
+                "pod %s refused an %s connection: %s (%d so far)",
+                self.pod.name,
+                direction,
+                why,
+                self.turned_away["no_certificate"],
+            )
 
     def _stream_share(self, peer: ShareKey) -> str:
         limit = self._peer_streams.per_key

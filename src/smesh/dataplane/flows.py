@@ -30,6 +30,7 @@ from smesh.dataplane.splice import Splice
 from smesh.dataplane.tlsio import TlsSession
 from smesh.errors import SmeshError
 from smesh.identity.errors import IdentityError
+from smesh.identity.manager import CertificateNotReady
 from smesh.identity.tls import peer_certificate
 from smesh.tunnel import RemoteProtocolError, ServerHandshake, mux
 from smesh.tunnel.connect import authority, response
@@ -70,6 +71,27 @@ class Hooks(Protocol):
 
     def track(self, record: ConnectionRecord) -> Tracked | None:
         """An entry for a stream that arrived on a carrier (None: the pod is at its cap)."""
+
+    def no_certificate(self, direction: str, why: str) -> None:
+        """A connection waited ``timeouts.certificateWait`` for the pod's certificate in
+        vain and is refused: count it, log it (throttled)."""
+
+
+async def certificate_ready(
+    pod: PodConfig, svc: Services, record: ConnectionRecord, hooks: Hooks
+) -> bool:
+    """Wait for the pod's certificate if it has none yet (a pod is captured and listening
+    before the signer answers); False: it did not come in time, the connection is refused.
+    """
+    if svc.tls.has_certificate(pod.identity):
+        return True
+    try:
+        await svc.tls.wait_certificate(pod.identity, svc.limits.certificate_wait)
+    except CertificateNotReady as exc:
+        record.finish("refused", str(exc))
+        hooks.no_certificate(record.direction, str(exc))
+        return False
+    return True
 
 
 def _fields(record: ConnectionRecord) -> dict[str, dict[str, object]]:
@@ -122,7 +144,7 @@ def outbound(
             return None
         dst_ip = ipaddress.IPv6Address(f"{dst_ip}%{pod.link_scope}")
     carrier = None
-    if route.kind == "tunnel":
+    if route.kind == "tunnel" and svc.tls.has_certificate(pod.identity):
         assert route.identity is not None
         carrier = hooks.pool.ready(dst_ip, route.identity)
     if carrier is None:
@@ -154,6 +176,8 @@ async def _outbound_later(
             splice.start()
             return
         assert route.identity is not None
+        if not await certificate_ready(pod, svc, record, hooks):
+            return
         carrier = await hooks.pool.get(target[0], route.identity)
         _open_stream(svc, app, tracked, carrier, target)
     except ConnectFailed as exc:
@@ -209,6 +233,9 @@ async def inbound(
     record.route = "tunnel"
     local: socket.socket | None = None
     carried = False
+    if not await certificate_ready(pod, svc, record, hooks):
+        abort(conn)  # no certificate to answer with: reset, as when nothing listens
+        return
     tls = TlsSession(svc.tls.server_context(pod.identity), conn, server_side=True)
     try:
         t0 = loop.time()

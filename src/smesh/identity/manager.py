@@ -66,6 +66,14 @@ class _Entry:
     failures: int = field(default=0)
 
 
+class CertificateNotReady(IdentityError):
+    """A connection waited for its pod's certificate in vain (``timeouts.certificateWait``).
+
+    A pod is enrolled (captured, its listeners open) before its certificate arrives; its
+    first connections wait for it rather than the pod's start waiting for the signer.
+    """
+
+
 class CertificateManager:
     def __init__(
         self,
@@ -87,6 +95,10 @@ class CertificateManager:
         self._generation = 0
         self._due_now = asyncio.Event()  # a cached credential came in: try the signer at once
         self.on_renewed = on_renewed
+        # Connections waiting for an identity's first credential, and why the signer last
+        # failed to give it (for their error message).
+        self._arrived: dict[SpiffeId, asyncio.Event] = {}
+        self._last_failure: dict[SpiffeId, str] = {}
 
     # -- issuing -----------------------------------------------------------------------
 
@@ -102,9 +114,16 @@ class CertificateManager:
                 except SignerUnavailable as exc:
                     cached = await self._from_cache(identity, entry, exc)
                     if cached is None:
+                        self._last_failure[identity] = str(exc)
                         raise
                     entry, fresh = cached, False
+                except Exception as exc:
+                    self._last_failure[identity] = str(exc)
+                    raise
                 self._entries[identity] = entry
+                self._last_failure.pop(identity, None)
+                if (arrived := self._arrived.pop(identity, None)) is not None:
+                    arrived.set()
                 entry.users += 1
                 if fresh:
                     await self._keep(identity, entry)
@@ -224,6 +243,28 @@ class CertificateManager:
         return entry
 
     # -- what the data plane reads ---------------------------------------------------------
+
+    def has(self, identity: SpiffeId) -> bool:
+        """Whether *identity* has its TLS contexts now (else connections must wait)."""
+        return identity in self._entries
+
+    async def wait_for(self, identity: SpiffeId, timeout: float) -> None:
+        """Return once *identity* has a credential; CertificateNotReady after *timeout* s.
+
+        Its pod is captured and listening before the signer answers, so a connection that
+        comes first waits here instead of failing inside the TLS setup.
+        """
+        if identity in self._entries:
+            return
+        arrived = self._arrived.setdefault(identity, asyncio.Event())
+        try:
+            await asyncio.wait_for(arrived.wait(), timeout)
+        except TimeoutError:
+            why = self._last_failure.get(identity, "the signer has not answered yet")
+            raise CertificateNotReady(
+                f"no certificate for {identity} on this node after waiting {timeout:g} s "
+                f"(timeouts.certificateWait): {why}"
+            ) from None
 
     @property
     def bundle(self) -> TrustBundle:

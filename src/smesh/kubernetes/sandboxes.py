@@ -251,8 +251,14 @@ class SandboxServer:
 
     async def _add(self, sandbox: SandboxRequest, deadline: float, started: float) -> Response:
         record = await self.host.admit(sandbox, deadline)
+        admitted = time.monotonic()
         outcome = await self.host.enrolment(record, deadline)
         elapsed = time.monotonic() - started
+        # Where the time went: finding the pod and recording its sandbox, then its enrolment.
+        phases = {
+            "admit_ms": round((admitted - started) * 1000, 1),
+            "enrol_ms": round((started + elapsed - admitted) * 1000, 1),
+        }
         self.observe("add", outcome.result, elapsed)
         if outcome.result in ("meshed", "not_meshed"):
             meshed = outcome.result == "meshed"
@@ -262,6 +268,7 @@ class SandboxServer:
                 "meshed" if meshed else "not meshed",
                 elapsed * 1000,
                 f" ({outcome.message})" if outcome.message else "",
+                extra={"fields": phases},
             )
             return self._reply(
                 200, SandboxReply(pod=record.key, meshed=meshed, message=outcome.message)

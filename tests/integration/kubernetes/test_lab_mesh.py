@@ -164,7 +164,11 @@ def connections(lab: Lab, node: str) -> list[dict[str, Any]]:
 
 
 def ready(lab: Lab, *all_pods: dict[str, Any]) -> bool:
-    return all((w := meshed(lab, p)) is not None and w["stage"] == "ready" for p in all_pods)
+    """Captured, listening and holding the certificate (enrolment waits for less)."""
+    return all(
+        (w := meshed(lab, p)) is not None and w["stage"] == "ready" and w["certificate"] == "issued"
+        for p in all_pods
+    )
 
 
 def metric(lab: Lab, node: str, name: str, labels: str) -> float:

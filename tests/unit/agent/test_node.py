@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from smesh.agent import node
+from smesh.agent import node, pods
 from smesh.agent.config import AgentConfig
 from smesh.agent.node import Agent
 from smesh.agent.pods import PodRuntime
@@ -131,6 +131,7 @@ def agent_with(wiring: Wiring, tmp_path: Path, **config: Any) -> tuple[Agent, Ca
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(node, "RETRY_INTERVAL", 0.05)
+    monkeypatch.setattr(pods, "CERTIFICATE_RETRY", 0.05, raising=False)
 
 
 def test_a_pod_deleted_while_its_certificate_is_on_the_way_is_not_meshed(tmp_path: Path) -> None:
@@ -139,7 +140,11 @@ def test_a_pod_deleted_while_its_certificate_is_on_the_way_is_not_meshed(tmp_pat
 
     async def scenario() -> None:
         await agent.reconcile(Snapshot({POD.key: POD}))
-        assert agent.pods[POD.key].error == "signing service did not answer"
+        await asyncio.sleep(0.01)
+        pod = agent.pods[POD.key]
+        assert pod.certificate_error == "signing service did not answer"
+        assert pod.ready  # enrolled (captured, listening)...
+        assert not agent.ready()  # ...not yet serving
         retry = asyncio.create_task(agent._retry_failed())
         await asyncio.sleep(0.15)  # the retry now waits for the signer
         await agent.reconcile(Snapshot({}))  # the pod is deleted meanwhile
@@ -169,7 +174,7 @@ def test_an_unexpected_error_meshing_a_pod_is_logged_and_retried(
     assert agent.ready()
     assert capture.captured == {POD.key}
     [failure] = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "cannot mesh pod at step certificate" in failure.getMessage()
+    assert "no certificate for the pod yet" in failure.getMessage()
     assert failure.exc_info is not None  # with the traceback: it is a bug to report
 
 
@@ -249,7 +254,7 @@ def test_a_pinned_pod_waiting_for_its_certificate_stays_captured_until_it_leaves
 
     async def scenario() -> None:
         await agent.reconcile(Snapshot({POD.key: POD}))  # pod-2 left while no agent ran
-        assert agent.pods[POD.key].stage == "certificate"
+        assert not agent.pods[POD.key].issued
         assert capture.captured == {POD.key}  # still captured: refused, not plain text
         assert wiring.kept == [POD.key]  # pod-2's cached certificate is forgotten
         await agent.reconcile(Snapshot({}))  # pod-1 leaves the mesh before it is served
@@ -313,9 +318,9 @@ def test_a_pinned_pod_waiting_for_its_certificate_stays_captured_when_its_worklo
 
     async def scenario() -> None:
         await agent.reconcile(Snapshot({POD.key: POD}))
-        assert agent.pods[POD.key].stage == "certificate"
+        assert not agent.pods[POD.key].issued
         await agent.reconcile(Snapshot({moved.key: moved}))
-        assert agent.pods[POD.key].stage == "certificate"
+        assert not agent.pods[POD.key].issued
         assert capture.captured == {POD.key}  # still fails closed, never open
         assert capture.removed == []
         wiring.signer_down = False
@@ -424,15 +429,26 @@ def test_a_pod_of_this_node_without_a_sandbox_is_not_meshed(tmp_path: Path) -> N
     assert source.reports == [([], {}), ([POD.key], {})]
 
 
+class FailingListen(Wiring):
+    def __init__(self, *failures: BaseException) -> None:
+        super().__init__()
+        self.listen_failures = list(failures)
+
+    async def listen(self, workload: Workload) -> Listeners:
+        if self.listen_failures:
+            raise self.listen_failures.pop(0)
+        return await super().listen(workload)
+
+
 def test_the_source_is_told_which_pods_failed_and_why(tmp_path: Path) -> None:
     source = Reporting(tmp_path)
-    wiring = Wiring(SmeshError("signing service did not answer"))
+    wiring = FailingListen(SmeshError("cannot listen in the pod's namespace"))
     agent = Agent(AgentConfig(node="node-1", workloads=tmp_path), wiring, source)  # type: ignore[arg-type]
     agent.capture = Capture()  # type: ignore[assignment]
 
     async def scenario() -> None:
         await agent._reconcile_or_retry(Snapshot({POD.key: POD}))
-        assert source.reports == [([], {POD.key: "signing service did not answer"})]
+        assert source.reports == [([], {POD.key: "cannot listen in the pod's namespace"})]
         retry = asyncio.create_task(agent._retry_failed())
         try:
             while len(source.reports) < 2:
@@ -442,6 +458,31 @@ def test_the_source_is_told_which_pods_failed_and_why(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert source.reports[1] == ([POD.key], {})
+
+
+def test_a_pod_is_reported_meshed_before_its_certificate_arrives(tmp_path: Path) -> None:
+    """The CNI ADD is answered once capture and listeners are in place: the signer's
+    answer (or outage) is not on the pod's start path; its connections wait for it."""
+    source = Reporting(tmp_path)
+    wiring = Wiring(SignerUnavailable("signing service did not answer"), issue_delay=0.3)
+    agent = Agent(AgentConfig(node="node-1", workloads=tmp_path), wiring, source)  # type: ignore[arg-type]
+    capture = Capture()
+    agent.capture = capture  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        await agent._reconcile_or_retry(Snapshot({POD.key: POD}))
+        assert source.reports == [([POD.key], {})]
+        assert capture.captured == {POD.key}
+        assert wiring.certificate_users == 0
+        assert not agent.ready()  # /ready waits for the certificate too
+        for _ in range(100):
+            if agent.ready():
+                break
+            await asyncio.sleep(0.02)
+        assert agent.ready()
+        assert wiring.certificate_users == 1
+
+    asyncio.run(scenario())
 
 
 def test_a_bound_pod_gets_its_certificate_before_its_sandbox_and_gives_the_early_use_back(

@@ -29,6 +29,7 @@ from smesh.dataplane.peers import PeerGate
 from smesh.dataplane.records import ConnectionRecord
 from smesh.identity import tls
 from smesh.identity.ca import CertificateAuthority
+from smesh.identity.manager import CertificateNotReady
 from smesh.identity.spiffe import SpiffeId
 from smesh.policy import Decision, DestinationWorkload, Policy, decide
 from smesh.tunnel.window import GrowthBudget
@@ -87,14 +88,29 @@ class HostSockets:
 
 
 class StaticTls:
+    """Fixed contexts; an identity in *withheld* has none yet (its signer has not answered)."""
+
     def __init__(self, contexts: dict[SpiffeId, tuple[ssl.SSLContext, ssl.SSLContext]]) -> None:
         self.contexts = contexts
+        self.withheld: set[SpiffeId] = set()
 
     def client_context(self, identity: SpiffeId) -> tuple[ssl.SSLContext, int]:
+        assert identity not in self.withheld, f"{identity}'s contexts taken before they came"
         return self.contexts[identity][1], 1
 
     def server_context(self, identity: SpiffeId) -> ssl.SSLContext:
+        assert identity not in self.withheld, f"{identity}'s contexts taken before they came"
         return self.contexts[identity][0]
+
+    def has_certificate(self, identity: SpiffeId) -> bool:
+        return identity in self.contexts and identity not in self.withheld
+
+    async def wait_certificate(self, identity: SpiffeId, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.has_certificate(identity):
+            if asyncio.get_running_loop().time() >= deadline:
+                raise CertificateNotReady(f"no certificate for {identity} after {timeout:g} s")
+            await asyncio.sleep(0.01)
 
 
 @dataclass

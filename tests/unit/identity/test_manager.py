@@ -6,9 +6,17 @@ import asyncio
 import datetime as dt
 import threading
 
+import pytest
+
 from smesh.identity.bundle import TrustBundle
 from smesh.identity.ca import CertificateAuthority
-from smesh.identity.manager import CertificateManager, next_wakeup, renewal_time
+from smesh.identity.errors import SignerUnavailable
+from smesh.identity.manager import (
+    CertificateManager,
+    CertificateNotReady,
+    next_wakeup,
+    renewal_time,
+)
 from smesh.identity.signer import (
     CertificateSource,
     IssuedCertificate,
@@ -168,5 +176,50 @@ def test_an_unexpected_renewal_error_is_retried_not_the_end_of_renewals(
         now[0] += 60
         assert await manager.renew_due() == [POD1]
         assert manager.credential(POD1).serial != first.serial
+
+    asyncio.run(scenario())
+
+
+class Refusing:
+    """A signer that is away (SignerUnavailable) until the test lets it answer."""
+
+    def __init__(self, inner: CertificateSource) -> None:
+        self.inner = inner
+        self.away = True
+
+    def sign(self, csr_pem: bytes) -> IssuedCertificate:
+        if self.away:
+            raise SignerUnavailable("signing service at /x.sock did not answer")
+        return self.inner.sign(csr_pem)
+
+    def bundle(self) -> TrustBundle:
+        return self.inner.bundle()
+
+
+def test_a_connection_waits_for_the_first_certificate_or_is_told_why_not(
+    ca: CertificateAuthority,
+) -> None:
+    signer = LocalSigner(ca, StaticEntitlements({"node-1": [POD1]}), ttl=dt.timedelta(hours=2))
+    source = Refusing(signer.for_node("node-1"))
+    manager = CertificateManager(source)
+
+    async def scenario() -> None:
+        assert not manager.has(POD1)
+        with pytest.raises(SignerUnavailable):
+            await manager.acquire(POD1)
+        with pytest.raises(CertificateNotReady) as refused:
+            await manager.wait_for(POD1, 0.05)
+        message = str(refused.value)
+        assert "timeouts.certificateWait" in message
+        assert "after waiting 0.05 s" in message
+        assert "signing service at /x.sock did not answer" in message  # the signer's last word
+        waiting = asyncio.create_task(manager.wait_for(POD1, 5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        source.away = False
+        await manager.acquire(POD1)
+        await asyncio.wait_for(waiting, 1)  # woken by the certificate, not the timeout
+        assert manager.has(POD1)
+        await manager.wait_for(POD1, 0)  # held: no wait at all
 
     asyncio.run(scenario())
