@@ -1,4 +1,4 @@
-"""Helpers for the CSR API tests: RBAC from deploy/, pod-bound tokens, controller processes."""
+"""Helpers for the CSR API tests: the chart's RBAC, pod-bound tokens, controller processes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lightkube import AsyncClient
@@ -28,7 +29,15 @@ from tests.integration.kubernetes.kubekit import admin
 from tests.integration.labkit import SMESH
 
 REPO = Path(__file__).resolve().parents[3]
-RBAC = REPO / "deploy" / "rbac-csr.yaml"
+MANIFEST = REPO / "deploy" / "smesh.yaml"
+ACCESS_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+}
 NS = "smesh-system"
 WAIT = 30.0  # every answer takes milliseconds; this bounds only a broken run
 T = TypeVar("T")
@@ -47,14 +56,25 @@ def api(plane: ControlPlane, step: Callable[[AsyncClient], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def kubectl(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    plane: ControlPlane, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(plane.bin_dir / "kubectl"), "--kubeconfig", str(plane.kubeconfig), *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def access_objects() -> str:
+    """The install's namespace, ServiceAccounts and RBAC from the rendered chart (nothing else:
+    these tests run the controller as a process and the agent pod as a bare object)."""
+    documents = yaml.safe_load_all(MANIFEST.read_text())
+    chosen = [d for d in documents if d and d.get("kind") in ACCESS_KINDS]
+    return yaml.safe_dump_all(chosen)
 
 
 def system_pod(name: str, namespace: str, node: str, account: str) -> Pod:

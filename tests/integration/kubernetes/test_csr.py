@@ -1,8 +1,8 @@
 """Certificates through the CSR API against a real kube-apiserver: `smesh controller` decides.
 
-The RBAC is deploy/rbac-csr.yaml applied with kubectl; the agent pod is a Pod object bound to
-node-1 and marked Running (no kubelet needed), and its token is a real pod-bound token from the
-TokenRequest API, so the API server itself writes who asked into each CSR.
+The RBAC is the chart's (from deploy/smesh.yaml) applied with kubectl; the agent pod is a Pod
+object bound to node-1 and marked Running (no kubelet needed), and its token is a real
+pod-bound token from the TokenRequest API, so the API server itself writes who asked into each CSR.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Cluster:
 def cluster(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Cluster:
     plane = control_plane
     directory = tmp_path_factory.mktemp("csr")
-    applied = csrkit.kubectl(plane, "apply", "-f", str(csrkit.RBAC))
+    applied = csrkit.kubectl(plane, "apply", "-f", "-", stdin=csrkit.access_objects())
     assert applied.returncode == 0, applied.stderr
     init = subprocess.run(
         [*SMESH, "ca", "init", "--kubeconfig", str(plane.kubeconfig), "--trust-domain", TD],

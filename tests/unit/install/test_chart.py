@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from smesh.agent.config import IdentitySettings, load
+from smesh.agent.config import load
 from tests.chartkit import MANIFEST, MANIFEST_HEADER, find, objects, template
 
 
@@ -20,10 +20,6 @@ def load_agent_config(text: str, tmp_path: Path) -> Any:
     it with the pod's `--set node=$(NODE_NAME)`."""
     data = yaml.safe_load(text)
     assert data["identity"]["source"] == "kubernetes"
-    if "source" not in IdentitySettings.model_fields:
-        # identity.source arrives with the CSR branch (issue 20, part A); until it is
-        # merged this loader does not know the key, and everything else is still checked.
-        del data["identity"]["source"]
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(data))
     return load(path, ["node=node-1"], environ={})
@@ -141,7 +137,7 @@ def test_rbac_is_least_privilege() -> None:
         "apiGroups": [""],
         "resources": ["secrets"],
         "resourceNames": ["smesh-ca"],
-        "verbs": ["get", "watch"],
+        "verbs": ["get", "list", "watch"],
     }
     (signers,) = grants(controller, "signers")
     assert signers["resourceNames"] == ["smesh.io/workload-identity"]
