@@ -96,7 +96,7 @@ def cluster(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactor
             ClusterRoleBinding(
                 metadata=ObjectMeta(name="test-rogue-csr"),
                 roleRef=RoleRef(
-                    apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name="smesh-agent-csr"
+                    apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name="smesh-agent"
                 ),
                 subjects=[Subject(kind="ServiceAccount", name="rogue", namespace=SHOP)],
             )
