@@ -60,7 +60,8 @@ def test_the_agent_daemonset() -> None:
     assert ds["metadata"]["namespace"] == "smesh-system"
     assert ds["spec"]["updateStrategy"] == {
         "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        # No surge until an agent can take a node over from a running one (issue 19).
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
     }
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
