@@ -11,7 +11,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import struct
 from typing import TYPE_CHECKING
 
 from smesh.agent import logs
@@ -33,7 +32,7 @@ from smesh.identity.manager import CertificateManager
 from smesh.identity.service import SignerClient
 from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSigner
 from smesh.identity.spiffe import SpiffeId
-from smesh.linux.netns import Namespace, NamespaceHandles
+from smesh.linux.netns import Namespace, NamespaceHandles, single_link
 from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
 from smesh.tunnel.window import GrowthBudget, HeldBudget
 
@@ -106,44 +105,6 @@ def binding_refusal(
     return PeerRefusal(
         "identity_mismatch", f"{address} is pod {workload.key}, whose identity is {expected}"
     )
-
-
-_NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
-_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
-_RTM_GETLINK, _RTM_NEWLINK, _NLMSG_DONE, _NLMSG_ERROR = 18, 16, 3, 2
-_NLM_F_REQUEST_DUMP = 0x1 | 0x300
-_ARPHRD_LOOPBACK = 772
-
-
-def link_scope(ns: Namespace) -> int:
-    """The index of the pod's one interface besides loopback; 0 if it has more or none.
-
-    The link its IPv6 link-local neighbours are on. Asked of the kernel over a netlink
-    socket made in the pod's namespace (RTM_GETLINK), on the event loop's own thread:
-    ``netns.single_link`` starts a thread per call and blocks the loop until it is
-    scheduled, which under load held every other pod's CNI ADD up (a profile of a
-    50-pod scale-up: more than half of the agent's time in a pod's start).
-    """
-    with ns.socket(socket.AF_NETLINK, socket.SOCK_RAW) as sock:
-        request = _NLMSG.pack(_NLMSG.size + _IFINFO.size, _RTM_GETLINK, _NLM_F_REQUEST_DUMP, 1, 0)
-        sock.send(request + _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
-        links: list[int] = []
-        while True:
-            data = sock.recv(65536)
-            offset = 0
-            while offset + _NLMSG.size <= len(data):
-                length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
-                if kind == _NLMSG_DONE:
-                    return links[0] if len(links) == 1 else 0
-                if kind == _NLMSG_ERROR:
-                    raise OSError(f"RTM_GETLINK in {ns.name} failed")
-                if kind == _RTM_NEWLINK:
-                    _family, arphrd, index, _f, _c = _IFINFO.unpack_from(data, offset + _NLMSG.size)
-                    if arphrd != _ARPHRD_LOOPBACK:
-                        links.append(index)
-                if length < _NLMSG.size:
-                    raise OSError(f"RTM_GETLINK in {ns.name}: a malformed answer")
-                offset += (length + 3) & ~3
 
 
 def workload_source(config: AgentConfig, metrics: AgentMetrics) -> WorkloadSource:
@@ -405,7 +366,7 @@ class MeshWiring:
             outbound = [self._listener(ns, "127.0.0.1", ports.outbound, opened)]
             outbound.append(self._listener(ns, "::1", ports.outbound, opened))
             inbound = [self._listener(ns, str(ip), ports.inbound, opened) for ip in workload.ips]
-            scope = link_scope(ns)  # for IPv6 link-local passthrough
+            scope = single_link(ns)  # for IPv6 link-local passthrough
         except (OSError, SmeshError) as exc:
             for sock in opened:
                 sock.close()

@@ -94,7 +94,8 @@ def cgroup_id(path: Path) -> int:
 
 def netns_cookie(name: str) -> int:
     """The kernel's cookie of network namespace *name* (what bpf_get_netns_cookie returns)."""
-    with netns.socket_in(name, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    # A held namespace, not socket_in: no thread per pod start (this runs on the agent's loop).
+    with netns.Namespace(name) as ns, ns.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
         except OSError as exc:

@@ -97,12 +97,14 @@ def write_sysctl(name: str, key: str, value: str) -> None:
     run_in(name, lambda: path.write_text(value))
 
 
-def single_link(name: str) -> int:
-    """The index of namespace *name*'s one interface besides loopback; 0 if it has more or none.
+def single_link(ns: Namespace) -> int:
+    """The index of the namespace's one interface besides loopback; 0 if it has more or none.
 
     A pod has one (its veth, ``eth0``): the link its IPv6 link-local neighbours are on.
+    Asked on the calling thread (:meth:`Namespace.run`): a thread per pod start would block
+    an agent's event loop until it was scheduled, which held other pods' CNI ADDs up.
     """
-    links = [index for index, ifname in run_in(name, socket.if_nameindex) if ifname != "lo"]
+    links = [index for index, ifname in ns.run(socket.if_nameindex) if ifname != "lo"]
     return links[0] if len(links) == 1 else 0
 
 
@@ -126,11 +128,15 @@ class Namespace(Closing):
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
     def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        return self.run(lambda: socket.socket(family, kind))
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """*fn*'s result, called with this thread in the namespace (for what opens a socket)."""
         if _libc.setns(self._fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise LinuxError(f"cannot enter network namespace {self.name!r}: {os.strerror(err)}")
         try:
-            return socket.socket(family, kind)
+            return fn()
         finally:
             if _libc.setns(self._home, CLONE_NEWNET) != 0:  # pragma: no cover - kernel bug only
                 raise LinuxError("cannot return to the agent's own network namespace")

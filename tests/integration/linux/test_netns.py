@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -43,3 +44,18 @@ def test_handles_follow_a_pod_into_a_new_namespace_and_close_what_they_drop(lab:
         handles.release("default/pod-1")
         with pytest.raises(LinuxError, match="cannot enter"):
             new.socket()
+
+
+def test_single_link_names_a_pods_veth_on_the_calling_thread(lab: Lab) -> None:
+    """The link IPv6 link-local passthrough is scoped to: the pod's one interface besides lo,
+    found without a thread (the agent asks on its event loop at every pod start)."""
+    pod = lab.pod("pod-1")
+    home = os.readlink("/proc/thread-self/ns/net")
+    inside = netns.run_in(pod["netns"], socket.if_nameindex)
+    (expected,) = [index for index, name in inside if name != "lo"]
+    with netns.Namespace(pod["netns"]) as ns:
+        assert netns.single_link(ns) == expected
+        assert os.readlink("/proc/thread-self/ns/net") == home
+    with netns.Namespace("/proc/self/ns/net") as ns:  # this process's own namespace
+        host = [index for index, name in socket.if_nameindex() if name != "lo"]
+        assert netns.single_link(ns) == (host[0] if len(host) == 1 else 0)
