@@ -92,13 +92,21 @@ manifest: helm
 	  > deploy/smesh.yaml.tmp && mv deploy/smesh.yaml.tmp deploy/smesh.yaml
 
 # The OCI image of smesh (agent and controller) in build/image/smesh, from Debian packages
-# (image/build.sh: mmdebstrap + umoci; no container runtime, no registry). Not part of
-# `make test`: a cold build downloads a Debian base system and takes minutes.
+# (image/build.sh: mmdebstrap + umoci; no container runtime, no registry). `make test` checks
+# it (tests/integration/image), so it is rebuilt when smesh's code, its BPF objects or the
+# build script change: a cold build downloads a Debian base system (about 2 minutes here).
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_STAMP := build/image/.built-$(IMAGE_TAG)
+IMAGE_INPUTS := image/build.sh pyproject.toml $(VENV)/.installed $(BPF_OBJ) \
+	$(shell find src/smesh -name '*.py' -not -path '*/__pycache__/*')
 
-image: setup
+image: $(IMAGE_STAMP)
+
+$(IMAGE_STAMP): $(IMAGE_INPUTS)
 	@scripts/ensure-apt mmdebstrap umoci
 	image/build.sh build/image $(IMAGE_TAG)
+	@rm -f build/image/.built-*
+	@touch $@
 
 image-test: image
 	SMESH_IMAGE_TEST=1 $(VENV)/bin/pytest tests/integration/image
@@ -113,11 +121,11 @@ typecheck: venv
 unit: venv helm
 	$(VENV)/bin/pytest tests/unit
 
-integration: setup kubernetes helm
+integration: setup kubernetes helm image
 	$(VENV)/bin/pytest tests/integration
 
 # The test command of README.md and CI: lint, types, then every test, unit and integration.
-test: setup kubernetes helm lint typecheck
+test: setup kubernetes helm image lint typecheck
 	$(VENV)/bin/pytest tests
 
 demo: setup
