@@ -110,7 +110,11 @@ def node_root(lab: str, node: str) -> Path:
 
 def host_path(root: Path, path: str) -> str:
     """*path* as node *root* sees it: under :data:`NODE_LOCAL_PATHS` it is the node's own
-    copy, anything else is the machine's."""
+    copy, anything else is the machine's. The labs' own state (``/run/smesh/labs``, where
+    the lab writes e.g. host-local's lease directory into the network) is the machine's."""
+    labs = str(state.STATE_ROOT)
+    if path == labs or path.startswith(labs + "/"):
+        return path
     for local in NODE_LOCAL_PATHS:
         if path == local or path.startswith(local + "/"):
             return str(root) + path

@@ -200,7 +200,8 @@ def test_node_local_host_paths_are_the_nodes_own(tmp_path: Path) -> None:
     assert host_path(root, "/run/smesh/cni.sock") == f"{root}/run/smesh/cni.sock"
     assert host_path(root, "/var/lib/smesh") == f"{root}/var/lib/smesh"
     assert host_path(root, "/opt/cni/bin/smesh-cni") == f"{root}/opt/cni/bin/smesh-cni"
-    for shared in ("/sys/fs/bpf", "/sys/fs/cgroup", "/run/netns", "/proc", "/run/smesh2"):
+    shared_paths = ("/sys/fs/bpf", "/sys/fs/cgroup", "/run/netns", "/proc", "/run/smesh2")
+    for shared in (*shared_paths, "/run/smesh/labs/x/nodes/node-1/cni/ipam"):
         assert host_path(root, shared) == shared
     p = pod(
         Volume(name="run", hostPath=HostPathVolumeSource(path="/run/smesh")),
