@@ -31,6 +31,7 @@ from lightkube.resources.core_v1 import Pod
 
 from smesh.kubernetes.errors import ApiStatusError
 from smesh.lab import kubelet_volumes as v
+from smesh.lab.kubepaths import host_path
 
 UID = "0a1b2c3d-0000-4000-8000-000000000001"
 
@@ -193,8 +194,6 @@ def test_a_mount_never_hides_the_source_of_another() -> None:
 
 
 def test_node_local_host_paths_are_the_nodes_own(tmp_path: Path) -> None:
-    from smesh.lab.kubepaths import host_path
-
     root = tmp_path / "root"
     assert host_path(root, "/etc/cni/net.d") == f"{root}/etc/cni/net.d"
     assert host_path(root, "/run/smesh/cni.sock") == f"{root}/run/smesh/cni.sock"
