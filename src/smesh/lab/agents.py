@@ -155,6 +155,16 @@ def health(node: Node, process: state.Process | None) -> str:
     return "ready" if reply.status == 200 else "starting"
 
 
+def pod_health(node: Node) -> str:
+    """The health of a node's agent pod (a lab installed from the chart: the agent is the
+    DaemonSet's pod, not a lab process): ``ready`` or ``starting``, from its admin port."""
+    try:
+        reply = client.get("127.0.0.1", ADMIN_PORT, "/ready", netns=node.netns, timeout=1.0)
+    except client.AdminUnreachable:
+        return "starting"
+    return "ready" if reply.status == 200 else "starting"
+
+
 def wait_ready(topo: Topology, node: Node, process: state.Process, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

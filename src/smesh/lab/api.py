@@ -240,9 +240,10 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     lab, topo = load(name)
     root = cgroups.v2_root()
     nodes = []
+    chart = lab.settings.get("install") == "chart"
     for node in topo.nodes:
         agent = lab.agents.get(node.name)
-        health = agents.health(node, agent)
+        health = agents.pod_health(node) if chart else agents.health(node, agent)
         nodes.append(
             {
                 "name": node.name,
@@ -273,6 +274,7 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     ]
     doc: dict[str, Any] = {"name": topo.name, "mesh": topo.mesh, "nodes": nodes, "pods": pods}
     doc["kubernetes"] = topo.kubernetes
+    doc["install"] = "chart" if chart else "lab"
     if topo.kubernetes:
         from smesh.lab import kubelab, kubepaths  # noqa: PLC0415
 

@@ -23,7 +23,14 @@ from cryptography import x509
 from smesh.capture import libbpf, pins
 from smesh.lab import kubepaths, state
 from smesh.linux import cgroups, netns
-from tests.integration.kubernetes.clusterkit import kubectl, kubernetes_lab, pods, running, wait_for
+from tests.integration.kubernetes.clusterkit import (
+    kubectl,
+    kubernetes_lab,
+    pods,
+    running,
+    sandbox_of,
+    wait_for,
+)
 from tests.integration.labkit import SMESH, Lab, smesh
 
 MARKER = f"smi{secrets.token_hex(6)}"
@@ -143,9 +150,18 @@ def test_the_chart_runs_the_agents_and_the_controller_as_pods(cluster: Lab) -> N
         root = kubepaths.node_root(cluster.name, node)
         assert (root / "run/smesh/cni.sock").is_socket()
         assert (kubepaths.node_cni_bin_dir(cluster.name, node) / "smesh-cni").is_file()
+    doc = json.loads(smesh("lab", "status", "--name", cluster.name, "--json").stdout)
+    assert doc["install"] == "chart"
+    assert [n["agent_health"] for n in doc["nodes"]] == ["ready", "ready"]
     for pod in controllers:
         assert pod["spec"]["securityContext"]["runAsUser"] == 65532
         assert pod["status"]["containerStatuses"][0]["ready"] is True
+        # the controller really runs as 65532 from the checkout's .venv
+        pid = sandbox_of(cluster, pod)["containers"]["controller"]["pid"]
+        status = Path(f"/proc/{pid}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        assert uids[1:] == ["65532"] * 4
+        assert "controller" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
 
 
 def test_deployments_talk_over_mutual_tls_with_certificates_from_csrs(cluster: Lab) -> None:
