@@ -1091,7 +1091,7 @@ class Kubelet:
                 call = cni_call(sandbox)
                 prev = sandbox.cni_result or None
                 await cni.delete(self.network(), call, self.cni_path, os.environ, prev)
-            except cni.CniError as exc:
+            except LabError as exc:  # a plugin's error, or no network configuration to read
                 log.warning("pod %s/%s: CNI DEL: %s", sandbox.namespace, sandbox.name, exc)
             if netns.exists(sandbox.netns):
                 with contextlib.suppress(LinuxError):
