@@ -35,6 +35,14 @@ def configure(lab: argparse.ArgumentParser) -> None:
         metavar="POD=NS/SA",
         help="a pod's Kubernetes namespace and service account (default: default/POD)",
     )
+    up.add_argument(
+        "--install",
+        choices=["lab", "chart"],
+        default="lab",
+        help="with --kubernetes: how smesh gets into the lab: lab (default: agents as lab "
+        "processes, the lab's signer) or chart (the Helm chart applied with kubectl: agent "
+        "DaemonSet, controller, certificates through CSRs)",
+    )
     up.add_argument("--policy", type=Path, help="authorization policy file for the agents")
     up.add_argument(
         "--agent-set",
@@ -146,6 +154,7 @@ def _up(args: argparse.Namespace) -> int:
         policy=args.policy,
         agent_overrides=args.agent_set,
         kubernetes=args.kubernetes,
+        install=args.install,
     )
     mode = "mesh on" if topo.mesh else "mesh off (--no-mesh)"
     if topo.kubernetes:

@@ -155,6 +155,18 @@ def health(node: Node, process: state.Process | None) -> str:
     return "ready" if reply.status == 200 else "starting"
 
 
+def pod_health(node: Node) -> str:
+    """The health of a node's agent pod (a lab installed from the chart: the agent is the
+    DaemonSet's pod, not a lab process): ``ready`` or ``starting``, by the pod's readiness
+    probe (``/healthz``: capture attached, hand-off socket open). Not ``/ready``, which also
+    waits for every pod's certificate, so it flips while new pods start."""
+    try:
+        reply = client.get("127.0.0.1", ADMIN_PORT, "/healthz", netns=node.netns, timeout=2.0)
+    except client.AdminUnreachable:
+        return "starting"
+    return "ready" if reply.status == 200 else "starting"
+
+
 def wait_ready(topo: Topology, node: Node, process: state.Process, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

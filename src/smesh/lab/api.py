@@ -53,12 +53,25 @@ def up(
     policy: Path | None = None,
     agent_overrides: Sequence[str] = (),
     kubernetes: bool = False,
+    install: str = "lab",
 ) -> Topology:
     """Build lab *name*; on any failure remove what was built and re-raise.
 
     With *kubernetes* the lab is a cluster: a control plane in ``NAME.control``, a kubelet per
     node, and no static pods (*pods_per_node* is ignored): pods come from the API server.
+    *install* says how the mesh gets there: ``lab`` (agents as lab processes, the lab's
+    signer) or ``chart`` (Kubernetes labs: smesh installed from its Helm chart, the agents and
+    the controller run as pods; :mod:`smesh.lab.install`).
     """
+    if install not in {"lab", "chart"}:
+        raise InvalidLabSpec(f"--install {install!r}: choose lab or chart")
+    if install == "chart" and not (kubernetes and mesh):
+        raise InvalidLabSpec("--install chart needs --kubernetes and the mesh (no --no-mesh)")
+    if install == "chart" and (policy is not None or agent_overrides):
+        raise InvalidLabSpec(
+            "--policy and --agent-set configure lab-process agents; with --install chart "
+            "use AuthorizationPolicy objects and the chart's values"
+        )
     if kubernetes and identities:
         raise InvalidLabSpec(
             "--identity names static pods; a --kubernetes lab has none (pods come from the API)"
@@ -83,7 +96,7 @@ def up(
             pods_per_node=pods_per_node,
             mesh=mesh,
             identities={p: [n, s] for p, n, s in parsed},
-            settings={"agent_overrides": list(agent_overrides)},
+            settings={"agent_overrides": list(agent_overrides), "install": install},
             kubernetes=kubernetes,
         )
         state.save(lab)
@@ -94,10 +107,14 @@ def up(
                 from smesh.lab import kubelab  # noqa: PLC0415 - only for Kubernetes labs
 
                 kubelab.start_control_plane(lab, topo, cgroup_root)
-            if mesh:
+            if mesh and install == "lab":
                 _start_mesh(lab, topo, cgroup_root, policy)
             if kubernetes:
                 kubelab.start_kubelets(lab, topo, cgroup_root)
+            if install == "chart":
+                from smesh.lab import install as chart  # noqa: PLC0415
+
+                chart.install(topo, cgroup_root)
             lab.phase = "up"
             state.save(lab)
         except BaseException:
@@ -223,9 +240,10 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     lab, topo = load(name)
     root = cgroups.v2_root()
     nodes = []
+    chart = lab.settings.get("install") == "chart"
     for node in topo.nodes:
         agent = lab.agents.get(node.name)
-        health = agents.health(node, agent)
+        health = agents.pod_health(node) if chart else agents.health(node, agent)
         nodes.append(
             {
                 "name": node.name,
@@ -256,6 +274,7 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     ]
     doc: dict[str, Any] = {"name": topo.name, "mesh": topo.mesh, "nodes": nodes, "pods": pods}
     doc["kubernetes"] = topo.kubernetes
+    doc["install"] = "chart" if chart else "lab"
     if topo.kubernetes:
         from smesh.lab import kubelab, kubepaths  # noqa: PLC0415
 

@@ -27,8 +27,20 @@ def smesh_cni_binary() -> Path:
     return Path(sys.prefix) / "bin" / "smesh-cni"
 
 
-def write_networks(topo: Topology) -> None:
-    """CNI_PATH and each node's network list (smesh-cni chained in when the mesh is on)."""
+def write_networks(topo: Topology, *, chart: bool = False) -> None:
+    """CNI_PATH and each node's network list (smesh-cni chained in when the mesh is on).
+
+    With *chart* each node's own CNI directories (its node root) get the plain network
+    (bridge + host-local) and Debian's plugins: the agent DaemonSet's CNI installer chains
+    smesh-cni into them, as on a real node."""
+    if chart:
+        for node in topo.nodes:
+            cni.link_plugins(kubepaths.node_cni_bin_dir(topo.name, node.name), None)
+            network = cni.conflist(node, kubepaths.ipam_dir(topo.name, node.name), None)
+            path = kubepaths.node_cni_conf_dir(topo.name, node.name) / kubepaths.CONFLIST_NAME
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(network, indent=2))
+        return
     meshed = agents.meshed_through_api(topo)
     cni.link_plugins(kubepaths.cni_bin_dir(topo.name), smesh_cni_binary() if meshed else None)
     for node in topo.nodes:
@@ -41,7 +53,12 @@ def write_networks(topo: Topology) -> None:
 
 def start_control_plane(lab: state.LabState, topo: Topology, cgroup_root: Path) -> None:
     cluster.start(lab, topo, cgroup_root)
-    write_networks(topo)
+    write_networks(topo, chart=installs_chart(lab))
+
+
+def installs_chart(lab: state.LabState) -> bool:
+    """Whether smesh is installed into the lab from the Helm chart (``--install chart``)."""
+    return lab.settings.get("install") == "chart"
 
 
 def start_kubelets(lab: state.LabState, topo: Topology, cgroup_root: Path) -> None:

@@ -61,6 +61,8 @@ from smesh.lab.kubelet_status import (
     WAITING,
     ContainerRecord,
     crashes_after_exit,
+    init_done,
+    init_policy,
     now_micro,
     now_rfc3339,
     phase,
@@ -322,6 +324,13 @@ class PodWorker:
         return list(self.pod.spec.containers) if self.pod.spec else []
 
     @property
+    def init_specs(self) -> list[Container]:
+        return list(self.pod.spec.initContainers or []) if self.pod.spec else []
+
+    def _spec(self, name: str) -> Container | None:
+        return next((c for c in [*self.init_specs, *self.specs] if c.name == name), None)
+
+    @property
     def policy(self) -> str:
         return (self.pod.spec.restartPolicy if self.pod.spec else None) or "Always"
 
@@ -434,7 +443,10 @@ class PodWorker:
             cgroup=str(kubelet.cgroup_mount / str(relative).lstrip("/")),
             host_network=self.host_network,
             created_at=now_rfc3339(),
-            containers={c.name: ContainerRecord(c.name, c.image or "") for c in self.specs},
+            containers={
+                c.name: ContainerRecord(c.name, c.image or "")
+                for c in [*self.init_specs, *self.specs]
+            },
         )
         self.sandbox = sandbox
         sandbox.save(self.directory)  # first: whatever follows, a restart finds it
@@ -447,7 +459,8 @@ class PodWorker:
                 netns.write_sysctl(sandbox.netns, key, "0")
             iproute.ip("link", "set", "lo", "up", netns=sandbox.netns)
             call = cni_call(sandbox)
-            result = await cni.add(kubelet.network, call, kubelet.cni_path, os.environ)
+            network = kubelet.network()
+            result = await cni.add(network, call, kubelet.cni_path, os.environ)
             sandbox.cni_result = result
             sandbox.ips = cni.result_ips(result)
         sandbox.ready = True
@@ -473,7 +486,11 @@ class PodWorker:
         try:
             if not self.volumes_ready:
                 await volumes.write_volumes(
-                    self.pod, self.directory, kubelet.writer.get, kubelet.node.name
+                    self.pod,
+                    self.directory,
+                    kubelet.writer.get,
+                    kubelet.node.name,
+                    kubelet.node_root,
                 )
                 self.env_objects = await self._env_objects()
                 self.tokens = dict.fromkeys(volumes.token_sources(self.pod), 0.0)
@@ -526,12 +543,35 @@ class PodWorker:
             for c in self.specs
         ]
 
+    def _init_records(self) -> list[ContainerRecord]:
+        if self.sandbox is None:
+            return [ContainerRecord(c.name, c.image or "") for c in self.init_specs]
+        return [
+            self.sandbox.containers.setdefault(c.name, ContainerRecord(c.name, c.image or ""))
+            for c in self.init_specs
+        ]
+
     def _start_due(self) -> float | None:
-        """Start every container that should run now; the seconds until the next is due."""
+        """Start every container that should run now; the seconds until the next is due.
+
+        Init containers first, one at a time, each to success; then the containers."""
         loop = asyncio.get_running_loop()
         timeout: float | None = None
         assert self.sandbox is not None
         if self.sandbox.released:
+            return None
+        for spec, record in zip(self.init_specs, self._init_records(), strict=True):
+            if init_done(record):
+                continue
+            if record.state == RUNNING or spec.name in self.broken:
+                return None  # its exit wakes the worker
+            if record.state == TERMINATED:  # failed, and restartPolicy Never: the pod failed
+                return None
+            due = self.next_start.get(spec.name, 0.0) - loop.time()
+            if due > 0:
+                return due
+            self._start(spec, record)
+            self.sandbox.save(self.directory)
             return None
         for spec, record in zip(self.specs, self._records(), strict=True):
             if record.state == RUNNING or spec.name in self.broken:
@@ -562,7 +602,9 @@ class PodWorker:
             )
             pod_context = self.pod.spec.securityContext if self.pod.spec else None
             who = kubelet_exec.identity(spec, pod_context)
-            mounts = volumes.container_mounts(self.pod, spec, self.directory)
+            mounts = volumes.container_mounts(
+                self.pod, spec, self.directory, self.kubelet.node_root
+            )
         except (kubelet_exec.ContainerConfigError, volumes.VolumeError) as exc:
             # e.g. a ConfigMap not there yet: read the objects again and retry, as the kubelet
             log.warning("pod %s: container %s: %s", self.ref, spec.name, exc)
@@ -577,7 +619,7 @@ class PodWorker:
         termination = volumes.termination_file(self.directory, spec.name)
         termination.write_bytes(b"")
         termination.chmod(0o666)  # any user of the container may leave its message
-        argv = kubelet_exec.command(argv, mounts, who)
+        argv = kubelet_exec.command([kubelet_exec.expand(a, env) for a in argv], mounts, who)
         cgroup = cgroups.create(Path(sandbox.cgroup) / spec.name)
         target = None if sandbox.host_network else sandbox.netns
 
@@ -623,12 +665,12 @@ class PodWorker:
 
     def _adopt_processes(self) -> None:
         """After a kubelet restart: watch the containers that still run, note the others."""
-        for record in self._records():
+        for record in [*self._init_records(), *self._records()]:
             if record.state != RUNNING or record.name in self.watched:
                 continue
             if record.pid and state.start_time_of(record.pid) == record.proc_start:
                 self._watch(record.name, record)
-                spec = next((c for c in self.specs if c.name == record.name), None)
+                spec = self._spec(record.name)
                 if spec is not None and spec.readinessProbe is not None and self.sandbox:
                     try:  # the objects of its environment are not read yet: what is known
                         env = container_env(spec, self.pod, self.kubelet.node.name, [])
@@ -682,7 +724,8 @@ class PodWorker:
         if self.deleting or self.removed:
             return
         log.info("pod %s: container %s exited with %d", self.ref, name, code)
-        if not should_restart(self.policy, code):
+        is_init = any(c.name == name for c in self.init_specs)
+        if not should_restart(init_policy(self.policy) if is_init else self.policy, code):
             return
         record.crashes = crashes_after_exit(record.crashes, ran)
         delay = restart_delay(record.crashes)
@@ -699,7 +742,7 @@ class PodWorker:
             data = volumes.termination_file(self.directory, name).read_bytes()
             if data:
                 return data[:MAX_TERMINATION_MESSAGE].decode(errors="replace")
-        spec = next((c for c in self.specs if c.name == name), None)
+        spec = self._spec(name)
         if spec is None or spec.terminationMessagePolicy != "FallbackToLogsOnError" or code == 0:
             return ""
         with contextlib.suppress(OSError):
@@ -741,7 +784,9 @@ class PodWorker:
 
     async def _stop_containers(self, grace: int) -> None:
         """SIGTERM every container; SIGKILL (the whole pod cgroup) after *grace* seconds."""
-        records = [r for r in self._records() if r.state == RUNNING and r.pid]
+        records = [
+            r for r in [*self._init_records(), *self._records()] if r.state == RUNNING and r.pid
+        ]
         for record in records:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(record.pid, signal.SIGTERM)
@@ -768,6 +813,7 @@ class PodWorker:
             pod_ips=sandbox.ips if sandbox else [],
             previous_conditions=self.conditions,
             start_time=self.start_time,
+            init_records=self._init_records(),
         )
         if status == self.reported:
             return True
@@ -786,24 +832,40 @@ class PodWorker:
 class Kubelet:
     """Registers node *node*, keeps it Ready, and runs its pods."""
 
-    def __init__(self, topo: Topology, node: Node) -> None:
+    def __init__(self, topo: Topology, node: Node, *, node_root: bool = False) -> None:
         self.lab = topo.name
         self.node = node
+        # A lab installed from the chart: node-local hostPaths and the CNI configuration
+        # and plugins are the node's own (kubepaths.host_path), as the CNI installer of the
+        # agent's DaemonSet writes them.
+        self.node_root = kubepaths.node_root(topo.name, node.name) if node_root else None
         self.kubeconfig = kubepaths.kubelet_kubeconfig(topo.name, node.name)
         self.writer = KubeWriter(self.kubeconfig)
         self.pods_dir = kubepaths.pods_dir(topo.name, node.name)
         self.cgroup_mount = cgroups.v2_root()
         self.cgroup_root = f"/{node.cgroup}"
         self.cni_path = kubepaths.cni_bin_dir(topo.name)
-        self.network: dict[str, Any] = json.loads(
-            kubepaths.conflist(topo.name, node.name).read_text()
-        )
+        self.conf_dir: Path | None = None
+        self.fixed_network: dict[str, Any] = {}
+        if self.node_root is not None:
+            self.cni_path = kubepaths.node_cni_bin_dir(topo.name, node.name)
+            self.conf_dir = kubepaths.node_cni_conf_dir(topo.name, node.name)
+        else:
+            self.fixed_network = json.loads(kubepaths.conflist(topo.name, node.name).read_text())
         self.host_ips = [str(node.ip4), str(node.ip6)]
         self.control_netns = topo.control_netns
         self.workers: dict[str, PodWorker] = {}
         self.version = "v0.0.0"
         self.started = now_rfc3339()
         self.node_uid = ""
+
+    def network(self) -> dict[str, Any]:
+        """The node's CNI network, read for every call as a runtime does (the agent's CNI
+        installer chains smesh-cni into it after the kubelet started)."""
+        if self.conf_dir is None or self.node_root is None:
+            return self.fixed_network
+        network: dict[str, Any] = cni.node_view(cni.load_network(self.conf_dir), self.node_root)
+        return network
 
     async def run(self) -> None:
         await self._register()
@@ -1028,8 +1090,8 @@ class Kubelet:
             try:
                 call = cni_call(sandbox)
                 prev = sandbox.cni_result or None
-                await cni.delete(self.network, call, self.cni_path, os.environ, prev)
-            except cni.CniError as exc:
+                await cni.delete(self.network(), call, self.cni_path, os.environ, prev)
+            except LabError as exc:  # a plugin's error, or no network configuration to read
                 log.warning("pod %s/%s: CNI DEL: %s", sandbox.namespace, sandbox.name, exc)
             if netns.exists(sandbox.netns):
                 with contextlib.suppress(LinuxError):
@@ -1154,7 +1216,8 @@ def main(argv: list[str] | None = None) -> int:
     if lab is None:
         parser.error(f"no lab named {args.lab!r}")
     topo = lab.topology()
-    kubelet = Kubelet(topo, topo.node(args.node))
+    chart = lab.settings.get("install") == "chart"
+    kubelet = Kubelet(topo, topo.node(args.node), node_root=chart)
 
     async def serve() -> None:
         task = asyncio.current_task()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smesh.lab.errors import LabError
+from smesh.lab.kubepaths import host_path
 from smesh.lab.topology import Node
 
 CNI_VERSION = "1.0.0"
@@ -237,3 +238,40 @@ def link_plugins(cni_path: Path, smesh_cni: Path | None) -> None:
         link = cni_path / name
         if not link.is_symlink():
             link.symlink_to(target)
+
+
+def load_network(conf_dir: Path) -> dict[str, Any]:
+    """The node's network as a runtime picks it: the lexically first ``*.conf``,
+    ``*.conflist`` or ``*.json`` of *conf_dir*; a single-plugin ``.conf`` is a list of one."""
+    names = sorted(
+        p.name for p in conf_dir.glob("*") if p.suffix in {".conf", ".conflist", ".json"}
+    )
+    if not names:
+        raise LabError(f"no CNI network configuration in {conf_dir} (network not ready)")
+    path = conf_dir / names[0]
+    try:
+        network = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LabError(f"CNI network configuration {path}: {exc}") from exc
+    if not isinstance(network, dict):
+        raise LabError(f"CNI network configuration {path} is not a JSON object")
+    if "plugins" not in network:
+        network = {
+            "cniVersion": network.get("cniVersion", CNI_VERSION),
+            "name": network.get("name", ""),
+            "plugins": [network],
+        }
+    return network
+
+
+def node_view(value: Any, root: Path) -> Any:
+    """*value* (a network configuration) with every node-local path in it mapped into the
+    node's root: the plugins run on the machine, but must see the paths the node's agent
+    and CNI installer wrote (e.g. smesh-cni's ``agentSocket: /run/smesh/cni.sock``)."""
+    if isinstance(value, str):
+        return host_path(root, value) if value.startswith("/") else value
+    if isinstance(value, list):
+        return [node_view(item, root) for item in value]
+    if isinstance(value, dict):
+        return {key: node_view(item, root) for key, item in value.items()}
+    return value

@@ -20,7 +20,7 @@ Building that command line is pure (:func:`command`); the kubelet runs it.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lightkube.models.core_v1 import Container, PodSecurityContext, SecurityContext
@@ -221,3 +221,27 @@ def command(argv: Sequence[str], mounts: Sequence[Mount], who: Identity) -> list
         *setpriv_argv(who),
         *argv,
     ]
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of ``command``/``args``: a defined variable of the
+    container's environment is replaced, an undefined reference stays as written, and
+    ``$$`` is a literal ``$`` (so ``$$(VAR)`` stays ``$(VAR)``). The chart's agent relies on
+    it: ``--set node=$(NODE_NAME)``."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        if text.startswith("$(", i):
+            end = text.find(")", i + 2)
+            if end != -1:
+                name = text[i + 2 : end]
+                out.append(env[name] if name in env else text[i : end + 1])
+                i = end + 1
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)

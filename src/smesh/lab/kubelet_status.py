@@ -106,6 +106,17 @@ class ContainerRecord:
         self.pid = self.proc_start = 0
 
 
+def init_done(record: ContainerRecord) -> bool:
+    """An init container that has run to success (it never runs again)."""
+    return record.state == TERMINATED and record.exit_code == 0
+
+
+def init_policy(policy: str) -> str:
+    """The restart policy of init containers: a failed one is retried unless ``Never``; one
+    that succeeded is done (``Always`` would run it again)."""
+    return "Never" if policy == "Never" else "OnFailure"
+
+
 def should_restart(policy: str, exit_code: int) -> bool:
     """Whether ``restartPolicy`` *policy* (Always, OnFailure, Never) restarts this exit."""
     if policy == "Never":
@@ -174,13 +185,15 @@ def pod_status(
     pod_ips: Sequence[str],
     previous_conditions: Sequence[Mapping[str, Any]],
     start_time: str,
+    init_records: Sequence[ContainerRecord] = (),
 ) -> dict[str, Any]:
-    """The ``status`` the kubelet merge-patches onto the pod."""
+    """The ``status`` the kubelet merge-patches onto the pod (*init_records*: its init
+    containers, which run one by one to success before any container starts)."""
     pod_phase = phase(records, sandbox_ready)
     ready = pod_phase == "Running" and all(r.ready for r in records)
     wanted = {
         "PodReadyToStartContainers": sandbox_ready,
-        "Initialized": True,
+        "Initialized": all(init_done(r) for r in init_records),
         "ContainersReady": ready,
         "Ready": ready,
         "PodScheduled": True,
@@ -193,6 +206,8 @@ def pod_status(
         "conditions": conditions(previous_conditions, wanted, now_rfc3339()),
         "containerStatuses": [r.status() for r in records],
     }
+    if init_records:
+        status["initContainerStatuses"] = [r.status() for r in init_records]
     if pod_ips:
         status["podIP"] = pod_ips[0]
         status["podIPs"] = [{"ip": ip} for ip in pod_ips]

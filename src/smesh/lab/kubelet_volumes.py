@@ -30,7 +30,7 @@ import math
 import os
 import posixpath
 import stat
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from lightkube.resources.core_v1 import Pod
 
 from smesh.kubernetes.writer import is_status
 from smesh.lab.errors import LabError
+from smesh.lab.kubepaths import host_path
 from smesh.linux.files import write_atomic
 
 #: The kubelet renews a token once 80 % of its life has passed.
@@ -320,9 +321,14 @@ _PROPAGATION = {
 }
 
 
-def container_mounts(pod: Pod, spec: Container, pod_dir: Path) -> list[Mount]:
+def container_mounts(
+    pod: Pod, spec: Container, pod_dir: Path, host_root: Path | None = None
+) -> list[Mount]:
     """*spec*'s bind mounts, parents before children, then its termination message file
-    (a ``subPath`` of an emptyDir or hostPath that does not exist is made a directory)."""
+    (a ``subPath`` of an emptyDir or hostPath that does not exist is made a directory).
+
+    With *host_root* (the node's root), a node-local hostPath is that node's own copy
+    (:func:`smesh.lab.kubepaths.host_path`)."""
     volumes: dict[str, Volume] = {v.name: v for v in (pod.spec.volumes if pod.spec else None) or []}
     mounts = []
     for vm in spec.volumeMounts or []:
@@ -332,7 +338,7 @@ def container_mounts(pod: Pod, spec: Container, pod_dir: Path) -> list[Mount]:
         if not vm.mountPath.startswith("/"):
             raise VolumeError(f"mountPath {vm.mountPath!r} must be absolute")
         if volume.hostPath is not None:
-            source = volume.hostPath.path
+            source = _host(volume.hostPath.path, host_root)
             propagation = _PROPAGATION.get(vm.mountPropagation, "private")
         elif volume.emptyDir is not None or any(getattr(volume, k) for k in _API_VOLUMES):
             source = str(volume_dir(pod_dir, volume.name))
@@ -356,12 +362,43 @@ def container_mounts(pod: Pod, spec: Container, pod_dir: Path) -> list[Mount]:
                 is_file=bool(vm.subPath) and os.path.exists(source) and not os.path.isdir(source),
             )
         )
-    mounts.sort(key=lambda m: m.target.count("/"))
     target = spec.terminationMessagePath or DEFAULT_TERMINATION_PATH
     mounts.append(
         Mount(str(termination_file(pod_dir, spec.name)), target, read_only=False, is_file=True)
     )
-    return mounts
+    return mount_order(mounts)
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def mount_order(mounts: Sequence[Mount]) -> list[Mount]:
+    """*mounts* in an order that makes each one as meant: a parent target before the targets
+    inside it, and a mount whose source lies inside another mount's target before that
+    mount hides the source (the lab's state, where pod volumes live, is under /run/smesh,
+    which the agent's pod mounts from its node root). Otherwise shallow targets first, in
+    the pod's order."""
+    pending = sorted(mounts, key=lambda m: m.target.count("/"))
+    ordered: list[Mount] = []
+    while pending:
+        for index, mount in enumerate(pending):
+            others = pending[:index] + pending[index + 1 :]
+            blocked = any(
+                (_under(mount.target, o.target) and o.target != mount.target)
+                or _under(o.source, mount.target)
+                for o in others
+            )
+            if not blocked:
+                break
+        else:
+            index = 0  # a cycle (a source inside its own subtree's target): depth order
+        ordered.append(pending.pop(index))
+    return ordered
+
+
+def _host(path: str, host_root: Path | None) -> str:
+    return path if host_root is None else host_path(host_root, path)
 
 
 def check_host_path(path: str, kind: str | None) -> None:
@@ -461,11 +498,13 @@ def _write(directory: Path, file: File) -> None:
     path.chmod(file.mode)
 
 
-async def write_volumes(pod: Pod, pod_dir: Path, get: Getter, node: str) -> None:
+async def write_volumes(
+    pod: Pod, pod_dir: Path, get: Getter, node: str, host_root: Path | None = None
+) -> None:
     """Make every volume of *pod* but its tokens: directories, host paths, API files."""
     for volume in (pod.spec.volumes if pod.spec else None) or []:
         if volume.hostPath is not None:
-            check_host_path(volume.hostPath.path, volume.hostPath.type)
+            check_host_path(_host(volume.hostPath.path, host_root), volume.hostPath.type)
             continue
         directory = volume_dir(pod_dir, volume.name)
         directory.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from smesh.cli.lab import exec_command
-from smesh.lab.errors import LabError
+from smesh.lab import api
+from smesh.lab.errors import InvalidLabSpec, LabError
 
 
 @pytest.mark.parametrize(
@@ -36,3 +39,17 @@ def test_only_the_api_server_restarts_loopback_only() -> None:
 
     with pytest.raises(LabError, match="--loopback-only is for kube-apiserver only, not etcd"):
         api.restart_control_plane("x", "etcd", loopback_only=True)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"install": "helm"}, "choose lab or chart"),
+        ({"install": "chart"}, "needs --kubernetes"),
+        ({"install": "chart", "kubernetes": True, "mesh": False}, "needs --kubernetes"),
+        ({"install": "chart", "kubernetes": True, "agent_overrides": ["a=b"]}, "chart's values"),
+    ],
+)
+def test_install_chart_is_refused_where_it_cannot_work(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidLabSpec, match=message):
+        api.up("x", **kw)  # refused before anything is built (and before the root check)

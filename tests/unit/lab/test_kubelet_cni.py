@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from smesh.lab import kubelet_cni as cni
 from smesh.lab import topology
 
@@ -101,3 +103,31 @@ def test_a_plugin_without_an_error_object_reports_its_stderr() -> None:
 def test_result_ips_ipv4_first() -> None:
     result = {"ips": [{"address": "fd00:198:18:2::a/64"}, {"address": "198.18.2.10/24"}]}
     assert cni.result_ips(result) == ["198.18.2.10", "fd00:198:18:2::a"]
+
+
+def test_the_node_network_is_the_first_file_of_its_directory_in_the_nodes_view(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    with pytest.raises(cni.LabError, match="no CNI network configuration"):
+        cni.load_network(conf)
+    (conf / "20-other.conflist").write_text(json.dumps({"name": "other", "plugins": []}))
+    chained = {
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "plugins": [
+            {"type": "bridge", "ipam": {"dataDir": "/run/smesh/labs/l/nodes/node-1/cni/ipam"}},
+            {"type": "smesh-cni", "agentSocket": "/run/smesh/cni.sock", "timeoutSeconds": 15},
+        ],
+    }
+    (conf / "10-pods.conflist").write_text(json.dumps(chained))
+    (conf / "notes.txt").write_text("not a network")
+    network = cni.node_view(cni.load_network(conf), tmp_path / "root")
+    assert network["name"] == "pods"
+    bridge, smesh_cni = network["plugins"]
+    assert smesh_cni["agentSocket"] == f"{tmp_path}/root/run/smesh/cni.sock"
+    assert smesh_cni["timeoutSeconds"] == 15
+    assert bridge["ipam"]["dataDir"] == "/run/smesh/labs/l/nodes/node-1/cni/ipam"  # the lab's
+    (conf / "05-single.conf").write_text(json.dumps({"cniVersion": "0.4.0", "type": "bridge"}))
+    assert cni.load_network(conf)["plugins"] == [{"cniVersion": "0.4.0", "type": "bridge"}]

@@ -114,3 +114,12 @@ def test_http_probe_request_and_status() -> None:
     assert http_status(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n") == 200
     assert http_status(b"HTTP/1.1 503 Service Unavailable\r\n") == 503
     assert http_status(b"SSH-2.0-OpenSSH\r\n") == 0
+
+
+def test_command_and_args_expand_variables_of_the_environment_as_kubernetes_does() -> None:
+    env = {"NODE_NAME": "node-1", "A": "x"}
+    assert x.expand("node=$(NODE_NAME)", env) == "node=node-1"
+    assert x.expand("/smesh-lab-l/$(NODE_NAME)/$(A)", env) == "/smesh-lab-l/node-1/x"
+    assert x.expand("$(UNSET)", env) == "$(UNSET)"  # an undefined reference stays
+    assert x.expand("$$(A)", env) == "$(A)"  # escaped
+    assert x.expand("a$$b $ $(A", env) == "a$b $ $(A"

@@ -12,6 +12,8 @@ from smesh.lab.kubelet_status import (
     ContainerRecord,
     conditions,
     crashes_after_exit,
+    init_done,
+    init_policy,
     phase,
     pod_status,
     restart_delay,
@@ -182,3 +184,37 @@ def test_a_termination_message_is_in_the_terminated_state() -> None:
     assert rec.status()["state"][TERMINATED]["message"] == "it broke"
     rec.exited(0)
     assert "message" not in rec.status()["state"][TERMINATED]
+
+
+def test_init_containers_gate_initialized_and_are_reported_apart() -> None:
+    def status(init: ContainerRecord) -> dict[str, object]:
+        return pod_status(
+            records=[ContainerRecord("main", "none")],
+            sandbox_ready=True,
+            host_ip="198.19.0.1",
+            host_ips=["198.19.0.1"],
+            pod_ips=["198.18.1.10"],
+            previous_conditions=[],
+            start_time="2026-01-01T00:00:00Z",
+            init_records=[init],
+        )
+
+    running = ContainerRecord("install-cni", "none", state=RUNNING)
+    got = status(running)
+    assert got["phase"] == "Pending"
+    assert {c["type"]: c["status"] for c in got["conditions"]}["Initialized"] == "False"  # type: ignore[attr-defined]
+    assert [c["name"] for c in got["initContainerStatuses"]] == ["install-cni"]  # type: ignore[attr-defined]
+    assert [c["name"] for c in got["containerStatuses"]] == ["main"]  # type: ignore[attr-defined]
+    done = ContainerRecord("install-cni", "none", state=TERMINATED, exit_code=0)
+    assert init_done(done)
+    assert not init_done(ContainerRecord("install-cni", "none", state=TERMINATED, exit_code=1))
+    got = status(done)
+    assert {c["type"]: c["status"] for c in got["conditions"]}["Initialized"] == "True"  # type: ignore[attr-defined]
+
+
+def test_an_init_container_that_succeeded_never_runs_again() -> None:
+    assert init_policy("Always") == init_policy("OnFailure") == "OnFailure"
+    assert init_policy("Never") == "Never"
+    assert not should_restart(init_policy("Always"), 0)
+    assert should_restart(init_policy("Always"), 1)
+    assert not should_restart(init_policy("Never"), 1)

@@ -31,6 +31,7 @@ from lightkube.resources.core_v1 import Pod
 
 from smesh.kubernetes.errors import ApiStatusError
 from smesh.lab import kubelet_volumes as v
+from smesh.lab.kubepaths import host_path
 
 UID = "0a1b2c3d-0000-4000-8000-000000000001"
 
@@ -170,9 +171,49 @@ def test_mounts_sources_read_only_propagation_and_the_termination_file(tmp_path:
         v.Mount(str(volumes / "scratch/app.d"), "/etc/app.d", False),  # made: a directory
         v.Mount(str(api / "ca.crt"), "/etc/ca.crt", True, is_file=True),
         v.Mount("/etc", "/etc/x", True),
-        v.Mount(str(volumes / "kube-api-access-x"), v.SA_MOUNT, True),
         v.Mount(str(tmp_path / "c.termination-log"), "/dev/termination-log", False, is_file=True),
+        v.Mount(str(volumes / "kube-api-access-x"), v.SA_MOUNT, True),
     ]
+
+
+def test_a_mount_never_hides_the_source_of_another() -> None:
+    # The lab's state (pod volumes, node roots) lives under /run/smesh, which the agent's pod
+    # mounts from its node root: every mount whose source is there must come first.
+    state = "/run/smesh/labs/x/nodes/node-1"
+    mounts = [
+        v.Mount(f"{state}/root/run/smesh", "/run/smesh", False),
+        v.Mount(f"{state}/root/var/lib/smesh", "/var/lib/smesh", False),
+        v.Mount(f"{state}/pods/u/volumes/config", "/run/smesh/config", False),
+        v.Mount(f"{state}/pods/u/c.termination-log", "/dev/termination-log", False, is_file=True),
+    ]
+    got = [m.target for m in v.mount_order(mounts)]
+    assert got.index("/var/lib/smesh") < got.index("/run/smesh")
+    assert got.index("/dev/termination-log") < got.index("/run/smesh")
+    # a source inside its own parent's target cannot be ordered: the parent still comes first
+    assert got.index("/run/smesh") < got.index("/run/smesh/config")
+
+
+def test_node_local_host_paths_are_the_nodes_own(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert host_path(root, "/etc/cni/net.d") == f"{root}/etc/cni/net.d"
+    assert host_path(root, "/run/smesh/cni.sock") == f"{root}/run/smesh/cni.sock"
+    assert host_path(root, "/var/lib/smesh") == f"{root}/var/lib/smesh"
+    assert host_path(root, "/opt/cni/bin/smesh-cni") == f"{root}/opt/cni/bin/smesh-cni"
+    shared_paths = ("/sys/fs/bpf", "/sys/fs/cgroup", "/run/netns", "/proc", "/run/smesh2")
+    for shared in (*shared_paths, "/run/smesh/labs/x/nodes/node-1/cni/ipam"):
+        assert host_path(root, shared) == shared
+    p = pod(
+        Volume(name="run", hostPath=HostPathVolumeSource(path="/run/smesh")),
+        Volume(name="bpf", hostPath=HostPathVolumeSource(path="/sys/fs/bpf")),
+        mounts=[
+            VolumeMount(name="run", mountPath="/run/smesh"),
+            VolumeMount(name="bpf", mountPath="/sys/fs/bpf"),
+        ],
+    )
+    assert p.spec is not None
+    got = {m.target: m.source for m in v.container_mounts(p, p.spec.containers[0], tmp_path, root)}
+    assert got["/run/smesh"] == f"{root}/run/smesh"
+    assert got["/sys/fs/bpf"] == "/sys/fs/bpf"
 
 
 def test_a_mount_of_an_unknown_volume_is_refused(tmp_path: Path) -> None:

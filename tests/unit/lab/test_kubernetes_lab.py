@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from smesh.lab import agents, builder, kubepaths, topology
+from smesh.lab import agents, builder, install, kubepaths, state, topology
+from smesh.lab.kubelet_exec import expand
 
 
 def test_the_control_namespace_gets_one_fabric_leg_created_inside_it() -> None:
@@ -43,3 +44,17 @@ def test_agents_of_a_kubernetes_lab_watch_the_api() -> None:
     plain = topology.plan("k", nodes=2)
     assert "workloads" in agents.config_for(plain, plain.nodes[0])
     assert not agents.meshed_through_api(topology.plan("k", mesh=False, kubernetes=True))
+
+
+def test_the_chart_values_of_a_lab_give_each_node_its_cgroup_root_and_pin_dir() -> None:
+    topo = topology.plan("li", 2, 0, True, {}, kubernetes=True)
+    extra = install.lab_values(topo)["agent"]["extraArgs"]
+    settings = dict(item.split("=", 1) for item in extra[1::2])
+    assert extra[0::2] == ["--set"] * len(settings)
+    assert settings["kubernetes.cgroupRoot"] == "/smesh-lab-li/$(NODE_NAME)"
+    assert settings["kubernetes.cgroupDriver"] == "cgroupfs"
+    assert settings["capture.pinDir"] == f"{state.bpf_pin_dir('li')}/$(NODE_NAME)"
+    # what the kubelet makes of it on node-1 is that node's cgroup (the lab kubelet's root)
+    assert expand(settings["kubernetes.cgroupRoot"], {"NODE_NAME": "node-1"}) == (
+        f"/{topo.node('node-1').cgroup}"
+    )

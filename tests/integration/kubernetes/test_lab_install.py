@@ -1,0 +1,263 @@
+"""smesh installed into a lab cluster from its Helm chart: `lab up --kubernetes --install chart`.
+
+One 2-node lab for the module (tests run in file order; the last one brings it down). The
+lab renders the chart, applies it with kubectl and creates the CA Secret; its kubelets run
+the agent DaemonSet (its init container chains smesh-cni into each node's own CNI
+configuration) and the controller Deployment as pods. Two Deployments in opted-in
+namespaces then talk over mutual TLS with certificates the agents obtained through CSRs.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections.abc
+import json
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from smesh.capture import libbpf, pins
+from smesh.lab import kubepaths, state
+from smesh.linux import cgroups, netns
+from tests.integration.kubernetes.clusterkit import (
+    kubectl,
+    kubernetes_lab,
+    pods,
+    running,
+    sandbox_of,
+    wait_for,
+)
+from tests.integration.labkit import SMESH, Lab, smesh
+
+MARKER = f"smi{secrets.token_hex(6)}"
+TRUST = "spiffe://cluster.local"
+SIGNER = "smesh.io/workload-identity"
+SERVER = """
+import http.server
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        reply = b"echo " + self.path.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Echo).serve_forever()
+"""
+
+
+def deployment(namespace: str, name: str, command: list[str]) -> list[dict[str, Any]]:
+    """An opted-in namespace, a ServiceAccount and a Deployment of 2 (one per node)."""
+    spread = {
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": name}},
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {"smesh.io/mesh": "enabled"}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "serviceAccountName": name,
+                        "topologySpreadConstraints": [spread],
+                        "terminationGracePeriodSeconds": 5,
+                        "containers": [{"name": "main", "image": "none", "command": command}],
+                    },
+                },
+            },
+        },
+    ]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> collections.abc.Iterator[Lab]:
+    with kubernetes_lab("ki", "--nodes", "2", "--install", "chart") as lab:
+        items = [
+            *deployment("shop", "web", ["python3", "-c", SERVER]),
+            *deployment("front", "client", ["sleep", "infinity"]),
+        ]
+        kubectl(
+            lab,
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+        yield lab
+
+
+def smesh_pods(lab: Lab) -> dict[str, dict[str, Any]]:
+    return pods(lab, "-n", "smesh-system")
+
+
+def container_log(lab: Lab, pod: dict[str, Any], container: str) -> Path:
+    node, uid = pod["spec"]["nodeName"], pod["metadata"]["uid"]
+    return kubepaths.pods_dir(lab.name, node) / uid / f"{container}.log"
+
+
+def access(lab: Lab, node: str) -> list[dict[str, Any]]:
+    """The access-log records of *node*'s agent pod (its container log, JSON lines)."""
+    agents = [
+        p
+        for p in smesh_pods(lab).values()
+        if p["metadata"]["name"].startswith("smesh-agent-") and p["spec"]["nodeName"] == node
+    ]
+    assert len(agents) == 1, agents
+    lines = container_log(lab, agents[0], "agent").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"smesh.access"' in line]
+
+
+def test_the_chart_runs_the_agents_and_the_controller_as_pods(cluster: Lab) -> None:
+    found = smesh_pods(cluster)
+    agents = [p for name, p in found.items() if name.startswith("smesh-agent-")]
+    controllers = [p for name, p in found.items() if name.startswith("smesh-controller-")]
+    assert sorted(p["spec"]["nodeName"] for p in agents) == ["node-1", "node-2"]
+    assert len(controllers) == 2
+    for pod in agents:
+        status = pod["status"]
+        assert status["phase"] == "Running"
+        init = status["initContainerStatuses"][0]
+        assert (init["name"], init["state"]["terminated"]["exitCode"]) == ("install-cni", 0)
+        assert status["containerStatuses"][0]["ready"] is True
+        # the init container chained smesh-cni into that node's own network, which its
+        # kubelet runs; the plugin's socket is the node's agent's
+        node = pod["spec"]["nodeName"]
+        conf = kubepaths.node_cni_conf_dir(cluster.name, node) / kubepaths.CONFLIST_NAME
+        plugins = json.loads(conf.read_text())["plugins"]
+        assert [p["type"] for p in plugins] == ["bridge", "smesh-cni"]
+        assert plugins[1]["agentSocket"] == "/run/smesh/cni.sock"
+        root = kubepaths.node_root(cluster.name, node)
+        assert (root / "run/smesh/cni.sock").is_socket()
+        assert (kubepaths.node_cni_bin_dir(cluster.name, node) / "smesh-cni").is_file()
+
+    def status() -> dict[str, Any]:
+        return json.loads(smesh("lab", "status", "--name", cluster.name, "--json").stdout)  # type: ignore[no-any-return]
+
+    assert status()["install"] == "chart"
+    # an admin request may miss its 2 s on a loaded machine: healthy within a few tries
+    wait_for(
+        "both agent pods healthy in lab status",
+        lambda: [n["agent_health"] for n in status()["nodes"]] == ["ready", "ready"],
+        timeout=30,
+    )
+    for pod in controllers:
+        assert pod["spec"]["securityContext"]["runAsUser"] == 65532
+        assert pod["status"]["containerStatuses"][0]["ready"] is True
+        # the controller really runs as 65532 from the checkout's .venv
+        pid = sandbox_of(cluster, pod)["containers"]["controller"]["pid"]
+        status = Path(f"/proc/{pid}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        assert uids[1:] == ["65532"] * 4
+        assert "controller" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+
+
+def test_deployments_talk_over_mutual_tls_with_certificates_from_csrs(cluster: Lab) -> None:
+    web = running(cluster, "-n", "shop", "-l", "app=web", count=2)
+    clients = running(cluster, "-n", "front", "-l", "app=client", count=2)
+    client = next(p for p in clients.values() if p["spec"]["nodeName"] == "node-1")
+    member = f"front/{client['metadata']['name']}"
+    before = len(access(cluster, "node-1"))
+    for target in web.values():
+        ip = target["status"]["podIP"]
+        cluster.wait_tcp(member, ip, 8080, timeout=60)
+        proc = cluster.exec(
+            member, ["curl", "-sS", "--max-time", "20", f"http://{ip}:8080/{MARKER}"]
+        )
+        assert (proc.returncode, proc.stdout) == (0, f"echo /{MARKER}"), proc.stderr
+
+    def outbound() -> list[dict[str, Any]]:
+        records = access(cluster, "node-1")[before:]
+        found = [r for r in records if r["direction"] == "outbound" and r["result"] == "ok"]
+        return found if len(found) >= 2 else []
+
+    records = wait_for("node-1's outbound access records", outbound, timeout=15)
+    assert {r["destination_pod"] for r in records} >= set(web)
+    for record in records:
+        assert record["identity"] == f"{TRUST}/ns/front/sa/client"
+        assert record["peer_identity"] == f"{TRUST}/ns/shop/sa/web"
+        assert record["route"] == "tunnel"
+
+    # every identity's certificate came through a CSR of smesh's signer, filed by an agent
+    # and approved by the controller (kubectl shows both)
+    csrs = json.loads(kubectl(cluster, "get", "csr", "-o", "json"))["items"]
+    issued: dict[str, set[str]] = {}
+    for csr in csrs:
+        assert csr["spec"]["signerName"] == SIGNER
+        assert csr["spec"]["username"] == "system:serviceaccount:smesh-system:smesh-agent"
+        conditions = {c["type"]: c for c in csr["status"].get("conditions", [])}
+        assert conditions["Approved"]["reason"] == "SmeshAutoApproved", csr
+        cert = x509.load_pem_x509_certificate(base64.b64decode(csr["status"]["certificate"]))
+        uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        node = csr["spec"]["extra"]["authentication.kubernetes.io/pod-name"][0]
+        for uri in uris.get_values_for_type(x509.UniformResourceIdentifier):
+            issued.setdefault(uri, set()).add(node)
+    for identity in (f"{TRUST}/ns/front/sa/client", f"{TRUST}/ns/shop/sa/web"):
+        assert len(issued.get(identity, set())) == 2, issued  # one per node's agent
+    listing = kubectl(cluster, "get", "csr")
+    assert "Approved,Issued" in listing
+    assert SIGNER in listing
+
+
+def test_install_check_passes_against_the_lab(cluster: Lab) -> None:
+    admin = str(kubepaths.admin_kubeconfig(cluster.name))
+    proc = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            f"{cluster.name}.control",
+            *SMESH,
+            "install",
+            "check",
+            "--kubeconfig",
+            admin,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "agent on node-1:" in proc.stdout
+    assert "agent on node-2:" in proc.stdout
+    assert "checks passed" in proc.stdout
+
+
+def test_lab_down_leaves_nothing(cluster: Lab) -> None:
+    root = cgroups.v2_root() / f"smesh-lab-{cluster.name}"
+    started = [(pid, state.start_time_of(pid)) for pid in cgroups.pids(root)]
+    pin_dir = state.bpf_pin_dir(cluster.name)
+    links = set()
+    for node in ("node-1", "node-2"):
+        with pins.PinnedCapture(pin_dir / node) as pinned:
+            links |= {info.id for _pin, info in pinned.links()}
+    assert links  # the agent pods pinned their capture under the lab's pin directory
+
+    smesh("lab", "down", "--name", cluster.name)
+    assert not [ns for ns in netns.list_names() if ns.startswith(f"{cluster.name}.")]
+    assert not root.exists()
+    assert not [pid for pid, start in started if start and state.start_time_of(pid) == start]
+    assert not pin_dir.exists()
+    assert not links & {link.id for link in libbpf.links()}
+    assert not state.directory(cluster.name).exists()
