@@ -85,6 +85,8 @@ MAX_PODS = 110
 DEFAULT_GRACE = 30
 #: The checkout's venv first: its ``smesh`` stands in for the image of smesh's own pods.
 DEFAULT_PATH = f"{sys.prefix}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The checkout whose smesh stands in for every container's image (its .venv's parent).
+IMAGE_ROOT = str(Path(sys.prefix).resolve().parent)
 #: The lab has no Services: ``kubernetes.default`` is the API server itself.
 SERVICE_HOST = str(CONTROL_IP4)
 SERVICE_PORT = str(kubepaths.API_PORT)
@@ -619,7 +621,9 @@ class PodWorker:
         termination = volumes.termination_file(self.directory, spec.name)
         termination.write_bytes(b"")
         termination.chmod(0o666)  # any user of the container may leave its message
-        argv = kubelet_exec.command([kubelet_exec.expand(a, env) for a in argv], mounts, who)
+        argv = kubelet_exec.command(
+            [kubelet_exec.expand(a, env) for a in argv], mounts, who, IMAGE_ROOT
+        )
         cgroup = cgroups.create(Path(sandbox.cgroup) / spec.name)
         target = None if sandbox.host_network else sandbox.netns
 

@@ -188,9 +188,23 @@ def setpriv_argv(who: Identity) -> list[str]:
     return [*argv, "--"]
 
 
-def mount_script(mounts: Sequence[Mount]) -> str:
-    """The shell lines that make *mounts*, then ``exec "$@"``; any failure ends the start."""
+def hides(mounts: Sequence[Mount], path: str) -> bool:
+    """Whether one of *mounts* lands on *path* or on a directory above it."""
+    return any(path == m.target or path.startswith(m.target.rstrip("/") + "/") for m in mounts)
+
+
+def mount_script(mounts: Sequence[Mount], image_root: str | None = None) -> str:
+    """The shell lines that make *mounts*, then ``exec "$@"``; any failure ends the start.
+
+    *image_root* (the checkout standing in for the image) stays visible: a volume mounted
+    over a parent of it (an emptyDir at /tmp, the checkout a clone in /tmp/...) would hide
+    what the container runs, as no volume hides a real image's own files. It is held open
+    (fd 9) before the mounts and bound back, read-only, after them.
+    """
+    keep = image_root is not None and hides(mounts, image_root)
     lines = ["set -e"]
+    if keep:
+        lines.append(f"exec 9< {shlex.quote(str(image_root))}")
     for mount in mounts:
         source, target = shlex.quote(mount.source), shlex.quote(mount.target)
         if mount.is_file:
@@ -202,11 +216,19 @@ def mount_script(mounts: Sequence[Mount]) -> str:
         lines.append(f"mount --make-r{mount.propagation.removeprefix('r')} {target}")
         if mount.read_only:
             lines.append(f"mount -o remount,bind,ro {target}")
+    if keep:
+        root = shlex.quote(str(image_root))
+        lines.append(f"mkdir -p {root}")
+        lines.append(f"mount --no-canonicalize --rbind /proc/self/fd/9 {root}")
+        lines.append(f"mount -o remount,bind,ro {root}")
+        lines.append("exec 9<&-")
     lines.append('exec "$@"')
     return "\n".join(lines)
 
 
-def command(argv: Sequence[str], mounts: Sequence[Mount], who: Identity) -> list[str]:
+def command(
+    argv: Sequence[str], mounts: Sequence[Mount], who: Identity, image_root: str | None = None
+) -> list[str]:
     """The whole command line the kubelet executes for a container."""
     return [
         "unshare",
@@ -216,7 +238,7 @@ def command(argv: Sequence[str], mounts: Sequence[Mount], who: Identity) -> list
         "--",
         "sh",
         "-c",
-        mount_script(mounts),
+        mount_script(mounts, image_root),
         "sh",
         *setpriv_argv(who),
         *argv,
