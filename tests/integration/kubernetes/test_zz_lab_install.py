@@ -5,6 +5,11 @@ lab renders the chart, applies it with kubectl and creates the CA Secret; its ku
 the agent DaemonSet (its init container chains smesh-cni into each node's own CNI
 configuration) and the controller Deployment as pods. Two Deployments in opted-in
 namespaces then talk over mutual TLS with certificates the agents obtained through CSRs.
+
+Runs last of this directory on purpose, as a known bug is open: after a chart-installed lab,
+a later process-agent lab's test_lab_mesh fails after a scale-down (connections to the
+remaining pod reset; reproduced twice on 2026-12-03, root cause not yet found; the host's
+nft ruleset, cgroup BPF attachments, bpffs, CNI and smesh directories showed no difference).
 """
 
 from __future__ import annotations
