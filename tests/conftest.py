@@ -8,7 +8,9 @@ an integration suite that silently does not run is a broken feature hidden.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -16,6 +18,17 @@ from smesh.linux import cgroups, privileges
 from smesh.linux.errors import LinuxError
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run ended by SIGTERM (``timeout``, a CI job cancelled) stops as on Ctrl-C, so pytest
+    still runs the fixtures' finalizers: labs come down instead of leaving namespaces,
+    cgroups, pins and control-plane processes behind."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from lightkube.models.core_v1 import Container, PodSecurityContext, SecurityContext
 
 from smesh.lab.errors import LabError
-from smesh.lab.kubelet_volumes import Mount
+from smesh.lab.kubelet_volumes import Mount, under
 
 #: Linux capabilities by number (capability.h), as the API names them without ``CAP_``.
 CAPABILITIES = (
@@ -190,7 +190,7 @@ def setpriv_argv(who: Identity) -> list[str]:
 
 def hides(mounts: Sequence[Mount], path: str) -> bool:
     """Whether one of *mounts* lands on *path* or on a directory above it."""
-    return any(path == m.target or path.startswith(m.target.rstrip("/") + "/") for m in mounts)
+    return any(under(path, m.target) for m in mounts)
 
 
 def mount_script(mounts: Sequence[Mount], image_root: str | None = None) -> str:

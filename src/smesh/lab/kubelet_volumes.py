@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import json
 import math
 import os
@@ -369,7 +370,8 @@ def container_mounts(
     return mount_order(mounts)
 
 
-def _under(path: str, directory: str) -> bool:
+def under(path: str, directory: str) -> bool:
+    """Whether *path* is *directory* or lies below it (paths as strings, absolute)."""
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
@@ -385,8 +387,8 @@ def mount_order(mounts: Sequence[Mount]) -> list[Mount]:
         for index, mount in enumerate(pending):
             others = pending[:index] + pending[index + 1 :]
             blocked = any(
-                (_under(mount.target, o.target) and o.target != mount.target)
-                or _under(o.source, mount.target)
+                (under(mount.target, o.target) and o.target != mount.target)
+                or under(o.source, mount.target)
                 for o in others
             )
             if not blocked:
@@ -448,30 +450,34 @@ async def volume_files(pod: Pod, volume: Volume, get: Getter, node: str) -> list
     """The files of one API-backed volume, tokens excepted (:func:`write_token` writes them)."""
     namespace = (pod.metadata.namespace if pod.metadata else None) or "default"
 
-    async def configmap(name: str, items: Any, mode: int | None, optional: bool) -> list[File]:
-        obj = await _object(get, "configmaps", namespace, name)
+    async def keyed(
+        kind: str,
+        data: Callable[[Any], dict[str, bytes]],
+        name: str,
+        items: Any,
+        mode: int | None,
+        *,
+        optional: bool,
+    ) -> list[File]:
+        label = f'{kind} "{name}"'
+        obj = await _object(get, f"{kind}s", namespace, name)
         if obj is None:
             if optional:
                 return []
-            raise NotFound(f'configmap "{name}" not found')
-        return key_files(configmap_data(obj), items, mode, f'configmap "{name}"', optional)
+            raise NotFound(f"{label} not found")
+        return key_files(data(obj), items, mode, label, optional)
 
-    async def secret(name: str, items: Any, mode: int | None, optional: bool) -> list[File]:
-        obj = await _object(get, "secrets", namespace, name)
-        if obj is None:
-            if optional:
-                return []
-            raise NotFound(f'secret "{name}" not found')
-        return key_files(secret_data(obj), items, mode, f'secret "{name}"', optional)
+    configmap = functools.partial(keyed, "configmap", configmap_data)
+    secret = functools.partial(keyed, "secret", secret_data)
 
     if volume.configMap is not None:
         source = volume.configMap
         return await configmap(
-            source.name or "", source.items, source.defaultMode, bool(source.optional)
+            source.name or "", source.items, source.defaultMode, optional=bool(source.optional)
         )
     if volume.secret is not None:
         s = volume.secret
-        return await secret(s.secretName or "", s.items, s.defaultMode, bool(s.optional))
+        return await secret(s.secretName or "", s.items, s.defaultMode, optional=bool(s.optional))
     if volume.downwardAPI is not None:
         return downward_files(pod, volume.downwardAPI.items, volume.downwardAPI.defaultMode, node)
     files: list[File] = []
@@ -480,10 +486,10 @@ async def volume_files(pod: Pod, volume: Volume, get: Getter, node: str) -> list
         for part in volume.projected.sources or []:
             if part.configMap is not None:
                 c = part.configMap
-                files += await configmap(c.name or "", c.items, mode, bool(c.optional))
+                files += await configmap(c.name or "", c.items, mode, optional=bool(c.optional))
             elif part.secret is not None:
                 s2 = part.secret
-                files += await secret(s2.name or "", s2.items, mode, bool(s2.optional))
+                files += await secret(s2.name or "", s2.items, mode, optional=bool(s2.optional))
             elif part.downwardAPI is not None:
                 files += downward_files(pod, part.downwardAPI.items, mode, node)
             elif part.serviceAccountToken is None:

@@ -11,12 +11,16 @@ import collections.abc
 import contextlib
 import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smesh.capture import libbpf, pins
 from smesh.lab import state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
+from smesh.linux import cgroups, netns
 from tests.conftest import in_ci
 from tests.integration import labkit
 from tests.integration.labkit import Lab, Lines, smesh, unique_name
@@ -86,3 +90,49 @@ def sniffing(lab: Lab, member: str, interface: str = "eth0") -> collections.abc.
     """tcpdump (TCP packets with their payload as ASCII) on *member*'s *interface*."""
     with labkit.sniffing(lab, member, interface, payloads=True) as packets:
         yield packets
+
+
+#: The lab's trust domain, as SPIFFE identities in access logs start.
+TRUST = "spiffe://cluster.local"
+#: A pod's HTTP server (python3 -c): answers GET with "echo PATH".
+ECHO_SERVER = """
+import http.server
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        reply = b"echo " + self.path.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Echo).serve_forever()
+"""
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a running lab holds on the machine, to check `lab down` removed all of it."""
+
+    name: str
+    cgroup: Path  # the lab's cgroup
+    started: list[tuple[int, int | None]]  # (pid, start time) of every process in it
+    pin_dir: Path  # the lab's bpffs pins
+    links: frozenset[int]  # the BPF links its agents pinned
+
+    @classmethod
+    def of(cls, lab: Lab, nodes: tuple[str, ...] = ("node-1", "node-2")) -> Footprint:
+        root = cgroups.v2_root() / f"smesh-lab-{lab.name}"
+        pin_dir = state.bpf_pin_dir(lab.name)
+        links: set[int] = set()
+        for node in nodes:
+            with pins.PinnedCapture(pin_dir / node) as pinned:
+                links |= {info.id for _pin, info in pinned.links()}
+        started = [(pid, state.start_time_of(pid)) for pid in cgroups.pids(root)]
+        return cls(lab.name, root, started, pin_dir, frozenset(links))
+
+    def assert_gone(self) -> None:
+        assert not [ns for ns in netns.list_names() if ns.startswith(f"{self.name}.")]
+        assert not self.cgroup.exists()
+        assert not [p for p, start in self.started if start and state.start_time_of(p) == start]
+        assert not self.pin_dir.exists()
+        assert not self.links & {link.id for link in libbpf.links()}

@@ -27,6 +27,8 @@ from typing import Any
 from smesh.agent import client as admin_client
 from smesh.lab import state
 from tests.integration.kubernetes.clusterkit import (
+    ECHO_SERVER,
+    TRUST,
     kubectl,
     kubernetes_lab,
     running,
@@ -38,19 +40,6 @@ from tests.integration.labkit import Lab
 
 MARKER = f"smc{secrets.token_hex(6)}"
 NAMESPACE = "late"
-TRUST = "spiffe://cluster.local"
-SERVER = """
-import http.server
-class Echo(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        reply = b"echo " + self.path.encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-    def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Echo).serve_forever()
-"""
 
 
 def pod(name: str, node: str, command: list[str] | None = None) -> dict[str, Any]:
@@ -137,7 +126,7 @@ def get(ip: str, path: str) -> list[str]:
 
 def test_a_pod_starts_while_the_signer_is_away_and_its_connections_wait_or_fail_closed() -> None:
     with kubernetes_lab("kc", "--nodes", "2") as lab:
-        server = pod("web", "node-2", ["python3", "-c", SERVER])
+        server = pod("web", "node-2", ["python3", "-c", ECHO_SERVER])
         warm = pod("warm", "node-1")
         kubectl(lab, "apply", "-f", "-", stdin=manifest(server, warm, namespace=True))
         web_ip = running(lab, "-n", NAMESPACE, "--field-selector", "metadata.name=web", count=1)[

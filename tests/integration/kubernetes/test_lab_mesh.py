@@ -24,8 +24,9 @@ import pytest
 from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
 from smesh.lab import kubepaths, state
-from smesh.linux import cgroups, netns
+from smesh.linux import netns
 from tests.integration.kubernetes.clusterkit import (
+    Footprint,
     kubectl,
     kubernetes_lab,
     pods,
@@ -580,23 +581,13 @@ def test_lab_down_leaves_nothing(cluster: Lab) -> None:
     ]
     assert len(processes) == 9
     assert all(p.alive() for p in processes)
-    root = cgroups.v2_root() / f"smesh-lab-{cluster.name}"
-    started = [(pid, state.start_time_of(pid)) for pid in cgroups.pids(root)]
-    pin_dir = state.bpf_pin_dir(cluster.name)
-    links = set()
-    for node in ("node-1", "node-2"):
-        with pins.PinnedCapture(pin_dir / node) as pinned:
-            links |= {info.id for _pin, info in pinned.links()}
-    assert links
+    footprint = Footprint.of(cluster)
+    assert footprint.links
     etcd = kubepaths.etcd_dir(cluster.name)
     assert etcd.is_dir()
 
     smesh("lab", "down", "--name", cluster.name)
-    assert not [ns for ns in netns.list_names() if ns.startswith(f"{cluster.name}.")]
-    assert not root.exists()
+    footprint.assert_gone()
     assert not [p for p in processes if p.alive()]
-    assert not [pid for pid, start in started if start and state.start_time_of(pid) == start]
-    assert not pin_dir.exists()
-    assert not links & {link.id for link in libbpf.links()}
     assert not etcd.exists()
     assert not state.directory(cluster.name).exists()

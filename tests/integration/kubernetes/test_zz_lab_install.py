@@ -25,10 +25,11 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from smesh.capture import libbpf, pins
 from smesh.lab import kubepaths, state
-from smesh.linux import cgroups, netns
 from tests.integration.kubernetes.clusterkit import (
+    ECHO_SERVER,
+    TRUST,
+    Footprint,
     kubectl,
     kubernetes_lab,
     pods,
@@ -39,20 +40,7 @@ from tests.integration.kubernetes.clusterkit import (
 from tests.integration.labkit import SMESH, Lab, smesh
 
 MARKER = f"smi{secrets.token_hex(6)}"
-TRUST = "spiffe://cluster.local"
 SIGNER = "smesh.io/workload-identity"
-SERVER = """
-import http.server
-class Echo(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        reply = b"echo " + self.path.encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-    def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Echo).serve_forever()
-"""
 
 
 def deployment(namespace: str, name: str, command: list[str]) -> list[dict[str, Any]]:
@@ -99,7 +87,7 @@ def deployment(namespace: str, name: str, command: list[str]) -> list[dict[str, 
 def cluster() -> collections.abc.Iterator[Lab]:
     with kubernetes_lab("ki", "--nodes", "2", "--install", "chart") as lab:
         items = [
-            *deployment("shop", "web", ["python3", "-c", SERVER]),
+            *deployment("shop", "web", ["python3", "-c", ECHO_SERVER]),
             *deployment("front", "client", ["sleep", "infinity"]),
         ]
         kubectl(
@@ -250,19 +238,9 @@ def test_install_check_passes_against_the_lab(cluster: Lab) -> None:
 
 
 def test_lab_down_leaves_nothing(cluster: Lab) -> None:
-    root = cgroups.v2_root() / f"smesh-lab-{cluster.name}"
-    started = [(pid, state.start_time_of(pid)) for pid in cgroups.pids(root)]
-    pin_dir = state.bpf_pin_dir(cluster.name)
-    links = set()
-    for node in ("node-1", "node-2"):
-        with pins.PinnedCapture(pin_dir / node) as pinned:
-            links |= {info.id for _pin, info in pinned.links()}
-    assert links  # the agent pods pinned their capture under the lab's pin directory
+    footprint = Footprint.of(cluster)
+    assert footprint.links  # the agent pods pinned their capture under the lab's pin directory
 
     smesh("lab", "down", "--name", cluster.name)
-    assert not [ns for ns in netns.list_names() if ns.startswith(f"{cluster.name}.")]
-    assert not root.exists()
-    assert not [pid for pid, start in started if start and state.start_time_of(pid) == start]
-    assert not pin_dir.exists()
-    assert not links & {link.id for link in libbpf.links()}
+    footprint.assert_gone()
     assert not state.directory(cluster.name).exists()
