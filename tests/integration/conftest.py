@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import collections.abc
+from typing import Any
 
 import pytest
 
 from tests.integration.labkit import SMESH, Lab, LabFactory, smesh, unique_name
 
 __all__ = ["SMESH", "Lab", "LabFactory", "smesh", "unique_name"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> collections.abc.Generator[None, Any, None]:
+    """A failed test's report shows its labs' agent warnings and errors."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Lab):
+            try:
+                trouble = value.agent_trouble()
+            except OSError as exc:
+                trouble = f"cannot read the agents' logs: {exc}"
+            report.sections.append((f"lab {value.name}: agent warnings and errors", trouble))
 
 
 @pytest.fixture

@@ -74,6 +74,23 @@ class Lab:
         """Wait until a server really answers on host:port (through the mesh, if on)."""
         probe.wait_tcp(self.name, member, host, port, timeout)
 
+    def agent_trouble(self, lines: int = 40) -> str:
+        """The last warnings and errors of each of the lab's agents (process agents' logs
+        and agent pods' container logs), for the report of a failed test: the lab and its
+        logs are gone once its fixture brought it down."""
+        from smesh.lab import state  # noqa: PLC0415 - only when a test failed
+
+        out: list[str] = []
+        for log in sorted(state.directory(self.name).rglob("agent.log")):
+            trouble = [
+                line
+                for line in log.read_text(errors="replace").splitlines()
+                if '"level": "warning"' in line or '"level": "error"' in line
+            ]
+            out.append(f"--- {log} ({len(trouble)} warnings and errors, last {lines})")
+            out += trouble[-lines:]
+        return "\n".join(out)
+
     def stop_background(self) -> None:
         for proc in self._background:
             if proc.poll() is None:
