@@ -42,6 +42,8 @@ _LATENCY_BUCKETS = (
 )
 
 
+_GC_BUCKETS = (0.0001, 0.00025, *_LATENCY_BUCKETS[:-4])
+
 # CNI ADD → reply: meant to be well under 100 ms, bounded by kubernetes.enrolTimeout (≤ 120 s).
 _ENROL_BUCKETS = (*_LATENCY_BUCKETS, 30.0, 60.0, 120.0)
 HANDOFF_COMMANDS = ("add", "del", "check")
@@ -268,6 +270,23 @@ class AgentMetrics:
             registry=r,
         )
         self.build_info.labels(__version__, platform.python_version(), ssl.OPENSSL_VERSION).set(1)
+        self.gc_pause = Histogram(
+            "smesh_agent_gc_pause_seconds",
+            "Python garbage collections by generation, timed: each one stops the event loop "
+            "(smesh.agent.collector).",
+            ["generation"],
+            buckets=_GC_BUCKETS,
+            registry=r,
+        )
+        self.gc_frozen = Gauge(
+            "smesh_agent_gc_frozen_objects",
+            "Objects moved out of the collector's way once the agent had started (gc.freeze).",
+            registry=r,
+        )
+
+    def observe(self, generation: int, seconds: float) -> None:
+        """A garbage collection of *generation* took *seconds* (collector.PauseObserver)."""
+        self.gc_pause.labels(str(generation)).observe(seconds)
 
     def kubernetes(self, informers: Callable[[], Mapping[str, InformerCounts]]) -> None:
         """The Kubernetes source's metrics: its informers and the CNI hand-off."""

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smesh.agent import logs
+from smesh.agent import collector, logs
 from smesh.agent.admin import AdminServer, ConnectionCap, Response
 from smesh.agent.config import AgentConfig
 from smesh.agent.metrics import AgentMetrics
@@ -113,6 +113,8 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        timer = collector.CollectorTimer(self.metrics)
+        timer.install()
         self._open_capture()
         await self.wiring.start(self)
         await self._admin.start(self.config.admin.address, self.config.admin.port)
@@ -138,6 +140,7 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # logged when they ended
             await self._shutdown()
+            timer.remove()
         return 0
 
     def depends_on(self, task: asyncio.Task[None]) -> None:
@@ -251,6 +254,10 @@ class Agent:
         if not self._synced:
             self._release_leftovers()
             self.wiring.forget_others(list(self._desired.values()))
+            # After this reconcile's report (CNI ADDs may wait on it): a one-off pause.
+            asyncio.get_running_loop().call_soon(
+                lambda: self.metrics.gc_frozen.set(collector.freeze_long_lived())
+            )
         self._synced = True
         self.metrics.workloads.labels("ready").set(sum(p.ready for p in self.pods.values()))
         self.metrics.workloads.labels("pending").set(
