@@ -54,6 +54,12 @@ FIGURES = (
         "CPU of node-1's agent while pods on node-2 are created and deleted, per 1,000 "
         "pod watch events (ADDED + MODIFIED + DELETED)",
     ),
+    KubeFigure(
+        "agent_gc_full_pause_ms",
+        "ms",
+        "the event loop stopped for full (generation 2) garbage collections, both agents "
+        "over the whole run (smesh_agent_gc_pause_seconds)",
+    ),
 )
 FIGURE_NAMES = tuple(f.name for f in FIGURES)
 
@@ -195,3 +201,12 @@ def markdown(section: Mapping[str, Any], machine_line: str, date: str) -> str:
     if section.get("failed"):
         parts += ["", f"**kubernetes failed:** {section['failed']}"]
     return "\n".join(parts) + "\n"
+
+
+def gc_full_pause_seconds(metrics_text: str) -> float:
+    """The agent's total time in generation 2 collections, from its /metrics text."""
+    prefix = 'smesh_agent_gc_pause_seconds_sum{generation="2"} '
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0

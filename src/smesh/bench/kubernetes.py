@@ -36,6 +36,7 @@ from typing import Any
 from smesh.bench import kubefigures, parse
 from smesh.bench.errors import BenchError
 from smesh.bench.processes import Started
+from smesh.errors import SmeshError
 
 Progress = Callable[[str], None]
 
@@ -464,6 +465,14 @@ def _prepare(api: Api) -> None:
         time.sleep(POLL)
 
 
+def _gc_full_pause(lab: str, node: str) -> float:
+    """Milliseconds *node*'s agent spent in full garbage collections so far."""
+    from smesh.agent import client as admin_client  # noqa: PLC0415
+
+    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab}.{node}")
+    return kubefigures.gc_full_pause_seconds(reply.body.decode()) * 1000
+
+
 def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
     """Bring a meshed Kubernetes lab up, measure, tear it down: the report's section."""
     import secrets  # noqa: PLC0415
@@ -518,6 +527,13 @@ def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
             figures["first_connect_p99_ms"] = notes["first_connect"]["p99"]
         if "churn" in notes:
             figures["agent_cpu_s_per_1k_pod_events"] = notes["churn"]["per_1k"]
+        try:
+            pauses = {node: _gc_full_pause(name, node) for node in lab.agent_pids}
+        except (OSError, SmeshError) as exc:
+            progress(f"garbage collection pauses: cannot read the agents' metrics: {exc}")
+        else:
+            notes["gc_full_pause_ms"] = pauses
+            figures["agent_gc_full_pause_ms"] = round(sum(pauses.values()), 1)
     finally:
         progress(f"tearing down {name}")
         api.down(name)

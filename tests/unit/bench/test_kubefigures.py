@@ -194,3 +194,13 @@ def test_only_a_full_kubernetes_run_without_failures_is_published(
     assert ("| enroll_p99_ms | 50.0 ms | ≤ 100 ms | yes |" in text) is written
     assert "by hand" in text
     assert report.BEGIN not in text  # the proxies' section is not touched
+
+
+def test_the_full_collection_time_is_read_from_an_agents_metrics() -> None:
+    text = (
+        "# TYPE smesh_agent_gc_pause_seconds histogram\n"
+        'smesh_agent_gc_pause_seconds_sum{generation="0"} 0.5\n'
+        'smesh_agent_gc_pause_seconds_sum{generation="2"} 0.125\n'
+    )
+    assert kubefigures.gc_full_pause_seconds(text) == 0.125
+    assert kubefigures.gc_full_pause_seconds("smesh_build_info 1\n") == 0.0
