@@ -488,7 +488,8 @@ def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
     name = f"benchk{secrets.token_hex(3)}"
     progress(f"building Kubernetes lab {name} ({plan.nodes} nodes, mesh on)")
     try:
-        api.up(name, nodes=plan.nodes, mesh=True, kubernetes=True)
+        # process agents: the figures read each agent's pid (RSS) and agent.log (ADD times)
+        api.up(name, nodes=plan.nodes, mesh=True, kubernetes=True, install="processes")
     except Exception as exc:  # reported in the section; api.up cleaned up after itself
         section["failed"] = f"lab up --kubernetes failed: {exc}"
         return section

@@ -37,11 +37,13 @@ def configure(lab: argparse.ArgumentParser) -> None:
     )
     up.add_argument(
         "--install",
-        choices=["lab", "chart"],
-        default="lab",
-        help="with --kubernetes: how smesh gets into the lab: lab (default: agents as lab "
-        "processes, the lab's signer) or chart (the Helm chart applied with kubectl: agent "
-        "DaemonSet, controller, certificates through CSRs)",
+        choices=list(api.INSTALL_MODES),
+        metavar="{chart,processes}",
+        help="how the mesh gets into a --kubernetes lab: chart (its default: the Helm chart "
+        "applied with kubectl, agent DaemonSet and controller as pods, certificates through "
+        "CSRs) or processes (agents as lab processes beside the lab's signer: "
+        "restart-agent/stop-agent, agent.log and pids in the lab's state; the only mode "
+        "without --kubernetes)",
     )
     up.add_argument("--policy", type=Path, help="authorization policy file for the agents")
     up.add_argument(
@@ -158,6 +160,9 @@ def _up(args: argparse.Namespace) -> int:
     )
     mode = "mesh on" if topo.mesh else "mesh off (--no-mesh)"
     if topo.kubernetes:
+        if topo.mesh:
+            chart = api.install_mode(args.install, kubernetes=True, mesh=True) == "chart"
+            mode += ", agents as " + ("pods from the chart" if chart else "lab processes")
         print(
             f"lab {topo.name!r} is up: a Kubernetes cluster of {len(topo.nodes)} nodes, {mode}; "
             f"use `smesh lab kubectl --name {topo.name} -- ...`"
@@ -224,16 +229,18 @@ def _kubectl(args: argparse.Namespace) -> int:
 
 
 def _print_tables(doc: dict[str, Any]) -> None:
+    # A chart lab's agents are pods (--install chart): named as pods, never as pids.
+    pods = doc.get("install") == "chart"
     print(
         table(
-            ["NODE", "NETNS", "IP", "POD CIDR", "AGENT PID", "AGENT"],
+            ["NODE", "NETNS", "IP", "POD CIDR", "AGENT POD" if pods else "AGENT PID", "AGENT"],
             [
                 [
                     n["name"],
                     n["netns"],
                     n["ip"],
                     n["pod_cidr"],
-                    n["agent_pid"] or "-",
+                    (n.get("agent_pod") if pods else n["agent_pid"]) or "-",
                     n["agent_health"],
                 ]
                 for n in doc["nodes"]

@@ -43,6 +43,25 @@ def _leftovers(name: str, cgroup_root: Path) -> list[str]:
     return found
 
 
+#: ``lab up --install`` values; ``lab`` is the old name of ``processes``.
+INSTALL_MODES = ("chart", "processes", "lab")
+
+
+def install_mode(install: str | None, *, kubernetes: bool, mesh: bool) -> str:
+    """``chart`` or ``processes``: how smesh gets into a lab (``lab up --install``).
+
+    Unset, a meshed Kubernetes lab installs the chart, as a cluster admin would; every other
+    lab (no API server to apply it to, or no mesh to install) runs process agents, or none.
+    """
+    if install is None:
+        return "chart" if kubernetes and mesh else "processes"
+    if install not in INSTALL_MODES:
+        raise InvalidLabSpec(f"--install {install!r}: choose chart or processes")
+    if install == "chart" and not (kubernetes and mesh):
+        raise InvalidLabSpec("--install chart needs --kubernetes and the mesh (no --no-mesh)")
+    return "processes" if install == "lab" else install
+
+
 def up(
     name: str = topology.DEFAULT_NAME,
     nodes: int = 2,
@@ -53,24 +72,24 @@ def up(
     policy: Path | None = None,
     agent_overrides: Sequence[str] = (),
     kubernetes: bool = False,
-    install: str = "lab",
+    install: str | None = None,
 ) -> Topology:
     """Build lab *name*; on any failure remove what was built and re-raise.
 
     With *kubernetes* the lab is a cluster: a control plane in ``NAME.control``, a kubelet per
     node, and no static pods (*pods_per_node* is ignored): pods come from the API server.
-    *install* says how the mesh gets there: ``lab`` (agents as lab processes, the lab's
-    signer) or ``chart`` (Kubernetes labs: smesh installed from its Helm chart, the agents and
-    the controller run as pods; :mod:`smesh.lab.install`).
+    *install* says how the mesh gets there (:func:`install_mode`): ``chart`` (the default of
+    a meshed Kubernetes lab: smesh installed from its Helm chart, the agents and the
+    controller run as pods; :mod:`smesh.lab.install`) or ``processes`` (agents as lab
+    processes beside the lab's signer, which ``restart_agent``/``stop_agent`` act on).
     """
-    if install not in {"lab", "chart"}:
-        raise InvalidLabSpec(f"--install {install!r}: choose lab or chart")
-    if install == "chart" and not (kubernetes and mesh):
-        raise InvalidLabSpec("--install chart needs --kubernetes and the mesh (no --no-mesh)")
+    explicit = install is not None
+    install = install_mode(install, kubernetes=kubernetes, mesh=mesh)
     if install == "chart" and (policy is not None or agent_overrides):
+        chosen = "--install chart" if explicit else "--kubernetes (which installs the chart)"
         raise InvalidLabSpec(
-            "--policy and --agent-set configure lab-process agents; with --install chart "
-            "use AuthorizationPolicy objects and the chart's values"
+            f"--policy and --agent-set configure process agents; with {chosen} use "
+            "AuthorizationPolicy objects and the chart's values, or pass --install processes"
         )
     if kubernetes and identities:
         raise InvalidLabSpec(
@@ -80,6 +99,10 @@ def up(
         from smesh.policy import load as load_policy  # noqa: PLC0415
 
         load_policy(policy)  # refuse a bad policy before building anything
+    if install == "chart":
+        from smesh.lab import install as chart  # noqa: PLC0415
+
+        chart.require_helm()
     parsed = [topology.parse_identity(text) for text in identities]
     topo = topology.plan(
         name, nodes, pods_per_node, mesh, {p: (n, s) for p, n, s in parsed}, kubernetes=kubernetes
@@ -107,13 +130,11 @@ def up(
                 from smesh.lab import kubelab  # noqa: PLC0415 - only for Kubernetes labs
 
                 kubelab.start_control_plane(lab, topo, cgroup_root)
-            if mesh and install == "lab":
+            if mesh and install == "processes":
                 _start_mesh(lab, topo, cgroup_root, policy)
             if kubernetes:
                 kubelab.start_kubelets(lab, topo, cgroup_root)
             if install == "chart":
-                from smesh.lab import install as chart  # noqa: PLC0415
-
                 chart.install(topo, cgroup_root)
             lab.phase = "up"
             state.save(lab)
@@ -242,7 +263,8 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     nodes = []
     chart = lab.settings.get("install") == "chart"
     for node in topo.nodes:
-        agent = lab.agents.get(node.name)
+        # A chart lab's agents are the DaemonSet's pods (agent_pod, below), never processes.
+        agent = None if chart else lab.agents.get(node.name)
         health = agents.pod_health(node) if chart else agents.health(node, agent)
         nodes.append(
             {
@@ -254,6 +276,7 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
                 "pod_cidr6": str(node.pod_cidr6),
                 "present": netns.exists(node.netns),
                 "agent_pid": agent.pid if agent else None,
+                "agent_pod": None,
                 "agent_health": health,
             }
         )
@@ -274,7 +297,7 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
     ]
     doc: dict[str, Any] = {"name": topo.name, "mesh": topo.mesh, "nodes": nodes, "pods": pods}
     doc["kubernetes"] = topo.kubernetes
-    doc["install"] = "chart" if chart else "lab"
+    doc["install"] = ("chart" if chart else "processes") if topo.mesh else None
     if topo.kubernetes:
         from smesh.lab import kubelab, kubepaths  # noqa: PLC0415
 
@@ -289,7 +312,36 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
             entry["kubelet_pid"] = kubelet.pid if kubelet else None
             entry["kubelet_alive"] = bool(kubelet and kubelet.alive())
         doc["kubernetes_pods"] = kubelab.pod_rows(topo)
+        if chart:
+            for entry in nodes:
+                entry["agent_pod"] = _agent_pod(doc["kubernetes_pods"], str(entry["name"]))
     return doc
+
+
+def _agent_pod(rows: Sequence[dict[str, Any]], node: str) -> str | None:
+    """NAMESPACE/NAME of the chart's agent pod on *node* (two, comma-separated, mid-rollout)."""
+    from smesh.lab.install import AGENT_POD_PREFIX, NAMESPACE  # noqa: PLC0415
+
+    found = [
+        f"{NAMESPACE}/{row['name']}"
+        for row in rows
+        if row["namespace"] == NAMESPACE
+        and str(row["name"]).startswith(AGENT_POD_PREFIX)
+        and row["node"] == node
+        and not row["deleting"]
+    ]
+    return ", ".join(found) or None
+
+
+def _process_agents_only(lab: state.LabState, verb: str) -> None:
+    """Refuse *verb* on a chart lab: its agents are pods, which the lab does not start."""
+    if lab.settings.get("install") == "chart":
+        raise LabError(
+            f"lab {lab.name!r} runs its agents as pods of the chart's DaemonSet, not as lab "
+            f"processes, so {verb} cannot act on them: restart one with `smesh lab kubectl "
+            f"--name {lab.name} -- -n smesh-system delete pod POD` (`smesh lab status` names "
+            "each node's agent pod), or bring the lab up with `--install processes`"
+        )
 
 
 def restart_agent(name: str, node_name: str) -> state.Process:
@@ -301,6 +353,7 @@ def restart_agent(name: str, node_name: str) -> state.Process:
         lab, topo = load(name)
         if not topo.mesh:
             raise LabError(f"lab {name!r} runs without the mesh (--no-mesh): it has no agents")
+        _process_agents_only(lab, "restart-agent")
         node = topo.node(node_name)
         old = lab.agents.get(node.name)
         if old is not None and old.alive():
@@ -327,6 +380,7 @@ def stop_agent(name: str, node_name: str) -> bool:
         lab, topo = load(name)
         if not topo.mesh:
             raise LabError(f"lab {name!r} runs without the mesh (--no-mesh): it has no agents")
+        _process_agents_only(lab, "stop-agent")
         node = topo.node(node_name)
         process = lab.agents.get(node.name)
         if process is None or not process.alive():

@@ -1,4 +1,4 @@
-"""Install smesh into a Kubernetes lab from its Helm chart: `lab up --kubernetes --install chart`.
+"""Install smesh into a Kubernetes lab from its Helm chart: `lab up --kubernetes` (the default).
 
 As a cluster admin would: the chart rendered by ``helm template`` (with the lab's values
 below) and applied with ``kubectl``, the CA Secret made by ``smesh ca init --kubeconfig``;
@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[3]
 HELM = REPO / "build" / "helm" / "bin" / "helm"
 CHART = REPO / "deploy" / "helm" / "smesh"
 NAMESPACE = "smesh-system"
+#: The agent DaemonSet's pods are named after it (``smesh-agent-xxxxx``).
+AGENT_POD_PREFIX = "smesh-agent-"
 #: From ``kubectl apply`` to every agent Ready and the controller available: pods start
 #: one after another on two shared cores (the agents load BPF, the controller signs).
 INSTALL_TIMEOUT = 180.0
@@ -62,10 +64,18 @@ def manifest_path(lab: str) -> Path:
     return kubepaths.kube_dir(lab) / "smesh.yaml"
 
 
+def require_helm() -> None:
+    """Refuse a chart install before the lab is built, rather than after 10 s of it."""
+    if not HELM.is_file():
+        raise InstallFailed(
+            f"{HELM} is not built: run `make helm` (or `lab up --kubernetes --install "
+            "processes` for agents as lab processes, without the chart)"
+        )
+
+
 def render(topo: Topology) -> Path:
     """``helm template`` of the chart with the lab's values, into the lab's state."""
-    if not HELM.is_file():
-        raise InstallFailed(f"{HELM} is not built: run `make helm`")
+    require_helm()
     values = kubepaths.kube_dir(topo.name) / "smesh-values.yaml"
     values.write_text(yaml.safe_dump(lab_values(topo), sort_keys=False))
     argv = [str(HELM), "template", "smesh", str(CHART), "--namespace", NAMESPACE]

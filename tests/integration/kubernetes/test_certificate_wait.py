@@ -125,7 +125,8 @@ def get(ip: str, path: str) -> list[str]:
 
 
 def test_a_pod_starts_while_the_signer_is_away_and_its_connections_wait_or_fail_closed() -> None:
-    with kubernetes_lab("kc", "--nodes", "2") as lab:
+    # process agents: the test stops the lab's signer by pid and reads agent.log
+    with kubernetes_lab("kc", "--nodes", "2", "--install", "processes") as lab:
         server = pod("web", "node-2", ["python3", "-c", ECHO_SERVER])
         warm = pod("warm", "node-1")
         kubectl(lab, "apply", "-f", "-", stdin=manifest(server, warm, namespace=True))

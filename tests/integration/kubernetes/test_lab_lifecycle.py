@@ -76,7 +76,11 @@ def cluster() -> collections.abc.Iterator[Lab]:
         pytest.skip(message)
     lab = Lab(unique_name("kl"))
     try:
-        smesh("lab", "up", "--name", lab.name, "--kubernetes", "--nodes", "2", timeout=240)
+        # process agents: stop-agent/restart-agent and agent.log
+        smesh(
+            "lab", "up", "--name", lab.name, "--kubernetes", "--nodes", "2",
+            "--install", "processes", timeout=240,
+        )  # fmt: skip
         kubectl(lab, "apply", "-f", "-", stdin=SHOP)
         for name in ("client", "idle"):
             kubectl(lab, "apply", "-f", "-", stdin=SLEEPER.format(name=name, node="node-1"))
@@ -224,6 +228,10 @@ def test_a_stopped_agent_fails_closed_and_its_restart_re_enrols_every_pod(cluste
     agents_equal_the_api(cluster)
     before = {key[1] for key in agent_meshed(cluster, "node-1")}
     assert before == {"client", "idle"}
+    # --install processes: the agents are lab processes, which status shows by pid
+    doc = json.loads(smesh("lab", "status", "--name", cluster.name, "--json").stdout)
+    assert doc["install"] == "processes"
+    assert all(n["agent_pid"] and n["agent_pod"] is None for n in doc["nodes"])
 
     smesh("lab", "stop-agent", "--name", cluster.name, "node-1")
 

@@ -133,7 +133,8 @@ def pod(name: str, namespace: str, node: str, **spec: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
-    with kubernetes_lab("km", "--nodes", "2") as lab:
+    # process agents: the tests read agent.log files, agent pids and the lab's signer
+    with kubernetes_lab("km", "--nodes", "2", "--install", "processes") as lab:
         kubectl(lab, "apply", "-f", "-", stdin=app("shop", meshed=True))
         kubectl(lab, "apply", "-f", "-", stdin=app("plain", meshed=False))
         yield lab

@@ -73,7 +73,8 @@ def app() -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
-    with kubernetes_lab("kp", "--nodes", "2") as lab:
+    # process agents: the test reads each agent's agent.log in the lab's state
+    with kubernetes_lab("kp", "--nodes", "2", "--install", "processes") as lab:
         kubectl(lab, "apply", "-f", str(CRD))
         kubectl(
             lab, "wait", "--for=condition=Established", "--timeout=60s",

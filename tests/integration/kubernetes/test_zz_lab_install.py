@@ -1,4 +1,4 @@
-"""smesh installed into a lab cluster from its Helm chart: `lab up --kubernetes --install chart`.
+"""smesh installed into a lab cluster from its Helm chart: `lab up --kubernetes` (no flag).
 
 One 2-node lab for the module (tests run in file order; the last one brings it down). The
 lab renders the chart, applies it with kubectl and creates the CA Secret; its kubelets run
@@ -85,7 +85,7 @@ def deployment(namespace: str, name: str, command: list[str]) -> list[dict[str, 
 
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
-    with kubernetes_lab("ki", "--nodes", "2", "--install", "chart") as lab:
+    with kubernetes_lab("ki", "--nodes", "2") as lab:  # the chart: --kubernetes's default
         items = [
             *deployment("shop", "web", ["python3", "-c", ECHO_SERVER]),
             *deployment("front", "client", ["sleep", "infinity"]),
@@ -154,6 +154,19 @@ def test_the_chart_runs_the_agents_and_the_controller_as_pods(cluster: Lab) -> N
         lambda: [n["agent_health"] for n in status()["nodes"]] == ["ready", "ready"],
         timeout=30,
     )
+    # the agents are pods: status names each node's, and no lab process stands for them
+    by_node = {p["spec"]["nodeName"]: f"smesh-system/{p['metadata']['name']}" for p in agents}
+    assert {n["name"]: (n["agent_pod"], n["agent_pid"]) for n in status()["nodes"]} == {
+        node: (pod, None) for node, pod in by_node.items()
+    }
+    table = smesh("lab", "status", "--name", cluster.name).stdout
+    assert "AGENT POD" in table
+    assert by_node["node-1"] in table
+    for verb in ("restart-agent", "stop-agent"):
+        refused = smesh("lab", verb, "--name", cluster.name, "node-1", check=False)
+        assert refused.returncode != 0
+        assert "runs its agents as pods" in refused.stderr
+        assert "--install processes" in refused.stderr
     for pod in controllers:
         assert pod["spec"]["securityContext"]["runAsUser"] == 65532
         assert pod["status"]["containerStatuses"][0]["ready"] is True

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smesh.cli.lab import exec_command
+from smesh.cli.lab import configure, exec_command
 from smesh.lab import api
 from smesh.lab.errors import InvalidLabSpec, LabError
 
@@ -41,13 +43,46 @@ def test_only_the_api_server_restarts_loopback_only() -> None:
         api.restart_control_plane("x", "etcd", loopback_only=True)
 
 
+def up_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return parser.parse_args(["up", *argv])
+
+
+@pytest.mark.parametrize(
+    ("argv", "mode"),
+    [
+        (["--kubernetes"], "chart"),  # issue 20: the chart is what --kubernetes installs
+        (["--kubernetes", "--install", "chart"], "chart"),
+        (["--kubernetes", "--install", "processes"], "processes"),
+        (["--kubernetes", "--install", "lab"], "processes"),  # the old name
+        (["--kubernetes", "--no-mesh"], "processes"),  # nothing to install: no agents at all
+        ([], "processes"),  # no API server to apply a chart to
+        (["--install", "processes"], "processes"),
+    ],
+)
+def test_how_lab_up_installs_the_mesh(argv: list[str], mode: str) -> None:
+    args = up_args(*argv)
+    assert api.install_mode(args.install, kubernetes=args.kubernetes, mesh=not args.no_mesh) == (
+        mode
+    )
+
+
+def test_install_takes_only_its_modes() -> None:
+    with pytest.raises(SystemExit):
+        up_args("--kubernetes", "--install", "helm")
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"install": "helm"}, "choose lab or chart"),
+        ({"install": "helm"}, "choose chart or processes"),
         ({"install": "chart"}, "needs --kubernetes"),
         ({"install": "chart", "kubernetes": True, "mesh": False}, "needs --kubernetes"),
         ({"install": "chart", "kubernetes": True, "agent_overrides": ["a=b"]}, "chart's values"),
+        # the default: the message says the chart came from --kubernetes, and the way out
+        ({"kubernetes": True, "agent_overrides": ["a=b"]}, r"--kubernetes \(which installs"),
+        ({"kubernetes": True, "policy": Path("p.yaml")}, "pass --install processes"),
     ],
 )
 def test_install_chart_is_refused_where_it_cannot_work(kw: dict[str, Any], message: str) -> None:
