@@ -188,11 +188,16 @@ def access(lab: Lab, node: str) -> list[dict[str, Any]]:
 
 
 def outbound(lab: Lab, mark: int, count: int) -> list[dict[str, Any]]:
-    """node-1's outbound records after *mark*, once there are *count* (an agent writes a
-    record when it has closed the connection, which may be just after the client exits)."""
+    """node-1's outbound records of requests after *mark*, once there are *count* (an agent
+    writes a record when it has closed the connection, which may be just after the client
+    exits: so a readiness probe of serving() can land after the mark, but it sends no byte)."""
 
     def check() -> list[dict[str, Any]]:
-        found = [r for r in access(lab, "node-1")[mark:] if r["direction"] == "outbound"]
+        found = [
+            r
+            for r in access(lab, "node-1")[mark:]
+            if r["direction"] == "outbound" and r["bytes_sent"] > 0
+        ]
         return found if len(found) >= count else []
 
     found: list[dict[str, Any]] = wait_for(f"{count} outbound records on node-1", check, 10)
@@ -280,7 +285,9 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
             return [
                 r
                 for r in access(cluster, node)[before[node] :]
-                if r["direction"] == "inbound" and r["destination"] == f"{ip}:8080"
+                if r["direction"] == "inbound"
+                and r["destination"] == f"{ip}:8080"
+                and r["bytes_sent"] > 0  # not a readiness probe of serving()
             ]
 
         far = wait_for(f"the inbound record on {node}", inbound, timeout=10)
