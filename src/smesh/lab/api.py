@@ -54,6 +54,7 @@ def up(
     agent_overrides: Sequence[str] = (),
     kubernetes: bool = False,
     install: str = "lab",
+    chart_values: Sequence[str] = (),
 ) -> Topology:
     """Build lab *name*; on any failure remove what was built and re-raise.
 
@@ -61,7 +62,8 @@ def up(
     node, and no static pods (*pods_per_node* is ignored): pods come from the API server.
     *install* says how the mesh gets there: ``lab`` (agents as lab processes, the lab's
     signer) or ``chart`` (Kubernetes labs: smesh installed from its Helm chart, the agents and
-    the controller run as pods; :mod:`smesh.lab.install`).
+    the controller run as pods; :mod:`smesh.lab.install`). *chart_values* (``KEY=VALUE``)
+    are passed to ``helm template --set`` over the lab's own values.
     """
     if install not in {"lab", "chart"}:
         raise InvalidLabSpec(f"--install {install!r}: choose lab or chart")
@@ -72,6 +74,11 @@ def up(
             "--policy and --agent-set configure lab-process agents; with --install chart "
             "use AuthorizationPolicy objects and the chart's values"
         )
+    if chart_values and install != "chart":
+        raise InvalidLabSpec("--set sets the Helm chart's values: it needs --install chart")
+    for value in chart_values:
+        if "=" not in value or not value.partition("=")[0].strip():
+            raise InvalidLabSpec(f"--set {value!r}: expected KEY=VALUE (a chart value)")
     if kubernetes and identities:
         raise InvalidLabSpec(
             "--identity names static pods; a --kubernetes lab has none (pods come from the API)"
@@ -114,7 +121,7 @@ def up(
             if install == "chart":
                 from smesh.lab import install as chart  # noqa: PLC0415
 
-                chart.install(topo, cgroup_root)
+                chart.install(topo, cgroup_root, values=chart_values)
             lab.phase = "up"
             state.save(lab)
         except BaseException:

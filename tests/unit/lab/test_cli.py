@@ -48,6 +48,9 @@ def test_only_the_api_server_restarts_loopback_only() -> None:
         ({"install": "chart"}, "needs --kubernetes"),
         ({"install": "chart", "kubernetes": True, "mesh": False}, "needs --kubernetes"),
         ({"install": "chart", "kubernetes": True, "agent_overrides": ["a=b"]}, "chart's values"),
+        ({"kubernetes": True, "chart_values": ["a=b"]}, "needs --install chart"),
+        ({"install": "chart", "kubernetes": True, "chart_values": ["a"]}, "expected KEY=VALUE"),
+        ({"install": "chart", "kubernetes": True, "chart_values": ["=b"]}, "expected KEY=VALUE"),
     ],
 )
 def test_install_chart_is_refused_where_it_cannot_work(kw: dict[str, Any], message: str) -> None:
