@@ -32,6 +32,7 @@ from pydantic import (
 from smesh.dataplane.loop import LoopKind
 from smesh.errors import SmeshError
 from smesh.identity.errors import InvalidSpiffeId
+from smesh.identity.manager import ROTATION_SPREAD
 from smesh.identity.signer import MAX_TTL
 from smesh.identity.spiffe import validate_trust_domain
 from smesh.validation import describe
@@ -137,6 +138,12 @@ class IdentitySettings(_Section):
     cert_ttl: Seconds = Field(default=24 * 3600.0, alias="certTtl")
     # source: kubernetes: how long a CSR waits for the controller's answer.
     csr_timeout: Annotated[Seconds, Field(ge=1, le=300)] = Field(default=30.0, alias="csrTimeout")
+    # Once a CA rotation is activated (the bundle names a new signing root), certificates of
+    # the old root are renewed early, each at a random moment within this: a cluster's
+    # agents spread their CSRs instead of filing them all at once. 0: at once.
+    rotation_spread: Annotated[Seconds, Field(ge=0, le=3600)] = Field(
+        default=ROTATION_SPREAD, alias="rotationSpread"
+    )
 
     @field_validator("trust_domain")
     @classmethod

@@ -260,6 +260,12 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.rotation_renewals = Counter(
+            "smesh_certificate_rotation_renewals_total",
+            "Certificates renewed early because the trust bundle names another signing root "
+            "than theirs (a CA rotation was activated; identity.rotationSpread).",
+            registry=r,
+        )
         self.workloads = Gauge(
             "smesh_workloads", "Meshed workloads on this node, by state.", ["state"], registry=r
         )

@@ -195,6 +195,8 @@ class MeshWiring:
             on_renewed=self._renewed,
             cache=cache,
             on_cache_load=lambda result: loads.labels(result).inc(),
+            rotation_spread=self.config.identity.rotation_spread,
+            on_rotation=lambda _identity: agent.metrics.rotation_renewals.inc(),
         )
         t, lim = self.config.timeouts, self.config.limits
         self.services = Services(

@@ -45,6 +45,15 @@ def configure(lab: argparse.ArgumentParser) -> None:
         "restart-agent/stop-agent, agent.log and pids in the lab's state; the only mode "
         "without --kubernetes)",
     )
+    up.add_argument(
+        "--set",
+        dest="chart_values",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --install chart: a Helm chart value, as `helm template --set` takes it "
+        "(over the lab's own values), e.g. --set agent.config.identity.rotationSpread=5s",
+    )
     up.add_argument("--policy", type=Path, help="authorization policy file for the agents")
     up.add_argument(
         "--agent-set",
@@ -157,6 +166,7 @@ def _up(args: argparse.Namespace) -> int:
         agent_overrides=args.agent_set,
         kubernetes=args.kubernetes,
         install=args.install,
+        chart_values=args.chart_values,
     )
     mode = "mesh on" if topo.mesh else "mesh off (--no-mesh)"
     if topo.kubernetes:

@@ -45,7 +45,7 @@ from smesh.controller.decide import (
     requested_identity,
 )
 from smesh.controller.lease import LeaderElector
-from smesh.controller.secretca import BUNDLE_CONFIGMAP, BUNDLE_KEY, SECRET_NAME, SecretCA
+from smesh.controller.secretca import BUNDLE_CONFIGMAP, SECRET_NAME, SecretCA
 from smesh.identity.errors import CaError
 from smesh.kubernetes.client import NAMESPACES, Kind, KubeApi, Selection
 from smesh.kubernetes.informer import HasMetadata, Informer
@@ -214,7 +214,7 @@ class Controller:
         except CaError as exc:
             log.error("kept the previous CA: %s", exc)
             return
-        while not await self._publish_bundle(ca.bundle_pem()):
+        while not await self._publish_bundle(ca.bundle_data()):
             await asyncio.sleep(RETRY_DELAY)
         self.ca = ca
         log.info(
@@ -247,7 +247,7 @@ class Controller:
             return False
         return not (csr.status and csr.status.certificate)
 
-    async def _publish_bundle(self, pem: str) -> bool:
+    async def _publish_bundle(self, data: dict[str, str]) -> bool:
         ns = self.settings.namespace
         try:
             try:
@@ -258,13 +258,13 @@ class Controller:
                 await self.client.create(
                     ConfigMap(
                         metadata=ObjectMeta(name=BUNDLE_CONFIGMAP, namespace=ns),
-                        data={BUNDLE_KEY: pem},
+                        data=data,
                     )
                 )
                 log.info("published the trust bundle %s/%s", ns, BUNDLE_CONFIGMAP)
                 return True
-            if (current.data or {}).get(BUNDLE_KEY) != pem:
-                current.data = {**(current.data or {}), BUNDLE_KEY: pem}
+            if any((current.data or {}).get(k) != v for k, v in data.items()):
+                current.data = {**(current.data or {}), **data}
                 await self.client.replace(current)
                 log.info("updated the trust bundle %s/%s", ns, BUNDLE_CONFIGMAP)
         except ApiError as exc:

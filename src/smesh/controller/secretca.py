@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -34,6 +35,9 @@ from smesh.identity.errors import CaError, IdentityError
 SECRET_NAME = "smesh-ca"
 BUNDLE_CONFIGMAP = "smesh-trust-bundle"
 BUNDLE_KEY = "roots.pem"
+#: The bundle ConfigMap's other key: the root the signing chain ends at. Agents renew early
+#: every certificate of another root, so an activated rotation reaches every workload soon.
+SIGNING_KEY = "signing.pem"
 #: When step 3 may run: set by step 2 to the activation time plus the longest lifetime.
 RETIRE_AFTER_KEY = "retire-after"
 
@@ -118,6 +122,22 @@ class SecretCA:
 
     def bundle_pem(self) -> str:
         return self.roots.pem()
+
+    def signing_root(self) -> x509.Certificate:
+        """The trusted root the signing chain ends at (from_data checked there is one)."""
+        top = self.chain[-1]
+        candidates = [r for r in self.roots.roots if r.subject == top.issuer]
+        for root in candidates:  # two roots of one name (a user's CA renewed in place)
+            try:
+                top.verify_directly_issued_by(root)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return root
+        return candidates[0]
+
+    def bundle_data(self) -> dict[str, str]:
+        """The trust bundle ConfigMap's data: every trusted root, and the signing one."""
+        return {BUNDLE_KEY: self.bundle_pem(), SIGNING_KEY: _pem(self.signing_root()).decode()}
 
 
 def new_data(trust_domain: str) -> SecretData:

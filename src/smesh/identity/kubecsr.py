@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from cryptography import x509
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core.exceptions import ApiError
@@ -45,6 +46,8 @@ SIGNER_NAME = "smesh.io/workload-identity"
 USAGES = ["digital signature", "server auth", "client auth"]
 BUNDLE_CONFIGMAP = "smesh-trust-bundle"
 BUNDLE_KEY = "roots.pem"
+#: The root the controller signs with now (smesh.controller.secretca.SIGNING_KEY).
+SIGNING_KEY = "signing.pem"
 #: The API server's floor for spec.expirationSeconds.
 MIN_EXPIRATION = 600
 #: How long a request waits for the controller's answer by default.
@@ -77,6 +80,22 @@ def _answer(csr: CertificateSigningRequest) -> bytes | None:
     if status.certificate:
         return base64.b64decode(status.certificate)
     return None
+
+
+def with_signing_root(bundle: TrustBundle, pem: str | None, where: str) -> TrustBundle:
+    """*bundle* naming its signing root, if *pem* is one of its roots (older controllers
+    publish none: no early renewal after a rotation then, only at half-life)."""
+    if not pem:
+        return bundle
+    try:
+        signing = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        log.warning("%s: %s holds no PEM certificate; ignored", where, SIGNING_KEY)
+        return bundle
+    if signing not in bundle.roots:
+        log.warning("%s: %s is not one of the roots in %s; ignored", where, SIGNING_KEY, BUNDLE_KEY)
+        return bundle
+    return TrustBundle(bundle.roots, signing)
 
 
 class KubeCsrSource:
@@ -162,10 +181,14 @@ class KubeCsrSource:
             raise SignerUnavailable(f"cannot reach the Kubernetes API: {exc!r}") from None
         finally:
             await client.close()
-        pem = (cm.data or {}).get(BUNDLE_KEY)
+        data = cm.data or {}
+        pem = data.get(BUNDLE_KEY)
         if not pem:
             raise SignerUnavailable(f"{self.namespace}/{BUNDLE_CONFIGMAP} has no {BUNDLE_KEY}")
-        return TrustBundle.from_pem(pem)
+        bundle = TrustBundle.from_pem(pem)
+        return with_signing_root(
+            bundle, data.get(SIGNING_KEY), f"{self.namespace}/{BUNDLE_CONFIGMAP}"
+        )
 
     async def _sign(self, csr_pem: bytes) -> bytes:
         config = self._config()

@@ -12,6 +12,13 @@ verified) as a credential is first needed — typically a restarted agent — a 
 that is still valid and chains to the current bundle serves instead, and is renewed as
 soon as the signer answers. The cached copy goes when the identity's last user releases
 it (its pods left the mesh), not when the agent stops.
+
+A CA rotation: when the source's bundle names a signing root (the Kubernetes CSR source
+does, from the trust bundle ConfigMap) and a certificate held here was signed by another
+root, that certificate is renewed early, at a random moment within ``rotation_spread``
+seconds (so a cluster's agents do not all file their CSRs in the same second). Without
+this an activated rotation would take a full certificate lifetime (up to 24 h) to reach
+every workload, and the old root could not be retired before then anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable
@@ -41,6 +49,8 @@ log = logging.getLogger("smesh.identity")
 RETRY_AFTER = 10.0
 BUNDLE_REFRESH = 300.0
 MAX_SLEEP = 60.0
+#: Default of identity.rotationSpread: early renewals after a rotation spread over this.
+ROTATION_SPREAD = 60.0
 
 
 def renewal_time(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
@@ -84,8 +94,12 @@ class CertificateManager:
         *,
         cache: CredentialCache | None = None,
         on_cache_load: Callable[[str], None] | None = None,
+        rotation_spread: float = ROTATION_SPREAD,
+        on_rotation: Callable[[SpiffeId], None] | None = None,
     ) -> None:
         self.source = source
+        self.rotation_spread = rotation_spread
+        self.on_rotation = on_rotation  # an identity's renewal brought forward by a rotation
         self._bundle = bundle
         self._cache = cache
         self.on_cache_load = on_cache_load  # with the outcome: used, expired, untrusted, ...
@@ -361,6 +375,30 @@ class CertificateManager:
                     await asyncio.to_thread(self._cache.store_bundle, bundle)
                 except (OSError, IdentityError) as exc:
                     log.error("cannot cache the trust bundle: %s", exc)
+        self._renew_off_root(bundle)
+
+    def _renew_off_root(self, bundle: TrustBundle) -> None:
+        """Bring forward the renewal of every certificate not signed by the signing root."""
+        now = self._clock()
+        early = False
+        for identity, entry in self._entries.items():
+            if bundle.signed_by_signing_root(entry.credential.chain) is not False:
+                continue
+            when = now + random.uniform(0.0, self.rotation_spread)
+            if entry.renew_at <= when:
+                continue  # already due as soon (or brought forward before)
+            entry.renew_at = when
+            early = True
+            log.info(
+                "the CA rotated: renewing %s (serial %x, of the previous root) within %.0f s",
+                identity,
+                entry.credential.serial,
+                when - now,
+            )
+            if self.on_rotation is not None:
+                self.on_rotation(identity)
+        if early:
+            self._due_now.set()  # the renewal loop sleeps until the old earliest: wake it
 
     async def run(self) -> None:
         """Renew forever (the agent runs this as a task)."""

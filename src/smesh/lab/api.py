@@ -73,6 +73,7 @@ def up(
     agent_overrides: Sequence[str] = (),
     kubernetes: bool = False,
     install: str | None = None,
+    chart_values: Sequence[str] = (),
 ) -> Topology:
     """Build lab *name*; on any failure remove what was built and re-raise.
 
@@ -82,6 +83,8 @@ def up(
     a meshed Kubernetes lab: smesh installed from its Helm chart, the agents and the
     controller run as pods; :mod:`smesh.lab.install`) or ``processes`` (agents as lab
     processes beside the lab's signer, which ``restart_agent``/``stop_agent`` act on).
+    *chart_values* (``KEY=VALUE``) are passed to ``helm template --set`` over the
+    lab's own values.
     """
     explicit = install is not None
     install = install_mode(install, kubernetes=kubernetes, mesh=mesh)
@@ -91,6 +94,11 @@ def up(
             f"--policy and --agent-set configure process agents; with {chosen} use "
             "AuthorizationPolicy objects and the chart's values, or pass --install processes"
         )
+    if chart_values and install != "chart":
+        raise InvalidLabSpec("--set sets the Helm chart's values: it needs --install chart")
+    for value in chart_values:
+        if "=" not in value or not value.partition("=")[0].strip():
+            raise InvalidLabSpec(f"--set {value!r}: expected KEY=VALUE (a chart value)")
     if kubernetes and identities:
         raise InvalidLabSpec(
             "--identity names static pods; a --kubernetes lab has none (pods come from the API)"
@@ -135,7 +143,7 @@ def up(
             if kubernetes:
                 kubelab.start_kubelets(lab, topo, cgroup_root)
             if install == "chart":
-                chart.install(topo, cgroup_root)
+                chart.install(topo, cgroup_root, values=chart_values)
             lab.phase = "up"
             state.save(lab)
         except BaseException:

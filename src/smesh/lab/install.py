@@ -73,13 +73,15 @@ def require_helm() -> None:
         )
 
 
-def render(topo: Topology) -> Path:
-    """``helm template`` of the chart with the lab's values, into the lab's state."""
+def render(topo: Topology, values: Sequence[str] = ()) -> Path:
+    """``helm template`` of the chart with the lab's values (and ``--set`` *values*)."""
     require_helm()
-    values = kubepaths.kube_dir(topo.name) / "smesh-values.yaml"
-    values.write_text(yaml.safe_dump(lab_values(topo), sort_keys=False))
+    values_file = kubepaths.kube_dir(topo.name) / "smesh-values.yaml"
+    values_file.write_text(yaml.safe_dump(lab_values(topo), sort_keys=False))
     argv = [str(HELM), "template", "smesh", str(CHART), "--namespace", NAMESPACE]
-    argv += ["--include-crds", "--values", str(values)]
+    argv += ["--include-crds", "--values", str(values_file)]
+    for value in values:
+        argv += ["--set", value]
     done = subprocess.run(argv, capture_output=True, check=False, timeout=60)
     if done.returncode != 0:
         raise InstallFailed(f"helm template failed: {done.stderr.decode(errors='replace')}")
@@ -111,9 +113,14 @@ def run_in_control(topo: Topology, cgroup_root: Path, argv: Sequence[str]) -> st
     return output
 
 
-def install(topo: Topology, cgroup_root: Path, timeout: float = INSTALL_TIMEOUT) -> None:
+def install(
+    topo: Topology,
+    cgroup_root: Path,
+    timeout: float = INSTALL_TIMEOUT,
+    values: Sequence[str] = (),
+) -> None:
     """Apply the rendered chart, create the CA Secret, wait until smesh runs on every node."""
-    manifest = render(topo)
+    manifest = render(topo, values)
     kubectl = str(DEFAULT_BIN_DIR / "kubectl")
     run_in_control(topo, cgroup_root, [kubectl, "apply", "-f", str(manifest)])
     admin = str(kubepaths.admin_kubeconfig(topo.name))

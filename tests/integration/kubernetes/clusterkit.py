@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import json
+import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from smesh.capture import libbpf, pins
-from smesh.lab import state
+from smesh.lab import kubepaths, state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
 from smesh.linux import cgroups, netns
 from tests.conftest import in_ci
@@ -76,6 +78,42 @@ def running(lab: Lab, *selector: str, count: int) -> dict[str, dict[str, Any]]:
         return found if ok else None
 
     return wait_for(f"{count} running pods {selector}", check)  # type: ignore[no-any-return]
+
+
+def smesh_pods(lab: Lab) -> dict[str, dict[str, Any]]:
+    """The pods of a chart-installed smesh (agents and controllers)."""
+    return pods(lab, "-n", "smesh-system")
+
+
+def container_log(lab: Lab, pod: dict[str, Any], container: str) -> Path:
+    """Where the lab kubelet writes *container*'s output of *pod*."""
+    node: str = pod["spec"]["nodeName"]
+    uid: str = pod["metadata"]["uid"]
+    return kubepaths.pods_dir(lab.name, node) / uid / f"{container}.log"
+
+
+def agent_pod(lab: Lab, node: str) -> dict[str, Any]:
+    """The chart's agent pod on *node* (exactly one)."""
+    agents = [
+        p
+        for name, p in smesh_pods(lab).items()
+        if name.startswith("smesh-agent-") and p["spec"]["nodeName"] == node
+    ]
+    assert len(agents) == 1, agents
+    return agents[0]
+
+
+def in_control(lab: Lab, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run *argv* in ``NAME.control`` (where the API server listens), as the cluster admin."""
+    env = {**os.environ, "KUBECONFIG": str(kubepaths.admin_kubeconfig(lab.name))}
+    return subprocess.run(
+        ["ip", "netns", "exec", f"{lab.name}.control", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
 
 
 def sandbox_of(lab: Lab, pod: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import base64
 import collections.abc
 import json
 import secrets
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,14 @@ from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
     Footprint,
+    agent_pod,
+    container_log,
+    in_control,
     kubectl,
     kubernetes_lab,
-    pods,
     running,
     sandbox_of,
+    smesh_pods,
     wait_for,
 )
 from tests.integration.labkit import SMESH, Lab, smesh
@@ -100,24 +102,9 @@ def cluster() -> collections.abc.Iterator[Lab]:
         yield lab
 
 
-def smesh_pods(lab: Lab) -> dict[str, dict[str, Any]]:
-    return pods(lab, "-n", "smesh-system")
-
-
-def container_log(lab: Lab, pod: dict[str, Any], container: str) -> Path:
-    node, uid = pod["spec"]["nodeName"], pod["metadata"]["uid"]
-    return kubepaths.pods_dir(lab.name, node) / uid / f"{container}.log"
-
-
 def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     """The access-log records of *node*'s agent pod (its container log, JSON lines)."""
-    agents = [
-        p
-        for p in smesh_pods(lab).values()
-        if p["metadata"]["name"].startswith("smesh-agent-") and p["spec"]["nodeName"] == node
-    ]
-    assert len(agents) == 1, agents
-    lines = container_log(lab, agents[0], "agent").read_text().splitlines()
+    lines = container_log(lab, agent_pod(lab, node), "agent").read_text().splitlines()
     return [json.loads(line) for line in lines if '"smesh.access"' in line]
 
 
@@ -227,23 +214,7 @@ def test_deployments_talk_over_mutual_tls_with_certificates_from_csrs(cluster: L
 
 def test_install_check_passes_against_the_lab(cluster: Lab) -> None:
     admin = str(kubepaths.admin_kubeconfig(cluster.name))
-    proc = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            f"{cluster.name}.control",
-            *SMESH,
-            "install",
-            "check",
-            "--kubeconfig",
-            admin,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = in_control(cluster, *SMESH, "install", "check", "--kubeconfig", admin)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "agent on node-1:" in proc.stdout
     assert "agent on node-2:" in proc.stdout

@@ -130,3 +130,52 @@ def test_rotation_keeps_old_leaves_valid_and_new_ones_chain_to_the_new_root() ->
 def test_activate_without_a_staged_root() -> None:
     with pytest.raises(CaError, match="no rotation is staged"):
         secretca.activate_rotation(secretca.new_data(TD), NOW, DAY)
+
+
+def test_the_published_signing_root_switches_at_activation_not_at_staging() -> None:
+    """What agents renew early against: the root the signing chain ends at."""
+    data = secretca.new_data(TD)
+    old_root = secretca.SecretCA.from_data(data).chain[0]
+
+    def signing(d: secretca.SecretData) -> x509.Certificate:
+        published = secretca.SecretCA.from_data(d).bundle_data()
+        assert published[secretca.BUNDLE_KEY].count("BEGIN CERTIFICATE") >= 1
+        return x509.load_pem_x509_certificate(published[secretca.SIGNING_KEY].encode())
+
+    assert signing(data) == old_root
+    staged = secretca.stage_rotation(data, TD)
+    assert signing(staged) == old_root
+    active = secretca.activate_rotation(staged, NOW, DAY)
+    new_root = secretca.SecretCA.from_data(active).chain[0]
+    assert signing(active) == new_root != old_root
+    leaf_from(active)[0].verify_directly_issued_by(signing(active))
+
+
+def test_the_signing_root_of_an_intermediate_is_its_root() -> None:
+    root_key = certs.new_key()
+    root = certs.root_certificate(root_key, TD)
+    other = certs.root_certificate(certs.new_key(), TD)  # a second trusted root
+    key = certs.new_key()
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name.from_rfc4514_string("CN=smesh intermediate"))
+        .issuer_name(root.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + 30 * DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )
+    pem = inter.public_bytes(serialization.Encoding.PEM)
+    data = {
+        "tls.crt": pem,
+        "tls.key": key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        "roots.pem": other.public_bytes(serialization.Encoding.PEM)
+        + root.public_bytes(serialization.Encoding.PEM),
+    }
+    assert secretca.SecretCA.from_data(data).signing_root() == root

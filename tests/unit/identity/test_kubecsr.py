@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from lightkube.models.certificates_v1 import (
     CertificateSigningRequestCondition,
     CertificateSigningRequestSpec,
@@ -15,8 +16,10 @@ from lightkube.models.certificates_v1 import (
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.certificates_v1 import CertificateSigningRequest
 
+from smesh.identity import certs
+from smesh.identity.bundle import TrustBundle
 from smesh.identity.errors import CaError, NotEntitled
-from smesh.identity.kubecsr import MIN_EXPIRATION, KubeCsrSource, _answer
+from smesh.identity.kubecsr import MIN_EXPIRATION, KubeCsrSource, _answer, with_signing_root
 from smesh.kubernetes.errors import KubeConfigError
 
 
@@ -71,3 +74,19 @@ def test_lifetime_floor_is_the_api_servers(tmp_path: Path) -> None:
 def test_missing_kubeconfig_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(KubeConfigError):
         KubeCsrSource("node-1", dt.timedelta(hours=1), kubeconfig=tmp_path / "absent")
+
+
+def test_the_bundle_names_its_signing_root_only_if_it_is_one_of_its_roots(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old, new = (certs.root_certificate(certs.new_key(), "cluster.local") for _ in range(2))
+    bundle = TrustBundle((old, new))
+    pem = new.public_bytes(serialization.Encoding.PEM).decode()
+    assert with_signing_root(bundle, pem, "cm").signing == new
+    assert with_signing_root(bundle, None, "cm").signing is None  # an older controller
+    stranger = certs.root_certificate(certs.new_key(), "cluster.local")
+    alien = stranger.public_bytes(serialization.Encoding.PEM).decode()
+    assert with_signing_root(bundle, alien, "cm").signing is None
+    assert with_signing_root(bundle, "garbage", "cm").signing is None
+    assert "signing.pem is not one of the roots in roots.pem" in caplog.text
+    assert "signing.pem holds no PEM certificate" in caplog.text

@@ -10,7 +10,7 @@ import pytest
 
 from smesh.identity.bundle import TrustBundle
 from smesh.identity.ca import CertificateAuthority
-from smesh.identity.errors import SignerUnavailable
+from smesh.identity.errors import IdentityError, SignerUnavailable
 from smesh.identity.manager import (
     CertificateManager,
     CertificateNotReady,
@@ -23,7 +23,8 @@ from smesh.identity.signer import (
     LocalSigner,
     StaticEntitlements,
 )
-from smesh.identity.tls import peer_identity
+from smesh.identity.spiffe import SpiffeId
+from smesh.identity.tls import client_context, peer_identity
 from tests.unit.identity.conftest import handshake, workload
 
 POD1, POD3 = workload("pod-1"), workload("pod-3")
@@ -223,3 +224,127 @@ def test_a_connection_waits_for_the_first_certificate_or_is_told_why_not(
         await manager.wait_for(POD1, 0)  # held: no wait at all
 
     asyncio.run(scenario())
+
+
+class NamesSigningRoot:
+    """A source whose bundle names the root signing now, as the Kubernetes CSR source does."""
+
+    def __init__(self, inner: CertificateSource, ca: CertificateAuthority) -> None:
+        self.inner = inner
+        self.ca = ca
+
+    def sign(self, csr_pem: bytes) -> IssuedCertificate:
+        return self.inner.sign(csr_pem)
+
+    def bundle(self) -> TrustBundle:
+        return TrustBundle(self.inner.bundle().roots, self.ca.active.certificate)
+
+
+def rotation_manager(
+    ca: CertificateAuthority, clock: list[float], spread: float, rotated: list[SpiffeId]
+) -> CertificateManager:
+    signer = LocalSigner(
+        ca, StaticEntitlements({"node-1": [POD1, POD3]}), ttl=dt.timedelta(hours=2)
+    )
+    return CertificateManager(
+        NamesSigningRoot(signer.for_node("node-1"), ca),
+        clock=lambda: clock[0],
+        rotation_spread=spread,
+        on_rotation=rotated.append,
+    )
+
+
+def test_an_activated_rotation_renews_the_old_roots_certificates_early(
+    ca: CertificateAuthority,
+) -> None:
+    async def scenario() -> None:
+        now = [dt.datetime.now(dt.UTC).timestamp()]
+        rotated: list[SpiffeId] = []
+        manager = rotation_manager(ca, now, 0.0, rotated)
+        first = await manager.acquire(POD1)
+        await manager.acquire(POD3)
+        old_root = ca.active.certificate
+        await manager.refresh_bundle()  # the root that signs them: nothing to do
+        ca.rotate()
+        await manager.refresh_bundle()  # staged: trusted, not signing yet
+        assert await manager.renew_due() == []
+        assert rotated == []
+
+        new_root = ca.activate_newest().certificate
+        await manager.refresh_bundle()
+        assert sorted(rotated) == sorted([POD1, POD3])
+        assert sorted(await manager.renew_due()) == sorted([POD1, POD3])  # not at half-life
+        second = manager.credential(POD1)
+        second.leaf.verify_directly_issued_by(new_root)
+        first.leaf.verify_directly_issued_by(old_root)
+        # the old certificate still verifies against the bundle: a peer holding it is served
+        result, _ = handshake(manager.server_context(POD3), client_context(first, manager.bundle))
+        assert result.ok
+        # renewed once: the next bundle event brings nothing forward again
+        await manager.refresh_bundle()
+        assert len(rotated) == 2
+        assert await manager.renew_due() == []
+
+    asyncio.run(scenario())
+
+
+def test_early_renewals_are_spread_and_only_brought_forward(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        now = [dt.datetime.now(dt.UTC).timestamp()]
+        rotated: list[SpiffeId] = []
+        manager = rotation_manager(ca, now, 30.0, rotated)
+        await manager.acquire(POD1)
+        ca.rotate()
+        ca.activate_newest()
+        await manager.refresh_bundle()
+        assert await manager.renew_due() == []  # due within 30 s, not at once (p = 0)
+        now[0] += 31
+        assert await manager.renew_due() == [POD1]
+        assert rotated == [POD1]
+
+    asyncio.run(scenario())
+
+
+def test_the_renewal_loop_wakes_for_a_rotation(ca: CertificateAuthority) -> None:
+    """Without the wake-up the loop would sleep on until the old earliest renewal (or 60 s)."""
+
+    async def scenario() -> None:
+        rotated: list[SpiffeId] = []
+        signer = LocalSigner(ca, StaticEntitlements({"node-1": [POD1]}), ttl=dt.timedelta(hours=2))
+        source = NamesSigningRoot(signer.for_node("node-1"), ca)
+        manager = CertificateManager(source, rotation_spread=0.0, on_rotation=rotated.append)
+        await manager.acquire(POD1)
+        loop = asyncio.create_task(manager.run())
+        try:
+            await asyncio.sleep(0.1)  # the loop sleeps: the next renewal is an hour away
+            ca.rotate()
+            new_root = ca.activate_newest().certificate
+            await manager.refresh_bundle()
+            async with asyncio.timeout(10):
+                while manager.credential(POD1).leaf.issuer != new_root.subject:
+                    await asyncio.sleep(0.05)
+            manager.credential(POD1).leaf.verify_directly_issued_by(new_root)
+        finally:
+            loop.cancel()
+            await asyncio.wait({loop}, timeout=5)
+
+    asyncio.run(scenario())
+
+
+def test_a_bundle_without_a_signing_root_brings_nothing_forward(ca: CertificateAuthority) -> None:
+    async def scenario() -> None:
+        now = [dt.datetime.now(dt.UTC).timestamp()]
+        manager = manager_for(ca, now)  # LocalSigner: its bundle names no signing root
+        await manager.acquire(POD1)
+        ca.rotate()
+        ca.activate_newest()
+        await manager.refresh_bundle()
+        assert await manager.renew_due() == []
+
+    asyncio.run(scenario())
+
+
+def test_a_signing_root_must_be_one_of_the_bundles_roots(ca: CertificateAuthority) -> None:
+    other = CertificateAuthority.init(ca.directory.parent / "other")
+    with pytest.raises(IdentityError, match="not one of the trust bundle's roots"):
+        TrustBundle(ca.bundle().roots, other.active.certificate)

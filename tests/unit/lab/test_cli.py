@@ -83,6 +83,12 @@ def test_install_takes_only_its_modes() -> None:
         # the default: the message says the chart came from --kubernetes, and the way out
         ({"kubernetes": True, "agent_overrides": ["a=b"]}, r"--kubernetes \(which installs"),
         ({"kubernetes": True, "policy": Path("p.yaml")}, "pass --install processes"),
+        (
+            {"kubernetes": True, "install": "processes", "chart_values": ["a=b"]},
+            "needs --install chart",
+        ),
+        ({"install": "chart", "kubernetes": True, "chart_values": ["a"]}, "expected KEY=VALUE"),
+        ({"install": "chart", "kubernetes": True, "chart_values": ["=b"]}, "expected KEY=VALUE"),
     ],
 )
 def test_install_chart_is_refused_where_it_cannot_work(kw: dict[str, Any], message: str) -> None:
