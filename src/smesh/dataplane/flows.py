@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from smesh.dataplane.carrier import REFUSAL_RESULTS, Carrier, Stream
-from smesh.dataplane.context import IPAddress, PodConfig, Route, Services
+from smesh.dataplane.context import IPAddress, PodConfig, Route, Services, Target
 from smesh.dataplane.dial import ConnectFailed, Outcome, dial, start_dial
 from smesh.dataplane.peers import Peer
 from smesh.dataplane.pool import CarrierPool
@@ -116,12 +116,13 @@ def outbound(
     try:
         dst_ip, dst_port = svc.original_destination(app)
         record.destination = authority(dst_ip, dst_port)
-        route = svc.route(dst_ip, dst_port)
+        route = svc.service_route(dst_ip, dst_port, pod) or svc.route(dst_ip, dst_port)
     except (OSError, SmeshError) as exc:
         record.finish("error", str(exc))
         abort(app)
         return None
     record.route, record.destination_pod = route.kind, route.workload
+    record.service = route.service
     if dst_port in pod.forbidden_ports and (dst_ip.is_loopback or dst_ip in pod.addresses):
         # Capture would never send such a connect here: an app dialled the agent's port
         # itself, or an answer to SO_ORIGINAL_DST came from elsewhere (conntrack in the
@@ -130,9 +131,24 @@ def outbound(
         abort(app)
         return None
     if route.kind == "deny":
-        record.finish("denied", "destination is outside the mesh and passthrough is off")
+        record.finish(
+            "denied", route.detail or "destination is outside the mesh and passthrough is off"
+        )
         abort(app)
         return None
+    if route.kind == "refuse":  # a Service without an endpoint: a prompt reset, not a hang
+        record.finish("refused", route.detail)
+        abort(app)
+        return None
+    if route.targets:
+        first = route.targets[0]
+        if first.identity is not None and svc.tls.has_certificate(pod.identity):
+            carrier = hooks.pool.ready(first.ip, first.identity)
+            if carrier is not None:
+                _chose(record, first)
+                _open_stream(svc, app, tracked, carrier, (first.ip, first.port))
+                return None
+        return functools.partial(_service_later, pod, svc, app, tracked, hooks, route=route)
     if route.kind == "passthrough" and _link_local(dst_ip):
         if not pod.link_scope:
             record.finish(
@@ -189,6 +205,68 @@ async def _outbound_later(
         log.warning("refusing a tunnel: %s", exc, extra=_fields(record))
     except (ssl.SSLError, OSError, SmeshError) as exc:
         record.finish("error", str(exc))
+    finally:
+        if tracked.active is None:
+            abort(app)
+            if upstream is not None:
+                upstream.close()
+
+
+def _chose(record: ConnectionRecord, target: Target) -> None:
+    record.endpoint = authority(target.ip, target.port)
+    record.destination_pod = target.workload
+    record.route = "tunnel" if target.identity is not None else "passthrough"
+
+
+async def _service_later(
+    pod: PodConfig,
+    svc: Services,
+    app: socket.socket,
+    tracked: Tracked,
+    hooks: Hooks,
+    *,
+    route: Route,
+) -> None:
+    """A connect to a Service: its endpoints in turn until one takes it.
+
+    An endpoint whose agent (or, for a non-meshed endpoint, whose app) cannot be connected,
+    or whose agent does not prove the endpoint's identity, costs the app nothing yet: none
+    of its bytes has left, so the next endpoint is tried (the route holds a few).
+    """
+    record = tracked.record
+    upstream: socket.socket | None = None
+    failures: list[str] = []
+    result = "error"
+    try:
+        for attempt, target in enumerate(route.targets):
+            if attempt:
+                svc.service_retried()
+            _chose(record, target)
+            where = f"{target.workload or target.ip} ({record.endpoint})"
+            try:
+                if target.identity is None:
+                    upstream = await dial(svc, pod, target.ip, target.port)
+                    splice = Splice(app, upstream, record, svc.scratch, tracked.relay_done)
+                    tracked.active = splice
+                    splice.start()
+                    return
+                if not await certificate_ready(pod, svc, record, hooks):
+                    return
+                carrier = await hooks.pool.get(target.ip, target.identity)
+            except ConnectFailed as exc:
+                result, why = exc.result, exc.detail
+            except TimeoutError:
+                result, why = "timeout", "TLS handshake with the endpoint's agent timed out"
+            except IdentityError as exc:
+                result, why = "error", f"peer identity: {exc}"
+                log.warning("refusing a tunnel: %s", exc, extra=_fields(record))
+            except (ssl.SSLError, OSError, SmeshError) as exc:
+                result, why = "error", str(exc)
+            else:
+                _open_stream(svc, app, tracked, carrier, (target.ip, target.port))
+                return
+            failures.append(f"{where}: {why}")
+        record.finish(result, f"{route.service}: no endpoint took it: " + "; ".join(failures))
     finally:
         if tracked.active is None:
             abort(app)
