@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from smesh.dataplane.carrier import REFUSAL_RESULTS, Carrier, Stream
+from smesh.dataplane.carrier import REFUSAL_RESULTS, Carrier, Refused, Stream
 from smesh.dataplane.context import IPAddress, PodConfig, Route, Services, Target
 from smesh.dataplane.dial import ConnectFailed, Outcome, dial, start_dial
 from smesh.dataplane.peers import Peer
@@ -146,7 +146,8 @@ def outbound(
             carrier = hooks.pool.ready(first.ip, first.identity)
             if carrier is not None:
                 _chose(record, first)
-                _open_stream(svc, app, tracked, carrier, (first.ip, first.port))
+                retry = _next_endpoint(pod, svc, tracked, hooks, route, start=1, failures=[])
+                _open_stream(svc, app, tracked, carrier, (first.ip, first.port), retry=retry)
                 return None
         return functools.partial(_service_later, pod, svc, app, tracked, hooks, route=route)
     if route.kind == "passthrough" and _link_local(dst_ip):
@@ -226,20 +227,30 @@ async def _service_later(
     hooks: Hooks,
     *,
     route: Route,
+    start: int = 0,
+    sent: bytes = b"",
+    fin: bool = False,
+    failures: list[str] | None = None,
 ) -> None:
-    """A connect to a Service: its endpoints in turn until one takes it.
+    """A connect to a Service: its endpoints in turn, from *start*, until one takes it.
 
     An endpoint whose agent (or, for a non-meshed endpoint, whose app) cannot be connected,
     or whose agent does not prove the endpoint's identity, costs the app nothing yet: none
-    of its bytes has left, so the next endpoint is tried (the route holds a few).
+    of its bytes has left, so the next endpoint is tried (the route holds a few). So is one
+    whose agent REFUSEs the stream before the app sent more than REPLAY_LIMIT bytes: what
+    it sent (*sent*, *fin*) goes to the next one first; then only meshed endpoints are tried
+    (a plain connect has no way to say it refused before the bytes reached the app).
     """
     record = tracked.record
     upstream: socket.socket | None = None
-    failures: list[str] = []
-    result = "error"
+    failures = list(failures or ())
+    result = "refused" if failures else "error"
     try:
-        for attempt, target in enumerate(route.targets):
-            if attempt:
+        for index in range(start, len(route.targets)):
+            target = route.targets[index]
+            if target.identity is None and (sent or fin):
+                continue
+            if index:
                 svc.service_retried()
             _chose(record, target)
             where = f"{target.workload or target.ip} ({record.endpoint})"
@@ -263,7 +274,19 @@ async def _service_later(
             except (ssl.SSLError, OSError, SmeshError) as exc:
                 result, why = "error", str(exc)
             else:
-                _open_stream(svc, app, tracked, carrier, (target.ip, target.port))
+                retry = _next_endpoint(
+                    pod, svc, tracked, hooks, route, start=index + 1, failures=failures
+                )
+                _open_stream(
+                    svc,
+                    app,
+                    tracked,
+                    carrier,
+                    (target.ip, target.port),
+                    retry=retry,
+                    sent=sent,
+                    fin=fin,
+                )
                 return
             failures.append(f"{where}: {why}")
         record.finish(result, f"{route.service}: no endpoint took it: " + "; ".join(failures))
@@ -274,12 +297,67 @@ async def _service_later(
                 upstream.close()
 
 
+def _next_endpoint(
+    pod: PodConfig,
+    svc: Services,
+    tracked: Tracked,
+    hooks: Hooks,
+    route: Route,
+    *,
+    start: int,
+    failures: list[str],
+) -> Refused:
+    """What a stream to a Service's endpoint does with a REFUSE: the endpoints after it."""
+
+    def refused(app: socket.socket, sent: bytes, fin: bool, answer: str) -> None:
+        record = tracked.record
+        tried = [*failures, f"{record.destination_pod} ({record.endpoint}): peer answered {answer}"]
+        tracked.active = None
+        flow = _service_later(
+            pod,
+            svc,
+            app,
+            tracked,
+            hooks,
+            route=route,
+            start=start,
+            sent=sent,
+            fin=fin,
+            failures=tried,
+        )
+        tracked.task = asyncio.get_running_loop().create_task(_retrying(flow, app, tracked))
+
+    return refused
+
+
+async def _retrying(flow: Awaitable[None], app: socket.socket, tracked: Tracked) -> None:
+    """The endpoint's set-up task, for a connection already set up once (its endpoint
+    refused it): the same ending whatever happens."""
+    try:
+        await flow
+    except asyncio.CancelledError:
+        tracked.record.finish("reset", "the pod left the mesh")
+        abort(app)
+    except Exception:  # a bug must not take the listener down
+        log.exception("unexpected error retrying a connection to a Service")
+        tracked.record.finish("error", "internal error")
+        abort(app)
+    finally:
+        tracked.task = None
+    if tracked.active is None:
+        tracked.relay_done(None)
+
+
 def _open_stream(
     svc: Services,
     app: socket.socket,
     tracked: Tracked,
     carrier: Carrier,
     target: tuple[IPAddress, int],
+    *,
+    retry: Refused | None = None,
+    sent: bytes = b"",
+    fin: bool = False,
 ) -> None:
     record = tracked.record
     dst_ip, dst_port = target
@@ -291,6 +369,9 @@ def _open_stream(
         record,
         tracked.relay_done,
         lambda stream_id: mux.open_frame(stream_id, dst_ip, dst_port, request_id),
+        on_refused=retry,
+        sent=sent,
+        fin=fin,
     )
     tracked.active = stream
     stream.expect_answer(

@@ -122,3 +122,72 @@ def test_a_non_meshed_endpoint_is_connected_straight(mesh: Mesh) -> None:
         f"{SERVER_IP}:{server.port}",
     )
     server.close()
+
+
+def closed_port() -> int:
+    """A port of the server pod's address where nothing listens (its agent answers 502)."""
+    with socket.socket() as s:
+        s.bind((str(SERVER_IP), 0))
+        return int(s.getsockname()[1])
+
+
+def refusing_first(mesh: Mesh, port: int) -> list[int]:
+    retried: list[int] = []
+    mesh.services.service_retried = lambda: retried.append(1)
+    mesh.destination = (CLUSTER_IP, 8080)
+    route = Route(
+        "tunnel",
+        SERVER_ID,
+        "closed",
+        service="shop/web:8080",
+        targets=(
+            Target(SERVER_IP, closed_port(), SERVER_ID, "closed"),
+            Target(SERVER_IP, port, SERVER_ID, "pod-3"),
+        ),
+    )
+    mesh.services.service_route = lambda ip, port, client: route
+    return retried
+
+
+def test_an_endpoint_that_refuses_the_stream_hands_the_app_to_the_next(mesh: Mesh) -> None:
+    """The app's bytes (and its FIN) went to the refusing endpoint's agent already: the next
+    endpoint gets them, nothing lost, no reset."""
+    server = echo_server()
+    retried = refusing_first(mesh, server.port)
+    ping(mesh)  # the carrier first: the refusal comes on it
+    with mesh.connect() as app:  # bytes, then an answer awaited before the FIN
+        app.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        time.sleep(0.2)
+        app.sendall(b"more")
+        app.shutdown(socket.SHUT_WR)
+        assert recv_all(app) == b"GET / HTTP/1.0\r\n\r\nmore"
+    records = mesh.recorder.wait_for(
+        lambda r: len([x for x in r if x.direction == "outbound"]) == 2
+    )
+    outbound = [r for r in records if r.direction == "outbound"]
+    assert [r.result for r in outbound] == ["ok", "ok"], [r.as_dict() for r in outbound]
+    assert {r.endpoint for r in outbound} == {f"{SERVER_IP}:{server.port}"}
+    assert retried == [1, 1]
+    server.close()
+
+
+def test_an_app_that_sent_more_than_the_replay_limit_is_reset_on_a_refusal(mesh: Mesh) -> None:
+    server = echo_server()
+    retried = refusing_first(mesh, server.port)
+    ping(mesh)
+    mesh.recorder.wait_for(lambda r: len(r) >= 2)
+    mesh.expect_reset(b"x" * (flows_replay_limit() + 1))
+    records = mesh.recorder.wait_for(
+        lambda r: len([x for x in r if x.direction == "outbound"]) == 2
+    )
+    last = [r for r in records if r.direction == "outbound"][-1]
+    assert last.result == "refused"
+    assert "502" in last.detail
+    assert retried == [1]  # the ping's only
+    server.close()
+
+
+def flows_replay_limit() -> int:
+    from smesh.dataplane.carrier import REPLAY_LIMIT  # noqa: PLC0415
+
+    return REPLAY_LIMIT
