@@ -30,8 +30,8 @@ one entry per (client address, Service port) with affinity, dropped when they ex
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -370,11 +370,25 @@ def usable(backends: Iterable[Backend], version: int) -> list[Backend]:
 
 
 class Picker:
-    """Which endpoint a new connection goes to: round robin, or the client's affinity."""
+    """Which endpoint a new connection goes to: round robin, or the client's affinity.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    Its memory follows use, not the cluster: a round-robin position per Service port
+    connected to in the last SWEEP_INTERVAL seconds (a port not seen since starts again at
+    a random position, so rare clients of many agents do not all pick the first endpoint),
+    and an affinity per (client address, Service port) until its timeout.
+    """
+
+    SWEEP_INTERVAL = 60.0
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        start: Callable[[int], int] = random.randrange,
+    ) -> None:
         self._clock = clock
+        self._start = start
         self._next: dict[ServicePort, int] = {}
+        self._used: set[ServicePort] = set()
         self._affinity: dict[tuple[ServicePort, IPAddress], tuple[IPAddress, int, float]] = {}
         self._swept = clock()
 
@@ -392,15 +406,18 @@ class Picker:
         if not candidates:
             return []
         now = self._clock()
-        if affinity_timeout is not None and client is not None:
+        if now - self._swept >= self.SWEEP_INTERVAL:
             self._sweep(now)
+        self._used.add(port)
+        if affinity_timeout is not None and client is not None:
             held = self._affinity.get((port, client))
             if held is not None and held[2] > now:
                 for i, b in enumerate(candidates):
                     if (b.ip, b.port) == held[:2]:
                         self._affinity[(port, client)] = (b.ip, b.port, now + affinity_timeout)
                         return candidates[i:] + candidates[:i]
-        start = self._next.get(port, 0) % len(candidates)
+        turn = self._next.get(port)
+        start = (self._start(len(candidates)) if turn is None else turn) % len(candidates)
         self._next[port] = start + 1
         ordered = candidates[start:] + candidates[:start]
         if affinity_timeout is not None and client is not None:
@@ -409,19 +426,12 @@ class Picker:
         return ordered
 
     def _sweep(self, now: float) -> None:
-        """Drop expired affinities, at most once a second (the map stays as small as the
-        (client, Service) pairs used within their timeouts)."""
-        if now - self._swept < 1.0:
-            return
+        """Drop expired affinities and the positions of ports not used since the last sweep
+        (deleted or changed Services leave theirs behind)."""
         self._swept = now
-        for key in [k for k, v in self._affinity.items() if v[2] <= now]:
-            with contextlib.suppress(KeyError):
-                del self._affinity[key]
-
-    def forget(self, keep: Callable[[ServicePort], bool]) -> None:
-        """Drop the counters and affinities of Service ports that are gone."""
-        self._next = {p: n for p, n in self._next.items() if keep(p)}
-        self._affinity = {k: v for k, v in self._affinity.items() if keep(k[0])}
+        self._next = {p: n for p, n in self._next.items() if p in self._used}
+        self._used = set()
+        self._affinity = {k: v for k, v in self._affinity.items() if v[2] > now}
 
     def __len__(self) -> int:
         return len(self._affinity)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -345,7 +346,7 @@ def port_of(table: ServiceTable) -> Any:
 
 def test_round_robin_spreads_new_connections() -> None:
     table = table_with(service())
-    picker = Picker()
+    picker = Picker(start=lambda n: 0)
     pool = backends("198.18.1.2", "198.18.1.3", "198.18.1.4")
     firsts = [str(picker.order(port_of(table), pool)[0].ip) for _ in range(6)]
     assert firsts == ["198.18.1.2", "198.18.1.3", "198.18.1.4"] * 2
@@ -355,7 +356,7 @@ def test_round_robin_spreads_new_connections() -> None:
 def test_client_ip_affinity_holds_until_its_timeout() -> None:
     now = [0.0]
     table = table_with(service())
-    picker = Picker(clock=lambda: now[0])
+    picker = Picker(clock=lambda: now[0], start=lambda n: 0)
     pool = backends("198.18.1.2", "198.18.1.3")
     a, b = ip("198.18.5.5"), ip("198.18.6.6")
     first = picker.order(port_of(table), pool, a, 10.0)[0]
@@ -363,7 +364,7 @@ def test_client_ip_affinity_holds_until_its_timeout() -> None:
     assert picker.order(port_of(table), pool, b, 10.0)[0] != first  # another client: its turn
     now[0] += 9.0  # each use renews it
     assert picker.order(port_of(table), pool, a, 10.0)[0] == first
-    now[0] += 10.5
+    now[0] += 10.5 + Picker.SWEEP_INTERVAL
     picker.order(port_of(table), pool, b, 10.0)  # sweeps the expired
     assert len(picker) == 1
     # its endpoint gone: another one, which becomes the affinity
@@ -385,3 +386,31 @@ def test_affinity_from_the_service() -> None:
     info = service_info(LEAN_SERVICES.decode(service()))
     assert info is not None
     assert info.affinity_timeout is None
+
+
+def test_the_picker_forgets_ports_not_used_and_starts_anywhere() -> None:
+    now = [0.0]
+    starts: list[int] = []
+
+    def start(n: int) -> int:
+        starts.append(n)
+        return 1
+
+    picker = Picker(clock=lambda: now[0], start=start)
+    table = table_with(service())
+    pool = backends("198.18.1.2", "198.18.1.3", "198.18.1.4")
+    assert str(picker.order(port_of(table), pool)[0].ip) == "198.18.1.3"
+    assert str(picker.order(port_of(table), pool)[0].ip) == "198.18.1.4"
+    assert starts == [3]  # once: then in turn
+    now[0] += Picker.SWEEP_INTERVAL
+    picker.order(port_of(table), pool)  # used since the last sweep: kept
+    now[0] += Picker.SWEEP_INTERVAL + 1
+    picker.order(port_of(table), pool)
+    assert starts == [3]
+    other = dataclasses.replace(port_of(table), port=9090)
+    for _ in range(2):  # another port's connects sweep; this one's is unused for an interval
+        now[0] += Picker.SWEEP_INTERVAL
+        picker.order(other, pool)
+    assert starts == [3, 3]
+    picker.order(port_of(table), pool)
+    assert starts == [3, 3, 3]
