@@ -122,7 +122,9 @@ def app() -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
-    with kubernetes_lab("ksv", "--nodes", "2") as lab:
+    # process agents (the tests read their agent.log): "lab" is that mode's name here and
+    # its old name where the chart became the default ("processes")
+    with kubernetes_lab("ksv", "--nodes", "2", "--install", "lab") as lab:
         kubectl(lab, "apply", "-f", "-", stdin=json.dumps(AGENT_SERVICES_RBAC))
         kubectl(lab, "apply", "-f", "-", stdin=app())
         yield lab
