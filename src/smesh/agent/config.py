@@ -239,6 +239,9 @@ class LimitSettings(_Section):
     # 2 MiB once a stream shows it is fast.
     app_send_buffer_kib: int = Field(default=64, ge=0, le=65536, alias="appSendBufferKiB")
     app_receive_buffer_kib: int = Field(default=64, ge=0, le=65536, alias="appReceiveBufferKiB")
+    # Endpoints of a Service one connect may try: the pick, then others while each fails
+    # before any byte of the app's has left (docs/kubernetes.md, "Services").
+    service_endpoint_attempts: int = Field(default=3, ge=1, le=16, alias="serviceEndpointAttempts")
 
     @model_validator(mode="after")
     def _handshake_budget(self) -> LimitSettings:

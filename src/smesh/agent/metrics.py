@@ -269,6 +269,24 @@ class AgentMetrics:
         self.workloads = Gauge(
             "smesh_workloads", "Meshed workloads on this node, by state.", ["state"], registry=r
         )
+        self.service_routes = Counter(
+            "smesh_service_routes_total",
+            "Captured connects to a Service's ClusterIP, by route: tunnel (to a meshed "
+            "endpoint), endpoint (straight to a non-meshed one), passthrough (to the ClusterIP: "
+            "no meshed endpoint), deny, no_endpoints (reset: none ready), retried (one more "
+            "endpoint tried after one failed; limits.serviceEndpointAttempts).",
+            ["result"],
+            registry=r,
+        )
+        for label in ("tunnel", "endpoint", "passthrough", "deny", "no_endpoints", "retried"):
+            self.service_routes.labels(label)
+        self.service_table = Gauge(
+            "smesh_service_table",
+            "What the agent holds of the cluster's Services: services (with a ClusterIP) "
+            "and endpoints (in their EndpointSlices).",
+            ["kind"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "smesh_build_info",
             "Agent build information (always 1).",

@@ -19,7 +19,8 @@ from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodListeners
 from smesh.agent.workloads import DirectorySource, Snapshot, Workload, WorkloadSource
 from smesh.capture import original_destination
-from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services
+from smesh.dataplane.budget import Throttle
+from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services, Target
 from smesh.dataplane.endpoint import PodEndpoint
 from smesh.dataplane.peers import PeerGate, PeerRefusal
 from smesh.dataplane.records import ConnectionRecord
@@ -32,6 +33,7 @@ from smesh.identity.manager import CertificateManager
 from smesh.identity.service import SignerClient
 from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSigner
 from smesh.identity.spiffe import SpiffeId
+from smesh.kubernetes.services import Picker, ServiceTable, usable
 from smesh.linux.netns import Namespace, NamespaceHandles, single_link
 from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
 from smesh.tunnel.window import GrowthBudget, HeldBudget
@@ -174,6 +176,9 @@ class MeshWiring:
         self._agent: Agent | None = None
         self._renewals: asyncio.Task[None] | None = None
         self._namespaces = NamespaceHandles()
+        self._services: ServiceTable | None = None  # the Kubernetes source's, if any
+        self._picker = Picker()
+        self._no_endpoint_log = Throttle(5.0)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -199,9 +204,17 @@ class MeshWiring:
             on_rotation=lambda _identity: agent.metrics.rotation_renewals.inc(),
         )
         t, lim = self.config.timeouts, self.config.limits
+        table = getattr(agent.source, "services", None)
+        self._services = table if isinstance(table, ServiceTable) else None
+        if self._services is not None:
+            held = self._services
+            agent.metrics.service_table.labels("services").set_function(lambda: held.counts()[0])
+            agent.metrics.service_table.labels("endpoints").set_function(lambda: held.counts()[1])
         self.services = Services(
             tls=self,
             route=self._route,
+            service_route=self._service_route,
+            service_retried=agent.metrics.service_routes.labels("retried").inc,
             authorize=self._authorize,
             original_destination=original_destination,
             observer=MetricsObserver(agent.metrics),
@@ -339,6 +352,72 @@ class MeshWiring:
         if self.config.non_meshed == "passthrough":
             return Route("passthrough", None, workload.name if workload else "")
         return Route("deny", None, workload.name if workload else "")
+
+    def _service_route(self, ip: IPAddress, port: int, client: PodConfig) -> Route | None:
+        """A connect to a Service's ClusterIP:port, or None if *ip*:*port* is none.
+
+        The Service's usable endpoints (docs/kubernetes.md, "Services") in the order the
+        picker gives (round robin, or the client pod's ClientIP affinity), as targets: a
+        meshed endpoint's pod is tunnelled to with its identity expected; a non-meshed one
+        is connected to straight if passthrough is on, skipped if not. A Service without
+        a meshed endpoint is the non-meshed rule's: passthrough to the ClusterIP (kube-proxy
+        NATs it as it would without smesh) or deny.
+        """
+        table = self._services
+        if table is None:
+            return None
+        service_port = table.lookup(ip, port)
+        if service_port is None:
+            return None
+        assert self._agent is not None
+        counted = self._agent.metrics.service_routes
+        label = service_port.label
+        candidates = usable(table.backends(service_port), ip.version)
+        if not candidates:
+            counted.labels("no_endpoints").inc()
+            detail = f"service {label} has no ready endpoint"
+            if self._no_endpoint_log.ready():
+                log.warning("resetting connects to %s: no ready endpoint", label)
+            return Route("refuse", service=label, detail=detail)
+        info = table.service(service_port.service)
+        client_ip = next((a for a in client.addresses if a.version == ip.version), None)
+        ordered = self._picker.order(
+            service_port, candidates, client_ip, info.affinity_timeout if info else None
+        )
+        passthrough = self.config.non_meshed == "passthrough"
+        attempts = self.config.limits.service_endpoint_attempts
+        targets: list[Target] = []
+        meshed = False
+        for backend in ordered:
+            workload = self._agent.registry.lookup(backend.ip)
+            if workload is not None and workload.meshed:
+                meshed = True
+                identity = self.identity_of(workload)
+                targets.append(Target(backend.ip, backend.port, identity, workload.name))
+            elif passthrough:
+                name = workload.name if workload is not None else backend.pod
+                targets.append(Target(backend.ip, backend.port, None, name))
+            if meshed and len(targets) >= attempts:
+                break
+        if not meshed:
+            if passthrough:
+                counted.labels("passthrough").inc()
+                return Route("passthrough", service=label)
+            counted.labels("deny").inc()
+            return Route(
+                "deny",
+                service=label,
+                detail=f"service {label} has no meshed endpoint and nonMeshed is deny",
+            )
+        first = targets[0]
+        counted.labels("tunnel" if first.identity is not None else "endpoint").inc()
+        return Route(
+            "tunnel" if first.identity is not None else "passthrough",
+            first.identity,
+            first.workload,
+            service=label,
+            targets=tuple(targets[:attempts]),
+        )
 
     def _binding(self, peer: SpiffeId, address: IPAddress) -> PeerRefusal | None:
         assert self._agent is not None

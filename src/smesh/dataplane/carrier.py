@@ -44,6 +44,18 @@ log = logging.getLogger("smesh.dataplane")
 
 Side = Literal["client", "server"]
 REFUSAL_RESULTS = {403: "denied", 502: "refused", 503: "refused", 504: "timeout"}
+#: A stream to one of a Service's endpoints keeps a copy of what its app sent before the
+#: peer's answer, up to this many bytes, so that a REFUSE (the endpoint's app did not take
+#: the connection, or its pod is leaving) hands the app to another endpoint with nothing
+#: lost. Past it, a REFUSE resets the app as for any stream. A request's head fits.
+REPLAY_LIMIT = 16 * 1024
+#: The REFUSEs another endpoint is tried after: 502 (the endpoint's app could not be
+#: connected) and 503 (its pod is at its cap or leaving). Not 403 (policy is the same for
+#: every endpoint) nor 504 (the connect timeout has been spent already).
+RETRIED_REFUSALS = frozenset({502, 503})
+#: What a REFUSEd stream hands back: the app, the bytes it had sent, whether it had sent
+#: its FIN, and the peer's answer.
+Refused = Callable[[socket.socket, bytes, bool, str], None]
 # What may wait behind a full socket. The streams stop reading their apps when it fills,
 # so the data path adds at most a batch; more means the peer sends requests (OPENs, DATA
 # that earns credit) but does not read the answers, and would grow the agent without end.
@@ -73,6 +85,8 @@ class Stream:
         "_loop",
         "_on_done",
         "_on_ready",
+        "_on_refused",
+        "_replay",
         "_timer",
         "app",
         "carrier",
@@ -100,6 +114,8 @@ class Stream:
         self.record = record
         self._on_done = on_done
         self._on_ready: Callable[[], None] | None = None
+        self._on_refused: Refused | None = None  # client side, to a Service's endpoint
+        self._replay: bytearray | None = None  # what the app sent before the answer
         self._timer: asyncio.TimerHandle | None = None
         self._cancel_setup: Callable[[], None] | None = None  # the server side's connect
         self.app: socket.socket | None = None  # None while the server side connects
@@ -151,13 +167,41 @@ class Stream:
             self._timer.cancel()
             self._timer = None
         if status == 200:
+            self._on_refused = self._replay = None
             self.state = "open"
             if self._on_ready is not None:
                 self._on_ready()
             self._maybe_done()
             return
+        if (
+            self._on_refused is not None
+            and self._replay is not None
+            and status in RETRIED_REFUSALS
+            and self.app is not None
+            and self.record.result == "open"
+        ):
+            self._give_back(f"{status} {reason}")
+            return
         result = REFUSAL_RESULTS.get(status, "error")
         self._end(result, f"peer answered {status} {reason}", notify=False)
+
+    def _give_back(self, answer: str) -> None:
+        """A REFUSE before the app's first REPLAY_LIMIT bytes: the app's connection is not
+        over, it goes to another endpoint (its record stays open; no reset)."""
+        app, on_refused, replay = self.app, self._on_refused, self._replay
+        assert app is not None
+        assert on_refused is not None
+        assert replay is not None
+        self._on_refused = self._replay = None
+        fd = app.fileno()
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+        self.app = None
+        self.window.release()
+        self._account.change(self._held, 0)
+        self._held = 0
+        self.carrier.forget(self, False, answer)
+        on_refused(app, bytes(replay), self.local_fin, answer)
 
     def refused(self, result: str, detail: str) -> None:
         """Server side: the stream ends with the REFUSE already sent."""
@@ -210,6 +254,12 @@ class Stream:
             return
         self.send_credit = credit - n
         self.record.bytes_from_app += n
+        replay = self._replay
+        if replay is not None:
+            if len(replay) + n <= REPLAY_LIMIT:
+                replay += view[mux.HEADER_SIZE : mux.HEADER_SIZE + n]
+            else:
+                self._replay = None  # too much to keep: a REFUSE now resets the app
         mux.data_header(view, self.id, n)
         carrier.send_data(view[: mux.HEADER_SIZE + n])
 
@@ -468,16 +518,39 @@ class Carrier:
         record: ConnectionRecord,
         on_done: Callable[[Stream], None],
         frame: Callable[[int], bytes],
+        *,
+        on_refused: Refused | None = None,
+        sent: bytes = b"",
+        fin: bool = False,
     ) -> Stream:
-        """Client side: a new stream for *app*; *frame* makes its OPEN for the id."""
+        """Client side: a new stream for *app*; *frame* makes its OPEN for the id.
+
+        *on_refused* (a connect to a Service's endpoint): a REFUSE that may be retried
+        elsewhere hands the app back to it instead of a reset (see REPLAY_LIMIT). *sent*
+        and *fin*: what the app sent on the stream another endpoint refused, sent first.
+        """
         stream_id = self._next_id
         self._next_id += 2
         stream = Stream(self, stream_id, record, on_done)
         self.streams[stream_id] = stream
         self.opened_streams += 1
         self._control.append(frame(stream_id))
+        if on_refused is not None:
+            stream._on_refused = on_refused
+            stream._replay = bytearray(sent)
         stream.attach(app)  # DATA may follow OPEN at once: the server buffers it
-        stream._read_app()  # most apps have written already: OPEN and DATA leave together
+        if sent:
+            data = bytearray(mux.HEADER_SIZE + len(sent))
+            data[mux.HEADER_SIZE :] = sent
+            mux.data_header(memoryview(data), stream_id, len(sent))
+            stream.send_credit -= len(sent)
+            self.send_data(memoryview(data))
+        if fin:
+            self.loop.remove_reader(app.fileno())  # it said all it had to say
+            stream.local_fin = True
+            self._control.append(mux.frame(mux.FIN, stream_id))
+        else:
+            stream._read_app()  # most apps have written already: OPEN and DATA leave together
         if not self._dispatching:
             self._flush_control()  # OPEN alone when the app had nothing to say yet
         return stream

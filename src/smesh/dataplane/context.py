@@ -24,13 +24,34 @@ from smesh.tunnel.window import GrowthBudget
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One endpoint a connect to a Service may go to: tunnelled if *identity* is set (the
+    endpoint's pod is meshed), else straight (a non-meshed endpoint, with passthrough on)."""
+
+    ip: IPAddress
+    port: int
+    identity: SpiffeId | None
+    workload: str  # the endpoint's pod, for logs
+
+
 @dataclass(frozen=True)
 class Route:
-    """Where a captured connect goes: through a tunnel to a meshed pod, straight, or nowhere."""
+    """Where a captured connect goes: through a tunnel to a meshed pod, straight, or nowhere.
 
-    kind: Literal["tunnel", "passthrough", "deny"]
+    A connect to a Service's ClusterIP has *service* set (``namespace/name:port``) and, to
+    go to its endpoints, *targets*: the endpoints to try in order (the first is the pick,
+    the others are tried when one fails before the app's connection is carried). Without
+    targets it goes to the ClusterIP itself (passthrough: kube-proxy's), is denied, or is
+    refused (``refuse``: no endpoint can take it; *detail* says why).
+    """
+
+    kind: Literal["tunnel", "passthrough", "deny", "refuse"]
     identity: SpiffeId | None = None  # the identity the destination must prove (tunnel)
     workload: str = ""  # the destination pod, for logs
+    service: str = ""
+    targets: tuple[Target, ...] = ()
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,10 @@ class PodConfig:
     link_scope: int = 0
 
 
+def _no_services(ip: IPAddress, port: int, client: PodConfig) -> Route | None:
+    return None
+
+
 @dataclass
 class Services:
     """Node-wide parts shared by every pod's listeners."""
@@ -159,3 +184,8 @@ class Services:
     # Inbound: the peer's trust domain, and its identity against its address (the agent's
     # registry). The default checks trust domains only: tests of the data plane alone.
     peers: PeerGate = field(default_factory=PeerGate)
+    # A connect to a Service's ClusterIP (None: no Service there; *route* decides). The
+    # client pod is for ClientIP session affinity.
+    service_route: Callable[[IPAddress, int, PodConfig], Route | None] = _no_services
+    # One more endpoint of a Service tried after the previous one failed (for a metric).
+    service_retried: Callable[[], None] = lambda: None

@@ -18,8 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from smesh.dataplane.carrier import REFUSAL_RESULTS, Carrier, Stream
-from smesh.dataplane.context import IPAddress, PodConfig, Route, Services
+from smesh.dataplane.carrier import REFUSAL_RESULTS, Carrier, Refused, Stream
+from smesh.dataplane.context import IPAddress, PodConfig, Route, Services, Target
 from smesh.dataplane.dial import ConnectFailed, Outcome, dial, start_dial
 from smesh.dataplane.peers import Peer
 from smesh.dataplane.pool import CarrierPool
@@ -116,12 +116,13 @@ def outbound(
     try:
         dst_ip, dst_port = svc.original_destination(app)
         record.destination = authority(dst_ip, dst_port)
-        route = svc.route(dst_ip, dst_port)
+        route = svc.service_route(dst_ip, dst_port, pod) or svc.route(dst_ip, dst_port)
     except (OSError, SmeshError) as exc:
         record.finish("error", str(exc))
         abort(app)
         return None
     record.route, record.destination_pod = route.kind, route.workload
+    record.service = route.service
     if dst_port in pod.forbidden_ports and (dst_ip.is_loopback or dst_ip in pod.addresses):
         # Capture would never send such a connect here: an app dialled the agent's port
         # itself, or an answer to SO_ORIGINAL_DST came from elsewhere (conntrack in the
@@ -130,9 +131,25 @@ def outbound(
         abort(app)
         return None
     if route.kind == "deny":
-        record.finish("denied", "destination is outside the mesh and passthrough is off")
+        record.finish(
+            "denied", route.detail or "destination is outside the mesh and passthrough is off"
+        )
         abort(app)
         return None
+    if route.kind == "refuse":  # a Service without an endpoint: a prompt reset, not a hang
+        record.finish("refused", route.detail)
+        abort(app)
+        return None
+    if route.targets:
+        first = route.targets[0]
+        if first.identity is not None and svc.tls.has_certificate(pod.identity):
+            carrier = hooks.pool.ready(first.ip, first.identity)
+            if carrier is not None:
+                _chose(record, first)
+                retry = _next_endpoint(pod, svc, tracked, hooks, route, start=1, failures=[])
+                _open_stream(svc, app, tracked, carrier, (first.ip, first.port), retry=retry)
+                return None
+        return functools.partial(_service_later, pod, svc, app, tracked, hooks, route=route)
     if route.kind == "passthrough" and _link_local(dst_ip):
         if not pod.link_scope:
             record.finish(
@@ -196,12 +213,151 @@ async def _outbound_later(
                 upstream.close()
 
 
+def _chose(record: ConnectionRecord, target: Target) -> None:
+    record.endpoint = authority(target.ip, target.port)
+    record.destination_pod = target.workload
+    record.route = "tunnel" if target.identity is not None else "passthrough"
+
+
+async def _service_later(
+    pod: PodConfig,
+    svc: Services,
+    app: socket.socket,
+    tracked: Tracked,
+    hooks: Hooks,
+    *,
+    route: Route,
+    start: int = 0,
+    sent: bytes = b"",
+    fin: bool = False,
+    failures: list[str] | None = None,
+) -> None:
+    """A connect to a Service: its endpoints in turn, from *start*, until one takes it.
+
+    An endpoint whose agent (or, for a non-meshed endpoint, whose app) cannot be connected,
+    or whose agent does not prove the endpoint's identity, costs the app nothing yet: none
+    of its bytes has left, so the next endpoint is tried (the route holds a few). So is one
+    whose agent REFUSEs the stream before the app sent more than REPLAY_LIMIT bytes: what
+    it sent (*sent*, *fin*) goes to the next one first; then only meshed endpoints are tried
+    (a plain connect has no way to say it refused before the bytes reached the app).
+    """
+    record = tracked.record
+    upstream: socket.socket | None = None
+    failures = list(failures or ())
+    result = "refused" if failures else "error"
+    try:
+        for index in range(start, len(route.targets)):
+            target = route.targets[index]
+            if target.identity is None and (sent or fin):
+                continue
+            if index:
+                svc.service_retried()
+            _chose(record, target)
+            where = f"{target.workload or target.ip} ({record.endpoint})"
+            try:
+                if target.identity is None:
+                    upstream = await dial(svc, pod, target.ip, target.port)
+                    splice = Splice(app, upstream, record, svc.scratch, tracked.relay_done)
+                    tracked.active = splice
+                    splice.start()
+                    return
+                if not await certificate_ready(pod, svc, record, hooks):
+                    return
+                carrier = await hooks.pool.get(target.ip, target.identity)
+            except ConnectFailed as exc:
+                result, why = exc.result, exc.detail
+            except TimeoutError:
+                result, why = "timeout", "TLS handshake with the endpoint's agent timed out"
+            except IdentityError as exc:
+                result, why = "error", f"peer identity: {exc}"
+                log.warning("refusing a tunnel: %s", exc, extra=_fields(record))
+            except (ssl.SSLError, OSError, SmeshError) as exc:
+                result, why = "error", str(exc)
+            else:
+                retry = _next_endpoint(
+                    pod, svc, tracked, hooks, route, start=index + 1, failures=failures
+                )
+                _open_stream(
+                    svc,
+                    app,
+                    tracked,
+                    carrier,
+                    (target.ip, target.port),
+                    retry=retry,
+                    sent=sent,
+                    fin=fin,
+                )
+                return
+            failures.append(f"{where}: {why}")
+        record.finish(result, f"{route.service}: no endpoint took it: " + "; ".join(failures))
+    finally:
+        if tracked.active is None:
+            abort(app)
+            if upstream is not None:
+                upstream.close()
+
+
+def _next_endpoint(
+    pod: PodConfig,
+    svc: Services,
+    tracked: Tracked,
+    hooks: Hooks,
+    route: Route,
+    *,
+    start: int,
+    failures: list[str],
+) -> Refused:
+    """What a stream to a Service's endpoint does with a REFUSE: the endpoints after it."""
+
+    def refused(app: socket.socket, sent: bytes, fin: bool, answer: str) -> None:
+        record = tracked.record
+        tried = [*failures, f"{record.destination_pod} ({record.endpoint}): peer answered {answer}"]
+        tracked.active = None
+        flow = _service_later(
+            pod,
+            svc,
+            app,
+            tracked,
+            hooks,
+            route=route,
+            start=start,
+            sent=sent,
+            fin=fin,
+            failures=tried,
+        )
+        tracked.task = asyncio.get_running_loop().create_task(_retrying(flow, app, tracked))
+
+    return refused
+
+
+async def _retrying(flow: Awaitable[None], app: socket.socket, tracked: Tracked) -> None:
+    """The endpoint's set-up task, for a connection already set up once (its endpoint
+    refused it): the same ending whatever happens."""
+    try:
+        await flow
+    except asyncio.CancelledError:
+        tracked.record.finish("reset", "the pod left the mesh")
+        abort(app)
+    except Exception:  # a bug must not take the listener down
+        log.exception("unexpected error retrying a connection to a Service")
+        tracked.record.finish("error", "internal error")
+        abort(app)
+    finally:
+        tracked.task = None
+    if tracked.active is None:
+        tracked.relay_done(None)
+
+
 def _open_stream(
     svc: Services,
     app: socket.socket,
     tracked: Tracked,
     carrier: Carrier,
     target: tuple[IPAddress, int],
+    *,
+    retry: Refused | None = None,
+    sent: bytes = b"",
+    fin: bool = False,
 ) -> None:
     record = tracked.record
     dst_ip, dst_port = target
@@ -213,6 +369,9 @@ def _open_stream(
         record,
         tracked.relay_done,
         lambda stream_id: mux.open_frame(stream_id, dst_ip, dst_port, request_id),
+        on_refused=retry,
+        sent=sent,
+        fin=fin,
     )
     tracked.active = stream
     stream.expect_answer(

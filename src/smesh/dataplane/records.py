@@ -18,7 +18,9 @@ class ConnectionRecord:
     peer_identity: str = ""  # the other side's SPIFFE ID (once proven)
     destination: str = ""  # "ip:port" the app asked for
     destination_pod: str = ""
-    route: str = ""  # tunnel | passthrough | deny
+    route: str = ""  # tunnel | passthrough | deny | refuse
+    service: str = ""  # "namespace/name:port" when the app dialled a Service's ClusterIP
+    endpoint: str = ""  # "ip:port" of the Service's endpoint the connection went to
     result: str = "open"  # ok | refused | denied | reset | timeout | error | open
     detail: str = ""
     rule: str = ""
@@ -53,6 +55,8 @@ class ConnectionRecord:
             "source": self.source,
             "destination": self.destination,
             "destination_pod": self.destination_pod,
+            "service": self.service,
+            "endpoint": self.endpoint,
             "peer_identity": self.peer_identity,
             "route": self.route,
             "result": self.result,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightkube.resources.core_v1 import Namespace, Pod
+from lightkube.resources.core_v1 import Namespace, Pod, Service
+from lightkube.resources.discovery_v1 import EndpointSlice
 from pydantic import ValidationError
 
 from smesh.agent.config import AgentConfig, KubernetesSettings
@@ -43,7 +44,14 @@ from smesh.kubernetes.sandboxes import (
     SandboxServer,
     wait_until,
 )
-from smesh.kubernetes.store import Synced
+from smesh.kubernetes.services import (
+    ServiceTable,
+    lean_service,
+    lean_slice,
+    service_info,
+    slice_info,
+)
+from smesh.kubernetes.store import Event, EventType, Synced
 from smesh.linux import cgroups, netns
 from smesh.validation import IPAddress, describe
 
@@ -103,6 +111,39 @@ class LeanPods(Kind[Pod]):
 
 
 LEAN_PODS = LeanPods(PODS.model, PODS.group_path, PODS.plural, PODS.namespaced)
+
+
+@dataclass(frozen=True)
+class LeanServices(Kind[Service]):
+    """Services, decoded through :func:`~smesh.kubernetes.services.lean_service`."""
+
+    def decode(self, raw: Any) -> Service:
+        return super().decode(lean_service(raw))
+
+
+@dataclass(frozen=True)
+class LeanSlices(Kind[EndpointSlice]):
+    """EndpointSlices, decoded through :func:`~smesh.kubernetes.services.lean_slice`."""
+
+    def decode(self, raw: Any) -> EndpointSlice:
+        return super().decode(lean_slice(raw))
+
+
+LEAN_SERVICES = LeanServices(Service, "/api/v1", "services", namespaced=True)
+LEAN_SLICES = LeanSlices(EndpointSlice, "/apis/discovery.k8s.io/v1", "endpointslices", True)
+
+
+def apply_service_event(table: ServiceTable, event: Event[Service]) -> None:
+    """One Service change into the table (a DELETED removes it, whatever its last state)."""
+    key = event.key
+    info = None if event.type == EventType.DELETED else service_info(event.obj)
+    table.set_service(key, info)
+
+
+def apply_slice_event(table: ServiceTable, event: Event[EndpointSlice]) -> None:
+    """One EndpointSlice change into the table."""
+    info = None if event.type == EventType.DELETED else slice_info(event.obj)
+    table.set_slice(event.key, info)
 
 
 def not_meshed_because(pod: Pod, namespace: Namespace | None) -> str | None:
@@ -260,6 +301,11 @@ class KubernetesSource:
         )
         self.cluster: Informer[Pod] = Informer(api, LEAN_PODS)
         self.namespaces: Informer[Namespace] = Informer(api, NAMESPACES)
+        # The Services and their endpoints, for captured connects to a ClusterIP. They do
+        # not change what is meshed: their events go to the table, never to a snapshot.
+        self.services = ServiceTable()
+        self.service_informer: Informer[Service] = Informer(api, LEAN_SERVICES)
+        self.slice_informer: Informer[EndpointSlice] = Informer(api, LEAN_SLICES)
         self.sandboxes: dict[str, SandboxRecord] = {}  # by pod UID
         self._found: dict[str, SandboxRecord] = {}  # by pod UID: found on the node at start
         self._sandboxed: dict[str, Workload] = {}  # by pod UID: node pods with a CNI record
@@ -268,6 +314,7 @@ class KubernetesSource:
         self._changed = asyncio.Event()  # for the snapshot loop
         self._progress = asyncio.Event()  # for hand-off requests waiting on the agent
         self._synced: set[str] = set()
+        self.services_synced: set[str] = set()  # "services", "endpointslices" once listed
         self._cluster_cache = WorkloadCache()
         self._local_cache = WorkloadCache()
         self.server = SandboxServer(
@@ -293,6 +340,8 @@ class KubernetesSource:
             "node_pods": self.local.stats,
             "cluster_pods": self.cluster.stats,
             "namespaces": self.namespaces.stats,
+            "services": self.service_informer.stats,
+            "endpointslices": self.slice_informer.stats,
         }
 
     @property
@@ -366,6 +415,20 @@ class KubernetesSource:
                 self._synced.add(name)
             self._notify()
 
+    async def _follow_services(self) -> None:
+        async for item in self.service_informer.events():
+            if isinstance(item, Synced):
+                self.services_synced.add("services")
+            else:
+                apply_service_event(self.services, item)
+
+    async def _follow_slices(self) -> None:
+        async for item in self.slice_informer.events():
+            if isinstance(item, Synced):
+                self.services_synced.add("endpointslices")
+            else:
+                apply_slice_event(self.services, item)
+
     async def watch(self) -> AsyncIterator[Snapshot]:
         self.sandboxes = self.records.load()
         loaded = set(self.sandboxes)
@@ -377,6 +440,10 @@ class KubernetesSource:
                 ("cluster_pods", self.cluster),
                 ("namespaces", self.namespaces),
             )
+        ]
+        tasks += [
+            asyncio.create_task(self._follow_services(), name="informer services"),
+            asyncio.create_task(self._follow_slices(), name="informer endpointslices"),
         ]
         try:
             last: Snapshot | None = None

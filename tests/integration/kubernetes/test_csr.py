@@ -345,6 +345,11 @@ def test_rbac_of_the_agent_and_the_controller(cluster: Cluster) -> None:
     assert can("smesh-agent", "create", "certificatesigningrequests")
     assert can("smesh-agent", "watch", "certificatesigningrequests")
     assert can("smesh-agent", "get", "configmaps", "-n", NS)
+    for verb in ("get", "list", "watch"):  # ClusterIP connects go to a Service's endpoints
+        assert can("smesh-agent", verb, "services", "--all-namespaces")
+        assert can("smesh-agent", verb, "endpointslices.discovery.k8s.io", "--all-namespaces")
+    assert not can("smesh-agent", "update", "services", "-n", "default")
+    assert not can("smesh-agent", "create", "endpointslices.discovery.k8s.io", "-n", "default")
     assert not can("smesh-agent", "get", "secrets", "-n", NS)
     assert not can("smesh-agent", "get", "secrets/smesh-ca", "-n", NS)
     assert not can("smesh-agent", "update", "certificatesigningrequests", "--subresource=approval")
