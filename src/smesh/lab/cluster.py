@@ -436,8 +436,9 @@ def _must(lab: str, method: str, path: str, body: Any = None, **kw: Any) -> Any:
 
 
 def _set_up_rbac(lab: str) -> None:
-    """What every node agent may read: pods and namespaces (and nodes), cluster wide; and
-    AuthorizationPolicies, whose status it writes."""
+    """What every node agent may read: pods, namespaces, nodes, Services and EndpointSlices,
+    cluster wide (as the chart's agent ClusterRole); and AuthorizationPolicies, whose status
+    it writes."""
     rbac = "/apis/rbac.authorization.k8s.io/v1"
     _must(
         lab,
@@ -450,7 +451,12 @@ def _set_up_rbac(lab: str) -> None:
             "rules": [
                 {
                     "apiGroups": [""],
-                    "resources": ["pods", "namespaces", "nodes"],
+                    "resources": ["pods", "namespaces", "nodes", "services"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
                     "verbs": ["get", "list", "watch"],
                 },
                 {

@@ -21,40 +21,6 @@ from tests.integration.kubernetes.test_lab_mesh import SERVER, TRUST, access, me
 from tests.integration.labkit import Lab
 
 MARKER = f"sks{secrets.token_hex(6)}"
-# Until the lab's own RBAC grants them (its half of issue 21): what the agents need to
-# read Services and EndpointSlices, bound to the group of the lab's agents.
-AGENT_SERVICES_RBAC = {
-    "apiVersion": "v1",
-    "kind": "List",
-    "items": [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": "smesh:agent-services-test"},
-            "rules": [
-                {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
-                {
-                    "apiGroups": ["discovery.k8s.io"],
-                    "resources": ["endpointslices"],
-                    "verbs": ["get", "list", "watch"],
-                },
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "smesh:agent-services-test"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "smesh:agent-services-test",
-            },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "smesh:agents"}
-            ],
-        },
-    ],
-}
 
 
 def app() -> str:
@@ -124,8 +90,7 @@ def app() -> str:
 def cluster() -> collections.abc.Iterator[Lab]:
     # process agents (the tests read their agent.log): "lab" is that mode's name here and
     # its old name where the chart became the default ("processes")
-    with kubernetes_lab("ksv", "--nodes", "2", "--install", "lab") as lab:
-        kubectl(lab, "apply", "-f", "-", stdin=json.dumps(AGENT_SERVICES_RBAC))
+    with kubernetes_lab("ksv", "--nodes", "2", "--install", "processes") as lab:
         kubectl(lab, "apply", "-f", "-", stdin=app())
         yield lab
 
