@@ -156,6 +156,9 @@ class PodEndpoint:
             carrier.go_away(HANDED_OVER)
         self.pool.retire(HANDED_OVER)
 
+    def listening(self) -> list[tuple[str, socket.socket]]:
+        return [(direction, sock) for sock, direction in self._listeners]
+
     def busy(self) -> bool:
         """Whether anything is still open: connections, handshakes, carriers either way."""
         return bool(self._connections or self._unproven or self._carriers or self.pool.carriers())
