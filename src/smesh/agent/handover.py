@@ -57,6 +57,10 @@ class HandoverError(SmeshError):
     """The hand-over between two agents failed; what changed says the message."""
 
 
+class HandoverRefused(HandoverError):
+    """A process that may not take part (neither root nor the agent's user) asked."""
+
+
 @dataclass(frozen=True, order=True)
 class SocketKey:
     """What a passed listening socket is: whose (a pod's key, or :data:`NODE`), which
@@ -216,7 +220,7 @@ def check_peer(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", creds)
     if uid not in (0, os.geteuid()):
-        raise HandoverError(f"process {pid} (uid {uid}) may not take part in a hand-over")
+        raise HandoverRefused(f"process {pid} (uid {uid}) may not take part in a hand-over")
     return int(pid)
 
 
@@ -342,10 +346,17 @@ class HandoverServer:
     """The running agent's side, one hand-over at a time: ``on_ack`` is called once the new
     agent acknowledged, to stop accepting and release capture; it is final."""
 
-    def __init__(self, path: Path, listeners: Listeners, on_ack: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        listeners: Listeners,
+        on_ack: Callable[[int], None],
+        on_result: Callable[[str], None] = lambda result: None,
+    ) -> None:
         self.path = path
         self._listeners = listeners
         self._on_ack = on_ack
+        self._on_result = on_result  # "failed" or "refused", for the metric
         self.sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self.handed_over = False
@@ -377,7 +388,11 @@ class HandoverServer:
             conn, _ = await loop.sock_accept(self.sock)
             try:
                 await self._hand_over(conn)
+            except HandoverRefused as exc:
+                self._on_result("refused")
+                log.warning("refused a hand-over: %s", exc)
             except Exception as exc:  # nothing changed: serve on
+                self._on_result("failed")
                 log.error("hand-over to a new agent failed; serving on: %s", exc)
             finally:
                 conn.close()

@@ -142,7 +142,14 @@ class Agent:
         inherit = getattr(self.source, "inherit", None)  # the CNI hand-off's socket
         if inherit is not None:
             inherit(lambda kind, address: self.take_inherited(handover.NODE, kind, address))
-        self._handover = handover.HandoverServer(path, self._listening, self._hand_over)
+        self._handover = handover.HandoverServer(
+            path,
+            self._listening,
+            self._hand_over,
+            lambda result: self.metrics.handovers.labels(result).inc(),
+        )
+        if incoming is not None:
+            self.metrics.handovers.labels("taken").inc()
         self._handover.start(self.take_inherited(handover.NODE, "handover", str(path)))
         log.info(
             "agent started",
