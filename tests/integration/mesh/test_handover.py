@@ -108,3 +108,29 @@ def test_upgrading_both_agents_drops_no_connect_and_cuts_no_connection(
         }, (before[name], after)
         assert after["socket"] <= before[name]["socket"] + 6, (before[name], after)
         assert link_pins(lab, name) == pins_before[name]
+
+
+def test_an_old_agent_lingers_for_its_open_connection_and_lab_down_stops_it(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    lab = lab_factory()
+    Apps(lab).serve("pod-3", "echo", PORT)
+    old = node(lab, "node-1")["agent_pid"]
+    stop = tmp_path / "stop"
+    client = lab.spawn(
+        "pod-1",
+        [sys.executable, STEADY, POD3, str(PORT), str(stop), "1", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out = Lines(client.stdout)
+    wait(lambda: out.lines[:1] == ["READY\n"], timeout=30)
+    smesh("lab", "upgrade-agent", "--name", lab.name, "node-1")
+    time.sleep(1)
+    # The old agent still serves the long-lived connection; the lab knows both.
+    assert node(lab, "node-1")["agents_lingering"] == [old]
+    assert sorted(agent_processes(lab, "node-1")) == sorted([old, node(lab, "node-1")["agent_pid"]])
+    smesh("lab", "down", "--name", lab.name)  # SIGTERM: it drains (5 s in the lab) and exits
+    assert state.start_time_of(old) is None  # gone (or a zombie its reaper has not seen)
+    client.kill()
+    client.wait(timeout=10)

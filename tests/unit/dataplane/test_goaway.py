@@ -18,7 +18,7 @@ from collections.abc import Callable
 from smesh.dataplane.endpoint import PodEndpoint
 from smesh.identity import tls
 from smesh.tunnel import mux
-from tests.unit.dataplane.harness import CLIENT_ID, SERVER_IP, Mesh, Server
+from tests.unit.dataplane.harness import CLIENT_ID, SERVER_ID, SERVER_IP, Mesh, Server
 from tests.unit.dataplane.test_adversarial import raw_tunnel
 
 
@@ -138,5 +138,26 @@ def test_goaway_goes_to_smesh_mux_2_clients_only_and_a_late_open_is_served(mesh:
         v2.close()
         v1.close()
         mesh.call(lambda: mesh.loop.create_task(new.close()))
+    finally:
+        server.close()
+
+
+def test_a_destination_agent_that_speaks_only_smesh_mux_1_is_served_without_goaway(
+    mesh: Mesh,
+) -> None:
+    """The mixed pair the other way: this agent's pool dials an older agent."""
+    server = Server(echo_each)
+    mesh.destination = (SERVER_IP, server.port)
+    mesh.tls.contexts[SERVER_ID][0].set_alpn_protocols([mux.ALPN_V1])  # the older agent
+    try:
+        with mesh.connect() as app:
+            assert ask(app, b"hello") == b"hello"
+        [carrier] = mesh.call(mesh.client.pool.carriers)
+        assert carrier.version == 1
+        [inbound] = mesh.call(lambda: list(mesh.server._carriers))
+        assert (inbound.version, mesh.call(lambda: inbound.go_away("test"))) == (1, False)
+        with mesh.connect() as app:  # still served on the same carrier
+            assert ask(app, b"again") == b"again"
+        assert mesh.call(mesh.client.pool.carriers) == [carrier]
     finally:
         server.close()
