@@ -319,10 +319,19 @@ def restart_agent(name: str, node_name: str, verb: str = "restart-agent") -> sta
         process = agents.restart(topo, node, cgroup_root, config_path, overrides)
         lab.agents[node.name] = process
         state.save(lab)
-    if old is not None and old.alive():
-        agents.wait_handed_over(topo, node, process)
-    else:
+    if old is None or not old.alive():
         agents.wait_ready(topo, node, process)
+        return process
+    try:
+        agents.wait_handed_over(topo, node, process)
+    except LabError:
+        if old.alive() and not process.alive():  # the hand-over failed: the old one serves on
+            with _locked(name):
+                lab, _topo = load(name)
+                lab.agents[node.name] = old
+                lab.lingering[node.name] = [p for p in lab.lingering[node.name] if p != old]
+                state.save(lab)
+        raise
     return process
 
 
