@@ -213,7 +213,9 @@ class Agent:
             for kind, sock in pod.listening():
                 found.append((handover.SocketKey(key, kind, handover.address_of(sock)), sock))
         for sock in self._admin.sockets():
-            found.append((handover.SocketKey(handover.NODE, "admin", self._admin_address()), sock))
+            found.append(
+                (handover.SocketKey(handover.NODE, "admin", handover.address_of(sock)), sock)
+            )
         for kind, sock in getattr(self.source, "listening", list)():
             found.append((handover.SocketKey(handover.NODE, kind, handover.address_of(sock)), sock))
         if self._handover is not None and self._handover.sock is not None:

@@ -255,7 +255,8 @@ def _print_tables(doc: dict[str, Any]) -> None:
                     n["ip"],
                     n["pod_cidr"],
                     n["agent_pid"] or "-",
-                    n["agent_health"],
+                    n["agent_health"]
+                    + "".join(f" (+{pid} finishing)" for pid in n.get("agents_lingering", [])),
                 ]
                 for n in doc["nodes"]
             ],
