@@ -150,7 +150,15 @@ class Agent:
         )
         if incoming is not None:
             self.metrics.handovers.labels("taken").inc()
-        self._handover.start(self.take_inherited(handover.NODE, "handover", str(path)))
+        try:
+            self._handover.start(self.take_inherited(handover.NODE, "handover", str(path)))
+        except OSError as exc:  # serving matters more; the next agent will stop this one
+            log.error(
+                "cannot serve the hand-over at %s (handoverSocket): %s; a new agent will "
+                "not be able to take this node over while this one runs",
+                path,
+                exc,
+            )
         log.info(
             "agent started",
             extra=logs.fields(
