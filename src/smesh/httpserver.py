@@ -19,6 +19,7 @@ import collections
 import contextlib
 import inspect
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -110,6 +111,22 @@ class HttpServer:
 
     async def start_unix(self, path: str, tls: ssl.SSLContext | None = None) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path, ssl=tls)
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve on a listening socket another process passed (an agent hand-over)."""
+        if sock.family == socket.AF_UNIX:
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._serve, sock=sock)
+
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets, to pass to another process."""
+        return list(self._server.sockets) if self._server is not None else []
+
+    def stop_listening(self) -> None:
+        """Stop accepting (closing this process's copy); open connections go on."""
+        if self._server is not None:
+            self._server.close()
 
     @property
     def port(self) -> int:

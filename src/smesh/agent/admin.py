@@ -21,3 +21,5 @@ class AdminServer(HttpServer):
 
     async def start(self, host: str, port: int) -> None:
         await self.start_tcp(host, port)
+
+    # adopt, sockets, stop_listening (HttpServer): for an agent hand-over

@@ -46,6 +46,7 @@ MAX_CERT_TTL = MAX_TTL.total_seconds()
 # An inbound connection waiting on the registry holds a socket (counted in the pod's cap).
 MAX_REGISTRY_LAG = 30.0
 MAX_CERTIFICATE_WAIT = 60.0
+RUN_ROOT = Path("/run/smesh")  # a node's runtime sockets: /run/smesh/NODE/...
 STATE_ROOT = Path("/var/lib/smesh")  # a node's own state: /var/lib/smesh/NODE/...
 
 
@@ -202,7 +203,10 @@ class TimeoutSettings(_Section):
     connect: Seconds = 5.0
     request: Seconds = 10.0
     idle: Seconds = 0.0  # 0: no idle timeout
-    drain: Seconds = 30.0
+    drain: Seconds = 30.0  # a plain stop (SIGTERM): open connections get this long
+    # After a hand-over to a new agent (docs/agent.md, "Hand-over"): how long the old one
+    # serves its open connections at most. 0: no cap, they end on their own.
+    handover_drain: Seconds = Field(default=0.0, alias="handoverDrain")
     # How long an inbound peer whose address the workload registry does not know yet (or
     # knows as another pod's) waits for the registry's next update before it is refused.
     registry_lag: Annotated[Seconds, Field(le=MAX_REGISTRY_LAG)] = Field(
@@ -324,6 +328,8 @@ class AgentConfig(_Section):
     timeouts: TimeoutSettings = TimeoutSettings()
     limits: LimitSettings = LimitSettings()
     logging: LogSettings = LogSettings()
+    # Where the running agent offers its listeners to a new one (docs/agent.md, "Hand-over").
+    handover_socket: Path | None = Field(default=None, alias="handoverSocket")
 
     @model_validator(mode="after")
     def _one_source(self) -> AgentConfig:
@@ -353,6 +359,15 @@ class AgentConfig(_Section):
         """``kubernetes.sandboxDir``, or the default in the node's state directory."""
         configured = self.kubernetes.sandbox_dir if self.kubernetes is not None else None
         return configured or STATE_ROOT / self.node / "sandboxes"
+
+    @property
+    def handover_path(self) -> Path:
+        """``handoverSocket``, or beside the CNI hand-off, or in /run/smesh/NODE."""
+        if self.handover_socket is not None:
+            return self.handover_socket
+        if self.kubernetes is not None:
+            return self.kubernetes.cni_socket.parent / "agent-handover.sock"
+        return RUN_ROOT / self.node / "handover.sock"
 
     @property
     def credential_cache_dir(self) -> Path:

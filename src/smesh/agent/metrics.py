@@ -253,6 +253,16 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.handovers = Counter(
+            "smesh_handovers_total",
+            "Agent hand-overs (docs/agent.md): taken (this agent took the node over), "
+            "failed (a new agent's attempt failed before its ack; this one serves on), "
+            "refused (a caller that is neither root nor the agent's user).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("taken", "failed", "refused"):
+            self.handovers.labels(result)
         self.csr_requests = Counter(
             "smesh_csr_requests_total",
             "Certificate requests filed through the Kubernetes CSR API (identity.source: "

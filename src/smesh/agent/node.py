@@ -16,6 +16,11 @@ what a crash or SIGKILL leaves: captured connects are refused while nothing list
 takes the pinned capture over. Only a pod leaving the mesh, ``smesh capture detach`` or
 ``smesh lab down`` removes capture; stopping an agent never does, since a restart would
 otherwise let the pods' connects out in plain text until the new agent captures again.
+
+Handing over (an upgrade or a planned restart; :mod:`smesh.agent.handover`): a new agent
+started while this one runs takes its listening sockets, and this one stops accepting,
+releases capture to it and serves its open connections until they end on their own
+(``timeouts.handoverDrain`` caps it if set), then exits 0: nothing is refused or cut.
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smesh.agent import collector, logs
+from smesh.agent import collector, handover, logs
 from smesh.agent.admin import AdminServer, ConnectionCap, Response
 from smesh.agent.config import AgentConfig
 from smesh.agent.metrics import AgentMetrics
@@ -91,6 +98,13 @@ class Agent:
         # early so the CNI ADD does not wait for the signer (see _fetch_early).
         self._early: dict[str, asyncio.Task[Workload | None]] = {}
         self.broken: str | None = None  # why a task the agent lives on has ended
+        # Hand-over: the listening sockets a previous agent passed (taken as pods start),
+        # this agent's own server for the next one, and whether it handed over itself.
+        self.inherited: dict[handover.SocketKey, socket.socket] = {}
+        self._handover: handover.HandoverServer | None = None
+        self.handed_over = False
+        self._terminated = asyncio.Event()  # SIGTERM after a hand-over: cap the linger
+        self._tasks: list[asyncio.Task[None]] = []
         self._admin = AdminServer(
             {
                 "/healthz": self._healthz,
@@ -111,37 +125,167 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
+            loop.add_signal_handler(sig, self._signalled)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         timer = collector.CollectorTimer(self.metrics)
         timer.install()
-        self._open_capture()
-        await self.wiring.start(self)
-        await self._admin.start(self.config.admin.address, self.config.admin.port)
+        path = self.config.handover_path
+        incoming = handover.receive(path)  # a running agent's listeners, if one runs
+        if incoming is None:
+            self._open_capture()
+            await self.wiring.start(self)
+        else:
+            await self._take_over(incoming)
+        admin = self.take_inherited(handover.NODE, "admin", self._admin_address())
+        if admin is not None:
+            await self._admin.adopt(admin)
+        else:
+            await self._admin.start(self.config.admin.address, self.config.admin.port)
+        inherit = getattr(self.source, "inherit", None)  # the CNI hand-off's socket
+        if inherit is not None:
+            inherit(lambda kind, address: self.take_inherited(handover.NODE, kind, address))
+        self._handover = handover.HandoverServer(
+            path,
+            self._listening,
+            self._hand_over,
+            lambda result: self.metrics.handovers.labels(result).inc(),
+        )
+        if incoming is not None:
+            self.metrics.handovers.labels("taken").inc()
+        try:
+            self._handover.start(self.take_inherited(handover.NODE, "handover", str(path)))
+        except OSError as exc:  # serving matters more; the next agent will stop this one
+            log.error(
+                "cannot serve the hand-over at %s (handoverSocket): %s; a new agent will "
+                "not be able to take this node over while this one runs",
+                path,
+                exc,
+            )
         log.info(
             "agent started",
             extra=logs.fields(
                 node=self.config.node,
                 capture=self.capture_mode,
                 admin=f"{self.config.admin.address}:{self.config.admin.port}",
+                handed_over_by=incoming.pid if incoming is not None else None,
             ),
         )
-        tasks = [
+        self._tasks = [
             asyncio.create_task(self._watch(), name="workloads"),
             asyncio.create_task(self._retry_failed(), name="retry"),
             asyncio.create_task(self._export_counters(), name="counters"),
         ]
-        for task in tasks:
+        for task in self._tasks:
             self.depends_on(task)
         try:
             await self._stopping.wait()
         finally:
-            for task in tasks:
+            for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # logged when they ended
-            await self._shutdown()
+            await asyncio.gather(*self._tasks, return_exceptions=True)  # logged when they ended
+            if self.handed_over:
+                await self._linger()
+            else:
+                await self._shutdown()
             timer.remove()
         return 0
+
+    def _signalled(self) -> None:
+        self._terminated.set()
+        self._stopping.set()
+
+    def _admin_address(self) -> str:
+        return handover.address(self.config.admin.address, self.config.admin.port)
+
+    def take_inherited(self, pod: str, kind: str, address: str) -> socket.socket | None:
+        """A listening socket the previous agent passed for *pod*'s *kind* at *address*."""
+        return self.inherited.pop(handover.SocketKey(pod, kind, address), None)
+
+    async def _take_over(self, incoming: handover.Incoming) -> None:
+        """Set up what serving needs, then let the previous agent go and take capture.
+
+        Until the ack the previous agent serves on unchanged, so a failure here changes
+        nothing for the apps; after it, connections wait in the passed sockets' backlogs
+        (none is refused) until this agent's reconcile serves each pod.
+        """
+        self.inherited = incoming.sockets
+        try:
+            await self.wiring.start(self)
+        except BaseException as exc:
+            incoming.refuse(f"the new agent cannot start: {exc}")
+            raise
+        await asyncio.to_thread(incoming.acknowledge, os.getpid())
+        self._open_capture(wait=handover.STEP_TIMEOUT)
+
+    def _listening(self) -> list[tuple[handover.SocketKey, socket.socket]]:
+        """Every listening socket of this agent, for a new one to take over."""
+        found: list[tuple[handover.SocketKey, socket.socket]] = []
+        for key, pod in self.pods.items():
+            for kind, sock in pod.listening():
+                found.append((handover.SocketKey(key, kind, handover.address_of(sock)), sock))
+        for sock in self._admin.sockets():
+            found.append(
+                (handover.SocketKey(handover.NODE, "admin", handover.address_of(sock)), sock)
+            )
+        for kind, sock in getattr(self.source, "listening", list)():
+            found.append((handover.SocketKey(handover.NODE, kind, handover.address_of(sock)), sock))
+        if self._handover is not None and self._handover.sock is not None:
+            sock = self._handover.sock
+            found.append(
+                (handover.SocketKey(handover.NODE, "handover", handover.address_of(sock)), sock)
+            )
+        return found
+
+    def _hand_over(self, pid: int) -> None:
+        """The new agent (*pid*) acknowledged: it holds every listening socket now. Stop
+        accepting (retiring the tunnel connections), release capture, keep serving what
+        is open; ``run`` then lingers until it all ended."""
+        self.handed_over = True
+        for task in self._tasks:
+            task.cancel()  # no more reconciles: the pods are the new agent's
+        for early in self._early.values():
+            early.cancel()
+        self._admin.stop_listening()
+        hand_over_source = getattr(self.source, "hand_over", None)
+        if hand_over_source is not None:
+            hand_over_source()
+        for pod in self.pods.values():
+            pod.hand_over()
+        if self.capture is not None:
+            self.capture.close()  # the pinned links stay attached; the new agent takes them
+        log.info(
+            "handed the node over; serving the open connections until they end",
+            extra=logs.fields(new_pid=pid, connections=self._open_connections()),
+        )
+        self._stopping.set()
+
+    def _open_connections(self) -> int:
+        return sum(p.active_connections() for p in self.pods.values())
+
+    async def _linger(self) -> None:
+        """After a hand-over: serve until the last connection (and tunnel) ended, or the
+        cap (``timeouts.handoverDrain``; after a SIGTERM, ``timeouts.drain``)."""
+        cap = self.config.timeouts.handover_drain
+        started = time.monotonic()
+        terminated_at: float | None = None
+        while any(p.busy() for p in self.pods.values()):
+            now = time.monotonic()
+            if terminated_at is None and self._terminated.is_set():
+                terminated_at = now
+            if cap and now - started >= cap:
+                log.warning("timeouts.handoverDrain reached: closing what is still open")
+                break
+            if terminated_at is not None and now - terminated_at >= self.config.timeouts.drain:
+                log.warning("stopped after the hand-over: closing what is still open")
+                break
+            await asyncio.sleep(0.1)
+        for key in list(self.pods):
+            await self.pods.pop(key).shutdown()
+        await self.wiring.stop()
+        await self._admin.close()
+        if self._handover is not None:
+            self._handover.close()
+        log.info("agent exited after its hand-over", extra=logs.fields(capture="the new agent's"))
 
     def depends_on(self, task: asyncio.Task[None]) -> None:
         """*task* must run as long as the agent does (the watch, the renewals)."""
@@ -154,11 +298,20 @@ class Agent:
         self.broken = f"task {task.get_name()!r} ended: {task.exception()!r}"
         log.critical("%s; /healthz fails from now on", self.broken, exc_info=task.exception())
 
-    def _open_capture(self) -> None:
+    def _open_capture(self, wait: float = 0.0) -> None:
+        """Own the node's capture; *wait*: for a previous agent to let go of it."""
         choice = select_mode(self.config.capture.mode)
         pin_dir = self.config.capture.pin_dir or Path("/sys/fs/bpf/smesh") / self.config.node
         capture = node_capture(choice.mode, pin_dir, capture_config(self.config))
-        capture.open()
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                capture.open()
+                break
+            except SmeshError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
         own = cgroups.v2_root() / cgroups.of_pid().lstrip("/")
         capture.attach_proxy(own)
         self.capture, self.capture_mode = capture, choice.mode
@@ -169,6 +322,8 @@ class Agent:
             "stopping: draining connections",
             extra=logs.fields(deadline_s=self.config.timeouts.drain),
         )
+        if self._handover is not None:
+            self._handover.close()
         await self._admin.close()
         for task in self._early.values():
             task.cancel()
@@ -254,6 +409,7 @@ class Agent:
         if not self._synced:
             self._release_leftovers()
             self.wiring.forget_others(list(self._desired.values()))
+            self._close_unclaimed()
             # After this reconcile's report (CNI ADDs may wait on it): a one-off pause.
             asyncio.get_running_loop().call_soon(
                 lambda: self.metrics.gc_frozen.set(collector.freeze_long_lived())
@@ -263,6 +419,12 @@ class Agent:
         self.metrics.workloads.labels("pending").set(
             len(self._desired) - sum(p.ready for p in self.pods.values())
         )
+
+    def _close_unclaimed(self) -> None:
+        """Passed listeners of pods no longer meshed here: nobody will serve them."""
+        for key in [k for k in self.inherited if k.pod not in self._desired]:
+            log.info("closing a passed listener no pod claims", extra=logs.fields(socket=str(key)))
+            self.inherited.pop(key).close()
 
     def _release_leftovers(self) -> None:
         """Pods an earlier agent captured that left the mesh while no agent ran: their
@@ -404,6 +566,7 @@ class Agent:
     def _debug_workloads(self) -> Response:
         doc: dict[str, Any] = {
             "node": self.config.node,
+            "pid": os.getpid(),  # which agent answers (a hand-over's new one, once it did)
             "capture": self.capture_mode,
             "workloads": [pod.describe() for pod in self.pods.values()],
             # who answers at each destination address, as this node sees the cluster

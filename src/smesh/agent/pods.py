@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,6 +40,18 @@ class PodListeners(Protocol):
     """A pod's running data plane: outbound 127.0.0.1/::1:18000 and inbound podIP:18001."""
 
     def stop_accepting(self) -> None: ...
+
+    def hand_over(self) -> None:
+        """Another agent accepts on the listeners now: serve what is open until it ends."""
+        ...
+
+    def busy(self) -> bool:
+        """Whether any connection, handshake or tunnel connection is still open."""
+        ...
+
+    def listening(self) -> list[tuple[str, socket.socket]]:
+        """(``outbound`` or ``inbound``, listening socket) each."""
+        ...
 
     def active_connections(self) -> int: ...
 
@@ -195,6 +208,18 @@ class PodRuntime:
 
     def active_connections(self) -> int:
         return self.listeners.active_connections() if self.listeners is not None else 0
+
+    def listening(self) -> list[tuple[str, socket.socket]]:
+        return self.listeners.listening() if self.listeners is not None else []
+
+    def hand_over(self) -> None:
+        """A new agent took the node over (it holds the listening sockets and capture):
+        serve the open connections on; certificate and capture are the new agent's."""
+        if self.listeners is not None:
+            self.listeners.hand_over()
+
+    def busy(self) -> bool:
+        return self.listeners.busy() if self.listeners is not None else False
 
     def connections(self) -> list[dict[str, Any]]:
         return self.listeners.connections() if self.listeners is not None else []

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from smesh.agent import logs
 from smesh.agent.config import AgentConfig
+from smesh.agent.handover import address
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodListeners
 from smesh.agent.workloads import DirectorySource, Snapshot, Workload, WorkloadSource
@@ -444,9 +445,14 @@ class MeshWiring:
         ports = self.config.ports
         opened: list[socket.socket] = []
         try:
-            outbound = [self._listener(ns, "127.0.0.1", ports.outbound, opened)]
-            outbound.append(self._listener(ns, "::1", ports.outbound, opened))
-            inbound = [self._listener(ns, str(ip), ports.inbound, opened) for ip in workload.ips]
+            outbound = [
+                self._listener(workload.key, "outbound", ns, host, ports.outbound, opened=opened)
+                for host in ("127.0.0.1", "::1")
+            ]
+            inbound = [
+                self._listener(workload.key, "inbound", ns, str(ip), ports.inbound, opened=opened)
+                for ip in workload.ips
+            ]
             scope = single_link(ns)  # for IPv6 link-local passthrough
         except (OSError, SmeshError) as exc:
             for sock in opened:
@@ -465,10 +471,23 @@ class MeshWiring:
         endpoint.start(outbound, inbound)
         return endpoint
 
-    @staticmethod
     def _listener(
-        ns: Namespace, host: str, port: int, opened: list[socket.socket]
+        self,
+        pod: str,
+        kind: str,
+        ns: Namespace,
+        host: str,
+        port: int,
+        *,
+        opened: list[socket.socket],
     ) -> socket.socket:
+        """The pod's listener at host:port: the one a previous agent passed (a hand-over:
+        what is queued on it is served, nothing refused), or a new one in its netns."""
+        if self._agent is not None:
+            taken = self._agent.take_inherited(pod, kind, address(host, port))
+            if taken is not None:
+                opened.append(taken)
+                return taken
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = ns.socket(family)
         opened.append(sock)

@@ -71,9 +71,24 @@ def configure(lab: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 
-    restart = named(verbs.add_parser("restart-agent", help="start a node's agent again"))
+    restart = named(
+        verbs.add_parser(
+            "restart-agent",
+            help="start a node's agent again (a running one hands the node over to it)",
+        )
+    )
     restart.add_argument("node", metavar="NODE", help="e.g. node-1")
-    restart.set_defaults(func=_restart)
+    restart.set_defaults(func=_restart, verb="restart-agent")
+
+    upgrade = named(
+        verbs.add_parser(
+            "upgrade-agent",
+            help="start a new agent for a node first; it takes the node over from the "
+            "running one, which serves its open connections until they end",
+        )
+    )
+    upgrade.add_argument("node", metavar="NODE", help="e.g. node-1")
+    upgrade.set_defaults(func=_restart, verb="upgrade-agent")
 
     stop = named(verbs.add_parser("stop-agent", help="stop a node's agent (capture stays)"))
     stop.add_argument("node", metavar="NODE", help="e.g. node-1")
@@ -199,8 +214,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _restart(args: argparse.Namespace) -> int:
-    process = api.restart_agent(args.name, args.node)
-    print(f"agent of {args.node} restarted (pid {process.pid}) and ready")
+    process = api.restart_agent(args.name, args.node, args.verb)
+    lingering = api.status(args.name)
+    old = next(n["agents_lingering"] for n in lingering["nodes"] if n["name"] == args.node)
+    done = "restarted" if args.verb == "restart-agent" else "upgraded"
+    print(
+        f"agent of {args.node} {done} (pid {process.pid}) and ready"
+        + (f"; serving their open connections: pid {', '.join(map(str, old))}" if old else "")
+    )
     return 0
 
 
@@ -251,7 +272,8 @@ def _print_tables(doc: dict[str, Any]) -> None:
                     n["ip"],
                     n["pod_cidr"],
                     (n.get("agent_pod") if pods else n["agent_pid"]) or "-",
-                    n["agent_health"],
+                    n["agent_health"]
+                    + "".join(f" (+{pid} finishing)" for pid in n.get("agents_lingering", [])),
                 ]
                 for n in doc["nodes"]
             ],

@@ -467,6 +467,7 @@ class Carrier:
         windows: GrowthBudget,
         on_open: Callable[[Carrier, int, bytes], None] | None = None,
         on_closed: Callable[[Carrier], None] | None = None,
+        version: int = 2,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.tls = tls
@@ -480,7 +481,11 @@ class Carrier:
         self.on_closed = on_closed
         self._fd = tls.sock.fileno()
         _keepalive(tls.sock)
-        self._reader = mux.FrameReader()
+        self.version = version  # smesh-mux/1 or /2, as ALPN chose
+        self._reader = mux.FrameReader(version)
+        # Client side: the server sent GOAWAY (its agent handed the node over): no new
+        # streams here; closed once the last one ended. Server side: GOAWAY was sent.
+        self.gone_away = False
         self.streams: dict[int, Stream] = {}
         self._next_id = 1
         self._last_opened = 0  # server: highest stream id seen
@@ -583,6 +588,32 @@ class Carrier:
         if notify and not self.closed:
             self.send_control(mux.rst_frame(stream.id, reason))
         self.last_active = self.loop.time()
+        if self.gone_away and self.side == "client" and not self.streams:
+            self.loop.call_soon(self._close_if_idle)
+
+    def go_away(self, reason: str) -> bool:
+        """Server side: ask the client to open no new streams here (smesh-mux/2); the
+        streams open, and OPENs already on their way, are served as before. Whether the
+        client was told (a smesh-mux/1 client cannot be)."""
+        if self.closed or self.version < 2 or self.side != "server":
+            return False
+        self.gone_away = True
+        self.send_control(mux.goaway_frame(reason))
+        return True
+
+    def went_away(self, reason: str) -> None:
+        """Client side: the server's GOAWAY (or this agent handed over). The pool opens
+        nothing more here; the carrier closes once its last stream ended."""
+        if self.side != "client" or self.gone_away:
+            return  # a server ignores it: it opens no streams anyway
+        self.gone_away = True
+        log.debug("tunnel peer %s sent GOAWAY: %s", self.peer_identity, reason)
+        if not self.streams:
+            self.loop.call_soon(self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if not self.streams:
+            self.close()
 
     # -- writing -------------------------------------------------------------------------
 
@@ -724,6 +755,8 @@ class Carrier:
                         stream.peer_reset(bytes(payload).decode("utf-8", "replace"))
                 elif kind == mux.OPEN:
                     self._opened(stream_id, bytes(payload))
+                elif kind == mux.GOAWAY:
+                    self.went_away(bytes(payload).decode("utf-8", "replace"))
                 elif self.side == "client":  # OK or REFUSE
                     if self.on_first_answer is not None:
                         self.on_first_answer()

@@ -2,7 +2,9 @@
 
 The listening sockets are made by the caller inside the pod's network namespace; the
 endpoint accepts in batches on the event loop, caps concurrent connections, times out
-idle ones, and can stop accepting (drain) or close everything.
+idle ones, and can stop accepting (drain), hand its listeners over to another agent
+process while it serves on what is open (:meth:`PodEndpoint.hand_over`), or close
+everything.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ ACCEPT_RETRY_DELAY = 0.25
 # or hostile) would hold the server side's socket and TLS state for good.
 SERVER_IDLE_CLOSE = 2 * IDLE_CLOSE
 _GONE_BEFORE_ACCEPT = (errno.ECONNABORTED, errno.EPROTO)
+HANDED_OVER = "the node's agent handed over to a new one"
 
 
 ShareKey = tuple[str, str]  # (identity, source address): what a fair share is counted for
@@ -105,6 +108,7 @@ class PodEndpoint:
         self._peer_streams: Budget[ShareKey, Connection] = Budget(limits.max_streams_per_peer)
         self.pool = CarrierPool(pod, services)
         self.draining = False
+        self.handed_over = False  # another agent accepts on the listeners now
         self._cap_log = Throttle(TROUBLE_LOG_INTERVAL)
         self._budget_log = Throttle(TROUBLE_LOG_INTERVAL)
         self._cert_log = Throttle(TROUBLE_LOG_INTERVAL)
@@ -134,6 +138,32 @@ class PodEndpoint:
 
     def stop_accepting(self) -> None:
         self.draining = True  # carriers refuse new streams from now on
+        self._stop_listening()
+
+    def hand_over(self) -> None:
+        """Another agent process holds this pod's listening sockets now (passed to it, so
+        nothing queued on them is lost): stop accepting on this process's copies, and
+        serve every open connection and stream on until it ends on its own.
+
+        Tunnel connections are retired, not drained: their clients are told GOAWAY
+        (smesh-mux/2), open their next streams on a new connection, which the new agent
+        accepts, and close this one once its last stream ended. OPENs already on their
+        way are still served (``draining`` stays False), so no connect fails for it.
+        """
+        self.handed_over = True
+        self._stop_listening()
+        for carrier in list(self._carriers):
+            carrier.go_away(HANDED_OVER)
+        self.pool.retire(HANDED_OVER)
+
+    def listening(self) -> list[tuple[str, socket.socket]]:
+        return [(direction, sock) for sock, direction in self._listeners]
+
+    def busy(self) -> bool:
+        """Whether anything is still open: connections, handshakes, carriers either way."""
+        return bool(self._connections or self._unproven or self._carriers or self.pool.carriers())
+
+    def _stop_listening(self) -> None:
         for sock, _direction in self._listeners:
             resting = self._resting.pop(sock, None)
             if resting is not None:
@@ -291,6 +321,8 @@ class PodEndpoint:
         self._carriers[carrier] = peer
         carrier.on_closed = self._carrier_closed
         self.services.observer.carriers("server", 1)
+        if self.handed_over:  # its handshake began before the hand-over: retire it too
+            self._loop.call_soon(carrier.go_away, HANDED_OVER)  # after start(), in order
         if self._carrier_sweep is None:
             self._carrier_sweep = self._loop.call_later(IDLE_CLOSE / 4, self._sweep_carriers)
         return True

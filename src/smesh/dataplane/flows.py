@@ -406,7 +406,8 @@ async def inbound(
         peer = Peer(identity, ipaddress.ip_address(conn.getpeername()[0]))
         if not await _peer_admitted(pod, svc, tls, record, peer):
             return
-        if tls.obj.selected_alpn_protocol() == mux.ALPN:
+        version = mux.version_of(tls.obj.selected_alpn_protocol())
+        if version is not None:
             streams = InboundStreams(pod, svc, hooks, peer, record.source)
             carrier = Carrier(
                 tls,
@@ -415,6 +416,7 @@ async def inbound(
                 str(identity),
                 windows=svc.windows,
                 on_open=streams.opened,
+                version=version,
             )
             carrier.peer_expires = expires
             carried = hooks.carry(tracked, carrier, peer)

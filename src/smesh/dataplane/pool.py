@@ -51,9 +51,12 @@ SHARE_LOG_INTERVAL = 5.0
 Key = tuple[IPAddress, SpiffeId, int]
 
 
-def _check_alpn(tls: TlsSession, ip: IPAddress) -> None:
-    if tls.obj.selected_alpn_protocol() != mux.ALPN:
-        raise TunnelError(f"the agent of {ip} does not speak {mux.ALPN} (ALPN); upgrade it")
+def _check_alpn(tls: TlsSession, ip: IPAddress) -> int:
+    """The smesh-mux version the destination's agent chose (ALPN)."""
+    version = mux.version_of(tls.obj.selected_alpn_protocol())
+    if version is None:
+        raise TunnelError(f"the agent of {ip} does not speak {mux.ALPN_V1} (ALPN); upgrade it")
+    return version
 
 
 class CarrierPool:
@@ -103,6 +106,10 @@ class CarrierPool:
     def _ready(self, key: Key) -> Carrier | None:
         now = self._loop.time()
         for carrier in self._carriers.get(key, ()):
+            if (
+                carrier.gone_away
+            ):  # GOAWAY: its agent handed over; the next stream goes on a new carrier
+                continue
             if len(carrier.streams) < MAX_STREAMS and now - carrier.created < MAX_AGE:
                 return carrier
         return None
@@ -111,7 +118,10 @@ class CarrierPool:
         """Whether one more carrier to *ip* would pass the destination's share of them."""
         connecting = sum(1 for key in self._connecting if key[0] == ip)
         share = self.services.limits.max_carriers_per_peer
-        return len(self._to.get(ip, ())) + connecting >= share
+        # Carriers that got GOAWAY belong to an agent that handed over: the destination's
+        # new agent does not count them.
+        live = sum(1 for c in self._to.get(ip, ()) if not c.gone_away)
+        return live + connecting >= share
 
     def _retired(self, ip: IPAddress, expected: SpiffeId) -> Carrier:
         """The youngest carrier to *ip* with room, aged or of an old generation: at the
@@ -119,7 +129,10 @@ class CarrierPool:
         room = [
             c
             for c in self._to.get(ip, ())
-            if c.key[1] == expected and not c.closed and len(c.streams) < MAX_STREAMS
+            if c.key[1] == expected
+            and not c.closed
+            and not c.gone_away
+            and len(c.streams) < MAX_STREAMS
         ]
         if room:
             return max(room, key=lambda c: c.created)
@@ -155,7 +168,7 @@ class CarrierPool:
                 task.add_done_callback(functools.partial(self._connected, key))
             carrier = await asyncio.shield(task)
             self._check_share(ip)  # the streams of others that waited for it count too
-            if len(carrier.streams) < MAX_STREAMS and not carrier.closed:
+            if len(carrier.streams) < MAX_STREAMS and not carrier.closed and not carrier.gone_away:
                 return carrier
 
     def _connected(self, key: Key, task: asyncio.Task[Carrier]) -> None:
@@ -175,12 +188,18 @@ class CarrierPool:
             resumed = tls.obj.session_reused
             svc.observer.handshake("client", self._loop.time() - t0, resumed)
             peer = verify_peer(tls.obj.getpeercert(True), expected)
-            _check_alpn(tls, ip)
+            version = _check_alpn(tls, ip)
         except BaseException:
             abort(sock)
             raise
         carrier = Carrier(
-            tls, "client", svc.scratch, str(peer), windows=svc.windows, on_closed=self._gone
+            tls,
+            "client",
+            svc.scratch,
+            str(peer),
+            windows=svc.windows,
+            on_closed=self._gone,
+            version=version,
         )
         carrier.key = key
         if svc.sessions.wants(session_key, resumed, self._loop.time()):
@@ -220,6 +239,12 @@ class CarrierPool:
                 carrier.close()
         if self._carriers and not self._closed:
             self._sweeper = self._loop.call_later(IDLE_CLOSE / 4, self._sweep)
+
+    def retire(self, reason: str) -> None:
+        """This agent handed the pod over: no new streams start here, so each carrier is
+        closed (close_notify) once its last stream ended, an idle one at once."""
+        for carrier in self.carriers():
+            carrier.went_away(reason)
 
     def close(self) -> None:
         """Reset every carrier (and so every stream on them): the pod leaves the mesh."""

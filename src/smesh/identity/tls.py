@@ -55,7 +55,7 @@ def server_context(credential: Credential, bundle: TrustBundle) -> ssl.SSLContex
     """For the inbound side: TLS 1.3, client certificate required and verified."""
     ctx = _base(ssl.PROTOCOL_TLS_SERVER, credential, bundle)
     ctx.num_tickets = TICKETS_PER_HANDSHAKE
-    ctx.set_alpn_protocols([mux.ALPN])  # a peer offering none may still speak CONNECT
+    ctx.set_alpn_protocols(list(mux.ALPNS))  # a peer offering none may still speak CONNECT
     return ctx
 
 
@@ -67,7 +67,7 @@ def client_context(credential: Credential, bundle: TrustBundle) -> ssl.SSLContex
     """
     ctx = _base(ssl.PROTOCOL_TLS_CLIENT, credential, bundle)
     ctx.check_hostname = False
-    ctx.set_alpn_protocols([mux.ALPN])
+    ctx.set_alpn_protocols(list(mux.ALPNS))  # newest first; an older agent picks /1
     return ctx
 
 

@@ -172,10 +172,19 @@ class SandboxServer:
         self.enrol_timeout = enrol_timeout
         self.observe = observe
         self._server = HttpServer(self._handle, max_body=MAX_BODY)
+        # An agent hand-over: the previous agent's listening socket (taken), or this
+        # agent's passed on (its path is the new agent's then: never unlinked here).
+        self.inherited: socket.socket | None = None
+        self.handed_over = False
         self._last_bad_log = -BAD_REQUEST_LOG_INTERVAL
         self._bad_since_log = 0
 
     async def start(self) -> None:
+        if self.inherited is not None:
+            sock, self.inherited = self.inherited, None
+            await self._server.adopt(sock)
+            log.info("serving the CNI hand-off at %s (taken over)", self.path)
+            return
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._replace_stale()
         old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
@@ -204,10 +213,19 @@ class SandboxServer:
             "running on this node? (kubernetes.cniSocket)"
         )
 
+    def sockets(self) -> list[socket.socket]:
+        return self._server.sockets()
+
+    def hand_over(self) -> None:
+        """A new agent serves the socket now: stop accepting, leave its path alone."""
+        self.handed_over = True
+        self._server.stop_listening()
+
     async def close(self) -> None:
         await self._server.close()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        if not self.handed_over:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
     # -- requests ----------------------------------------------------------------------
 

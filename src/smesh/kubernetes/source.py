@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -428,6 +429,17 @@ class KubernetesSource:
                 self.services_synced.add("endpointslices")
             else:
                 apply_slice_event(self.services, item)
+
+    def listening(self) -> list[tuple[str, socket.socket]]:
+        """The CNI hand-off's listening socket, for an agent hand-over."""
+        return [("cni", sock) for sock in self.server.sockets()]
+
+    def inherit(self, take: Callable[[str, str], socket.socket | None]) -> None:
+        """Serve the CNI hand-off on the socket the previous agent passed, if it did."""
+        self.server.inherited = take("cni", str(self.server.path))
+
+    def hand_over(self) -> None:
+        self.server.hand_over()
 
     async def watch(self) -> AsyncIterator[Snapshot]:
         self.sandboxes = self.records.load()

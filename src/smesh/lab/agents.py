@@ -9,6 +9,7 @@ so ``restart-agent`` never lets a pod's connects out in plain text.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -66,6 +67,8 @@ def config_for(topo: Topology, node: Node, extra: dict[str, Any] | None = None) 
         },
         "admin": {"address": "0.0.0.0", "port": ADMIN_PORT},
         "timeouts": {"drain": "5s"},  # lab down should not wait long for open connections
+        # restart-agent and upgrade-agent hand the node over through it (docs/agent.md)
+        "handoverSocket": str(node_dir(topo.name, node.name) / "handover.sock"),
         "identity": {
             "trustDomain": "cluster.local",
             "signerSocket": str(state.directory(topo.name) / "ca" / "signer.sock"),
@@ -140,6 +143,34 @@ def restart(
         argv += ["--set", item]
     log = node_dir(topo.name, node.name) / "agent.log"
     return spawn(argv, cgroup_root / node.agent_cgroup, node.netns, log)
+
+
+def serving_pid(node: Node) -> int | None:
+    """The pid of the agent answering the node's admin port (after a hand-over: the new)."""
+    try:
+        reply = client.get(
+            "127.0.0.1", ADMIN_PORT, "/debug/workloads", netns=node.netns, timeout=1.0
+        )
+    except client.AdminUnreachable:
+        return None
+    try:
+        pid = json.loads(reply.body).get("pid")
+    except ValueError:
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+def wait_handed_over(
+    topo: Topology, node: Node, process: state.Process, timeout: float = 30.0
+) -> None:
+    """Wait until *process* took the node over from the agent running before it, and is
+    ready (the old one answers the admin port until its hand-over)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.alive():
+        if serving_pid(node) == process.pid:
+            break
+        time.sleep(0.05)
+    wait_ready(topo, node, process, max(1.0, deadline - time.monotonic()))
 
 
 def health(node: Node, process: state.Process | None) -> str:

@@ -205,7 +205,7 @@ def _teardown(name: str, cgroup_root: Path) -> None:
     if lab is not None and (lab.agents or lab.signer):  # gently first: agents drain
         from smesh.lab import agents  # noqa: PLC0415
 
-        for process in lab.agents.values():
+        for process in [*lab.agents.values(), *(p for ps in lab.lingering.values() for p in ps)]:
             agents.stop(process)
         if lab.signer is not None:
             agents.stop(lab.signer)
@@ -286,6 +286,8 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
                 "agent_pid": agent.pid if agent else None,
                 "agent_pod": None,
                 "agent_health": health,
+                # agents that handed the node over and serve their last connections
+                "agents_lingering": [p.pid for p in lab.lingering.get(node.name, []) if p.alive()],
             }
         )
     pods = [
@@ -352,26 +354,45 @@ def _process_agents_only(lab: state.LabState, verb: str) -> None:
         )
 
 
-def restart_agent(name: str, node_name: str) -> state.Process:
-    """Start *node_name*'s agent again (after a crash or a stop); it takes over pinned capture."""
+def restart_agent(name: str, node_name: str, verb: str = "restart-agent") -> state.Process:
+    """Start a new agent for *node_name*. If one runs, the new one takes the node over
+    from it (its listening sockets, then capture: docs/agent.md, "Hand-over"), and the old
+    one serves its open connections until they end, then exits; it is remembered (by pid)
+    until then, so ``lab down`` stops it too. After a crash or a stop, the new agent takes
+    the pinned capture over. Returns once the new agent serves the node and is ready.
+    """
     from smesh.lab import agents  # noqa: PLC0415
 
-    cgroup_root = _preflight("smesh lab restart-agent")
+    cgroup_root = _preflight(f"smesh lab {verb}")
     with _locked(name):
         lab, topo = load(name)
         if not topo.mesh:
             raise LabError(f"lab {name!r} runs without the mesh (--no-mesh): it has no agents")
-        _process_agents_only(lab, "restart-agent")
+        _process_agents_only(lab, verb)
         node = topo.node(node_name)
         old = lab.agents.get(node.name)
+        lingering = [p for p in lab.lingering.get(node.name, []) if p.alive()]
         if old is not None and old.alive():
-            agents.stop(old)
+            lingering.append(old)
+        lab.lingering[node.name] = lingering
         overrides = list(lab.settings.get("agent_overrides", []))
         config_path = agents.node_dir(name, node.name) / "agent.yaml"
         process = agents.restart(topo, node, cgroup_root, config_path, overrides)
         lab.agents[node.name] = process
         state.save(lab)
-    agents.wait_ready(topo, node, process)
+    if old is None or not old.alive():
+        agents.wait_ready(topo, node, process)
+        return process
+    try:
+        agents.wait_handed_over(topo, node, process)
+    except LabError:
+        if old.alive() and not process.alive():  # the hand-over failed: the old one serves on
+            with _locked(name):
+                lab, _topo = load(name)
+                lab.agents[node.name] = old
+                lab.lingering[node.name] = [p for p in lab.lingering[node.name] if p != old]
+                state.save(lab)
+        raise
     return process
 
 

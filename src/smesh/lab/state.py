@@ -44,6 +44,9 @@ class LabState:
     #: ``--kubernetes``: etcd, kube-apiserver, ... by component name, and the kubelets by node.
     control_plane: dict[str, Process] = field(default_factory=dict)
     kubelets: dict[str, Process] = field(default_factory=dict)
+    #: Agents that handed their node over and serve their open connections until these
+    #: end (restart-agent, upgrade-agent): by node; `lab down` stops them too.
+    lingering: dict[str, list[Process]] = field(default_factory=dict)
 
     def topology(self) -> topology.Topology:
         return topology.plan(
@@ -88,6 +91,10 @@ def load(name: str) -> LabState | None:
         ) from exc
     for key in ("agents", "control_plane", "kubelets"):
         data[key] = {name: Process(**proc) for name, proc in data.get(key, {}).items()}
+    data["lingering"] = {
+        name: [Process(**proc) for proc in procs]
+        for name, procs in data.get("lingering", {}).items()
+    }
     if data.get("signer"):
         data["signer"] = Process(**data["signer"])
     return LabState(**data)

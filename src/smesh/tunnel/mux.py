@@ -1,4 +1,4 @@
-"""smesh-mux/1: many app connections (streams) over one long-lived mutual-TLS connection.
+"""smesh-mux/2 (and /1): many app connections (streams) over one long-lived mutual-TLS connection.
 
 Why not HTTP/2 (Istio's HBONE)? Measured here with h2 4.x, its pure-Python framing costs
 about 160 µs of CPU per stream (open, 64 bytes each way, close; both sides) and 13 µs per
@@ -16,7 +16,20 @@ DATA      bytes of the app connection                   both; counted against th
 FIN       (empty)                                       both: no more DATA this way
 RST       reason (UTF-8)                                both: the stream is dead
 WINDOW    u32 increment                                 both: the peer may send more DATA
+GOAWAY    reason (UTF-8); stream id 0                   server, smesh-mux/2 only: open no
+                                                        new streams on this connection
 ========  ============================================  =================================
+
+GOAWAY is how an agent handing its node over to a new agent (docs/agent.md, "Hand-over")
+retires its tunnel connections without cutting a stream: the client stops opening streams
+on the connection, dials a new one for the next (which reaches the new agent), and closes
+the old one once its last stream ended. It is advisory: the sender still serves every
+OPEN that was on the wire before the GOAWAY arrived, so no stream is refused for it.
+
+Versions are negotiated by ALPN. smesh-mux/2 is smesh-mux/1 plus GOAWAY; both sides offer
+``[smesh-mux/2, smesh-mux/1]`` and the server picks the first it shares, so an agent that
+only knows smesh-mux/1 (to which any unknown frame type is a protocol error that ends the
+connection) is never sent a GOAWAY.
 
 Each direction of each stream starts with :data:`INITIAL_WINDOW` bytes of credit; the
 receiver hands credit back as its app takes the bytes, so a slow app holds at most one
@@ -34,12 +47,18 @@ from typing import Final
 
 from smesh.tunnel.errors import RemoteProtocolError
 
-ALPN: Final = "smesh-mux/1"
+ALPN_V1: Final = "smesh-mux/1"
+ALPN: Final = "smesh-mux/2"  # the newest: what a carrier between two current agents speaks
+#: In order of preference (a server picks the first the client offers too).
+ALPNS: Final = (ALPN, ALPN_V1)
+VERSIONS: Final = {ALPN: 2, ALPN_V1: 1}
 HEADER = struct.Struct("!BII")
 HEADER_SIZE: Final = HEADER.size
-OPEN, OK, REFUSE, DATA, FIN, RST, WINDOW = range(1, 8)
+OPEN, OK, REFUSE, DATA, FIN, RST, WINDOW, GOAWAY = range(1, 9)
 NAMES = {OPEN: "OPEN", OK: "OK", REFUSE: "REFUSE", DATA: "DATA", FIN: "FIN", RST: "RST"}
 NAMES[WINDOW] = "WINDOW"
+NAMES_V1 = dict(NAMES)  # smesh-mux/1 knows no more
+NAMES[GOAWAY] = "GOAWAY"
 MAX_CONTROL = 1024  # payload of any frame but DATA
 MAX_REQUEST_ID = 64
 _REQUEST_ID = re.compile(rb"[0-9A-Za-z._-]*")  # ends up in logs: nothing that could forge a line
@@ -114,6 +133,16 @@ def parse_window(payload: bytes) -> int:
     return increment
 
 
+def goaway_frame(reason: str) -> bytes:
+    """No new streams on this connection (smesh-mux/2; stream 0: the whole connection)."""
+    return frame(GOAWAY, 0, reason.encode()[:MAX_CONTROL])
+
+
+def version_of(alpn: str | None) -> int | None:
+    """The smesh-mux version an ALPN protocol names; None for anything else."""
+    return VERSIONS.get(alpn) if alpn is not None else None
+
+
 def data_header(buffer: memoryview, stream: int, length: int) -> None:
     """Write a DATA header in front of a payload already in *buffer* (no copy of it)."""
     HEADER.pack_into(buffer, 0, DATA, stream, length)
@@ -127,9 +156,11 @@ class FrameReader:
     frame comes out whole once its payload is in.
     """
 
-    __slots__ = ("_head", "_kind", "_left", "_payload", "_stream")
+    __slots__ = ("_head", "_kind", "_known", "_left", "_payload", "_stream")
 
-    def __init__(self) -> None:
+    def __init__(self, version: int = 2) -> None:
+        # smesh-mux/1 has no GOAWAY: to its reader that frame type is unknown, an error.
+        self._known = NAMES if version >= 2 else NAMES_V1
         self._head = bytearray()  # a header split across two feeds
         self._payload = bytearray()  # a control payload split across feeds
         self._kind = 0  # the frame whose payload is being read (0: none)
@@ -171,10 +202,11 @@ class FrameReader:
         return events
 
     def _start(self, kind: int, stream: int, length: int, events: list[Event]) -> None:
-        if kind not in NAMES:
+        if kind not in self._known:
             raise RemoteProtocolError(f"unknown frame type {kind}")
-        if stream == 0:
-            raise RemoteProtocolError(f"{NAMES[kind]} frame for stream 0")
+        if (stream == 0) != (kind == GOAWAY):
+            where = "stream 0" if stream == 0 else f"stream {stream}, not 0"
+            raise RemoteProtocolError(f"{NAMES[kind]} frame for {where}")
         if kind != DATA and length > MAX_CONTROL:
             raise RemoteProtocolError(f"{NAMES[kind]} frame of {length} bytes")
         self._kind, self._stream, self._left = kind, stream, length

@@ -277,3 +277,20 @@ def test_kubernetes_keys_can_be_overridden(tmp_path: Path) -> None:
 def test_bad_kubernetes_settings_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load(write(tmp_path, text), environ={})
+
+
+def test_the_handover_socket_and_drain_cap_have_documented_defaults(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "node: node-1\nworkloads: /run/w\n"), environ={})
+    assert cfg.timeouts.handover_drain == 0.0  # no cap: connections end on their own
+    assert cfg.handover_path == Path("/run/smesh/node-1/handover.sock")
+    text = "node: node-1\nkubernetes: {cniSocket: /run/x/cni.sock}\n"
+    assert load(write(tmp_path, text), environ={}).handover_path == Path(
+        "/run/x/agent-handover.sock"
+    )
+    text = "node: n\nworkloads: /w\nhandoverSocket: /s/h.sock\ntimeouts: {handoverDrain: 1h}\n"
+    cfg = load(write(tmp_path, text), environ={})
+    assert (cfg.handover_path, cfg.timeouts.handover_drain) == (Path("/s/h.sock"), 3600.0)
+    with pytest.raises(ConfigError, match=r"timeouts\.handoverDrain"):
+        load(
+            write(tmp_path, "node: n\nworkloads: /w\ntimeouts: {handoverDrain: -1s}\n"), environ={}
+        )

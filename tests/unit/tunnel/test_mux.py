@@ -1,4 +1,4 @@
-"""The smesh-mux/1 codec: generated frame sequences read back whole, however TCP cuts them."""
+"""The smesh-mux codec (/1 and /2): generated frames read back whole, however TCP cuts them."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ CONTROL = st.one_of(
     st.builds(mux.rst_frame, st.integers(1, 2**32 - 1), st.text(max_size=40)),
     st.builds(mux.window_frame, st.integers(1, 9), st.integers(1, 2**32 - 1)),
     st.builds(mux.frame, st.sampled_from([mux.OK, mux.FIN]), st.integers(1, 9)),
+    st.builds(mux.goaway_frame, st.text(max_size=40)),
 )  # fmt: skip
 DATA = st.builds(data_frame, st.sampled_from([1, 3, 2**32 - 1]), st.binary(max_size=200))
 
@@ -113,7 +114,9 @@ def test_an_empty_data_frame_says_nothing_but_empty_control_frames_do() -> None:
     ("raw", "message"),
     [
         (mux.HEADER.pack(0, 1, 0), "unknown frame type 0"),
-        (mux.HEADER.pack(8, 1, 0), "unknown frame type 8"),
+        (mux.HEADER.pack(9, 1, 0), "unknown frame type 9"),
+        (mux.HEADER.pack(mux.GOAWAY, 1, 0), "GOAWAY frame for stream 1, not 0"),
+        (mux.HEADER.pack(mux.GOAWAY, 0, mux.MAX_CONTROL + 1), "GOAWAY frame of 1025 bytes"),
         (mux.frame(mux.OK, 0), "OK frame for stream 0"),
         (data_frame(0, b"x"), "DATA frame for stream 0"),
         (mux.HEADER.pack(mux.REFUSE, 1, mux.MAX_CONTROL + 1), "REFUSE frame of 1025 bytes"),
@@ -160,3 +163,52 @@ def test_open_frame_cuts_a_long_request_id_to_the_limit() -> None:
 def test_open_frame_replaces_what_a_request_id_may_not_hold() -> None:
     [(_, _, payload)] = read([mux.open_frame(1, V4, 80, "réq 1\nx")])
     assert mux.parse_open(payload) == (V4, 80, "r-q-1-x")
+
+
+# -- smesh-mux/2: GOAWAY ---------------------------------------------------------------
+
+
+def test_goaway_reads_back_on_stream_0_with_its_reason() -> None:
+    raw = mux.frame(mux.OK, 1) + mux.goaway_frame("agent handing over ✓") + mux.frame(mux.FIN, 1)
+    assert read([raw]) == [
+        (mux.OK, 1, b""),
+        (mux.GOAWAY, 0, "agent handing over ✓".encode()),
+        (mux.FIN, 1, b""),
+    ]
+
+
+def test_a_goaway_reason_is_cut_to_max_control() -> None:
+    [(kind, stream, payload)] = read([mux.goaway_frame("r" * (mux.MAX_CONTROL + 50))])
+    assert (kind, stream, len(payload)) == (mux.GOAWAY, 0, mux.MAX_CONTROL)
+
+
+def test_to_a_smesh_mux_1_reader_goaway_is_an_unknown_frame() -> None:
+    """Why it is sent only where ALPN chose smesh-mux/2: /1 ends the connection on it."""
+    with pytest.raises(RemoteProtocolError, match="unknown frame type 8"):
+        mux.FrameReader(version=1).feed(memoryview(mux.goaway_frame("bye")))
+    frames = b"".join(f for f in CONVERSATION)
+    assert merged(read([frames])) == merged(
+        [(k, s, bytes(p)) for k, s, p in mux.FrameReader(version=1).feed(memoryview(frames))]
+    )
+
+
+def test_alpn_names_the_versions_newest_first() -> None:
+    assert mux.ALPNS == ("smesh-mux/2", "smesh-mux/1")
+    assert [mux.version_of(a) for a in (*mux.ALPNS, "h2", None)] == [2, 1, None, None]
+
+
+@given(st.binary(max_size=64), st.sampled_from([1, 2]))
+def test_any_bytes_give_frames_or_a_protocol_error_never_another_exception(
+    raw: bytes, version: int
+) -> None:
+    """Fuzz the parser: garbage after a valid GOAWAY is the peer's fault, nothing else."""
+    reader = mux.FrameReader(version)
+    try:
+        events = reader.feed(memoryview(mux.goaway_frame("x") + raw)) if version == 2 else []
+        events += reader.feed(memoryview(raw))
+    except RemoteProtocolError:
+        return
+    for kind, stream, _payload in events:
+        assert kind in mux.NAMES
+        assert (stream == 0) == (kind == mux.GOAWAY)
+        assert version == 2 or kind != mux.GOAWAY
