@@ -44,6 +44,8 @@ class LabState:
     #: ``--kubernetes``: etcd, kube-apiserver, ... by component name, and the kubelets by node.
     control_plane: dict[str, Process] = field(default_factory=dict)
     kubelets: dict[str, Process] = field(default_factory=dict)
+    #: ``--kubernetes``: each node's kube-proxy, by node.
+    proxies: dict[str, Process] = field(default_factory=dict)
 
     def topology(self) -> topology.Topology:
         return topology.plan(
@@ -86,7 +88,7 @@ def load(name: str) -> LabState | None:
         raise LabError(
             f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --name {name}`"
         ) from exc
-    for key in ("agents", "control_plane", "kubelets"):
+    for key in ("agents", "control_plane", "kubelets", "proxies"):
         data[key] = {name: Process(**proc) for name, proc in data.get(key, {}).items()}
     if data.get("signer"):
         data["signer"] = Process(**data["signer"])
