@@ -1,6 +1,8 @@
 // CoreDNS for the Kubernetes lab: coremain from the pinned github.com/coredns/coredns
-// module with the plugins a kubeadm cluster's Corefile uses (no cloud or upstream plugins,
-// so the build pulls in no cloud SDKs). `make coredns` builds it into build/coredns/bin.
+// module with the plugins of a kubeadm Corefile that stay inside the cluster, plus template
+// (NXDOMAIN for outside names) and log. No forward plugin (the lab has no upstream) and no
+// cloud plugins, so the build pulls in no cloud SDKs. `make coredns` builds it into
+// build/coredns/bin.
 package main
 
 import (

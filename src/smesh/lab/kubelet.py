@@ -87,7 +87,8 @@ DEFAULT_GRACE = 30
 DEFAULT_PATH = f"{sys.prefix}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: The checkout whose smesh stands in for every container's image (its .venv's parent).
 IMAGE_ROOT = str(Path(sys.prefix).resolve().parent)
-#: The lab has no Services: ``kubernetes.default`` is the API server itself.
+#: In-cluster clients talk to the API server itself, not through the ``kubernetes``
+#: Service's ClusterIP: the host-network agents then need no kube-proxy on their path.
 SERVICE_HOST = str(CONTROL_IP4)
 SERVICE_PORT = str(kubepaths.API_PORT)
 CONFIG_RETRY = 10.0  # seconds before a container whose configuration failed is tried again
