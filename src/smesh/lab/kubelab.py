@@ -52,6 +52,7 @@ def write_networks(topo: Topology, *, chart: bool = False) -> None:
 
 
 def start_control_plane(lab: state.LabState, topo: Topology, cgroup_root: Path) -> None:
+    services.check_dns_binary()  # before anything starts: it is deployed once nodes are Ready
     cluster.start(lab, topo, cgroup_root)
     write_networks(topo, chart=installs_chart(lab))
 

@@ -259,11 +259,15 @@ def coredns_objects(binary: Path = COREDNS) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def check_dns_binary(binary: Path = COREDNS) -> None:
+    if not binary.is_file():
+        raise MissingDnsBinary(f"CoreDNS is not built at {binary}: run `make coredns`")
+
+
 def deploy_dns(lab: str, binary: Path = COREDNS) -> None:
     """Create CoreDNS's objects (an existing one is kept: ``lab up`` makes them once)."""
     from smesh.lab import cluster  # noqa: PLC0415 - cluster imports this module's constants
 
-    if not binary.is_file():
-        raise MissingDnsBinary(f"CoreDNS is not built at {binary}: run `make coredns`")
+    check_dns_binary(binary)
     for path, obj in coredns_objects(binary):
         cluster.create(lab, path, obj)

@@ -99,6 +99,16 @@ spec:
   nodeName: node-2
   containers:
   - {name: main, image: none, command: ["sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostdns, namespace: shop}
+spec:
+  hostNetwork: true
+  dnsPolicy: ClusterFirstWithHostNet
+  nodeName: node-1
+  containers:
+  - {name: main, image: none, command: ["sleep", "infinity"]}
 """.replace("@SERVER@", json.dumps(WEB_SERVER))
 
 REQUESTS = 50  # as the issue's acceptance; kube-proxy picks at random: a miss is 2**-49
@@ -106,11 +116,9 @@ REQUESTS = 50  # as the issue's acceptance; kube-proxy picks at random: a miss i
 
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
-    if not services.COREDNS.is_file():
-        pytest.skip(f"CoreDNS is not built at {services.COREDNS}: run `make coredns`")
     with kubernetes_lab("svc", "--install", "lab") as lab:
         kubectl(lab, "apply", "-f", "-", stdin=SHOP)
-        running(lab, "-n", "shop", count=5)
+        running(lab, "-n", "shop", count=6)
         running(lab, "-n", "kube-system", "-l", "k8s-app=kube-dns", count=1)
         yield lab
 
@@ -208,6 +216,11 @@ def test_short_name_resolves_through_the_search_domains(cluster: Lab) -> None:
         "import socket; print(socket.getaddrinfo('web', 8080, type=socket.SOCK_STREAM)[0][4][0])"
     )
     assert in_client(cluster, "python3", "-c", script).stdout.strip() == address
+    # a host-network pod with ClusterFirstWithHostNet: the cluster's DNS and kube-proxy's
+    # output NAT from the node's own namespace
+    hostdns = cluster.exec("shop/hostdns", ["curl", "-sS", "--max-time", "10", "http://web:8080/"])
+    assert hostdns.returncode == 0, hostdns.stderr
+    assert hostdns.stdout.startswith("web-")
     # the API server's Service, from another namespace's search path
     kube = in_client(cluster, "getent", "hosts", "kubernetes.default")
     assert kube.stdout.split()[0] == services.API_SERVICE_IP
