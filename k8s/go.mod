@@ -1,9 +1,10 @@
 // The Kubernetes release for the Kubernetes lab and its tests, built from its Go
 // modules by `make kubernetes` into build/kubernetes/bin: kube-apiserver,
-// kube-controller-manager, kube-scheduler, kubectl, and etcd from its own module (Debian's
-// etcd-server is 3.4, older than this release supports). k8s.io/kubernetes replaces
-// each staging module with a path inside its own tree, so this file replaces each with
-// its published version (v0.37.2 for Kubernetes 1.37.2). No source is kept here.
+// kube-controller-manager, kube-scheduler, kube-proxy, kubectl, and etcd from its own
+// module (Debian's etcd-server is 3.4, older than this release supports).
+// k8s.io/kubernetes replaces each staging module with a path inside its own tree, so this
+// file replaces each with its published version (v0.37.2 for Kubernetes 1.37.2). No
+// source is kept here.
 module smesh.local/k8s
 
 go 1.26.0
