@@ -199,7 +199,7 @@ def _teardown(name: str, cgroup_root: Path) -> None:
         # Kubelets first (no new pods), then the control plane newest first, one by one: an
         # API server whose etcd goes away while it shuts down hangs until killed. The pods and
         # whatever does not end in time go with the lab's cgroup below.
-        _stop_all([*lab.kubelets.values()])
+        _stop_all([*lab.kubelets.values(), *lab.proxies.values()])
         for component in reversed(list(lab.control_plane)):
             _stop_all([lab.control_plane[component]])
     if lab is not None and (lab.agents or lab.signer):  # gently first: agents drain
@@ -321,6 +321,9 @@ def status(name: str = topology.DEFAULT_NAME) -> dict[str, Any]:
             kubelet = lab.kubelets.get(str(entry["name"]))
             entry["kubelet_pid"] = kubelet.pid if kubelet else None
             entry["kubelet_alive"] = bool(kubelet and kubelet.alive())
+            proxy = lab.proxies.get(str(entry["name"]))
+            entry["kube_proxy_pid"] = proxy.pid if proxy else None
+            entry["kube_proxy_alive"] = bool(proxy and proxy.alive())
         doc["kubernetes_pods"] = kubelab.pod_rows(topo)
         if chart:
             for entry in nodes:
@@ -466,7 +469,8 @@ def restart_kubelet(name: str, node_name: str) -> state.Process:
 
 
 def exec_argv(name: str, member: str, argv: Sequence[str]) -> None:
-    """Replace this process with *argv* running in *member*'s cgroup and network namespace.
+    """Replace this process with *argv* running in *member*'s cgroup and network namespace
+    (and a Kubernetes pod's container's mount namespace: its volumes and resolv.conf).
 
     The cgroup is joined first: entering the namespace first would make the cgroup file
     a path in the wrong place for nothing, and ``ip netns exec`` is avoided because it
@@ -484,6 +488,7 @@ def exec_argv(name: str, member: str, argv: Sequence[str]) -> None:
         found = kubelab.find_pod(topo, member)
         cgroups.join(Path(found.sandbox.cgroup))
         netns.enter(found.sandbox.netns or topo.node(found.node).netns)
+        argv = [*kubelab.mounts_prefix(found.sandbox), *argv]  # as `kubectl exec`
     else:
         target = topo.member(member)
         cgroup = target.cgroup if isinstance(target, Pod) else target.host_cgroup

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from smesh.lab import agents, kubepaths, state
+from smesh.lab import agents, kubepaths, services, state
 from smesh.lab.controlplane import (
     DEFAULT_BIN_DIR,
     SERVICE_CIDR,
@@ -40,7 +40,14 @@ from smesh.lab.controlplane import (
 from smesh.lab.topology import CONTROL_IP4, CONTROL_IP6, Topology
 from smesh.linux import netns
 
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kube-proxy",
+)
 ETCD_URL = "http://127.0.0.1:2379"
 AGENT_GROUP = "smesh:agents"
 SIGNER_USER = "smesh-signer"
@@ -83,7 +90,7 @@ def set_up_pki(topo: Topology) -> Pki:
         "kubernetes.default",
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
-        "198.18.255.1",
+        services.API_SERVICE_IP,
     ]
     pki = make_pki(directory, hosts)
     server = kubepaths.API_SERVER
@@ -109,6 +116,9 @@ def set_up_pki(topo: Topology) -> Pki:
         write_kubeconfig(
             kubepaths.agent_kubeconfig(topo.name, node.name), server, pki, user, client
         )
+        client = issue_client_cert(pki, f"kube-proxy-{node.name}", services.KUBE_PROXY_USER)
+        path = services.kube_proxy_kubeconfig(topo.name, node.name)
+        write_kubeconfig(path, server, pki, services.KUBE_PROXY_USER, client)
     return pki
 
 
@@ -425,6 +435,11 @@ def request(
             conn.close()
 
     return netns.run_in(f"{lab}.control", call)
+
+
+def create(lab: str, path: str, obj: dict[str, Any]) -> None:
+    """POST *obj* to the collection at *path*; one that exists already is left as it is."""
+    _must(lab, "POST", path, obj)
 
 
 def _must(lab: str, method: str, path: str, body: Any = None, **kw: Any) -> Any:

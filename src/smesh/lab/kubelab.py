@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smesh.lab import agents, cluster, kubepaths, state
+from smesh.lab import agents, cluster, kubepaths, services, state
 from smesh.lab import kubelet_cni as cni
 from smesh.lab.controlplane import ControlPlaneError
 from smesh.lab.errors import UnknownMember
@@ -52,6 +52,7 @@ def write_networks(topo: Topology, *, chart: bool = False) -> None:
 
 
 def start_control_plane(lab: state.LabState, topo: Topology, cgroup_root: Path) -> None:
+    services.check_dns_binary()  # before anything starts: it is deployed once nodes are Ready
     cluster.start(lab, topo, cgroup_root)
     write_networks(topo, chart=installs_chart(lab))
 
@@ -62,11 +63,16 @@ def installs_chart(lab: state.LabState) -> bool:
 
 
 def start_kubelets(lab: state.LabState, topo: Topology, cgroup_root: Path) -> None:
-    """One kubelet per node (node netns, node host cgroup); returns when every Node is Ready."""
+    """One kubelet and one kube-proxy per node (node netns, node host cgroup); returns when
+    every Node is Ready, with cluster DNS deployed (its pods start as the kubelets get them,
+    as in a cluster that kubeadm has just made)."""
     for node in topo.nodes:
         lab.kubelets[node.name] = spawn_kubelet(topo, node, cgroup_root)
         state.save(lab)
+        lab.proxies[node.name] = services.spawn_kube_proxy(topo, node, cgroup_root)
+        state.save(lab)
     cluster.wait_nodes_ready(lab, topo)
+    services.deploy_dns(topo.name)
 
 
 def spawn_kubelet(topo: Topology, node: Node, cgroup_root: Path) -> state.Process:
@@ -109,6 +115,16 @@ def find_pod(topo: Topology, ref: str) -> PodSandbox:
             f"(running: {', '.join(running) or 'none'})"
         )
     return live[0]
+
+
+def mounts_prefix(sandbox: Sandbox) -> list[str]:
+    """``nsenter`` into the mount namespace of *sandbox*'s first running container (what
+    ``kubectl exec`` sees: its volumes, its resolv.conf); none running: nothing (the
+    machine's view). Python 3.11 has no ``os.setns``, util-linux has."""
+    for record in sandbox.containers.values():
+        if record.pid and state.start_time_of(record.pid) == record.proc_start:
+            return ["nsenter", f"--mount=/proc/{record.pid}/ns/mnt", "--"]
+    return []
 
 
 def pod_rows(topo: Topology) -> list[dict[str, Any]]:

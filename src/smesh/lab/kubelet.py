@@ -52,7 +52,7 @@ from smesh.kubernetes.layout import CgroupDriver, LayoutError, pod_cgroup, qos_c
 from smesh.kubernetes.store import Event, EventType, Synced
 from smesh.kubernetes.writer import KubeWriter, is_status
 from smesh.lab import kubelet_cni as cni
-from smesh.lab import kubelet_exec, kubelet_probe, kubepaths, state
+from smesh.lab import kubelet_dns, kubelet_exec, kubelet_probe, kubepaths, services, state
 from smesh.lab import kubelet_volumes as volumes
 from smesh.lab.errors import LabError
 from smesh.lab.kubelet_status import (
@@ -87,7 +87,8 @@ DEFAULT_GRACE = 30
 DEFAULT_PATH = f"{sys.prefix}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: The checkout whose smesh stands in for every container's image (its .venv's parent).
 IMAGE_ROOT = str(Path(sys.prefix).resolve().parent)
-#: The lab has no Services: ``kubernetes.default`` is the API server itself.
+#: In-cluster clients talk to the API server itself, not through the ``kubernetes``
+#: Service's ClusterIP: the host-network agents then need no kube-proxy on their path.
 SERVICE_HOST = str(CONTROL_IP4)
 SERVICE_PORT = str(kubepaths.API_PORT)
 CONFIG_RETRY = 10.0  # seconds before a container whose configuration failed is tried again
@@ -96,6 +97,9 @@ MAX_TERMINATION_MESSAGE = 4096  # bytes of terminationMessagePath the kubelet re
 FALLBACK_LOG_LINES = 80  # FallbackToLogsOnError: the log's last lines ...
 FALLBACK_LOG_BYTES = 2048  # ... and at most this many bytes of them
 RUNTIME = "smesh-lab"
+#: The node's resolver configuration (the machine's: lab nodes share its filesystem).
+RESOLV_CONF = "/etc/resolv.conf"
+CLUSTER_DOMAIN = services.CLUSTER_DOMAIN
 STATUS_RETRY = 2.0  # seconds before a failed status update is tried again
 
 
@@ -604,9 +608,7 @@ class PodWorker:
             )
             pod_context = self.pod.spec.securityContext if self.pod.spec else None
             who = kubelet_exec.identity(spec, pod_context)
-            mounts = volumes.container_mounts(
-                self.pod, spec, self.directory, self.kubelet.node_root
-            )
+            mounts = self._mounts(spec)
         except (kubelet_exec.ContainerConfigError, volumes.VolumeError) as exc:
             # e.g. a ConfigMap not there yet: read the objects again and retry, as the kubelet
             log.warning("pod %s: container %s: %s", self.ref, spec.name, exc)
@@ -666,6 +668,26 @@ class PodWorker:
                 self._probe(spec, record, spec.readinessProbe, env), name=f"probe {self.ref}"
             )
         log.info("pod %s: container %s started (pid %d)", self.ref, spec.name, proc.pid)
+
+    def _mounts(self, spec: Container) -> list[volumes.Mount]:
+        mounts = volumes.container_mounts(self.pod, spec, self.directory, self.kubelet.node_root)
+        return volumes.mount_order([*mounts, *self._resolv_conf()])
+
+    def _resolv_conf(self) -> list[volumes.Mount]:
+        """The pod's resolv.conf (:mod:`smesh.lab.kubelet_dns`), written into its directory,
+        as a bind over ``/etc/resolv.conf``; none where the pod keeps the node's file."""
+        node_file = _read(RESOLV_CONF)
+        text = kubelet_dns.resolv_conf(self.pod, services.DNS_IP, CLUSTER_DOMAIN, node_file)
+        if text is None:
+            return []
+        if not os.path.isfile(RESOLV_CONF):  # no file to bind over: never make one on the host
+            log.warning(
+                "pod %s: %s is not a file; the pod keeps no DNS config", self.ref, RESOLV_CONF
+            )
+            return []
+        path = self.directory / "resolv.conf"
+        write_atomic(path, text.encode(), 0o644)
+        return [volumes.Mount(str(path), RESOLV_CONF, read_only=False, is_file=True)]
 
     def _adopt_processes(self) -> None:
         """After a kubelet restart: watch the containers that still run, note the others."""

@@ -47,6 +47,8 @@ class LabState:
     #: Agents that handed their node over and serve their open connections until these
     #: end (restart-agent, upgrade-agent): by node; `lab down` stops them too.
     lingering: dict[str, list[Process]] = field(default_factory=dict)
+    #: ``--kubernetes``: each node's kube-proxy, by node.
+    proxies: dict[str, Process] = field(default_factory=dict)
 
     def topology(self) -> topology.Topology:
         return topology.plan(
@@ -89,7 +91,7 @@ def load(name: str) -> LabState | None:
         raise LabError(
             f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --name {name}`"
         ) from exc
-    for key in ("agents", "control_plane", "kubelets"):
+    for key in ("agents", "control_plane", "kubelets", "proxies"):
         data[key] = {name: Process(**proc) for name, proc in data.get(key, {}).items()}
     data["lingering"] = {
         name: [Process(**proc) for proc in procs]

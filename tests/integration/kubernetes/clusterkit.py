@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from smesh.capture import libbpf, pins
-from smesh.lab import kubepaths, state
+from smesh.lab import kubepaths, services, state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
 from smesh.linux import cgroups, netns
 from tests.conftest import in_ci
@@ -32,10 +32,14 @@ from tests.integration.labkit import Lab, Lines, smesh, unique_name
 def kubernetes_lab(prefix: str, *args: str) -> collections.abc.Iterator[Lab]:
     """A lab up with ``--kubernetes`` and *args*; brought down even if a test fails.
 
-    Skips (fails under CI) when the control plane is not built.
+    Skips (fails under CI) when the control plane or CoreDNS is not built.
     """
-    if not (DEFAULT_BIN_DIR / "kube-scheduler").is_file():
+    message = ""
+    if not (DEFAULT_BIN_DIR / "kube-proxy").is_file():
         message = f"the control plane is not built in {DEFAULT_BIN_DIR}: run `make kubernetes`"
+    elif not services.COREDNS.is_file():
+        message = f"CoreDNS is not built at {services.COREDNS}: run `make coredns`"
+    if message:
         if in_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)

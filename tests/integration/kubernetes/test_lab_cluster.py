@@ -260,8 +260,8 @@ def test_a_failing_cni_add_keeps_the_pod_pending_with_an_event_then_retries(
 def test_lab_down_leaves_nothing(cluster: Lab) -> None:
     lab = state.load(cluster.name)
     assert lab is not None
-    processes = [*lab.control_plane.values(), *lab.kubelets.values()]
-    assert len(processes) == 6
+    processes = [*lab.control_plane.values(), *lab.kubelets.values(), *lab.proxies.values()]
+    assert len(processes) == 8
     assert all(p.alive() for p in processes)
     running(cluster, "--field-selector", "metadata.name=hostnet", count=1)
     root = cgroups.v2_root() / f"smesh-lab-{cluster.name}"
