@@ -1,8 +1,9 @@
 """Helpers for tests that drive a whole `smesh lab up --kubernetes` cluster through the CLI.
 
-Shared by the cluster tests (test_lab_cluster.py, test_lab_mesh.py): bring a lab up for a
-module and always down again, kubectl in the lab, wait for pods, read what the kubelet
-recorded of a pod's sandbox, and watch a node's links with tcpdump.
+Shared by the cluster tests (test_lab_cluster.py, test_lab_mesh.py, the Service tests): bring a
+lab up for a module and always down again, kubectl in the lab, wait for pods, read what the
+kubelet recorded of a pod's sandbox, watch a node's links with tcpdump, and read a process
+agent's access log and metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
 from smesh.lab import kubepaths, services, state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
@@ -82,6 +84,41 @@ def running(lab: Lab, *selector: str, count: int) -> dict[str, dict[str, Any]]:
         return found if ok else None
 
     return wait_for(f"{count} running pods {selector}", check)  # type: ignore[no-any-return]
+
+
+#: A container that only waits (a client pod's).
+SLEEPER = {"name": "main", "image": "none", "command": ["sleep", "infinity"]}
+
+
+def pod(name: str, namespace: str, node: str, **spec: Any) -> dict[str, Any]:
+    """A Pod object bound to *node* that sleeps (``labels=`` and other spec fields in *spec*)."""
+    labels = spec.pop("labels", {})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [SLEEPER],
+            **spec,
+        },
+    }
+
+
+def metric(lab: Lab, node: str, name: str, labels: str) -> float:
+    """The value of *name*{*labels*} on *node*'s agent (0 if absent), from its admin port."""
+    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    for line in reply.body.decode().splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def access(lab: Lab, node: str) -> list[dict[str, Any]]:
+    """The access-log records of *node*'s process agent so far (``--install processes``)."""
+    log = state.directory(lab.name) / node / "agent.log"
+    return [json.loads(line) for line in log.read_text().splitlines() if '"smesh.access"' in line]
 
 
 def smesh_pods(lab: Lab) -> dict[str, dict[str, Any]]:

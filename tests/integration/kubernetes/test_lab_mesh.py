@@ -26,9 +26,13 @@ from smesh.capture import libbpf, pins
 from smesh.lab import kubepaths, state
 from smesh.linux import netns
 from tests.integration.kubernetes.clusterkit import (
+    TRUST,
     Footprint,
+    access,
     kubectl,
     kubernetes_lab,
+    metric,
+    pod,
     pods,
     running,
     sandbox_of,
@@ -39,7 +43,6 @@ from tests.integration.kubernetes.sandboxkit import attached_programs
 from tests.integration.labkit import Lab, smesh
 
 MARKER = f"smk{secrets.token_hex(6)}"
-TRUST = "spiffe://cluster.local"
 # Echoes "echo PATH BODY"; /slow streams a gigabyte in 64 KiB steps, 20 a second.
 SERVER = """
 import http.server, time
@@ -63,7 +66,6 @@ class Echo(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args): pass
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Echo).serve_forever()
 """
-SLEEPER = {"name": "main", "image": "none", "command": ["sleep", "infinity"]}
 
 
 def app(namespace: str, meshed: bool) -> str:
@@ -116,21 +118,6 @@ def app(namespace: str, meshed: bool) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
 
-def pod(name: str, namespace: str, node: str, **spec: Any) -> dict[str, Any]:
-    labels = spec.pop("labels", {})
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 5,
-            "containers": [SLEEPER],
-            **spec,
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
     # process agents: the tests read agent.log files, agent pids and the lab's signer
@@ -171,20 +158,6 @@ def ready(lab: Lab, *all_pods: dict[str, Any]) -> bool:
         (w := meshed(lab, p)) is not None and w["stage"] == "ready" and w["certificate"] == "issued"
         for p in all_pods
     )
-
-
-def metric(lab: Lab, node: str, name: str, labels: str) -> float:
-    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
-    for line in reply.body.decode().splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def access(lab: Lab, node: str) -> list[dict[str, Any]]:
-    """The access-log records of *node*'s agent so far."""
-    log = state.directory(lab.name) / node / "agent.log"
-    return [json.loads(line) for line in log.read_text().splitlines() if '"smesh.access"' in line]
 
 
 def outbound(lab: Lab, mark: int, count: int) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
 """Services in the meshed Kubernetes lab, through the ClusterIP (no DNS needed).
 
-The lab has no kube-proxy yet: a connect to a ClusterIP reaches a pod only through the
-agent, which is exactly what is tested here. One 2-node cluster for the module: ``shop``
-(opted in) runs ``web`` (2 replicas, one per node, port named ``http``) behind the Service
-``web`` (port 80 → targetPort ``http``), and a client pod on node-1.
+A meshed client's connect to a ClusterIP is captured before kube-proxy's NAT, so it reaches
+a pod through the agent, which is what is tested here (the access records say so). One
+2-node cluster for the module: ``shop`` (opted in) runs ``web`` (2 replicas, one per node,
+port named ``http``) behind the Service ``web`` (port 80 → targetPort ``http``), and a
+client pod on node-1. The acceptance of Services is test_lab_service_mesh.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,17 @@ from typing import Any
 
 import pytest
 
-from tests.integration.kubernetes.clusterkit import kubectl, kubernetes_lab, running, wait_for
-from tests.integration.kubernetes.test_lab_mesh import SERVER, TRUST, access, metric, pod
+from tests.integration.kubernetes.clusterkit import (
+    ECHO_SERVER,
+    TRUST,
+    access,
+    kubectl,
+    kubernetes_lab,
+    metric,
+    pod,
+    running,
+    wait_for,
+)
 from tests.integration.labkit import Lab
 
 MARKER = f"sks{secrets.token_hex(6)}"
@@ -58,7 +68,7 @@ def app() -> str:
                             {
                                 "name": "http",
                                 "image": "none",
-                                "command": ["python3", "-c", SERVER],
+                                "command": ["python3", "-c", ECHO_SERVER],
                                 "ports": [{"name": "http", "containerPort": 8080}],
                             }
                         ],
@@ -113,13 +123,13 @@ def test_the_cluster_ip_reaches_both_replicas_over_mtls(cluster: Lab) -> None:
 
     def answers() -> bool:  # the agents' informers may be waiting out a 403's backoff
         code, out, _ = curl(cluster, url, 5)
-        return code == 0 and out == f"echo /{MARKER} "
+        return code == 0 and out == f"echo /{MARKER}"
 
     wait_for("the Service to answer through the agent", answers, timeout=90)
     mark = len(access(cluster, "node-1"))
     for _ in range(20):
         code, out, _ = curl(cluster, url)
-        assert (code, out) == (0, f"echo /{MARKER} ")
+        assert (code, out) == (0, f"echo /{MARKER}")
 
     def records() -> list[dict[str, Any]]:
         found = [
