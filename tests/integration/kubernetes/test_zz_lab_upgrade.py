@@ -117,7 +117,7 @@ def agents(lab: Lab) -> dict[str, list[dict[str, Any]]]:
     for name, pod in sorted(
         smesh_pods(lab).items(), key=lambda item: item[1]["metadata"]["creationTimestamp"]
     ):
-        if name.startswith("smesh-agent-"):
+        if name.startswith("smesh-agent-") and pod["spec"].get("nodeName"):  # scheduled
             by_node[pod["spec"]["nodeName"]].append(pod)
     return by_node
 
@@ -180,9 +180,13 @@ def test_a_rolling_update_of_the_agents_drops_no_connect_and_cuts_no_connection(
         # The old agents linger by design: deleted pods whose processes still serve the
         # long-lived connections they hold (the kubelet's SIGTERM does not cut them).
         found = agents(cluster)
-        for node, old_pod in before.items():
-            assert found[node][0]["metadata"]["uid"] == old_pod["metadata"]["uid"]
-            assert alive(old[node]), f"{node}'s old agent exited with connections open"
+        lingering = {
+            node: (
+                found[node][0]["metadata"]["uid"] == old_pod["metadata"]["uid"],
+                alive(old[node]),
+            )
+            for node, old_pod in before.items()
+        }
         stop.touch()
         load.wait(timeout=90)
         out.join()
@@ -196,6 +200,8 @@ def test_a_rolling_update_of_the_agents_drops_no_connect_and_cuts_no_connection(
     assert any(".18001" in line for line in packets.lines), "the capture saw no tunnel"
     plain = [line for line in packets.lines if MARKER in line]
     assert plain == [], f"the marker in plain text on node-1's link: {plain[:3]}"
+    # (pod still there, process alive) for each node's old agent, while the load ran
+    assert lingering == {"node-1": (True, True), "node-2": (True, True)}, lingering
 
     # The connections closed: the old agents exit, their pods go, the rollout completes.
     for node in before:
