@@ -111,6 +111,11 @@ class AdminSettings(_Section):
     # address holds a quarter at most) and silent ones closed after readTimeout.
     max_connections: int = Field(default=64, ge=1, le=65536, alias="maxConnections")
     read_timeout: Seconds = Field(default=2.0, gt=0, le=60, alias="readTimeout")
+    # A file this agent creates once it serves the node and removes when it stops (a
+    # stop, a broken task; after a hand-over, once its last connection ended): what an
+    # exec readiness probe asks, since the admin port passes from agent to agent in a
+    # hand-over and answers for either.
+    ready_file: Path | None = Field(default=None, alias="readyFile")
 
     @field_validator("address")
     @classmethod

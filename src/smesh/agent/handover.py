@@ -360,6 +360,8 @@ class HandoverServer:
         self.sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self.handed_over = False
+        self._busy = False  # a hand-over under way: from its accept to its outcome
+        self._closing = False  # settle(): take no new one
 
     def start(self, inherited: socket.socket | None = None) -> None:
         if inherited is not None:
@@ -384,8 +386,9 @@ class HandoverServer:
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         assert self.sock is not None
-        while not self.handed_over:
+        while not (self.handed_over or self._closing):
             conn, _ = await loop.sock_accept(self.sock)
+            self._busy = True
             try:
                 await self._hand_over(conn)
             except HandoverRefused as exc:
@@ -395,6 +398,7 @@ class HandoverServer:
                 self._on_result("failed")
                 log.error("hand-over to a new agent failed; serving on: %s", exc)
             finally:
+                self._busy = False
                 conn.close()
 
     async def _hand_over(self, conn: socket.socket) -> None:
@@ -432,6 +436,23 @@ class HandoverServer:
         with contextlib.suppress(OSError):  # gone: its capture open will wait for the lock
             conn.sendall(encode({"type": "released"}))
         log.info("handed the node over to the new agent (pid %d)", pid)
+
+    async def settle(self) -> None:
+        """Take no new hand-over, and let one under way reach its outcome first.
+
+        A stop that came while a new agent is taking over (a SIGTERM between its offer and
+        its ack) must not pull the sockets and capture from under it: the hand-over either
+        completes (``handed_over``: the agent then lingers instead of stopping) or fails
+        (the agent stops as planned), each within the protocol's own timeouts."""
+        self._closing = True
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._busy:
+            await asyncio.wait({task}, timeout=ACK_TIMEOUT + 2 * STEP_TIMEOUT)
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     def close(self) -> None:
         """Stop serving (this process's copy; a new agent may hold the socket now)."""

@@ -20,7 +20,10 @@ otherwise let the pods' connects out in plain text until the new agent captures 
 Handing over (an upgrade or a planned restart; :mod:`smesh.agent.handover`): a new agent
 started while this one runs takes its listening sockets, and this one stops accepting,
 releases capture to it and serves its open connections until they end on their own
-(``timeouts.handoverDrain`` caps it if set), then exits 0: nothing is refused or cut.
+(``timeouts.handoverDrain`` caps it if set), then exits 0: nothing is refused or cut. A
+SIGTERM then changes nothing (a kubelet deleting the old pod of a DaemonSet update sends it
+right after the hand-over; its SIGKILL at terminationGracePeriodSeconds is the bound); a
+SIGINT gives what is open ``timeouts.drain``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,25 @@ COUNTER_INTERVAL = 2.0
 
 class AgentError(SmeshError):
     """The agent cannot start."""
+
+
+def linger_cut(
+    now: float, started: float, handover_drain: float, interrupted: float | None, drain: float
+) -> str | None:
+    """Whether a handed-over agent stops serving what is still open, and by which setting.
+
+    ``timeouts.handoverDrain`` (0: none) counts from the hand-over; a SIGINT (at
+    *interrupted*) gives ``timeouts.drain`` from its arrival. Nothing else ends a linger
+    but the connections ending: a SIGTERM is what a kubelet sends the old pod of a
+    DaemonSet update right after the hand-over, and cutting then would cut every
+    long-lived connection at each upgrade; its SIGKILL after the pod's
+    terminationGracePeriodSeconds is that bound.
+    """
+    if handover_drain and now - started >= handover_drain:
+        return "timeouts.handoverDrain"
+    if interrupted is not None and now - interrupted >= drain:
+        return "SIGINT: timeouts.drain"
+    return None
 
 
 PLAINTEXT_REFUSED = abi.Counter.PLAINTEXT_REFUSED.name.lower()  # a PodCounters field
@@ -103,7 +125,7 @@ class Agent:
         self.inherited: dict[handover.SocketKey, socket.socket] = {}
         self._handover: handover.HandoverServer | None = None
         self.handed_over = False
-        self._terminated = asyncio.Event()  # SIGTERM after a hand-over: cap the linger
+        self._interrupted: float | None = None  # when a SIGINT came: it caps a linger
         self._tasks: list[asyncio.Task[None]] = []
         self._admin = AdminServer(
             {
@@ -125,8 +147,9 @@ class Agent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._signalled)
+            loop.add_signal_handler(sig, self._signalled, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._prepare_ready_file()
         timer = collector.CollectorTimer(self.metrics)
         timer.install()
         path = self.config.handover_path
@@ -170,6 +193,7 @@ class Agent:
                 handed_over_by=incoming.pid if incoming is not None else None,
             ),
         )
+        self._write_ready_file()
         self._tasks = [
             asyncio.create_task(self._watch(), name="workloads"),
             asyncio.create_task(self._retry_failed(), name="retry"),
@@ -183,6 +207,8 @@ class Agent:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)  # logged when they ended
+            if not self.handed_over and self._handover is not None:
+                await self._handover.settle()  # a hand-over under way decides: linger or stop
             if self.handed_over:
                 await self._linger()
             else:
@@ -190,9 +216,55 @@ class Agent:
             timer.remove()
         return 0
 
-    def _signalled(self) -> None:
-        self._terminated.set()
+    def _signalled(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGINT and self._interrupted is None:
+            self._interrupted = time.monotonic()
+        if self.handed_over:
+            log.info(
+                "%s after the hand-over: %s",
+                sig.name,
+                "open connections get timeouts.drain"
+                if sig == signal.SIGINT
+                else "serving the open connections until they end (a SIGKILL, e.g. at the "
+                "pod's terminationGracePeriodSeconds, or a SIGINT ends them sooner)",
+                extra=logs.fields(connections=self._open_connections()),
+            )
+            return
+        self._remove_ready_file()
         self._stopping.set()
+
+    # -- the ready file (admin.readyFile) -------------------------------------------------
+
+    def _prepare_ready_file(self) -> None:
+        """A stale file (a crashed agent's, in the same pod) goes before anything else."""
+        path = self.config.admin.ready_file
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise AgentError(
+                f"admin.readyFile: cannot prepare {path}: {exc.strerror or exc}; "
+                "name a writable directory (the chart: the agent's /tmp)"
+            ) from exc
+
+    def _write_ready_file(self) -> None:
+        path = self.config.admin.ready_file
+        if path is None or self.broken is not None:
+            return
+        try:
+            path.write_text(f"{os.getpid()}\n")
+        except OSError as exc:  # serving matters more; the probe will say so
+            log.error(
+                "cannot write admin.readyFile %s: %s; this agent never looks ready", path, exc
+            )
+
+    def _remove_ready_file(self) -> None:
+        path = self.config.admin.ready_file
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
     def _admin_address(self) -> str:
         return handover.address(self.config.admin.address, self.config.admin.port)
@@ -264,19 +336,19 @@ class Agent:
 
     async def _linger(self) -> None:
         """After a hand-over: serve until the last connection (and tunnel) ended, or the
-        cap (``timeouts.handoverDrain``; after a SIGTERM, ``timeouts.drain``)."""
-        cap = self.config.timeouts.handover_drain
+        cap (``timeouts.handoverDrain``; after a SIGINT, ``timeouts.drain``). A SIGTERM
+        does not cap it: its sender's SIGKILL does (the pod's grace period)."""
         started = time.monotonic()
-        terminated_at: float | None = None
         while any(p.busy() for p in self.pods.values()):
-            now = time.monotonic()
-            if terminated_at is None and self._terminated.is_set():
-                terminated_at = now
-            if cap and now - started >= cap:
-                log.warning("timeouts.handoverDrain reached: closing what is still open")
-                break
-            if terminated_at is not None and now - terminated_at >= self.config.timeouts.drain:
-                log.warning("stopped after the hand-over: closing what is still open")
+            why = linger_cut(
+                time.monotonic(),
+                started,
+                self.config.timeouts.handover_drain,
+                self._interrupted,
+                self.config.timeouts.drain,
+            )
+            if why is not None:
+                log.warning("%s reached after the hand-over: closing what is still open", why)
                 break
             await asyncio.sleep(0.1)
         for key in list(self.pods):
@@ -285,6 +357,7 @@ class Agent:
         await self._admin.close()
         if self._handover is not None:
             self._handover.close()
+        self._remove_ready_file()
         log.info("agent exited after its hand-over", extra=logs.fields(capture="the new agent's"))
 
     def depends_on(self, task: asyncio.Task[None]) -> None:
@@ -296,6 +369,7 @@ class Agent:
         if task.cancelled():
             return
         self.broken = f"task {task.get_name()!r} ended: {task.exception()!r}"
+        self._remove_ready_file()
         log.critical("%s; /healthz fails from now on", self.broken, exc_info=task.exception())
 
     def _open_capture(self, wait: float = 0.0) -> None:
@@ -318,6 +392,7 @@ class Agent:
         log.info("capture mode %s: %s", choice.mode, choice.reason)
 
     async def _shutdown(self) -> None:
+        self._remove_ready_file()
         log.info(
             "stopping: draining connections",
             extra=logs.fields(deadline_s=self.config.timeouts.drain),

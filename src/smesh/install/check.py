@@ -263,11 +263,16 @@ def agents(daemonset: Obj | None, nodes: Iterable[Obj], pods: Iterable[Obj]) -> 
                 ),
             )
             continue
+        # After a rolling update, the old pod may linger, deleted, while its agent serves
+        # the connections it held (docs/agent.md, "Hand-over"): the node's agent is the other.
+        lingering = [p for p in here if _meta(p).get("deletionTimestamp")]
+        here = [p for p in here if p not in lingering] or here
         ready = [p for p in here if _pod_ready(p)]
         if ready:
-            checks.append(
-                Check(check, True, f"{_meta(ready[0]).get('name')} Ready (capture attached)")
-            )
+            detail = f"{_meta(ready[0]).get('name')} Ready (capture attached)"
+            if lingering and ready[0] not in lingering:
+                detail += f"; {len(lingering)} old agent pod(s) serving their last connections"
+            checks.append(Check(check, True, detail))
             continue
         pod = here[0]
         pod_name = _meta(pod).get("name")

@@ -216,11 +216,16 @@ def wait_ready(topo: Topology, node: Node, process: state.Process, timeout: floa
     )
 
 
-def stop(process: state.Process, timeout: float = 10.0) -> None:
-    """SIGTERM (the agent drains and exits; capture stays pinned), then give up waiting."""
+def stop(
+    process: state.Process, timeout: float = 10.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """SIGTERM (the agent drains and exits; capture stays pinned), then give up waiting.
+
+    An agent that handed its node over ignores SIGTERM (it serves its connections until
+    they end: docs/agent.md) and takes SIGINT as a stop within ``timeouts.drain``."""
     if not process.alive():
         return
-    os.kill(process.pid, signal.SIGTERM)
+    os.kill(process.pid, sig)
     deadline = time.monotonic() + timeout
     while process.alive() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -205,8 +205,10 @@ def _teardown(name: str, cgroup_root: Path) -> None:
     if lab is not None and (lab.agents or lab.signer):  # gently first: agents drain
         from smesh.lab import agents  # noqa: PLC0415
 
-        for process in [*lab.agents.values(), *(p for ps in lab.lingering.values() for p in ps)]:
+        for process in lab.agents.values():
             agents.stop(process)
+        for process in (p for ps in lab.lingering.values() for p in ps):
+            agents.stop(process, sig=signal.SIGINT)  # handed over: SIGTERM would not end it
         if lab.signer is not None:
             agents.stop(lab.signer)
     builder.teardown(name, cgroup_root, state.bpf_pin_dir(name))

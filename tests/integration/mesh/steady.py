@@ -1,12 +1,13 @@
 """A steady client load for upgrade tests; knows nothing of smesh, reports JSON on stdout.
 
-    steady.py HOST PORT STOPFILE [LONG] [RATE]
+    steady.py HOST PORT STOPFILE [LONG] [RATE] [INTERVAL] [MAX_SECONDS]
 
 Against an echo server: LONG (default 5) long-lived connections, each sending a numbered
-message every 20 ms and checking that exactly that message comes back, in order; and new
-connections at RATE per second (default 20), each a message, a half-close and its echo.
-Prints READY once the long-lived connections are up; runs until STOPFILE exists (at most
-120 s), then closes everything and prints one JSON line: counts, and every failure.
+message every INTERVAL seconds (default 0.02) and checking that exactly that message comes
+back, in order; and new connections at RATE per second (default 20), each a message, a
+half-close and its echo. Prints READY once the long-lived connections are up; runs until
+STOPFILE exists (at most MAX_SECONDS, default 120), then closes everything and prints one
+JSON line: counts, and every failure.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def check(sent: bytes, answer: bytes) -> None:
 
 
 class Steady:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, interval: float = INTERVAL) -> None:
         self.host, self.port = host, port
+        self.interval = interval
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.messages = 0
@@ -63,7 +65,7 @@ class Steady:
                 with self.lock:
                     self.messages += 1
                 seq += 1
-                time.sleep(INTERVAL)
+                time.sleep(self.interval)
             sock.shutdown(socket.SHUT_WR)
             check(b"", sock.recv(1))  # the server's EOF, nothing more
         except (OSError, Wrong) as exc:
@@ -88,7 +90,9 @@ class Steady:
             with self.lock:
                 self.connect_failures.append(f"{time.time():.3f} connection {n}: {exc!r}")
 
-    def run(self, stopfile: str, long: int, rate: float) -> dict[str, object]:
+    def run(
+        self, stopfile: str, long: int, rate: float, max_seconds: float = MAX_SECONDS
+    ) -> dict[str, object]:
         socks = [socket.create_connection((self.host, self.port), timeout=10) for _ in range(long)]
         threads = [
             threading.Thread(target=self.long_lived, args=(i, s), daemon=True)
@@ -100,7 +104,7 @@ class Steady:
         started = time.monotonic()
         connecting: list[threading.Thread] = []
         n = 0
-        while not os.path.exists(stopfile) and time.monotonic() - started < MAX_SECONDS:
+        while not os.path.exists(stopfile) and time.monotonic() - started < max_seconds:
             thread = threading.Thread(target=self.one_connect, args=(n,), daemon=True)
             thread.start()
             connecting.append(thread)
@@ -127,7 +131,10 @@ def main() -> None:
     host, port, stopfile = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     long = int(sys.argv[4]) if len(sys.argv) > 4 else 5
     rate = float(sys.argv[5]) if len(sys.argv) > 5 else 20.0
-    print(json.dumps(Steady(host, port).run(stopfile, long, rate)), flush=True)
+    interval = float(sys.argv[6]) if len(sys.argv) > 6 else INTERVAL
+    max_seconds = float(sys.argv[7]) if len(sys.argv) > 7 else MAX_SECONDS
+    report = Steady(host, port, interval).run(stopfile, long, rate, max_seconds)
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def test_an_old_agent_lingers_for_its_open_connection_and_lab_down_stops_it(
     # The old agent still serves the long-lived connection; the lab knows both.
     assert node(lab, "node-1")["agents_lingering"] == [old]
     assert sorted(agent_processes(lab, "node-1")) == sorted([old, node(lab, "node-1")["agent_pid"]])
-    smesh("lab", "down", "--name", lab.name)  # SIGTERM: it drains (5 s in the lab) and exits
+    smesh("lab", "down", "--name", lab.name)  # SIGINT: it drains (5 s in the lab) and exits
     assert state.start_time_of(old) is None  # gone (or a zombie its reaper has not seen)
     client.kill()
     client.wait(timeout=10)

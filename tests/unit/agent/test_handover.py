@@ -8,6 +8,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,35 @@ def test_a_process_of_another_user_is_refused_even_with_the_socket_opened_up() -
     finally:
         old.close()
         shutil.rmtree(opened_up)
+
+
+def test_a_stop_during_a_hand_over_lets_it_finish_before_anything_is_pulled(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "handover.sock"
+    old = OldAgent(path)
+    try:
+        incoming = handover.receive(path)  # the offer came; the ack is still to come
+        assert incoming is not None
+        settled = asyncio.run_coroutine_threadsafe(old.server.settle(), old.loop)
+        time.sleep(0.3)
+        assert not settled.done()  # the stop waits for the hand-over's outcome
+        incoming.acknowledge(4321)
+        settled.result(5)
+        assert old.server.handed_over  # so the agent lingers rather than stopping
+        assert old.acked == [os.getpid()]
+        incoming.close()
+    finally:
+        old.close()
+
+
+def test_a_stop_with_no_hand_over_under_way_takes_no_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "handover.sock"
+    old = OldAgent(path)
+    try:
+        asyncio.run_coroutine_threadsafe(old.server.settle(), old.loop).result(5)
+        assert not old.server.handed_over
+        with pytest.raises(handover.HandoverError):
+            handover.receive(path, timeout=1)  # nobody answers on the socket any more
+    finally:
+        old.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -525,3 +527,153 @@ def test_a_bound_pod_deleted_before_its_sandbox_gives_its_early_certificate_back
     asyncio.run(scenario())
     assert wiring.certificate_users == 0
     assert capture.captured == set()
+
+
+def test_a_linger_is_cut_only_by_its_cap_or_a_sigint_never_by_time_alone() -> None:
+    # no cap, no signal: the connections' own end is the only end
+    assert node.linger_cut(10_000.0, 0.0, 0.0, None, 30.0) is None
+    # timeouts.handoverDrain counts from the hand-over
+    assert node.linger_cut(59.0, 0.0, 60.0, None, 30.0) is None
+    assert node.linger_cut(60.0, 0.0, 60.0, None, 30.0) == "timeouts.handoverDrain"
+    # a SIGINT gives timeouts.drain from its arrival
+    assert node.linger_cut(129.0, 0.0, 0.0, 100.0, 30.0) is None
+    assert node.linger_cut(130.0, 0.0, 0.0, 100.0, 30.0) == "SIGINT: timeouts.drain"
+
+
+class BusyPod:
+    """A handed-over pod runtime still serving one connection until *done* is set."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.shut = False
+
+    def busy(self) -> bool:
+        return not self.done.is_set()
+
+    def active_connections(self) -> int:
+        return 0 if self.done.is_set() else 1
+
+    def hand_over(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        self.shut = True
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def running_agent(tmp_path: Path, **config: Any) -> tuple[Agent, Path]:
+    ready = tmp_path / "run" / "ready"
+    admin = {"address": "127.0.0.1", "port": free_port(), "readyFile": ready}
+    agent, _capture = agent_with(
+        Wiring(), tmp_path, admin=admin, handoverSocket=tmp_path / "handover.sock", **config
+    )
+    agent._open_capture = lambda: None  # type: ignore[method-assign]
+
+    async def quiet() -> None:
+        await asyncio.Event().wait()
+
+    agent._watch = quiet  # type: ignore[method-assign]
+    return agent, ready
+
+
+def test_the_ready_file_says_whether_this_process_serves_the_node(tmp_path: Path) -> None:
+    agent, ready = running_agent(tmp_path)
+    ready.parent.mkdir()
+    ready.write_text("4242\n")  # a crashed agent's, in the same pod
+
+    async def scenario() -> None:
+        running = asyncio.create_task(agent.run())
+        await asyncio.sleep(0)
+        assert not ready.exists()  # gone before anything else
+        for _ in range(100):
+            if ready.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert ready.read_text() == f"{os.getpid()}\n"
+        agent._signalled(signal.SIGTERM)  # a plain stop: no longer serving the node
+        assert not ready.exists()
+        assert await running == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_task_takes_the_ready_file_away(tmp_path: Path) -> None:
+    agent, ready = running_agent(tmp_path)
+
+    async def broken() -> None:
+        await asyncio.sleep(0.1)
+        raise RuntimeError("a bug in the workload watch")
+
+    agent._watch = broken  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        running = asyncio.create_task(agent.run())
+        for _ in range(100):
+            if ready.exists():
+                break
+            await asyncio.sleep(0.01)
+        assert ready.exists()
+        await asyncio.sleep(0.3)
+        assert agent.broken is not None
+        assert not ready.exists()
+        agent._stopping.set()
+        assert await running == 0
+
+    asyncio.run(scenario())
+
+
+def test_an_unusable_ready_file_stops_the_agent_before_it_takes_anything(tmp_path: Path) -> None:
+    agent, ready = running_agent(tmp_path)
+    ready.parent.write_text("a file where the directory should be\n")
+    with pytest.raises(node.AgentError, match=r"admin\.readyFile: cannot prepare"):
+        asyncio.run(agent.run())
+
+
+def test_a_handed_over_agent_serves_on_through_sigterm_and_a_sigint_gives_it_the_drain(
+    tmp_path: Path,
+) -> None:
+    agent, ready = running_agent(tmp_path, timeouts={"drain": 0.2})
+    pod = BusyPod()
+
+    async def scenario() -> None:
+        running = asyncio.create_task(agent.run())
+        for _ in range(100):
+            if ready.exists():
+                break
+            await asyncio.sleep(0.02)
+        agent.pods["default/pod-1"] = pod  # type: ignore[assignment]
+        agent._hand_over(4242)  # the new agent acknowledged
+        agent._signalled(signal.SIGTERM)  # the kubelet deletes the old pod
+        await asyncio.sleep(0.6)  # three drains
+        assert not running.done()  # the open connection is still served
+        assert not pod.shut
+        assert ready.exists()  # its pod stays Ready while it serves (DaemonSet status)
+        agent._signalled(signal.SIGINT)
+        await asyncio.wait_for(running, 5)
+        assert pod.shut  # cut after timeouts.drain
+
+    asyncio.run(scenario())
+
+
+def test_a_handed_over_agent_exits_once_its_connections_ended(tmp_path: Path) -> None:
+    agent, ready = running_agent(tmp_path)
+    pod = BusyPod()
+
+    async def scenario() -> None:
+        running = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.2)
+        agent.pods["default/pod-1"] = pod  # type: ignore[assignment]
+        agent._hand_over(4242)
+        agent._signalled(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert not running.done()
+        pod.done.set()  # the last connection ended on its own
+        assert await asyncio.wait_for(running, 5) == 0
+        assert not ready.exists()
+
+    asyncio.run(scenario())

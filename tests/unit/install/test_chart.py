@@ -60,10 +60,12 @@ def test_the_agent_daemonset() -> None:
     assert ds["metadata"]["namespace"] == "smesh-system"
     assert ds["spec"]["updateStrategy"] == {
         "type": "RollingUpdate",
-        # No surge until an agent can take a node over from a running one (issue 19).
-        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+        # The new agent starts beside the old one and takes the node over (issue 19).
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
     pod = ds["spec"]["template"]["spec"]
+    # a handed-over agent's open connections live on this long after its pod's deletion
+    assert pod["terminationGracePeriodSeconds"] == 3600
     assert pod["hostNetwork"] is True
     assert pod["serviceAccountName"] == "smesh-agent"
     (agent,) = pod["containers"]
@@ -77,7 +79,14 @@ def test_the_agent_daemonset() -> None:
         agent["env"]
     )
     assert "node=$(NODE_NAME)" in agent["args"]
-    assert agent["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 15000}
+    # Readiness asks the pod's own agent (its file in its own /tmp), not the admin port,
+    # which a hand-over passes between the two pods of a surge; liveness stays on it.
+    ready_file = "/tmp/smesh-agent-ready"
+    assert agent["readinessProbe"]["exec"] == {"command": ["test", "-e", ready_file]}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 15000}
+    assert {"name": "tmp", "mountPath": "/tmp"} in agent["volumeMounts"]
+    config = yaml.safe_load(agent_config_text(docs))
+    assert config["admin"]["readyFile"] == ready_file
     assert agent["terminationMessagePolicy"] == "FallbackToLogsOnError"
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     assert mounts["netns"]["mountPropagation"] == "HostToContainer"

@@ -165,6 +165,21 @@ def test_agents_one_line_per_node_with_the_agents_own_error() -> None:
     assert [c.ok for c in check.agents(None, nodes, pods)] == [False]
 
 
+def test_an_old_agent_pod_lingering_after_an_update_does_not_stand_for_its_node() -> None:
+    ds = {"status": {"numberReady": 1, "desiredNumberScheduled": 1, "updatedNumberScheduled": 0}}
+    old = agent_pod("smesh-agent-old", "n1", True)
+    old["metadata"]["deletionTimestamp"] = "2026-12-03T07:00:00Z"
+    new = agent_pod("smesh-agent-new", "n1", False, state={"waiting": {"reason": "Crashed"}})
+    lines = [c.line() for c in check.agents(ds, [node("n1", "6.1")], [old, new])]
+    assert lines[1].startswith("FAIL  agent on n1: smesh-agent-new not Ready: Crashed")
+    new["status"]["conditions"][0]["status"] = "True"
+    lines = [c.line() for c in check.agents(ds, [node("n1", "6.1")], [old, new])]
+    assert lines[1] == (
+        "ok    agent on n1: smesh-agent-new Ready (capture attached); "
+        "1 old agent pod(s) serving their last connections"
+    )
+
+
 def test_csrs_pending_too_long_fail() -> None:
     def csr(name: str, age: float, **status: Any) -> dict[str, Any]:
         return {
