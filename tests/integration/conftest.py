@@ -11,6 +11,9 @@ from tests.integration.labkit import SMESH, Lab, LabFactory, smesh, unique_name
 
 __all__ = ["SMESH", "Lab", "LabFactory", "smesh", "unique_name"]
 
+#: The labs a test built with lab_factory (its funcargs hold the factory, not the labs).
+MADE = pytest.StashKey[list[Lab]]()
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
@@ -21,19 +24,21 @@ def pytest_runtest_makereport(
     report: pytest.TestReport = outcome.get_result()
     if report.when != "call" or not report.failed:
         return
-    for value in getattr(item, "funcargs", {}).values():
-        if isinstance(value, Lab):
-            try:
-                trouble = value.agent_trouble()
-            except OSError as exc:
-                trouble = f"cannot read the agents' logs: {exc}"
-            report.sections.append((f"lab {value.name}: agent warnings and errors", trouble))
+    labs = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Lab)]
+    by_name = {lab.name: lab for lab in [*labs, *item.stash.get(MADE, [])]}
+    for lab in by_name.values():
+        try:
+            trouble = lab.agent_trouble()
+        except OSError as exc:
+            trouble = f"cannot read the agents' logs: {exc}"
+        report.sections.append((f"lab {lab.name}: agent warnings and errors", trouble))
 
 
 @pytest.fixture
-def lab_factory() -> collections.abc.Iterator[LabFactory]:
+def lab_factory(request: pytest.FixtureRequest) -> collections.abc.Iterator[LabFactory]:
     """Build labs with `smesh lab up`; every one is brought down even if the test fails."""
     made: list[Lab] = []
+    request.node.stash[MADE] = made
 
     def make(*args: str, name: str | None = None) -> Lab:
         lab = Lab(name or unique_name())

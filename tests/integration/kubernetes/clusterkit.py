@@ -215,3 +215,72 @@ class Footprint:
         assert not [p for p, start in self.started if start and state.start_time_of(p) == start]
         assert not self.pin_dir.exists()
         assert not self.links & {link.id for link in libbpf.links()}
+
+
+def mesh_namespace(name: str, *, meshed: bool = True) -> dict[str, Any]:
+    """A Namespace, opted in to the mesh unless *meshed* is false."""
+    labels = {"smesh.io/mesh": "enabled"} if meshed else {}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def deployed(
+    namespace: str,
+    name: str,
+    containers: list[dict[str, Any]],
+    *,
+    node: str | None = None,
+    replicas: int = 2,
+    **pod_spec: Any,
+) -> list[dict[str, Any]]:
+    """A ServiceAccount *name* and a Deployment *name* whose pods run as it.
+
+    One pod on *node* when it is given; otherwise *replicas* pods spread one per node (a
+    hostname spread constraint the scheduler must honour), so a test sees both a local and
+    a remote peer. Pods stop within 5 s unless *pod_spec* says otherwise.
+    """
+    placement: dict[str, Any]
+    if node is not None:
+        replicas = 1
+        placement = {"nodeSelector": {"kubernetes.io/hostname": node}}
+    else:
+        spread = {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": name}},
+        }
+        placement = {"topologySpreadConstraints": [spread]}
+    spec = {
+        "serviceAccountName": name,
+        **placement,
+        "terminationGracePeriodSeconds": 5,
+        "containers": containers,
+        **pod_spec,
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+            },
+        },
+    ]
+
+
+def container(command: list[str], name: str = "main", **extra: Any) -> dict[str, Any]:
+    """A pod's container running *command* from the lab's "image" (the node's own files)."""
+    return {"name": name, "image": "none", "command": command, **extra}
+
+
+def listing(items: list[dict[str, Any]]) -> str:
+    """*items* as one `kubectl apply -f -` document."""
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})

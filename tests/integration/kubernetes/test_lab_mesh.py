@@ -29,8 +29,12 @@ from tests.integration.kubernetes.clusterkit import (
     TRUST,
     Footprint,
     access,
+    container,
+    deployed,
     kubectl,
     kubernetes_lab,
+    listing,
+    mesh_namespace,
     metric,
     pod,
     pods,
@@ -68,54 +72,14 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Echo).serve_forever()
 """
 
 
-def app(namespace: str, meshed: bool) -> str:
+def app(name: str, meshed: bool) -> str:
     """The namespace, the web Deployment with its ServiceAccount, and the client pod."""
-    labels = {"smesh.io/mesh": "enabled"} if meshed else {}
-    spread = {
-        "maxSkew": 1,
-        "topologyKey": "kubernetes.io/hostname",
-        "whenUnsatisfiable": "DoNotSchedule",
-        "labelSelector": {"matchLabels": {"app": "web"}},
-    }
-    web = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "serviceAccountName": "web",
-                    "topologySpreadConstraints": [spread],
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "http",
-                            "image": "none",
-                            "command": ["python3", "-c", SERVER],
-                        }
-                    ],
-                },
-            },
-        },
-    }
     items = [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": namespace, "labels": labels},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "web", "namespace": namespace},
-        },
-        web,
-        pod("client", namespace, "node-1"),
+        mesh_namespace(name, meshed=meshed),
+        *deployed(name, "web", [container(["python3", "-c", SERVER], name="http")]),
+        pod("client", name, "node-1"),
     ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    return listing(items)
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,12 @@ from smesh.lab import kubepaths, state
 from tests.integration.kubernetes.clusterkit import (
     TRUST,
     access,
+    container,
+    deployed,
     kubectl,
     kubernetes_lab,
+    listing,
+    mesh_namespace,
     metric,
     pod,
     pods,
@@ -69,52 +73,28 @@ servers[0].serve_forever()
 
 
 def web(namespace: str) -> list[dict[str, Any]]:
-    spread = {
-        "maxSkew": 1,
-        "topologyKey": "kubernetes.io/hostname",
-        "whenUnsatisfiable": "DoNotSchedule",
-        "labelSelector": {"matchLabels": {"app": "web"}},
-    }
-    container = {
-        "name": "http",
-        "image": "none",
-        "command": ["python3", "-c", SERVER],
-        "ports": [
+    http = container(
+        ["python3", "-c", SERVER],
+        name="http",
+        ports=[
             {"name": "http", "containerPort": 8080},
             {"name": "admin", "containerPort": 9090},
         ],
-        "readinessProbe": {
+        readinessProbe={
             "exec": {"command": ["test", "-f", f"{FLAG_DIR}/ok"]},
             "periodSeconds": 1,
             "failureThreshold": 1,
         },
-        "volumeMounts": [{"name": "ready", "mountPath": FLAG_DIR}],
-    }
+        volumeMounts=[{"name": "ready", "mountPath": FLAG_DIR}],
+    )
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "web", "namespace": namespace},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": namespace},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {
-                        "serviceAccountName": "web",
-                        "topologySpreadConstraints": [spread],
-                        "terminationGracePeriodSeconds": GRACE,
-                        "containers": [container],
-                        "volumes": [{"name": "ready", "emptyDir": {}}],
-                    },
-                },
-            },
-        },
+        *deployed(
+            namespace,
+            "web",
+            [http],
+            terminationGracePeriodSeconds=GRACE,
+            volumes=[{"name": "ready", "emptyDir": {}}],
+        ),
         service(
             namespace, "web", {"app": "web"}, {"name": "http", "port": 8080, "targetPort": 8080}
         ),
@@ -135,20 +115,14 @@ def service(
 def app() -> str:
     idle = pod("idle", "shop", "node-2", labels={"app": "idle"})
     idle["spec"]["containers"] = [
-        {
-            "name": "main",
-            "image": "none",
-            "command": ["sleep", "infinity"],
-            "readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1},
-        }
+        container(
+            ["sleep", "infinity"],
+            readinessProbe={"exec": {"command": ["false"]}, "periodSeconds": 1},
+        )
     ]
     items = [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": "shop", "labels": {"smesh.io/mesh": "enabled"}},
-        },
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}},
+        mesh_namespace("shop"),
+        mesh_namespace("plain", meshed=False),
         *web("shop"),
         *web("plain"),
         service("shop", "named", {"app": "web"}, {"port": 80, "targetPort": "http"}),
@@ -164,7 +138,7 @@ def app() -> str:
         pod("client", "shop", "node-1"),
         pod("client", "plain", "node-1"),
     ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    return listing(items)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ client pod on node-1. The acceptance of Services is test_lab_service_mesh.py.
 from __future__ import annotations
 
 import collections.abc
-import json
 import secrets
 import time
 from typing import Any
@@ -21,8 +20,12 @@ from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
     access,
+    container,
+    deployed,
     kubectl,
     kubernetes_lab,
+    listing,
+    mesh_namespace,
     metric,
     pod,
     running,
@@ -34,48 +37,14 @@ MARKER = f"sks{secrets.token_hex(6)}"
 
 
 def app() -> str:
-    spread = {
-        "maxSkew": 1,
-        "topologyKey": "kubernetes.io/hostname",
-        "whenUnsatisfiable": "DoNotSchedule",
-        "labelSelector": {"matchLabels": {"app": "web"}},
-    }
+    http = container(
+        ["python3", "-c", ECHO_SERVER],
+        name="http",
+        ports=[{"name": "http", "containerPort": 8080}],
+    )
     items: list[dict[str, Any]] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": "shop", "labels": {"smesh.io/mesh": "enabled"}},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "web", "namespace": "shop"},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {
-                        "serviceAccountName": "web",
-                        "topologySpreadConstraints": [spread],
-                        "terminationGracePeriodSeconds": 5,
-                        "containers": [
-                            {
-                                "name": "http",
-                                "image": "none",
-                                "command": ["python3", "-c", ECHO_SERVER],
-                                "ports": [{"name": "http", "containerPort": 8080}],
-                            }
-                        ],
-                    },
-                },
-            },
-        },
+        mesh_namespace("shop"),
+        *deployed("shop", "web", [http]),
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -93,7 +62,7 @@ def app() -> str:
         },
         pod("client", "shop", "node-1"),
     ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    return listing(items)
 
 
 @pytest.fixture(scope="module")

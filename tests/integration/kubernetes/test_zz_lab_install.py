@@ -30,10 +30,14 @@ from tests.integration.kubernetes.clusterkit import (
     TRUST,
     Footprint,
     agent_pod,
+    container,
     container_log,
+    deployed,
     in_control,
     kubectl,
     kubernetes_lab,
+    listing,
+    mesh_namespace,
     running,
     sandbox_of,
     smesh_pods,
@@ -45,60 +49,16 @@ MARKER = f"smi{secrets.token_hex(6)}"
 SIGNER = "smesh.io/workload-identity"
 
 
-def deployment(namespace: str, name: str, command: list[str]) -> list[dict[str, Any]]:
-    """An opted-in namespace, a ServiceAccount and a Deployment of 2 (one per node)."""
-    spread = {
-        "maxSkew": 1,
-        "topologyKey": "kubernetes.io/hostname",
-        "whenUnsatisfiable": "DoNotSchedule",
-        "labelSelector": {"matchLabels": {"app": name}},
-    }
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": namespace, "labels": {"smesh.io/mesh": "enabled"}},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "topologySpreadConstraints": [spread],
-                        "terminationGracePeriodSeconds": 5,
-                        "containers": [{"name": "main", "image": "none", "command": command}],
-                    },
-                },
-            },
-        },
-    ]
-
-
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
     with kubernetes_lab("ki", "--nodes", "2") as lab:  # the chart: --kubernetes's default
         items = [
-            *deployment("shop", "web", ["python3", "-c", ECHO_SERVER]),
-            *deployment("front", "client", ["sleep", "infinity"]),
+            mesh_namespace("shop"),
+            *deployed("shop", "web", [container(["python3", "-c", ECHO_SERVER])]),
+            mesh_namespace("front"),
+            *deployed("front", "client", [container(["sleep", "infinity"])]),
         ]
-        kubectl(
-            lab,
-            "apply",
-            "-f",
-            "-",
-            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
-        )
+        kubectl(lab, "apply", "-f", "-", stdin=listing(items))
         yield lab
 
 
@@ -207,9 +167,9 @@ def test_deployments_talk_over_mutual_tls_with_certificates_from_csrs(cluster: L
             issued.setdefault(uri, set()).add(node)
     for identity in (f"{TRUST}/ns/front/sa/client", f"{TRUST}/ns/shop/sa/web"):
         assert len(issued.get(identity, set())) == 2, issued  # one per node's agent
-    listing = kubectl(cluster, "get", "csr")
-    assert "Approved,Issued" in listing
-    assert SIGNER in listing
+    table = kubectl(cluster, "get", "csr")
+    assert "Approved,Issued" in table
+    assert SIGNER in table
 
 
 def test_install_check_passes_against_the_lab(cluster: Lab) -> None:

@@ -45,10 +45,14 @@ from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
     agent_pod,
+    container,
     container_log,
+    deployed,
     in_control,
     kubectl,
     kubernetes_lab,
+    listing,
+    mesh_namespace,
     running,
     wait_for,
 )
@@ -111,40 +115,6 @@ CLIENT = f"{TRUST}/ns/front/sa/client"
 WEB = f"{TRUST}/ns/shop/sa/web"
 
 
-def pinned(namespace: str, name: str, node: str, containers: list[dict[str, Any]]) -> list[Any]:
-    """An opted-in namespace, a ServiceAccount and a one-pod Deployment on *node*."""
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": namespace, "labels": {"smesh.io/mesh": "enabled"}},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "nodeSelector": {"kubernetes.io/hostname": node},
-                        "terminationGracePeriodSeconds": 5,
-                        "containers": containers,
-                    },
-                },
-            },
-        },
-    ]
-
-
 class LongConnections:
     """The client pod's long connections, driven one word at a time."""
 
@@ -186,24 +156,20 @@ def cluster() -> collections.abc.Iterator[Lab]:
     spread = "agent.config.identity.rotationSpread=3s"
     with kubernetes_lab("kr", "--nodes", "2", "--install", "chart", "--set", spread) as lab:
         items = [
-            *pinned(
+            mesh_namespace("shop"),
+            *deployed(
                 "shop",
                 "web",
-                "node-2",
                 [
-                    {"name": "long", "image": "none", "command": ["python3", "-c", LONG_SERVER]},
-                    {"name": "http", "image": "none", "command": ["python3", "-c", ECHO_SERVER]},
+                    container(["python3", "-c", LONG_SERVER], name="long"),
+                    container(["python3", "-c", ECHO_SERVER], name="http"),
                 ],
+                node="node-2",
             ),
-            *pinned(
-                "front",
-                "client",
-                "node-1",
-                [{"name": "main", "image": "none", "command": ["sleep", "infinity"]}],
-            ),
+            mesh_namespace("front"),
+            *deployed("front", "client", [container(["sleep", "infinity"])], node="node-1"),
         ]
-        doc = {"apiVersion": "v1", "kind": "List", "items": items}
-        kubectl(lab, "apply", "-f", "-", stdin=json.dumps(doc))
+        kubectl(lab, "apply", "-f", "-", stdin=listing(items))
         yield lab
 
 

@@ -38,9 +38,13 @@ import pytest
 from smesh.lab import state
 from tests.integration.kubernetes.clusterkit import (
     agent_pod,
+    container,
     container_log,
+    deployed,
     kubectl,
     kubernetes_lab,
+    listing,
+    mesh_namespace,
     running,
     sandbox_of,
     smesh_pods,
@@ -67,49 +71,16 @@ while True:
 """
 
 
-def pinned(namespace: str, name: str, node: str, command: list[str]) -> list[dict[str, Any]]:
-    """An opted-in namespace, a ServiceAccount and a one-pod Deployment on *node*."""
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": namespace, "labels": {"smesh.io/mesh": "enabled"}},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "nodeSelector": {"kubernetes.io/hostname": node},
-                        "terminationGracePeriodSeconds": 5,
-                        "containers": [{"name": "main", "image": "none", "command": command}],
-                    },
-                },
-            },
-        },
-    ]
-
-
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
     with kubernetes_lab("ku", "--nodes", "2") as lab:  # the chart, with its defaults
         items = [
-            *pinned("shop", "echo", "node-2", ["python3", "-c", ECHO]),
-            *pinned("front", "client", "node-1", ["sleep", "infinity"]),
+            mesh_namespace("shop"),
+            *deployed("shop", "echo", [container(["python3", "-c", ECHO])], node="node-2"),
+            mesh_namespace("front"),
+            *deployed("front", "client", [container(["sleep", "infinity"])], node="node-1"),
         ]
-        doc = {"apiVersion": "v1", "kind": "List", "items": items}
-        kubectl(lab, "apply", "-f", "-", stdin=json.dumps(doc))
+        kubectl(lab, "apply", "-f", "-", stdin=listing(items))
         yield lab
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -17,19 +17,33 @@ from tests.unit.dataplane.test_relay import echo_server, ping, recv_all
 
 CLUSTER_IP = ipaddress.ip_address("198.18.255.10")
 NOBODY = ipaddress.ip_address("127.0.0.9")  # no agent listens there: the connect is refused
+SERVICE = "shop/web:8080"
+
+
+def routed(
+    mesh: Mesh,
+    kind: Literal["tunnel", "passthrough", "refuse"],
+    *targets: Target,
+    detail: str = "",
+) -> None:
+    """The app's connects go to the Service's ClusterIP, which the agent routes by *kind* to
+    *targets* (the first is the pick, as the service table would choose)."""
+    mesh.destination = (CLUSTER_IP, 8080)
+    pick = targets[0] if targets else None
+    route = Route(
+        kind,
+        pick.identity if pick else None,
+        pick.workload if pick else "",
+        service=SERVICE,
+        targets=targets,
+        detail=detail,
+    )
+    mesh.services.service_route = lambda ip, port, client: route if ip == CLUSTER_IP else None
 
 
 def test_a_service_connect_goes_to_its_endpoint_and_records_both(mesh: Mesh) -> None:
     server = echo_server()
-    mesh.destination = (CLUSTER_IP, 8080)
-    route = Route(
-        "tunnel",
-        SERVER_ID,
-        "pod-3",
-        service="shop/web:8080",
-        targets=(Target(SERVER_IP, server.port, SERVER_ID, "pod-3"),),
-    )
-    mesh.services.service_route = lambda ip, port, client: route if ip == CLUSTER_IP else None
+    routed(mesh, "tunnel", Target(SERVER_IP, server.port, SERVER_ID, "pod-3"))
     ping(mesh)  # a carrier to set up first
     ping(mesh)  # then a stream on the carrier that is ready (no task)
     records = mesh.recorder.wait_for(lambda r: len(r) == 4)
@@ -38,7 +52,7 @@ def test_a_service_connect_goes_to_its_endpoint_and_records_both(mesh: Mesh) -> 
     for record in outbound:
         assert (record.result, record.route) == ("ok", "tunnel"), record.as_dict()
         assert record.destination == f"{CLUSTER_IP}:8080"
-        assert record.service == "shop/web:8080"
+        assert record.service == SERVICE
         assert record.endpoint == f"{SERVER_IP}:{server.port}"
         assert record.destination_pod == "pod-3"
         assert record.peer_identity == str(SERVER_ID)
@@ -50,18 +64,12 @@ def test_an_endpoint_that_cannot_be_reached_gives_way_to_the_next(mesh: Mesh) ->
     server = echo_server()
     retried: list[int] = []
     mesh.services.service_retried = lambda: retried.append(1)
-    mesh.destination = (CLUSTER_IP, 8080)
-    route = Route(
+    routed(
+        mesh,
         "tunnel",
-        SERVER_ID,
-        "gone",
-        service="shop/web:8080",
-        targets=(
-            Target(NOBODY, server.port, SERVER_ID, "gone"),
-            Target(SERVER_IP, server.port, SERVER_ID, "pod-3"),
-        ),
+        Target(NOBODY, server.port, SERVER_ID, "gone"),
+        Target(SERVER_IP, server.port, SERVER_ID, "pod-3"),
     )
-    mesh.services.service_route = lambda ip, port, client: route
     ping(mesh)
     records = mesh.recorder.wait_for(lambda r: len(r) == 2)
     [outbound] = [r for r in records if r.direction == "outbound"]
@@ -73,18 +81,12 @@ def test_an_endpoint_that_cannot_be_reached_gives_way_to_the_next(mesh: Mesh) ->
 
 
 def test_when_no_endpoint_takes_it_the_app_is_reset_with_every_reason(mesh: Mesh) -> None:
-    mesh.destination = (CLUSTER_IP, 8080)
-    route = Route(
+    routed(
+        mesh,
         "tunnel",
-        SERVER_ID,
-        "gone",
-        service="shop/web:8080",
-        targets=(
-            Target(NOBODY, 1, SERVER_ID, "gone-1"),
-            Target(ipaddress.ip_address("127.0.0.10"), 1, SERVER_ID, "gone-2"),
-        ),
+        Target(NOBODY, 1, SERVER_ID, "gone-1"),
+        Target(ipaddress.ip_address("127.0.0.10"), 1, SERVER_ID, "gone-2"),
     )
-    mesh.services.service_route = lambda ip, port, client: route
     mesh.expect_reset()
     [record] = mesh.recorder.wait_for(lambda r: len(r) == 1)
     assert record.result == "refused", record.as_dict()
@@ -94,27 +96,17 @@ def test_when_no_endpoint_takes_it_the_app_is_reset_with_every_reason(mesh: Mesh
 
 
 def test_a_service_without_a_ready_endpoint_is_reset_at_once(mesh: Mesh) -> None:
-    mesh.destination = (CLUSTER_IP, 8080)
-    route = Route("refuse", service="shop/web:8080", detail="service shop/web:8080 has no ready")
-    mesh.services.service_route = lambda ip, port, client: route
+    routed(mesh, "refuse", detail="service shop/web:8080 has no ready")
     started = time.monotonic()
     mesh.expect_reset()
     assert time.monotonic() - started < 5  # a reset, not a wait for some timeout
     [record] = mesh.recorder.wait_for(lambda r: len(r) == 1)
-    assert (record.result, record.route, record.service) == ("refused", "refuse", "shop/web:8080")
+    assert (record.result, record.route, record.service) == ("refused", "refuse", SERVICE)
 
 
 def test_a_non_meshed_endpoint_is_connected_straight(mesh: Mesh) -> None:
     server = echo_server()
-    mesh.destination = (CLUSTER_IP, 8080)
-    route = Route(
-        "passthrough",
-        None,
-        "plain",
-        service="shop/web:8080",
-        targets=(Target(SERVER_IP, server.port, None, "plain"),),
-    )
-    mesh.services.service_route = lambda ip, port, client: route
+    routed(mesh, "passthrough", Target(SERVER_IP, server.port, None, "plain"))
     with mesh.connect() as app:
         app.sendall(b"ping")
         app.shutdown(socket.SHUT_WR)
@@ -138,18 +130,12 @@ def closed_port() -> int:
 def refusing_first(mesh: Mesh, port: int) -> list[int]:
     retried: list[int] = []
     mesh.services.service_retried = lambda: retried.append(1)
-    mesh.destination = (CLUSTER_IP, 8080)
-    route = Route(
+    routed(
+        mesh,
         "tunnel",
-        SERVER_ID,
-        "closed",
-        service="shop/web:8080",
-        targets=(
-            Target(SERVER_IP, closed_port(), SERVER_ID, "closed"),
-            Target(SERVER_IP, port, SERVER_ID, "pod-3"),
-        ),
+        Target(SERVER_IP, closed_port(), SERVER_ID, "closed"),
+        Target(SERVER_IP, port, SERVER_ID, "pod-3"),
     )
-    mesh.services.service_route = lambda ip, port, client: route
     return retried
 
 
