@@ -32,7 +32,7 @@ from lightkube.resources.certificates_v1 import (
     CertificateSigningRequestStatus,
 )
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Secret
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 
 from smesh.controller.decide import (
     REASONS,
@@ -53,6 +53,7 @@ from smesh.kubernetes.source import LEAN_PODS
 from smesh.kubernetes.store import Event, EventType, Synced
 
 log = logging.getLogger("smesh.controller")
+disable_created_metrics()  # type: ignore[no-untyped-call]  # as the agent: no `_created`
 
 CSRS: Kind[CertificateSigningRequest] = Kind(
     CertificateSigningRequest, "/apis/certificates.k8s.io/v1", "certificatesigningrequests", False

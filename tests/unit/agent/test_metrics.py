@@ -16,3 +16,11 @@ def test_every_reason_a_connection_is_turned_away_for_is_exported_at_zero() -> N
             assert series in text
     assert 'reason="handshakes_per_source"' in text
     assert 'direction="outbound",reason="peer_streams"' in text
+
+
+def test_counters_and_histograms_export_no_created_series() -> None:
+    metrics = AgentMetrics()
+    metrics.rotation_renewals.inc()
+    text = metrics.render().decode()
+    assert "smesh_certificate_rotation_renewals_total 1.0" in text
+    assert "_created" not in text
