@@ -316,7 +316,11 @@ def _objects(places: Places) -> Iterator[Check]:
 def _nftables(places: Places, ebpf_works: bool) -> Iterator[Check]:
     """The fallback (capture.mode auto falls back to it): needed only without eBPF."""
     status: Status = "warn" if ebpf_works else "fail"
-    when = "eBPF works, so only for capture.mode: nftables" if ebpf_works else "no eBPF here"
+    when = (
+        "eBPF works: needed only for capture.mode: nftables"
+        if ebpf_works
+        else "needed: eBPF capture is not possible here"
+    )
     fix = "install nftables (Debian: apt install nftables)"
     binary = shutil.which(places.nft)
     if binary is None:
@@ -329,7 +333,8 @@ def _nftables(places: Places, ebpf_works: bool) -> Iterator[Check]:
         yield Check(
             "nftables (fallback)",
             status,
-            f"`nft list tables` failed: {proc.stderr.strip() or proc.returncode} ({when})",
+            f"`nft list tables` failed: {' '.join(proc.stderr.split()) or proc.returncode} "
+            f"({when})",
             "run as root; the kernel needs CONFIG_NF_TABLES",
         )
         return
@@ -339,8 +344,21 @@ def _nftables(places: Places, ebpf_works: bool) -> Iterator[Check]:
 def run(places: Places | None = None) -> list[Check]:
     """Every check, in the order a person would fix them."""
     places = places or Places()
-    checks = [*_privileges(places), *_btf(places), *_cgroup_v2(places), *_bpffs(places)]
-    bpf = [*_bpf_features(places), *_objects(places)]
+    privileged = list(_privileges(places))
+    checks = [*privileged, *_btf(places), *_cgroup_v2(places), *_bpffs(places)]
+    if any(c.failed for c in privileged):
+        # Unprivileged, libbpf's probes answer "not supported" for what the kernel has:
+        # a list of missing features would send the reader after the wrong problem.
+        bpf = [
+            Check(
+                "BPF features and objects",
+                "fail",
+                "not probed: the kernel answers BPF probes only to CAP_BPF (or root)",
+                ROOT_FIX,
+            )
+        ]
+    else:
+        bpf = [*_bpf_features(places), *_objects(places)]
     checks += bpf
     checks += _nftables(places, ebpf_works=not any(c.failed for c in bpf))
     return checks

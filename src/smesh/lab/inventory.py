@@ -64,7 +64,7 @@ def labs() -> list[LabSummary]:
                 name=lab.name,
                 phase=lab.phase,
                 nodes=lab.nodes,
-                pods=0 if lab.kubernetes else lab.nodes * lab.pods_per_node,
+                pods=None if lab.kubernetes else lab.nodes * lab.pods_per_node,
                 kubernetes=lab.kubernetes,
                 mesh=lab.mesh,
                 install=str(lab.settings.get("install", "processes")) if lab.mesh else None,

@@ -64,6 +64,10 @@ def test_a_missing_path_fails_its_check_with_the_fix(tmp_path: Path) -> None:
     checks = {c.name: c for c in preflight.run(preflight.Places(status=status))}
     assert checks["privileges"].status == "fail"
     assert checks["privileges"].detail == "missing CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN"
+    # unprivileged, libbpf's probes say "not supported": not shown as missing features
+    assert checks["BPF features and objects"].status == "fail"
+    assert checks["BPF features and objects"].detail.startswith("not probed")
+    assert not any(name.startswith("BPF program type") for name in checks)
 
 
 def test_missing_objects_fail_the_command_with_the_fix(tmp_path: Path) -> None:
