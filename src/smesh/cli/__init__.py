@@ -11,12 +11,12 @@ import argparse
 import importlib
 import logging
 import os
-import select
 import signal
 import sys
 from collections.abc import Sequence
 
 from smesh import __version__
+from smesh.cli.output import stdout_closed
 from smesh.errors import SmeshError
 
 COMMANDS: dict[str, str] = {
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _run(argv)
         sys.stdout.flush()  # here, not at exit: a closed pipe is caught below
     except BrokenPipeError:
-        if not _stdout_closed():
+        if not stdout_closed():
             raise  # a socket's, not the reader of our output going away: a real error
         # `smesh ... | head -1`: the reader is gone. End as a CLI killed by SIGPIPE would,
         # quietly; the agent itself keeps Python's SIGPIPE handling (SIG_IGN), so a peer's
@@ -65,16 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     return code
-
-
-def _stdout_closed() -> bool:
-    """Whether stdout is a pipe or socket whose reader has gone (POLLERR on its write end)."""
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(event & select.POLLERR for _fd, event in poller.poll(0))
-    except (OSError, ValueError):
-        return False
 
 
 def _run(argv: Sequence[str] | None) -> int:

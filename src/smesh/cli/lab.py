@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smesh.cli.output import table
+from smesh.cli.output import stdout_closed, table
 from smesh.lab import api, topology
 from smesh.lab.errors import LabError
 
@@ -369,5 +369,9 @@ def _logs(args: argparse.Namespace) -> int:
 
     path = logs.agent_log(args.name, args.node)
     sys.stdout.flush()
-    logs.copy(path, sys.stdout.buffer, follow=args.follow)
+    # --follow | head -1: nothing new may come for a long time, so ask whether the reader
+    # is still there rather than wait for a write to fail
+    logs.copy(path, sys.stdout.buffer, follow=args.follow, stop=stdout_closed)
+    if stdout_closed():
+        raise BrokenPipeError  # the entry point ends as a closed pipe ends a command
     return 0

@@ -71,6 +71,18 @@ def test_status_shows_every_node_and_a_dead_agent_with_its_fix(lab_factory: LabF
         follow.terminate()
         follow.wait(timeout=10)
 
+    # `--follow | head -1` ends when head does, though the agent logs nothing new
+    command = " ".join([*SMESH, "lab", "logs", "--name", lab.name, "--follow", "node-1"])
+    piped = subprocess.run(
+        ["bash", "-c", f'{command} | head -1; echo "${{PIPESTATUS[0]}}" >&2'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert json.loads(piped.stdout)["level"]
+    assert piped.stderr == f"{128 + signal.SIGPIPE}\n"
+
     unknown = smesh("status", "--lab", lab.name, "--node", "node-5", check=False)
     assert unknown.returncode != 0
     assert unknown.stdout == ""
