@@ -54,7 +54,7 @@ def labs() -> list[LabSummary]:
             continue
         try:
             lab = state.load(directory.name)
-        except LabError:
+        except (LabError, TypeError, KeyError):  # unreadable, or another smesh version's
             found.append(LabSummary(directory.name, "damaged"))
             continue
         if lab is None:  # removed while we looked
