@@ -9,6 +9,7 @@ Overrides use dotted keys: ``--set admin.port=15001`` or ``SMESH__ADMIN__PORT=15
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import ipaddress
 import os
 import re
@@ -35,7 +36,7 @@ from smesh.identity.errors import InvalidSpiffeId
 from smesh.identity.manager import ROTATION_SPREAD
 from smesh.identity.signer import MAX_TTL
 from smesh.identity.spiffe import validate_trust_domain
-from smesh.validation import describe
+from smesh.validation import UnknownKey, problem
 
 ENV_PREFIX = "SMESH__"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -54,6 +55,11 @@ class ConfigError(SmeshError):
     """The agent configuration is invalid; the message names the field."""
 
     exit_code = 2
+
+
+class UnknownConfigKey(ConfigError, UnknownKey):
+    """The configuration has a key the agent does not know (a typo, usually): the message
+    names it, where it is, and the closest known key."""
 
 
 def parse_duration(value: Any) -> Any:
@@ -417,7 +423,11 @@ def apply_override(data: dict[str, Any], dotted: str, raw: str) -> None:
     for i, part in enumerate(parts):
         known = _field_aliases(model) if model is not None else {}
         if part not in known:
-            raise ConfigError(f"override {dotted}: unknown field {'.'.join(parts[: i + 1])!r}")
+            close = difflib.get_close_matches(part, sorted({k for k, _ in known.values()}), 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"override {dotted}: unknown field {'.'.join(parts[: i + 1])!r}{hint}"
+            )
         key, model = known[part]
         if i == len(parts) - 1:
             target[key] = _parse_override(dotted, raw)
@@ -458,4 +468,7 @@ def load(
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe(exc)}") from None
+        found = problem(exc, AgentConfig)
+        if found.unknown_key is not None:
+            raise UnknownConfigKey(f"{source}: {found}", found) from None
+        raise ConfigError(f"{source}: {found}") from None

@@ -161,3 +161,12 @@ def trace_sources(lab: str, node: str | None) -> list[tuple[str | None, Path]]:
             "(or start the agents) first"
         )
     return sources
+
+
+def captured_pods(sources: list[tuple[str | None, Path]]) -> list[str]:
+    """The names of the pods captured at *sources* (what ``trace --pod`` can match)."""
+    names: set[str] = set()
+    for _node, directory in sources:
+        with pins.PinnedCapture(directory) as pinned:
+            names.update(pod.name for pod in pinned.pods())
+    return sorted(names)

@@ -68,6 +68,9 @@ class _Lib:
             "libbpf_set_print": (_P, [_PRINT_FN]),
             "libbpf_strerror": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]),
             "libbpf_num_possible_cpus": (ctypes.c_int, []),
+            "libbpf_probe_bpf_prog_type": (ctypes.c_int, [ctypes.c_int, _P]),
+            "libbpf_probe_bpf_map_type": (ctypes.c_int, [ctypes.c_int, _P]),
+            "libbpf_probe_bpf_helper": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, _P]),
             "bpf_object__open_file": (_P, [ctypes.c_char_p, _P]),
             "bpf_object__load": (ctypes.c_int, [_P]),
             "bpf_object__close": (None, [_P]),
@@ -248,6 +251,27 @@ def _checked_ptr(ptr: int | None, what: str, messages: list[str] | None = None) 
     if not ptr:
         raise _fail(what, ctypes.get_errno() or errnos.EINVAL, messages)
     return ptr
+
+
+def probe_prog_type(prog_type: int) -> bool:
+    """Whether this kernel loads programs of *prog_type* (libbpf loads a trivial one)."""
+    with _captured() as said:
+        ret = _lib().bpf.libbpf_probe_bpf_prog_type(prog_type, None)
+    return bool(_check(ret, f"probing BPF program type {prog_type}", said))
+
+
+def probe_map_type(map_type: int) -> bool:
+    """Whether this kernel creates maps of *map_type* (libbpf creates a small one)."""
+    with _captured() as said:
+        ret = _lib().bpf.libbpf_probe_bpf_map_type(map_type, None)
+    return bool(_check(ret, f"probing BPF map type {map_type}", said))
+
+
+def probe_helper(prog_type: int, helper: int) -> bool:
+    """Whether programs of *prog_type* may call BPF helper number *helper* on this kernel."""
+    with _captured() as said:
+        ret = _lib().bpf.libbpf_probe_bpf_helper(prog_type, helper, None)
+    return bool(_check(ret, f"probing BPF helper {helper} for program type {prog_type}", said))
 
 
 def num_possible_cpus() -> int:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from smesh import __version__
+from smesh.cli.output import stdout_closed
 from smesh.errors import SmeshError
 
 COMMANDS: dict[str, str] = {
@@ -29,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "bench": "measure smesh against direct TCP, stunnel and haproxy, side by side",
     "cni": "chain smesh-cni into a node's CNI configuration, or remove it",
     "install": "check an installation of smesh on a cluster",
+    "check": "can this machine run a smesh agent? (kernel, BPF, cgroups, privileges)",
 }
 
 
@@ -49,6 +53,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is caught below
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise  # a socket's, not the reader of our output going away: a real error
+        # `smesh ... | head -1`: the reader is gone. End as a CLI killed by SIGPIPE would,
+        # quietly; the agent itself keeps Python's SIGPIPE handling (SIG_IGN), so a peer's
+        # closed socket is an exception there, never a signal that ends it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(

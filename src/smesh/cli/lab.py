@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smesh.cli.output import table
+from smesh.cli.output import stdout_closed, table
 from smesh.lab import api, topology
 from smesh.lab.errors import LabError
 
@@ -132,6 +132,17 @@ def configure(lab: argparse.ArgumentParser) -> None:
     )
     kubectl.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGS...")
     kubectl.set_defaults(func=_kubectl)
+
+    listing = verbs.add_parser("list", help="the labs on this machine")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_list)
+
+    logs = named(verbs.add_parser("logs", help="a node's agent log (JSON lines)"))
+    logs.add_argument("node", metavar="NODE", help="e.g. node-1")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing what the agent logs"
+    )
+    logs.set_defaults(func=_logs)
 
 
 def _name_option(parser: argparse.ArgumentParser) -> None:
@@ -316,3 +327,51 @@ def _print_tables(doc: dict[str, Any]) -> None:
             ],
         )
     )
+
+
+def _list(args: argparse.Namespace) -> int:
+    from smesh.lab import inventory  # noqa: PLC0415
+
+    found = inventory.labs()
+    if args.json:
+        print(json.dumps([lab.as_dict() for lab in found], indent=2))
+        return 0
+    if not found:
+        print("no labs here; start one with `smesh lab up`")
+        return 0
+
+    def shown(value: object) -> str:
+        return (
+            "-"
+            if value is None
+            else ("yes" if value is True else "no" if value is False else str(value))
+        )
+
+    rows = [
+        [
+            lab.name,
+            lab.phase,
+            shown(lab.nodes),
+            shown(lab.kubernetes),
+            ("off" if lab.mesh is False else shown(lab.install)),
+            inventory.age_text(lab.age()),
+        ]
+        for lab in found
+    ]
+    print(table(["NAME", "PHASE", "NODES", "KUBERNETES", "MESH", "AGE"], rows))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    import sys  # noqa: PLC0415
+
+    from smesh.lab import logs  # noqa: PLC0415
+
+    path = logs.agent_log(args.name, args.node)
+    sys.stdout.flush()
+    # --follow | head -1: nothing new may come for a long time, so ask whether the reader
+    # is still there rather than wait for a write to fail
+    logs.copy(path, sys.stdout.buffer, follow=args.follow, stop=stdout_closed)
+    if stdout_closed():
+        raise BrokenPipeError  # the entry point ends as a closed pipe ends a command
+    return 0

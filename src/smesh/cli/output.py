@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,3 +15,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
     )
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone (POLLERR on its write end):
+    ``smesh ... | head -1`` after head exited."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _fd, event in poller.poll(0))
+    except (OSError, ValueError):
+        return False

@@ -10,6 +10,7 @@ from smesh.capture import lab as capture_lab
 from smesh.capture.events import as_json, as_line, wall_time
 from smesh.capture.trace import Tracer
 from smesh.lab import topology
+from smesh.lab.errors import UnknownMember
 
 
 def configure(trace: argparse.ArgumentParser) -> None:
@@ -26,6 +27,16 @@ def configure(trace: argparse.ArgumentParser) -> None:
 
 def _trace(args: argparse.Namespace) -> int:
     sources = capture_lab.trace_sources(args.lab, args.node)
+    if args.pod:
+        # Checked first: events of a pod that is not captured never come, and a trace that
+        # waits for them would wait forever.
+        pods = capture_lab.captured_pods(sources)
+        if args.pod not in pods:
+            where = ", ".join(node or "?" for node, _ in sources)
+            raise UnknownMember(
+                f"no pod {args.pod!r} is captured on {where} of lab {args.lab!r} "
+                f"(pods: {', '.join(pods) or 'none'})"
+            )
     until = time.monotonic() + args.timeout if args.timeout > 0 else None
     shown = 0
     with Tracer(sources) as tracer:

@@ -253,9 +253,9 @@ def load(name: str) -> tuple[state.LabState, Topology]:
     topology.validate_name(name)
     lab = state.load(name)
     if lab is None:
-        raise LabNotFound(
-            f"no lab named {name!r} is up; start one with `smesh lab up --name {name}`"
-        )
+        from smesh.lab import inventory  # noqa: PLC0415
+
+        raise LabNotFound(inventory.not_found(name))
     if lab.phase != "up":
         raise LabError(
             f"lab {name!r} is not fully built (a crashed `up`?); "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ class LabState:
     lingering: dict[str, list[Process]] = field(default_factory=dict)
     #: ``--kubernetes``: each node's kube-proxy, by node.
     proxies: dict[str, Process] = field(default_factory=dict)
+    #: When ``lab up`` began (unix time), for ``lab list``'s age; 0: not recorded.
+    created: float = field(default_factory=time.time)
 
     def topology(self) -> topology.Topology:
         return topology.plan(
@@ -97,6 +100,7 @@ def load(name: str) -> LabState | None:
         name: [Process(**proc) for proc in procs]
         for name, procs in data.get("lingering", {}).items()
     }
+    data.setdefault("created", 0.0)  # saved before smesh recorded it: the age is unknown
     if data.get("signer"):
         data["signer"] = Process(**data["signer"])
     return LabState(**data)

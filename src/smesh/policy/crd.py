@@ -208,7 +208,7 @@ def translate(
         try:
             spec = Spec.model_validate(obj.get("spec"))
         except ValidationError as exc:
-            where = describe(exc).replace("(top level)", "spec", 1)
+            where = describe(exc, Spec).replace("(top level)", "spec", 1)
             where = where if where.startswith("spec") else f"spec.{where}"
             outcomes.append(outcome(False, f"not applied: {where}"))
             continue

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from smesh.errors import SmeshError
 from smesh.identity.errors import InvalidSpiffeId
 from smesh.identity.spiffe import SpiffeId, validate_trust_domain
-from smesh.validation import describe
+from smesh.validation import UnknownKey, problem
 
 log = logging.getLogger("smesh.policy")
 
@@ -40,6 +40,11 @@ class PolicyError(SmeshError):
     """The policy file is invalid; the message names the field."""
 
     exit_code = 2
+
+
+class UnknownPolicyKey(PolicyError, UnknownKey):
+    """The policy has a key smesh does not know (a typo, usually): the message names it,
+    where it is, and the closest known key."""
 
 
 class _Model(BaseModel):
@@ -181,7 +186,10 @@ def parse(text: str, origin: str = "policy") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(f"{origin}: {describe(exc)}") from None
+        found = problem(exc, Policy)
+        if found.unknown_key is not None:
+            raise UnknownPolicyKey(f"{origin}: {found}", found) from None
+        raise PolicyError(f"{origin}: {found}") from None
 
 
 def load(path: Path) -> Policy:

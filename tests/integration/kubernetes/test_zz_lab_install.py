@@ -181,6 +181,13 @@ def test_install_check_passes_against_the_lab(cluster: Lab) -> None:
     assert "checks passed" in proc.stdout
 
 
+def test_lab_logs_of_a_node_is_its_agent_pods_log(cluster: Lab) -> None:
+    logs = smesh("lab", "logs", "--name", cluster.name, "node-2").stdout.splitlines()
+    assert logs
+    assert all(json.loads(line)["level"] for line in logs)  # JSON lines, as agents log
+    assert any("capture mode ebpf" in line for line in logs)
+
+
 def test_lab_down_leaves_nothing(cluster: Lab) -> None:
     footprint = Footprint.of(cluster)
     assert footprint.links  # the agent pods pinned their capture under the lab's pin directory

@@ -1,0 +1,45 @@
+"""`smesh check`'s lists of BPF features stay those of bpf/*.c and the compiled objects."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from smesh.capture import abi, preflight
+
+BPF = Path(__file__).resolve().parents[3] / "bpf"
+
+
+def sources() -> str:
+    return "".join(p.read_text() for p in sorted(BPF.glob("*.[ch]")))
+
+
+def test_the_map_types_are_those_of_the_sources() -> None:
+    used = {m.lower() for m in re.findall(r"BPF_MAP_TYPE_(\w+)", sources())}
+    assert used == set(preflight.MAP_TYPES)
+
+
+def test_every_program_section_has_a_program_type() -> None:
+    sections = set(re.findall(r'SEC\("([^"]+)"\)', sources())) - {"license", ".maps"}
+    assert sections
+    for section in sections:
+        assert any(section.startswith(p) for p, _ in preflight.SECTION_TYPES), section
+
+
+def test_the_helpers_read_from_the_objects_are_those_the_sources_call() -> None:
+    if not all(abi.object_path(stem).exists() for stem in abi.OBJECTS):
+        pytest.fail("the BPF objects are not built: run `make bpf`")
+    used = preflight.helpers_used(abi.objects_dir())
+    assert set(used) == set(preflight.PROG_TYPES)
+    found = set().union(*used.values())
+    called = set(re.findall(r"\bbpf_(\w+)\(", sources())) - {"htonl", "htons", "ntohl", "ntohs"}
+    assert {preflight.HELPER_NAMES[h] for h in found} == called
+
+
+def test_an_object_that_is_not_elf_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.bpf.o"
+    path.write_bytes(b"not an object")
+    with pytest.raises(preflight.ObjectUnreadable, match="not a 64-bit little-endian ELF"):
+        preflight.program_helpers(path)

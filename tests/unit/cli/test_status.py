@@ -1,0 +1,48 @@
+"""`smesh status --admin` of an agent that does not answer: a row, the fix, exit status 1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def status(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smesh", "status", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_an_agent_that_does_not_answer_is_a_row_with_its_fix() -> None:
+    where = f"127.0.0.1:{closed_port()}"
+    proc = status("--admin", where)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[1].split()[:5] == [where, "-", "-", "AGENT", "DOWN"]
+    assert f"{where}: agent admin endpoint {where} did not answer" in proc.stdout
+    assert f"fix: check that the agent runs and serves its admin endpoint on {where}" in (
+        proc.stdout
+    )
+    assert proc.stderr == f"smesh: error: 1 of 1 agents did not answer ({where})\n"
+    assert "Traceback" not in proc.stderr
+
+
+def test_json_names_the_error_and_the_fix() -> None:
+    where = f"127.0.0.1:{closed_port()}"
+    proc = status("--admin", where, "--json")
+    assert proc.returncode == 1
+    [doc] = json.loads(proc.stdout)
+    assert doc["label"] == where
+    assert "did not answer" in doc["error"]
+    assert doc["fix"].startswith("check that the agent runs")
