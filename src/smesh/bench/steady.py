@@ -16,7 +16,8 @@ happens meanwhile, and hashed on both sides). It prints READY once the long-live
 connections are up, runs until STOPFILE exists (at most T seconds), and prints one JSON
 line: counts, every failure (the first few hundred), and the longest window of consecutive
 failed connects. With ``--reconnect`` a cut long-lived connection is counted and opened
-again, so that every crash of an agent cuts (and counts) every connection it carried.
+again, so that every crash of an agent cuts (and counts) every connection it carried; a
+reopened connection that fails before its first answer is a failed reopening, not a cut.
 
 The checking and the arithmetic are sans-IO functions, unit-tested apart from sockets.
 """
@@ -105,11 +106,11 @@ class Attempt:
     ok: bool
 
 
-def longest_failure_ms(attempts: Sequence[Attempt]) -> float:
-    """The longest run of consecutive failed connects, in ms: from the start of its first
+def failure_windows(attempts: Sequence[Attempt]) -> list[tuple[float, float]]:
+    """Each run of consecutive failed connects as (start, end): from the start of its first
     failure to the start of the next connect that worked (or the end of its last failure
-    if none did). Attempts are ordered by their start; 0 when none failed."""
-    longest = 0.0
+    if none did). Attempts are ordered by their start."""
+    windows: list[tuple[float, float]] = []
     first: Attempt | None = None
     last: Attempt | None = None
     for attempt in sorted(attempts, key=lambda a: a.start):
@@ -118,11 +119,17 @@ def longest_failure_ms(attempts: Sequence[Attempt]) -> float:
             last = attempt
             continue
         if first is not None:
-            longest = max(longest, attempt.start - first.start)
+            windows.append((first.start, attempt.start))
             first = last = None
     if first is not None and last is not None:
-        longest = max(longest, last.end - first.start)
-    return round(longest * 1000, 1)
+        windows.append((first.start, last.end))
+    return windows
+
+
+def longest_failure_ms(attempts: Sequence[Attempt]) -> float:
+    """The longest of :func:`failure_windows`, in ms; 0 when no connect failed."""
+    lengths = [end - start for start, end in failure_windows(attempts)]
+    return round(max(lengths, default=0.0) * 1000, 1)
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -193,6 +200,7 @@ class Bulk:
     seconds: float
     sent: int = 0
     matched: bool = False
+    cut: bool = False  # reset, EOF or no answer: not a completed transfer with a wrong hash
     error: str | None = None
     ms: float = 0.0
 
@@ -208,25 +216,35 @@ class Steady:
     messages: int = 0
     long_failures: list[str] = field(default_factory=list)
     long_cut: int = 0
+    reopen_failures: int = 0  # --reconnect: reopenings that failed before a first answer
     connects: int = 0
     attempts: list[Attempt] = field(default_factory=list)
     connect_failures: list[str] = field(default_factory=list)
+    #: failures by exception name: what an app would have seen
+    connect_errors: dict[str, int] = field(default_factory=dict)
+    cut_errors: dict[str, int] = field(default_factory=dict)
 
     def _connect(self) -> socket.socket:
         return socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
 
-    def _cut(self, text: str) -> None:
+    def _cut(self, text: str, exc: Exception) -> None:
         with self.lock:
             self.long_cut += 1
+            kind = type(exc).__name__
+            self.cut_errors[kind] = self.cut_errors.get(kind, 0) + 1
             if len(self.long_failures) < MAX_LISTED:
                 self.long_failures.append(text)
 
     def long_lived(self, index: int, sock: socket.socket | None) -> None:
+        reopened = False
         while not self.stop.is_set():
             if sock is None:  # --reconnect: open it again, as an app's pool would
+                reopened = True
                 try:
                     sock = self._connect()
                 except OSError:
+                    with self.lock:
+                        self.reopen_failures += 1
                     time.sleep(0.05)
                     continue
             seq = 0
@@ -242,7 +260,13 @@ class Steady:
                 sock.shutdown(socket.SHUT_WR)
                 check(b"", sock.recv(1))  # the server's EOF, nothing more
             except (OSError, Wrong) as exc:
-                self._cut(f"{time.time():.3f} connection {index}, message {seq}: {exc!r}")
+                if reopened and seq == 0:  # never worked: a failed reopening, not a cut
+                    with self.lock:
+                        self.reopen_failures += 1
+                    time.sleep(0.05)
+                else:
+                    text = f"{time.time():.3f} connection {index}, message {seq}: {exc!r}"
+                    self._cut(text, exc)
                 if not self.reconnect:
                     return
             finally:
@@ -264,6 +288,8 @@ class Steady:
         except (OSError, Wrong) as exc:
             ok = False
             with self.lock:
+                kind = type(exc).__name__
+                self.connect_errors[kind] = self.connect_errors.get(kind, 0) + 1
                 if len(self.connect_failures) < MAX_LISTED:
                     self.connect_failures.append(f"{start:.3f} connection {n}: {exc!r}")
         with self.lock:
@@ -290,6 +316,7 @@ class Steady:
             if not bulk.matched:
                 bulk.error = f"the server got {size} bytes hashing {hexdigest}"
         except (OSError, Wrong) as exc:
+            bulk.cut = True
             bulk.error = f"after {bulk.sent} bytes: {exc!r}"
         bulk.ms = round((time.monotonic() - started) * 1000, 1)
 
@@ -335,10 +362,17 @@ class Steady:
                 "messages": self.messages,
                 "long_cut": self.long_cut,
                 "long_failures": list(self.long_failures),
+                "long_reopen_failures": self.reopen_failures,
                 "connects": self.connects,
                 "connected": connected,
                 "failed_connects": len(self.attempts) - connected,
                 "longest_failure_ms": longest_failure_ms(self.attempts),
+                "failure_windows": [
+                    [round(start, 3), round(end, 3)]
+                    for start, end in failure_windows(self.attempts)
+                ],
+                "connect_errors": dict(self.connect_errors),
+                "cut_errors": dict(self.cut_errors),
                 "connect_failures": list(self.connect_failures),
             }
         if bulk is not None:
@@ -346,6 +380,7 @@ class Steady:
                 "bytes": bulk.size,
                 "sent": bulk.sent,
                 "sha256_ok": bulk.matched,
+                "cut": bulk.cut,
                 "error": bulk.error,
                 "ms": bulk.ms,
             }

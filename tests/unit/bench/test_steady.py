@@ -73,3 +73,16 @@ def test_the_client_needs_the_bulk_port_for_a_bulk_transfer() -> None:
         steady.parse_args(["client", "h", "1", "/stop", "--bulk-bytes", "10"])
     args = steady.parse_args(["client", "h", "1", "/stop", "--long", "20", "--reconnect"])
     assert (args.long, args.reconnect, args.bulk_bytes) == (20, True, 0)
+
+
+def test_each_run_of_failures_is_a_window() -> None:
+    attempts = [
+        Attempt(0.0, 0.1, False),
+        Attempt(0.5, 0.6, True),
+        Attempt(1.0, 1.1, False),
+        Attempt(1.5, 1.6, False),
+        Attempt(2.0, 2.1, True),
+        Attempt(3.0, 3.4, False),
+    ]
+    assert steady.failure_windows(attempts) == [(0.0, 0.5), (1.0, 2.0), (3.0, 3.4)]
+    assert steady.failure_windows([Attempt(0.0, 0.1, True)]) == []
