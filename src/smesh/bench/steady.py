@@ -14,7 +14,7 @@ new connections at R per second, each a message, a half-close and its echo; and 
 bulk transfer of N bytes (a seeded generator, spread over T seconds so it overlaps what
 happens meanwhile, and hashed on both sides). It prints READY once the long-lived
 connections are up, runs until STOPFILE exists (at most T seconds), and prints one JSON
-line: counts, every failure (the first few hundred), and the longest window of consecutive
+line: counts, every failure (the first thousand), and the longest window of consecutive
 failed connects. With ``--reconnect`` a cut long-lived connection is counted and opened
 again, so that every crash of an agent cuts (and counts) every connection it carried; a
 reopened connection that fails before its first answer is a failed reopening, not a cut.
@@ -45,7 +45,7 @@ MAX_SECONDS = 120.0
 CONNECT_TIMEOUT = 10.0
 CHUNK = 256 * 1024
 BLOCK = 1024 * 1024  # the bulk generator repeats one seeded block of this size
-MAX_LISTED = 300  # failures listed in the report (all are counted)
+MAX_LISTED = 1000  # failures listed in the report (all are counted)
 
 
 # -- sans-IO: messages, checks, pacing, windows --------------------------------------------
@@ -283,6 +283,8 @@ class Steady:
                 answer = b""
                 while data := sock.recv(65536):
                     answer += data
+            if not answer:
+                raise ConnectionError("EOF before the answer")  # closed, not a wrong byte
             check(message, answer)
             ok = True
         except (OSError, Wrong) as exc:

@@ -145,7 +145,7 @@ def _kill_and_restart(lab: _Lab, node: str) -> upgradefigures.Kill:
     new = api.restart_agent(lab.name, node)
     ready, uptime = time.time(), _uptime()
     started = upgradefigures.process_start(new.start_time, os.sysconf("SC_CLK_TCK"), uptime, ready)
-    return upgradefigures.Kill(killed, started, ready)
+    return upgradefigures.Kill(node, killed, started, ready)
 
 
 def _phase(lab: _Lab, plan: UpgradePlan, phase: str, progress: Progress) -> dict[str, Any]:
@@ -188,7 +188,11 @@ def _phase(lab: _Lab, plan: UpgradePlan, phase: str, progress: Progress) -> dict
     if phase == "kill9":
         figures["kill9_restart_ms"] = upgradefigures.median_ms(durations)
         paired = upgradefigures.refusals(kills, report["failure_windows"])
-        refusals = [asdict(r) for r in paired]
+        kinds = upgradefigures.errors_by_kill(kills, report["connect_failures"])
+        refusals = [
+            {"node": k.node, **asdict(r), "errors": e}
+            for k, r, e in zip(kills, paired, kinds, strict=True)
+        ]
         after_start = [r.after_start_ms for r in paired if r.after_start_ms is not None]
         if after_start:
             figures["kill9_serving_after_start_ms"] = statistics.median(after_start)
@@ -201,6 +205,8 @@ def _phase(lab: _Lab, plan: UpgradePlan, phase: str, progress: Progress) -> dict
             60,
         )
     agents = {node: len(_agent_processes(lab, node)) for node in lab.nodes}
+    if phase == "upgrade":
+        figures["upgrade_agents_per_node"] = float(max(agents.values()))
     progress(
         f"{phase}: {report['connects']} connects, {report['failed_connects']} failed (longest "
         f"{report['longest_failure_ms']:.0f} ms), {report['long_cut']} long-lived cut, "

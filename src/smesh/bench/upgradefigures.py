@@ -51,6 +51,12 @@ FIGURES = (
         "packets of the load's ports on the nodes' links (not tunnel traffic), upgrades",
     ),
     UpgradeFigure(
+        "upgrade_agents_per_node",
+        "",
+        "agent processes on the busiest node once the load has closed its connections "
+        "(the old agents linger only while they serve a connection)",
+    ),
+    UpgradeFigure(
         "kill9_failed_connects", "", "new connections that failed while agents were killed"
     ),
     UpgradeFigure(
@@ -90,6 +96,7 @@ GOALS = {
     "upgrade_reset_streams": 0.0,
     "upgrade_bulk_sha256_ok": 1.0,
     "upgrade_plaintext_packets": 0.0,
+    "upgrade_agents_per_node": 1.0,
     "kill9_plaintext_packets": 0.0,
 }
 
@@ -155,6 +162,7 @@ def phase_figures(
 class Kill:
     """One kill -9 and the restart after it, in wall-clock seconds."""
 
+    node: str
     killed: float
     started: float  # the restarted agent's process began
     ready: float  # the lab saw it ready
@@ -170,13 +178,16 @@ class Refusal:
     after_ready_ms: float | None  # the lab saw it ready → the first connect that worked
 
 
-def refusals(kills: Sequence[Kill], windows: Sequence[Sequence[float]]) -> list[Refusal]:
+def refusals(
+    kills: Sequence[Kill], windows: Sequence[Sequence[float]], slack: float = 0.5
+) -> list[Refusal]:
     """Pair each kill with the failure windows that began between the kill and its
-    successor's ready (a window that began before the kill belongs to an earlier one: the
-    kills must be spaced for the windows to be told apart)."""
+    successor's ready. A connect started up to *slack* seconds before the kill that was
+    still in flight fails with it, so its window may begin a little before the kill (a
+    negative ``after_kill_ms``); the kills must be spaced more than that apart."""
     found = []
     for kill in kills:
-        mine = [(a, b) for a, b in windows if kill.killed <= a <= kill.ready]
+        mine = [(a, b) for a, b in windows if kill.killed - slack <= a <= kill.ready]
         if not mine:
             found.append(Refusal(0.0, None, None, None))
             continue
@@ -189,6 +200,26 @@ def refusals(kills: Sequence[Kill], windows: Sequence[Sequence[float]]) -> list[
                 round((end - kill.ready) * 1000, 1),
             )
         )
+    return found
+
+
+_FAILURE = re.compile(r"^(?P<at>\d+(?:\.\d+)?) connection \d+: (?P<kind>\w+)")
+
+
+def errors_by_kill(
+    kills: Sequence[Kill], failures: Iterable[str], slack: float = 0.5
+) -> list[dict[str, int]]:
+    """What the failed connects of each kill saw, by exception name, from the load's
+    ``connect_failures`` lines (``TIME connection N: Error(...)``): those from *slack*
+    seconds before the kill to its successor's ready plus 5 s."""
+    parsed = [m for m in map(_FAILURE.match, failures) if m is not None]
+    found: list[dict[str, int]] = []
+    for kill in kills:
+        kinds: dict[str, int] = {}
+        for match in parsed:
+            if kill.killed - slack <= float(match["at"]) <= kill.ready + 5:
+                kinds[match["kind"]] = kinds.get(match["kind"], 0) + 1
+        found.append(kinds)
     return found
 
 

@@ -152,15 +152,35 @@ def test_only_a_full_upgrade_run_without_failures_is_published_in_its_section(
 
 def test_each_kill_is_paired_with_the_window_that_began_before_its_agent_was_ready() -> None:
     Kill = upgradefigures.Kill
-    kills = [Kill(10.0, 11.0, 12.0), Kill(20.0, 21.0, 21.5), Kill(30.0, 30.5, 31.0)]
+    kills = [
+        Kill("node-1", 10.0, 11.0, 12.0),
+        Kill("node-2", 20.0, 21.0, 21.5),
+        Kill("node-1", 30.0, 30.5, 31.0),
+    ]
     windows = [[5.0, 5.5], [10.01, 12.05], [20.02, 20.5], [20.6, 21.4]]
     found = upgradefigures.refusals(kills, windows)
     assert found[0] == upgradefigures.Refusal(2040.0, 10.0, 1050.0, 50.0)
     # two windows (a connect worked between them): one refusal, from the first to the last
     assert found[1] == upgradefigures.Refusal(1380.0, 20.0, 400.0, -100.0)
     assert found[2] == upgradefigures.Refusal(0.0, None, None, None)  # no connect failed
+    # a connect in flight when its agent died began its window just before the kill
+    early = upgradefigures.refusals([Kill("node-1", 10.0, 11.0, 12.0)], [[9.9, 11.5]])
+    assert early == [upgradefigures.Refusal(1600.0, -100.0, 500.0, -500.0)]
 
 
 def test_a_process_start_is_its_ticks_after_boot() -> None:
     # began 2.5 s after boot; read 7.5 s later, at 1000.0 on the wall clock
     assert upgradefigures.process_start(250, 100, uptime=10.0, now=1000.0) == 992.5
+
+
+def test_the_failed_connects_of_each_kill_are_counted_by_what_the_app_saw() -> None:
+    kills = [upgradefigures.Kill("node-1", 10.0, 11.0, 12.0)]
+    failures = [
+        "9.800 connection 1: ConnectionRefusedError(111, 'Connection refused')",
+        "10.100 connection 2: ConnectionRefusedError(111, 'Connection refused')",
+        "16.000 connection 3: ConnectionResetError(104, 'Connection reset by peer')",
+        "17.500 connection 4: ConnectionResetError(104, 'Connection reset by peer')",
+        "not a failure line",
+    ]
+    found = upgradefigures.errors_by_kill(kills, failures)
+    assert found == [{"ConnectionRefusedError": 2, "ConnectionResetError": 1}]
