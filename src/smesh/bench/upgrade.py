@@ -216,7 +216,7 @@ def _phase(lab: _Lab, plan: UpgradePlan, phase: str, progress: Progress) -> dict
     for refusal in refusals:
         progress(f"{phase}: {refusal}")
     report["long_failures"] = report["long_failures"][:20]
-    report["connect_failures"] = report["connect_failures"][:20]
+    report["connect_failures"] = report["connect_failures"][:1000]
     return {
         "figures": figures,
         "report": report,

@@ -211,13 +211,16 @@ def errors_by_kill(
 ) -> list[dict[str, int]]:
     """What the failed connects of each kill saw, by exception name, from the load's
     ``connect_failures`` lines (``TIME connection N: Error(...)``): those from *slack*
-    seconds before the kill to its successor's ready plus 5 s."""
+    seconds before the kill until the next kill (at most its successor's ready + 5 s)."""
     parsed = [m for m in map(_FAILURE.match, failures) if m is not None]
     found: list[dict[str, int]] = []
-    for kill in kills:
+    for index, kill in enumerate(kills):
+        until = kill.ready + 5
+        if index + 1 < len(kills):
+            until = min(until, kills[index + 1].killed - slack)
         kinds: dict[str, int] = {}
         for match in parsed:
-            if kill.killed - slack <= float(match["at"]) <= kill.ready + 5:
+            if kill.killed - slack <= float(match["at"]) < until:
                 kinds[match["kind"]] = kinds.get(match["kind"], 0) + 1
         found.append(kinds)
     return found

@@ -174,13 +174,17 @@ def test_a_process_start_is_its_ticks_after_boot() -> None:
 
 
 def test_the_failed_connects_of_each_kill_are_counted_by_what_the_app_saw() -> None:
-    kills = [upgradefigures.Kill("node-1", 10.0, 11.0, 12.0)]
+    kills = [
+        upgradefigures.Kill("node-1", 10.0, 11.0, 12.0),
+        upgradefigures.Kill("node-2", 14.0, 15.0, 16.0),
+    ]
     failures = [
         "9.800 connection 1: ConnectionRefusedError(111, 'Connection refused')",
         "10.100 connection 2: ConnectionRefusedError(111, 'Connection refused')",
-        "16.000 connection 3: ConnectionResetError(104, 'Connection reset by peer')",
-        "17.500 connection 4: ConnectionResetError(104, 'Connection reset by peer')",
+        "13.600 connection 3: ConnectionResetError(104, 'Connection reset by peer')",
+        "16.000 connection 4: ConnectionResetError(104, 'Connection reset by peer')",
+        "21.500 connection 5: ConnectionResetError(104, 'Connection reset by peer')",
         "not a failure line",
     ]
     found = upgradefigures.errors_by_kill(kills, failures)
-    assert found == [{"ConnectionRefusedError": 2, "ConnectionResetError": 1}]
+    assert found == [{"ConnectionRefusedError": 2}, {"ConnectionResetError": 2}]
