@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -148,30 +149,44 @@ def _kill_and_restart(lab: _Lab, node: str) -> upgradefigures.Kill:
     return upgradefigures.Kill(node, killed, started, ready)
 
 
-def _phase(lab: _Lab, plan: UpgradePlan, phase: str, progress: Progress) -> dict[str, Any]:
+def _changes(
+    lab: _Lab, plan: UpgradePlan, phase: str, progress: Progress
+) -> tuple[list[float], list[upgradefigures.Kill]]:
+    """Upgrade (or kill and restart) each node's agent, alternating: how long each took."""
     from smesh.lab import api  # noqa: PLC0415
 
     durations: list[float] = []
     kills: list[upgradefigures.Kill] = []
+    for round_ in range(plan.rounds):
+        for node in lab.nodes:
+            if phase == "upgrade":
+                verb = "upgrade-agent" if round_ % 2 == 0 else "restart-agent"
+                started = time.monotonic()
+                api.restart_agent(lab.name, node, verb)
+                durations.append(time.monotonic() - started)
+            else:
+                verb = "kill -9"
+                kills.append(_kill_and_restart(lab, node))
+                durations.append(kills[-1].ready - kills[-1].killed)
+            progress(f"{phase}: {verb} {node}: {durations[-1]:.1f} s")
+            time.sleep(plan.pause if phase == "upgrade" else plan.kill_pause)
+    return durations, kills
+
+
+def _phase(lab: _Lab, plan: UpgradePlan, phase: str, progress: Progress) -> dict[str, Any]:
     with _captures(lab, phase) as captures:
         client, stop, log = _client(lab, plan, phase)
         try:
             time.sleep(1.0)  # load before the first change
-            for round_ in range(plan.rounds):
-                for node in lab.nodes:
-                    if phase == "upgrade":
-                        verb = "upgrade-agent" if round_ % 2 == 0 else "restart-agent"
-                        started = time.monotonic()
-                        api.restart_agent(lab.name, node, verb)
-                        durations.append(time.monotonic() - started)
-                    else:
-                        verb = "kill -9"
-                        kills.append(_kill_and_restart(lab, node))
-                        durations.append(kills[-1].ready - kills[-1].killed)
-                    progress(f"{phase}: {verb} {node}: {durations[-1]:.1f} s")
-                    time.sleep(plan.pause if phase == "upgrade" else plan.kill_pause)
+            durations, kills = _changes(lab, plan, phase, progress)
             stop.touch()  # the client ends once the bulk transfer has ended too
-            client.proc.wait(plan.bulk_seconds + 120)
+            try:
+                client.proc.wait(plan.bulk_seconds + 120)
+            except subprocess.TimeoutExpired:
+                raise BenchError(
+                    f"{phase}: the load did not end within {plan.bulk_seconds + 120:.0f} s "
+                    f"of its stop file (its output: {log})"
+                ) from None
         finally:
             client.stop()
     report = upgradefigures.load_report(log.read_text(errors="replace"))
