@@ -15,6 +15,8 @@ from smesh.bench.errors import BenchError
 
 PROJECT_DOCS = Path(__file__).resolve().parents[3] / "docs"
 KUBERNETES = "kubernetes"
+UPGRADE = "upgrade"
+SEPARATE = (KUBERNETES, UPGRADE)  # groups with a lab of their own, run only when named
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="comma-separated variants and/or figure groups to run, e.g. smesh,haproxy or "
         "cps,memory (variants: direct, smesh, stunnel, haproxy, model-*; "
         "groups: throughput, rtt, cps, memory; kubernetes: the Kubernetes lab's figures, "
-        "alone unless other variants or groups are named too)",
+        "upgrade: agent upgrades and kill -9 under a steady load; those two alone unless "
+        "other variants or groups are named too)",
     )
     parser.add_argument(
         "--kubernetes-pods",
@@ -68,15 +71,15 @@ def _selection(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     from smesh.bench import runner, variants  # noqa: PLC0415
 
     chosen = [w.strip() for w in (args.only or "").split(",") if w.strip()]
-    if chosen and set(chosen) == {KUBERNETES}:
+    if chosen and set(chosen) <= set(SEPARATE):
         return [], []
-    chosen = [w for w in chosen if w != KUBERNETES]
+    chosen = [w for w in chosen if w not in SEPARATE]
     known = variants.known()
     unknown = [w for w in chosen if w not in known and w not in runner.GROUPS]
     if unknown:
         raise BenchError(
             f"--only: unknown {', '.join(unknown)}; choose from variants {', '.join(known)} "
-            f"and groups {', '.join((*runner.GROUPS, KUBERNETES))}"
+            f"and groups {', '.join((*runner.GROUPS, *SEPARATE))}"
         )
     names = [w for w in chosen if w in known]
     if not names:
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     names, groups = _selection(args)
     kubernetes = KUBERNETES in (args.only or "").replace(" ", "").split(",")
     kube_plan = _kube_plan(args) if kubernetes else None
+    upgrade = UPGRADE in (args.only or "").replace(" ", "").split(",")
     privileges.require("smesh bench")
     plan = (runner.Plan.quick if args.quick else runner.Plan.full)(names, groups)
     if args.profile:
@@ -113,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     document = runner.run(plan, progress) if names else runner.empty_document(plan)
     if kube_plan is not None:
         document["kubernetes"] = _run_kubernetes(kube_plan, progress)
+    if upgrade:
+        document["upgrade"] = _run_upgrade(args.quick, progress)
     if args.json:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     complete = not figures.missing(document) and set(groups) == set(runner.GROUPS)
@@ -142,6 +148,41 @@ def _run_kubernetes(plan: Any, progress: Any) -> dict[str, Any]:
     return section
 
 
+def _run_upgrade(quick: bool, progress: Any) -> dict[str, Any]:
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from smesh.bench import upgrade  # noqa: PLC0415
+
+    plan = upgrade.UpgradePlan.quick() if quick else upgrade.UpgradePlan()
+    workdir = Path(tempfile.mkdtemp(prefix="smesh-bench-upgrade-"))
+    section = upgrade.run(plan, workdir, lambda text: progress(f"[upgrade] {text}"))
+    if "failed" in section:
+        progress(f"[upgrade] logs of the failed run are kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return section
+
+
+def _publish_upgrade(args: argparse.Namespace, document: dict[str, Any], quick: bool) -> int:
+    """The upgrade table; a full run without failures also goes into the document."""
+    from smesh.bench import report, upgradefigures  # noqa: PLC0415
+
+    section = document["upgrade"]
+    line = report.machine_line(document["machine"])
+    text = upgradefigures.markdown(section, line, document["date"])
+    print(text)
+    if "failed" in section:
+        print(f"smesh: error: upgrade: {section['failed']}", file=sys.stderr)
+        return 1
+    if not quick:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        path = args.docs / "benchmarks.md"
+        report.update_document(path, text, upgradefigures.BEGIN, upgradefigures.END)
+        print(f"wrote the upgrade section of {path}")
+    return 0
+
+
 def _publish_kubernetes(args: argparse.Namespace, document: dict[str, Any], quick: bool) -> int:
     """The Kubernetes table; a full run without failures also goes into the document."""
     from smesh.bench import kubefigures, report  # noqa: PLC0415
@@ -166,6 +207,8 @@ def _publish(
     status = 0
     if "kubernetes" in document:
         status = _publish_kubernetes(args, document, quick)
+    if "upgrade" in document:
+        status = max(status, _publish_upgrade(args, document, quick))
     if not document.get("variants") and not document.get("failed"):
         return status
     return max(status, _publish_variants(args, document, complete, quick))

@@ -3,7 +3,7 @@
 One 2-node lab, smesh installed from the Helm chart with its defaults (``maxSurge: 1``,
 ``maxUnavailable: 0``). A client pod on node-1 holds 3 long-lived connections, through the
 mesh, to an echo server pod on node-2, each exchanging a numbered message every 50 ms, and
-opens 10 new connections a second (one process in the pod: tests/integration/mesh/steady.py).
+opens 10 new connections a second (one process in the pod: smesh.bench.steady).
 Then ``kubectl rollout restart daemonset/smesh-agent``: on each node in turn the new agent
 pod starts beside the old one and takes the node over from it (its listening sockets over
 the hand-over socket in the shared ``/run/smesh``), turns Ready, and the old pod is deleted.
@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from smesh.bench import steady
 from smesh.lab import state
 from tests.integration.kubernetes.clusterkit import (
     agent_pod,
@@ -53,8 +54,8 @@ from tests.integration.kubernetes.clusterkit import (
 )
 from tests.integration.labkit import Lab, Lines, smesh
 
-STEADY = str(Path(__file__).parents[1] / "mesh" / "steady.py")
-MARKER = "smesh-handover-marker"  # steady.py's, in every message it sends
+STEADY = [sys.executable, "-m", "smesh.bench.steady", "client"]
+MARKER = steady.MARKER  # in every message the load sends
 PORT = 7070
 LONG, RATE, INTERVAL = 3, 10, 0.05
 DAEMONSET = "daemonset/smesh-agent"
@@ -124,8 +125,8 @@ def test_a_rolling_update_of_the_agents_drops_no_connect_and_cuts_no_connection(
     old = {node: agent_pid(cluster, pod) for node, pod in before.items()}
 
     stop = tmp_path / "stop"
-    argv = [sys.executable, STEADY, server_ip, str(PORT), str(stop)]
-    argv += [str(LONG), str(RATE), str(INTERVAL), "600"]
+    argv = [*STEADY, server_ip, str(PORT), str(stop), "--long", str(LONG), "--rate", str(RATE)]
+    argv += ["--interval", str(INTERVAL), "--max-seconds", "600"]
     with sniffing(cluster, "node-1") as packets:
         load = cluster.spawn(client, argv, stdout=subprocess.PIPE, text=True)
         out = Lines(load.stdout)

@@ -1,13 +1,16 @@
 """Upgrading an agent drops nothing: no failed connect, no cut connection, nothing leaks.
 
-A client in pod-1 (node-1) holds 5 long-lived connections to an echo server in pod-3
-(node-2), each exchanging a message every 20 ms, and opens 20 new connections a second,
-while node-1's and node-2's agents are upgraded alternately, 3 times each (`lab
-upgrade-agent`, and `lab restart-agent`, which hands over the same way). Every connect
-must succeed and every long-lived connection answer every message in order; a capture on
-node-1's link must never see the test's marker in plain text. Afterwards the old agents
-exit once the long-lived connections close, leaving one agent per node, and neither the
-agents' descriptors nor the pinned capture grew.
+Issue 19's acceptance at its full size. A client in pod-1 (node-1) holds 20 long-lived
+connections to an echo server in pod-3 (node-2), each exchanging a message every 10 ms,
+opens 20 new connections a second, and sends one bulk transfer of 200 MB (spread over
+30 s, hashed by sha256 on both sides), while node-1's and node-2's agents are upgraded
+alternately, 5 times each (`lab upgrade-agent`, and `lab restart-agent`, which hands over
+the same way). Every connect must succeed, every long-lived connection answer every message
+in order, and the transfer's hash match; a capture on node-1's link must never see the
+load's marker in plain text. Afterwards the old agents exit once the long-lived connections
+close, leaving one agent per node, and neither the agents' descriptors nor the pinned
+capture grew. The load is :mod:`smesh.bench.steady`, the one ``smesh bench --only
+upgrade`` runs.
 """
 
 from __future__ import annotations
@@ -20,18 +23,22 @@ import sys
 import time
 from pathlib import Path
 
+from smesh.bench import steady
 from smesh.capture import pins
 from smesh.lab import state
 from smesh.linux import cgroups
 from tests.integration.labkit import Lab, LabFactory, Lines, smesh, sniffing
-from tests.integration.mesh.conftest import Apps
 from tests.integration.mesh.test_agent import node, wait
 
-STEADY = str(Path(__file__).with_name("steady.py"))
+STEADY = [sys.executable, "-m", "smesh.bench.steady"]
 POD3 = "198.18.2.2"
 PORT = 7070
-MARKER = "smesh-handover-marker"
-UPGRADES = 3
+BULK_PORT = 7071
+MARKER = steady.MARKER
+UPGRADES = 5  # per node
+LONG = 20
+BULK_BYTES = 200_000_000
+BULK_SECONDS = 30  # overlaps most of the 10 upgrades (3 to 4 s each here, under this load)
 
 
 def descriptors(pid: int) -> collections.Counter[str]:
@@ -56,6 +63,19 @@ def link_pins(lab: Lab, node_name: str) -> set[str]:
         return {str(pin) for pin, _info in pinned.links()}
 
 
+def serve(lab: Lab) -> subprocess.Popen[str]:
+    """The load's server in pod-3: an echo, and the bulk transfer's hashing sink."""
+    server = lab.spawn(
+        "pod-3",
+        [*STEADY, "serve", str(PORT), "--bulk-port", str(BULK_PORT)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "READY"
+    return server
+
+
 def test_upgrading_both_agents_drops_no_connect_and_cuts_no_connection(
     lab_factory: LabFactory, tmp_path: Path
 ) -> None:
@@ -63,15 +83,13 @@ def test_upgrading_both_agents_drops_no_connect_and_cuts_no_connection(
     nodes = ("node-1", "node-2")
     before = {n: descriptors(node(lab, n)["agent_pid"]) for n in nodes}
     pins_before = {n: link_pins(lab, n) for n in nodes}
-    Apps(lab).serve("pod-3", "echo", PORT)
+    serve(lab)
     stop = tmp_path / "stop"
+    argv = [*STEADY, "client", POD3, str(PORT), str(stop), "--long", str(LONG)]
+    argv += ["--interval", "0.01", "--bulk-port", str(BULK_PORT)]
+    argv += ["--bulk-bytes", str(BULK_BYTES), "--bulk-seconds", str(BULK_SECONDS)]
     with sniffing(lab, "node-1", payloads=True) as packets:
-        client = lab.spawn(
-            "pod-1",
-            [sys.executable, STEADY, POD3, str(PORT), str(stop)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        client = lab.spawn("pod-1", argv, stdout=subprocess.PIPE, text=True)
         out = Lines(client.stdout)
         wait(lambda: out.lines[:1] == ["READY\n"], timeout=30)
         time.sleep(1)  # load before the first upgrade
@@ -79,15 +97,16 @@ def test_upgrading_both_agents_drops_no_connect_and_cuts_no_connection(
             for name in nodes:
                 verb = "upgrade-agent" if round_ % 2 == 0 else "restart-agent"
                 smesh("lab", verb, "--name", lab.name, name)
-                time.sleep(1)
-        stop.touch()
-        client.wait(timeout=90)
+                time.sleep(0.5)
+        stop.touch()  # the client stops once the bulk transfer has ended too
+        client.wait(timeout=120)
         out.join()
     report = json.loads(out.lines[-1])
     assert report["connect_failures"] == [], report
     assert report["long_failures"] == [], report
-    assert report["connected"] == report["connects"] > 100, report
-    # every long-lived connection answered all along (a message each 20 ms, give or take)
+    assert report["connected"] == report["connects"] > 200, report
+    assert report["bulk"]["sha256_ok"], report["bulk"]
+    # every long-lived connection answered all along (a message each 10 ms, give or take)
     assert report["messages"] > report["long_lived"] * report["seconds"] * 10, report
     assert any(".18001" in line for line in packets.lines), "the capture saw no tunnel"
     plain = [line for line in packets.lines if MARKER in line]
@@ -114,12 +133,12 @@ def test_an_old_agent_lingers_for_its_open_connection_and_lab_down_stops_it(
     lab_factory: LabFactory, tmp_path: Path
 ) -> None:
     lab = lab_factory()
-    Apps(lab).serve("pod-3", "echo", PORT)
+    serve(lab)
     old = node(lab, "node-1")["agent_pid"]
     stop = tmp_path / "stop"
     client = lab.spawn(
         "pod-1",
-        [sys.executable, STEADY, POD3, str(PORT), str(stop), "1", "2"],
+        [*STEADY, "client", POD3, str(PORT), str(stop), "--long", "1", "--rate", "2"],
         stdout=subprocess.PIPE,
         text=True,
     )
