@@ -75,7 +75,7 @@ def endpoint(
     return {
         "addresses": [address],
         "conditions": conditions,
-        "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"},
+        "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop", "uid": f"uid-{pod}"},
         "nodeName": "node-1",
         "zone": "a",
     }
@@ -318,6 +318,22 @@ def test_the_lean_decoding_keeps_only_what_the_table_reads() -> None:
     assert es.endpoints[0].zone is None
     assert es.endpoints[0].nodeName is None
     assert es.endpoints[0].targetRef is not None
+    assert es.endpoints[0].targetRef.name == "web-1"
+    assert es.endpoints[0].targetRef.uid is None  # only kind, name and namespace are kept
+
+
+def test_an_endpoint_is_its_first_valid_address_kept_as_the_text_of_the_slice() -> None:
+    """As kube-proxy: an endpoint's addresses are fungible, the first (valid) one is used;
+    the table keeps the decoded slice's own string (no copy, no address object)."""
+    two = endpoint("198.18.1.2", "web-1")
+    two["addresses"] = ["not-an-ip", "198.18.1.2", "198.18.1.3"]
+    es = LEAN_SLICES.decode(endpoint_slice("web-a", [two]))
+    info = slice_info(es)
+    assert info is not None
+    assert [e.address for e in info.endpoints] == ["198.18.1.2"]
+    assert info.endpoints[0].address is es.endpoints[0].addresses[1]
+    table = table_with(service(), endpoint_slice("web-a", [two]))
+    assert addresses(table, "198.18.255.10", 8080) == [("198.18.1.2", 80)]
 
 
 def test_events_apply_to_the_table() -> None:
