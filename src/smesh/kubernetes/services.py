@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -132,6 +133,23 @@ def _ip(text: str | None) -> IPAddress | None:
         return None
 
 
+_FAMILIES = {"IPv4": socket.AF_INET, "IPv6": socket.AF_INET6}
+
+
+def _address_of(texts: Iterable[str], family: int) -> str | None:
+    """The first of *texts* that is an address of *family*. ``inet_pton`` rather than
+    :mod:`ipaddress`: every endpoint of every slice update is checked, and parsing each
+    into an address object was half of an update's CPU (the table parses a Service's
+    addresses only when a connect asks for its endpoints)."""
+    for text in texts:
+        try:
+            socket.inet_pton(family, text)
+        except (OSError, TypeError, ValueError):
+            continue
+        return text
+    return None
+
+
 def service_info(svc: Service) -> ServiceInfo | None:
     """The Service as the table holds it; None for one that takes no captured connect
     (headless, ExternalName, no TCP port, no valid ClusterIP)."""
@@ -179,9 +197,10 @@ def slice_info(es: EndpointSlice) -> SliceInfo | None:
         for p in es.ports or ()
         if p.port is not None and (p.protocol or "TCP") == "TCP"
     )
+    family = _FAMILIES[es.addressType]
     endpoints: list[SliceEndpoint] = []
     for ep in es.endpoints or ():
-        address = next((a for a in ep.addresses or () if _ip(a) is not None), None)
+        address = _address_of(ep.addresses or (), family)
         if address is None:
             continue
         cond = ep.conditions
@@ -360,7 +379,10 @@ class ServiceTable:
             if target is None:
                 continue
             for ep in es.endpoints:
-                ip = ipaddress.ip_address(ep.address)  # valid: slice_info checked it
+                try:
+                    ip = ipaddress.ip_address(ep.address)
+                except ValueError:  # inet_pton took it, ipaddress does not: not used
+                    continue
                 if (ip, target) in seen:  # one pod in two slices, while they are moved
                     continue
                 seen.add((ip, target))

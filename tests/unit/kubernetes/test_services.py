@@ -335,16 +335,17 @@ def test_the_lean_decoding_keeps_only_what_the_table_reads() -> None:
 
 
 def test_an_endpoint_is_its_first_valid_address_kept_as_the_text_of_the_slice() -> None:
-    """As kube-proxy: an endpoint's addresses are fungible, the first (valid) one is used;
-    the table keeps the decoded slice's own string (no copy, no address object)."""
+    """As kube-proxy: an endpoint's addresses are fungible, the first valid one of the
+    slice's address type is used; the table keeps the decoded slice's own string (no copy,
+    no address object)."""
     two = endpoint("198.18.1.2", "web-1")
-    two["addresses"] = ["not-an-ip", "198.18.1.2", "198.18.1.3"]
+    two["addresses"] = ["not-an-ip", "fd00:198:18:1::2", "198.18.1.2", "198.18.1.3"]
     es = EndpointSlice.from_dict(endpoint_slice("web-a", [two]))
     info = slice_info(es)
     assert info is not None
     assert [e.address for e in info.endpoints] == ["198.18.1.2"]
     assert es.endpoints[0].addresses is not None
-    assert info.endpoints[0].address is es.endpoints[0].addresses[1]
+    assert info.endpoints[0].address is es.endpoints[0].addresses[2]  # IPv4 slice: not the v6
     table = table_with(service(), endpoint_slice("web-a", [two]))
     assert addresses(table, "198.18.255.10", 8080) == [("198.18.1.2", 80)]
 
