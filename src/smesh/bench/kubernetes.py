@@ -600,7 +600,7 @@ def _wait_table(
         time.sleep(0.5)  # each look renders the agent's /metrics (its CPU is taken off)
 
 
-def _metrics_cpu(lab: Lab, pid: int, reads: int = 10) -> float:
+def _metrics_cpu(lab: Lab, pid: int, reads: int = 20) -> float:
     """The agent's CPU seconds per /metrics read, to take the benchmark's reads off."""
     before = parse.cpu_seconds(pid)
     for _ in range(reads):
@@ -630,6 +630,7 @@ def measure_service_scale(lab: Lab, plan: KubePlan, progress: Progress) -> dict[
     rss_before = parse.rss_kib(pid)
     cpu_before = parse.cpu_seconds(pid)
     proxy_before = _quiet_cpu(proxy)
+    proxy_rss_before = parse.rss_kib(proxy)
     progress(
         f"service scale: node-1's agent {rss_before} KiB holding {base[0]} Services; creating "
         f"{count} Services of {per} endpoints"
@@ -652,12 +653,13 @@ def measure_service_scale(lab: Lab, plan: KubePlan, progress: Progress) -> dict[
     _settle()
     rss_after = parse.rss_kib(pid)
     proxy_sync = _quiet_cpu(proxy) - proxy_before
+    proxy_rss_after = parse.rss_kib(proxy)
     per_1k = (rss_after - rss_before) / (count * per) * 1000
     progress(
         f"service scale: table holds {held[0]} Services, {held[1]} endpoints {sync_s:.1f} s "
         f"after the first create (writes took {posted:.1f} s); agent {cpu_sync:.2f} CPU s, "
         f"{rss_after} KiB (+{per_1k:.0f} KiB per 1,000 endpoints); kube-proxy "
-        f"{proxy_sync:.2f} CPU s"
+        f"{proxy_sync:.2f} CPU s, RSS {proxy_rss_before} → {proxy_rss_after} KiB"
     )
     # Updates: readiness flips, then one last patch that adds an endpoint, which the
     # table's endpoint count shows: the informer applies a watch's events in order, so the
@@ -693,6 +695,9 @@ def measure_service_scale(lab: Lab, plan: KubePlan, progress: Progress) -> dict[
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "rss_kib_per_1k_endpoints": per_1k,
+        # Go's heap grows in steps and is returned lazily: a rough comparison only
+        "kube_proxy_rss_before_kib": proxy_rss_before,
+        "kube_proxy_rss_after_kib": proxy_rss_after,
         "writes_s": posted,
         "agent_cpu_ms_per_metrics_read": per_read * 1000,
         "sync_s": sync_s,
