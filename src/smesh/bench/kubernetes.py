@@ -491,6 +491,7 @@ def measure_service_rtt(lab: Lab, plan: KubePlan, progress: Progress) -> dict[st
     lab.api.wait_pods("app in (echo, rtt-client)", 2, plan.pod_timeout, "round trips")
     pod_ip = lab.api.pods("app=echo")[0]["status"]["podIP"]
     log = lab.workdir / "kubertt.log"
+    log.unlink(missing_ok=True)  # its "done" line is what the run waits for
     tunnels = 'result="tunnel"'
     before = kubescale.counter(_metrics(lab, "node-1"), "smesh_service_routes_total", tunnels)
     argv = [sys.executable, "-m", "smesh.bench.kubertt", "client", pod_ip, cluster_ip]
