@@ -60,6 +60,59 @@ FIGURES = (
         "the event loop stopped for full (generation 2) garbage collections, both agents "
         "over the whole run (smesh_agent_gc_pause_seconds)",
     ),
+    KubeFigure(
+        "pod_rtt_p50_us",
+        "µs",
+        "64-byte request/echo round trip, client pod on node-1 to server pod on node-2 "
+        "through the mesh, addressed to the pod IP, one long-lived connection, median",
+    ),
+    KubeFigure("pod_rtt_p99_us", "µs", "the same, 99th percentile"),
+    KubeFigure(
+        "svc_rtt_p50_us",
+        "µs",
+        "the same server addressed to a ClusterIP Service in front of it, in batches "
+        "alternating with the pod IP's, median",
+    ),
+    KubeFigure("svc_rtt_p99_us", "µs", "the same, 99th percentile"),
+    KubeFigure(
+        "svc_rtt_delta_p50_us",
+        "µs",
+        "svc_rtt_p50_us - pod_rtt_p50_us: what resolving the ClusterIP costs a round trip",
+    ),
+    KubeFigure(
+        "pod_connect_p50_us",
+        "µs",
+        "a new connection to the pod IP plus one round trip (connect → echo back), median",
+    ),
+    KubeFigure("svc_connect_p50_us", "µs", "the same to the ClusterIP, median"),
+    KubeFigure(
+        "agent_rss_kib_per_1k_endpoints",
+        "KiB",
+        "node-1's agent resident memory once its service table holds S Services with 10 "
+        "endpoints each (smesh_service_table) minus before they existed, per 1,000 endpoints",
+    ),
+    KubeFigure(
+        "agent_cpu_s_service_sync",
+        "CPU s",
+        "node-1's agent CPU from the first of the S Services' creation to its table holding "
+        "them all",
+    ),
+    KubeFigure(
+        "kube_proxy_cpu_s_service_sync",
+        "CPU s",
+        "node-1's kube-proxy (with the nft it runs) over the same creation, until it is quiet",
+    ),
+    KubeFigure(
+        "agent_cpu_ms_per_endpoint_update",
+        "CPU ms",
+        "node-1's agent CPU while EndpointSlices are updated (one endpoint's readiness "
+        "flipped each), per update",
+    ),
+    KubeFigure(
+        "kube_proxy_cpu_ms_per_endpoint_update",
+        "CPU ms",
+        "node-1's kube-proxy (with its nft) over the same updates, until quiet, per update",
+    ),
 )
 FIGURE_NAMES = tuple(f.name for f in FIGURES)
 
@@ -168,7 +221,7 @@ def goals(results: Mapping[str, float]) -> list[Goal]:
 
 
 def _number(value: float) -> str:
-    digits = 0 if value >= 100 else 1 if value >= 10 else 2
+    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
     return f"{value:.{digits}f}"
 
 
@@ -183,7 +236,12 @@ def markdown(section: Mapping[str, Any], machine_line: str, date: str) -> str:
         f"created at once for enrolment, {plan.get('connect_pods', '?')} pods one after "
         f"another for the first connect, {plan.get('rss_pods', '?')} idle pods on node-1 "
         f"for memory, {plan.get('churn_rounds', 1)} x {plan.get('churn_pods', '?')} pods created "
-        "and deleted on node-2 for CPU.",
+        "and deleted on node-2 for CPU; "
+        f"{plan.get('rtt_batches', '?')} alternating batches of {plan.get('rtt_rounds', '?')} "
+        f"round trips and {plan.get('rtt_connects', '?')} connects per address for the "
+        f"Service round trip; S = {plan.get('scale_services', '?')} selector-less Services "
+        f"of {plan.get('scale_endpoints', '?')} endpoints and "
+        f"{plan.get('scale_updates', '?')} EndpointSlice updates for the service table.",
         "",
         "| figure | value | goal | met |",
         "|---|---|---|---|",
@@ -201,6 +259,21 @@ def markdown(section: Mapping[str, Any], machine_line: str, date: str) -> str:
     if section.get("failed"):
         parts += ["", f"**kubernetes failed:** {section['failed']}"]
     return "\n".join(parts) + "\n"
+
+
+def round_trips(samples: Mapping[str, Mapping[str, Sequence[float]]]) -> dict[str, float]:
+    """The Service round-trip figures from the client's samples (µs, by "pod" and "svc")."""
+    out: dict[str, float] = {}
+    for key in ("pod", "svc"):
+        rtt = samples[key]["rtt_us"]
+        connect = samples[key]["connect_us"]
+        if not rtt or not connect:
+            raise BenchError(f"the round-trip client measured nothing for {key}")
+        out[f"{key}_rtt_p50_us"] = percentile(rtt, 50)
+        out[f"{key}_rtt_p99_us"] = percentile(rtt, 99)
+        out[f"{key}_connect_p50_us"] = percentile(connect, 50)
+    out["svc_rtt_delta_p50_us"] = out["svc_rtt_p50_us"] - out["pod_rtt_p50_us"]
+    return out
 
 
 def gc_full_pause_seconds(metrics_text: str) -> float:

@@ -29,11 +29,11 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smesh.bench import kubefigures, parse
+from smesh.bench import kubefigures, kubescale, parse
 from smesh.bench.errors import BenchError
 from smesh.bench.processes import Started
 from smesh.errors import SmeshError
@@ -53,11 +53,29 @@ class KubePlan:
     rss_pods: int = 100
     churn_pods: int = 50
     churn_rounds: int = 2
+    rtt_batches: int = 20  # alternating pod-IP / ClusterIP batches
+    rtt_rounds: int = 500  # round trips per batch and address, one connection
+    rtt_connects: int = 25  # new connections per batch and address
+    scale_services: int = 1000
+    scale_endpoints: int = 10  # per Service
+    scale_updates: int = 200  # EndpointSlice updates
     pod_timeout: float = 240.0  # seconds for a batch of pods to run or to go
+    scale_timeout: float = 300.0  # seconds for the agent's table to hold every Service
 
     @classmethod
     def quick(cls) -> KubePlan:
-        return cls(enroll_pods=20, connect_pods=5, rss_pods=30, churn_pods=20, churn_rounds=1)
+        return cls(
+            enroll_pods=20,
+            connect_pods=5,
+            rss_pods=30,
+            churn_pods=20,
+            churn_rounds=1,
+            rtt_batches=6,
+            rtt_rounds=200,
+            rtt_connects=10,
+            scale_services=100,
+            scale_updates=50,
+        )
 
 
 # -- the API, from inside LAB.control ------------------------------------------------------
@@ -236,6 +254,7 @@ class Lab:
     agent_pids: dict[str, int]
     agent_logs: dict[str, Path]
     workdir: Path
+    proxy_pids: dict[str, int] = field(default_factory=dict)
 
 
 def _enrolled(lab: Lab, names: Iterable[str]) -> dict[str, kubefigures.Enrolment]:
@@ -446,6 +465,252 @@ def measure_churn(lab: Lab, plan: KubePlan, progress: Progress) -> dict[str, Any
     }
 
 
+def _metrics(lab: Lab, node: str) -> str:
+    from smesh.agent import client as admin_client  # noqa: PLC0415
+
+    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    return reply.body.decode()
+
+
+ECHO_PORT = 9000
+
+
+def measure_service_rtt(lab: Lab, plan: KubePlan, progress: Progress) -> dict[str, Any]:
+    """Round trips and connects to one server, by pod IP and by ClusterIP, interleaved."""
+    echo = [sys.executable, "-m", "smesh.bench.kubertt", "serve", str(ECHO_PORT)]
+    lab.api.create_pod(pod_manifest("echo", "echo", echo, "node-2"))
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo"},
+        "spec": {"selector": {"app": "echo"}, "ports": [{"port": ECHO_PORT}]},
+    }
+    created = lab.api.call("POST", f"/api/v1/namespaces/{NAMESPACE}/services", service)
+    cluster_ip = created["spec"]["clusterIP"]
+    lab.api.create_pod(pod_manifest("rtt-client", "rtt-client", IDLE, "node-1"))
+    lab.api.wait_pods("app in (echo, rtt-client)", 2, plan.pod_timeout, "round trips")
+    pod_ip = lab.api.pods("app=echo")[0]["status"]["podIP"]
+    log = lab.workdir / "kubertt.log"
+    log.unlink(missing_ok=True)  # its "done" line is what the run waits for
+    tunnels = 'result="tunnel"'
+    before = kubescale.counter(_metrics(lab, "node-1"), "smesh_service_routes_total", tunnels)
+    argv = [sys.executable, "-m", "smesh.bench.kubertt", "client", pod_ip, cluster_ip]
+    argv += [str(ECHO_PORT), str(plan.rtt_batches), str(plan.rtt_rounds), str(plan.rtt_connects)]
+    client = Started(lab.name, f"{NAMESPACE}/rtt-client", argv, log)
+    try:
+        record = _wait_for_line(client, log, ("done", True), 600, "the round trips")
+    finally:
+        client.stop()
+    if "error" in record:
+        raise BenchError(f"round trips: {record['error']}")
+    tunnelled = (
+        kubescale.counter(_metrics(lab, "node-1"), "smesh_service_routes_total", tunnels) - before
+    )
+    wanted = plan.rtt_batches * plan.rtt_connects + 1
+    if tunnelled < wanted:
+        raise BenchError(
+            f"round trips: only {tunnelled:.0f} of the {wanted} connects to the ClusterIP were "
+            'tunnelled by node-1\'s agent (smesh_service_routes_total{result="tunnel"})'
+        )
+    figures = kubefigures.round_trips(record["result"])
+    progress(
+        "service round trips: pod IP p50 {pod_rtt_p50_us:.0f} µs p99 {pod_rtt_p99_us:.0f} µs, "
+        "ClusterIP p50 {svc_rtt_p50_us:.0f} µs p99 {svc_rtt_p99_us:.0f} µs "
+        "(Δ p50 {svc_rtt_delta_p50_us:+.0f} µs); connect + round trip p50: pod IP "
+        "{pod_connect_p50_us:.0f} µs, ClusterIP {svc_connect_p50_us:.0f} µs".format(**figures)
+    )
+    lab.api.call("DELETE", f"/api/v1/namespaces/{NAMESPACE}/services/echo")
+    lab.api.delete_pods("app in (echo, rtt-client)")
+    lab.api.wait_pods("app in (echo, rtt-client)", 0, plan.pod_timeout, "round trips, deleting")
+    return {**figures, "cluster_ip": cluster_ip, "tunnelled_connects": tunnelled}
+
+
+SCALE_NAMESPACE = "bench-scale"  # not opted in: the agents hold every namespace's Services
+
+
+class Poster:
+    """Many API writes over a few kept-alive connections, from threads inside
+    ``LAB.control`` (one HTTPS connection per request would cost the API server and this
+    process a TLS handshake per object)."""
+
+    WORKERS = 4
+
+    def __init__(self, lab: str) -> None:
+        self.lab = lab
+
+    def send(self, requests: list[tuple[str, str, dict[str, Any], str]]) -> None:
+        """(method, path, body, content type) each; raises the first failure."""
+        from smesh.lab import kubepaths  # noqa: PLC0415
+        from smesh.lab.kubepaths import API_PORT  # noqa: PLC0415
+        from smesh.lab.topology import CONTROL_IP4  # noqa: PLC0415
+        from smesh.linux import netns  # noqa: PLC0415
+
+        pki = kubepaths.pki_dir(self.lab)
+        errors: list[str] = []
+        shares = [requests[i :: self.WORKERS] for i in range(self.WORKERS)]
+
+        def work(share: list[tuple[str, str, dict[str, Any], str]]) -> None:
+            try:
+                netns.enter(f"{self.lab}.control")  # this thread only
+                context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+                context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+                conn = http.client.HTTPSConnection(
+                    str(CONTROL_IP4), API_PORT, context=context, timeout=30
+                )
+                for method, path, body, kind in share:
+                    if errors:
+                        return
+                    data = json.dumps(body).encode()
+                    headers = {"Content-Type": kind, "Accept": "application/json"}
+                    conn.request(method, path, body=data, headers=headers)
+                    response = conn.getresponse()
+                    reply = response.read()
+                    if response.status >= 400:
+                        errors.append(f"{method} {path}: HTTP {response.status}: {reply[:200]!r}")
+                        return
+                conn.close()
+            except (OSError, http.client.HTTPException) as exc:
+                errors.append(f"API writes: {exc}")
+
+        threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in shares]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise BenchError(errors[0])
+
+
+def _wait_table(
+    lab: Lab, services: int, endpoints: int, timeout: float, what: str
+) -> tuple[tuple[int, int], int]:
+    """Until node-1's agent's service table holds *services* and *endpoints* (at least):
+    what it holds, and how many times its /metrics was read for it."""
+    deadline = time.monotonic() + timeout
+    reads = 0
+    while True:
+        held = kubescale.table_size(_metrics(lab, "node-1"))
+        reads += 1
+        if held[0] >= services and held[1] >= endpoints:
+            return held, reads
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{what}: node-1's agent holds {held[0]} Services and {held[1]} endpoints "
+                f"after {timeout:.0f} s, not {services} and {endpoints} (smesh_service_table)"
+            )
+        time.sleep(0.5)  # each look renders the agent's /metrics (its CPU is taken off)
+
+
+def _metrics_cpu(lab: Lab, pid: int, reads: int = 20) -> float:
+    """The agent's CPU seconds per /metrics read, to take the benchmark's reads off."""
+    before = parse.cpu_seconds(pid)
+    for _ in range(reads):
+        _metrics(lab, "node-1")
+    return (parse.cpu_seconds(pid) - before) / reads
+
+
+def _quiet_cpu(pid: int, limit: float = 60.0) -> float:
+    """A process's CPU (children included) once it stopped using any for a second."""
+    readings = [parse.cpu_seconds(pid, children=True)]
+    deadline = time.monotonic() + limit
+    while not kubescale.settled(readings, 0.02) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        readings.append(parse.cpu_seconds(pid, children=True))
+    return readings[-1]
+
+
+def measure_service_scale(lab: Lab, plan: KubePlan, progress: Progress) -> dict[str, Any]:
+    """S selector-less Services and their slices created, then updated: node-1's agent's
+    memory and CPU (and its kube-proxy's CPU) for holding and following them."""
+    count, per = plan.scale_services, plan.scale_endpoints
+    lab.api.call("POST", "/api/v1/namespaces", {"metadata": {"name": SCALE_NAMESPACE}})
+    pid, proxy = lab.agent_pids["node-1"], lab.proxy_pids["node-1"]
+    _settle()
+    base = kubescale.table_size(_metrics(lab, "node-1"))
+    per_read = _metrics_cpu(lab, pid)
+    rss_before = parse.rss_kib(pid)
+    cpu_before = parse.cpu_seconds(pid)
+    proxy_before = _quiet_cpu(proxy)
+    proxy_rss_before = parse.rss_kib(proxy)
+    progress(
+        f"service scale: node-1's agent {rss_before} KiB holding {base[0]} Services; creating "
+        f"{count} Services of {per} endpoints"
+    )
+    prefix = f"/api/v1/namespaces/{SCALE_NAMESPACE}"
+    slices = f"/apis/discovery.k8s.io/v1/namespaces/{SCALE_NAMESPACE}/endpointslices"
+    json_kind = "application/json"
+    writes = []
+    for index in range(count):
+        writes.append(("POST", f"{prefix}/services", kubescale.service(index), json_kind))
+        writes.append(("POST", slices, kubescale.endpoint_slice(index, per), json_kind))
+    started = time.monotonic()
+    Poster(lab.name).send(writes)
+    posted = time.monotonic() - started
+    held, reads = _wait_table(
+        lab, base[0] + count, base[1] + count * per, plan.scale_timeout, "scale"
+    )
+    sync_s = time.monotonic() - started
+    cpu_sync = parse.cpu_seconds(pid) - cpu_before - reads * per_read
+    _settle()
+    rss_after = parse.rss_kib(pid)
+    proxy_sync = _quiet_cpu(proxy) - proxy_before
+    proxy_rss_after = parse.rss_kib(proxy)
+    per_1k = (rss_after - rss_before) / (count * per) * 1000
+    progress(
+        f"service scale: table holds {held[0]} Services, {held[1]} endpoints {sync_s:.1f} s "
+        f"after the first create (writes took {posted:.1f} s); agent {cpu_sync:.2f} CPU s, "
+        f"{rss_after} KiB (+{per_1k:.0f} KiB per 1,000 endpoints); kube-proxy "
+        f"{proxy_sync:.2f} CPU s, RSS {proxy_rss_before} → {proxy_rss_after} KiB"
+    )
+    # Updates: readiness flips, then one last patch that adds an endpoint, which the
+    # table's endpoint count shows: the informer applies a watch's events in order, so the
+    # agent has applied every flip once it shows the last.
+    patch = "application/merge-patch+json"
+    flips = [
+        ("PATCH", f"{slices}/{name}", body, patch)
+        for name, body in kubescale.updates(count, per, plan.scale_updates)
+    ]
+    last = {"endpoints": kubescale.endpoints(count, per + 1)}
+    proxy_before = parse.cpu_seconds(proxy, children=True)
+    cpu_before = parse.cpu_seconds(pid)
+    started = time.monotonic()
+    Poster(lab.name).send(flips)
+    Poster(lab.name).send([("PATCH", f"{slices}/{kubescale.name(0)}-1", last, patch)])
+    _, reads = _wait_table(lab, held[0], held[1] + 1, plan.scale_timeout, "scale, updates")
+    update_s = time.monotonic() - started
+    cpu_updates = parse.cpu_seconds(pid) - cpu_before - reads * per_read
+    proxy_updates = _quiet_cpu(proxy) - proxy_before
+    updates = plan.scale_updates + 1
+    progress(
+        f"service scale: {updates} EndpointSlice updates applied in {update_s:.1f} s: agent "
+        f"{cpu_updates * 1000 / updates:.2f} CPU ms per update, kube-proxy "
+        f"{proxy_updates * 1000 / updates:.2f}"
+    )
+    # The namespace goes with its objects; the lab is torn down next, nothing waits for it.
+    lab.api.call("DELETE", f"/api/v1/namespaces/{SCALE_NAMESPACE}")
+    return {
+        "services": count,
+        "endpoints": count * per,
+        "table_before": list(base),
+        "table_after": list(held),
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_kib_per_1k_endpoints": per_1k,
+        # Go's heap grows in steps and is returned lazily: a rough comparison only
+        "kube_proxy_rss_before_kib": proxy_rss_before,
+        "kube_proxy_rss_after_kib": proxy_rss_after,
+        "writes_s": posted,
+        "agent_cpu_ms_per_metrics_read": per_read * 1000,
+        "sync_s": sync_s,
+        "agent_cpu_s_sync": cpu_sync,
+        "kube_proxy_cpu_s_sync": proxy_sync,
+        "updates": updates,
+        "update_s": update_s,
+        "agent_cpu_ms_per_update": cpu_updates * 1000 / updates,
+        "kube_proxy_cpu_ms_per_update": proxy_updates * 1000 / updates,
+    }
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -473,6 +738,31 @@ def _gc_full_pause(lab: str, node: str) -> float:
     return kubefigures.gc_full_pause_seconds(reply.body.decode()) * 1000
 
 
+def _figures(notes: dict[str, Any]) -> dict[str, float]:
+    """The figures of the steps that ran, from their notes."""
+    figures: dict[str, float] = {}
+    if "memory" in notes:
+        figures["agent_rss_kib_per_pod"] = notes["memory"]["per_pod"]
+    if "enrolment" in notes:
+        figures["enroll_p50_ms"] = notes["enrolment"]["p50"]
+        figures["enroll_p99_ms"] = notes["enrolment"]["p99"]
+    if "first_connect" in notes:
+        figures["first_connect_p99_ms"] = notes["first_connect"]["p99"]
+    if "churn" in notes:
+        figures["agent_cpu_s_per_1k_pod_events"] = notes["churn"]["per_1k"]
+    if "service_rtt" in notes:
+        rtt = notes["service_rtt"]
+        figures.update({k: v for k, v in rtt.items() if k in kubefigures.FIGURE_NAMES})
+    if "service_scale" in notes:
+        scale = notes["service_scale"]
+        figures["agent_rss_kib_per_1k_endpoints"] = scale["rss_kib_per_1k_endpoints"]
+        figures["agent_cpu_s_service_sync"] = scale["agent_cpu_s_sync"]
+        figures["kube_proxy_cpu_s_service_sync"] = scale["kube_proxy_cpu_s_sync"]
+        figures["agent_cpu_ms_per_endpoint_update"] = scale["agent_cpu_ms_per_update"]
+        figures["kube_proxy_cpu_ms_per_endpoint_update"] = scale["kube_proxy_cpu_ms_per_update"]
+    return figures
+
+
 def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
     """Bring a meshed Kubernetes lab up, measure, tear it down: the report's section."""
     import secrets  # noqa: PLC0415
@@ -489,7 +779,15 @@ def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
     progress(f"building Kubernetes lab {name} ({plan.nodes} nodes, mesh on)")
     try:
         # process agents: the figures read each agent's pid (RSS) and agent.log (ADD times)
-        api.up(name, nodes=plan.nodes, mesh=True, kubernetes=True, install="processes")
+        # a service range for the scale step's Services (the default /24 holds 253)
+        api.up(
+            name,
+            nodes=plan.nodes,
+            mesh=True,
+            kubernetes=True,
+            install="processes",
+            service_cidr=kubescale.SERVICE_CIDR,
+        )
     except Exception as exc:  # reported in the section; api.up cleaned up after itself
         section["failed"] = f"lab up --kubernetes failed: {exc}"
         return section
@@ -501,6 +799,7 @@ def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
             {node: process.pid for node, process in saved.agents.items()},
             {n.name: agents.node_dir(name, n.name) / "agent.log" for n in topo.nodes},
             workdir,
+            {node: process.pid for node, process in saved.proxies.items()},
         )
         workdir.mkdir(parents=True, exist_ok=True)
         _prepare(lab.api)
@@ -510,6 +809,8 @@ def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
             ("enrolment", measure_enrolment),
             ("first_connect", measure_first_connect),
             ("churn", measure_churn),
+            ("service_rtt", measure_service_rtt),
+            ("service_scale", measure_service_scale),  # last: its Services stay till lab down
         )
         for step, measure in steps:
             try:
@@ -519,15 +820,7 @@ def run(plan: KubePlan, workdir: Path, progress: Progress) -> dict[str, Any]:
                 section["failed"] += f"{step}: {exc}; "
                 progress(f"{step} FAILED: {exc}")
                 continue
-        if "memory" in notes:
-            figures["agent_rss_kib_per_pod"] = notes["memory"]["per_pod"]
-        if "enrolment" in notes:
-            figures["enroll_p50_ms"] = notes["enrolment"]["p50"]
-            figures["enroll_p99_ms"] = notes["enrolment"]["p99"]
-        if "first_connect" in notes:
-            figures["first_connect_p99_ms"] = notes["first_connect"]["p99"]
-        if "churn" in notes:
-            figures["agent_cpu_s_per_1k_pod_events"] = notes["churn"]["per_1k"]
+        figures.update(_figures(notes))
         try:
             pauses = {node: _gc_full_pause(name, node) for node in lab.agent_pids}
         except (OSError, SmeshError) as exc:

@@ -52,11 +52,15 @@ def sockperf(text: str) -> Latency:
     return Latency(found[50.0], found[99.0], int(count.group(1)))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU of a process and all its threads so far."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User plus system CPU of a process and all its threads so far; with *children*, also
+    of the children it has waited for (kube-proxy's ``nft`` runs)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / CLOCK_TICKS
 
 
 def rss_kib(pid: int) -> int:

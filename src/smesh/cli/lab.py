@@ -54,6 +54,13 @@ def configure(lab: argparse.ArgumentParser) -> None:
         help="with --install chart: a Helm chart value, as `helm template --set` takes it "
         "(over the lab's own values), e.g. --set agent.config.identity.rotationSpread=5s",
     )
+    up.add_argument(
+        "--service-cidr",
+        metavar="CIDR",
+        help="the Services' ClusterIP range of a --kubernetes lab (default 198.18.255.0/24): "
+        "inside 198.18.0.0/16, above the nodes' /24s and holding the DNS Service's "
+        "198.18.255.10, e.g. 198.18.240.0/20 for 4,000 Services",
+    )
     up.add_argument("--policy", type=Path, help="authorization policy file for the agents")
     up.add_argument(
         "--agent-set",
@@ -193,6 +200,7 @@ def _up(args: argparse.Namespace) -> int:
         kubernetes=args.kubernetes,
         install=args.install,
         chart_values=args.chart_values,
+        service_cidr=args.service_cidr,
     )
     mode = "mesh on" if topo.mesh else "mesh off (--no-mesh)"
     if topo.kubernetes:

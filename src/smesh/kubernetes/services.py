@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -78,9 +79,16 @@ class ServiceInfo:
 
 @dataclass(frozen=True, slots=True)
 class SliceEndpoint:
-    """One endpoint of a slice: its addresses, conditions and the pod it stands for."""
+    """One endpoint of a slice: its address, conditions and the pod it stands for.
 
-    addresses: tuple[IPAddress, ...]
+    The address is the endpoint's first, as kube-proxy takes it (the API: an endpoint's
+    addresses are fungible, a client may use the first only), and is kept as the validated
+    text the decoded slice holds already: a shared reference instead of an address object
+    and a tuple per endpoint (more than half of what the table held per endpoint), parsed
+    when a Service port's endpoints are first asked for.
+    """
+
+    address: str
     ready: bool
     serving: bool
     terminating: bool
@@ -123,6 +131,23 @@ def _ip(text: str | None) -> IPAddress | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+_FAMILIES = {"IPv4": socket.AF_INET, "IPv6": socket.AF_INET6}
+
+
+def _address_of(texts: Iterable[str], family: int) -> str | None:
+    """The first of *texts* that is an address of *family*. ``inet_pton`` rather than
+    :mod:`ipaddress`: every endpoint of every slice update is checked, and parsing each
+    into an address object was half of an update's CPU (the table parses a Service's
+    addresses only when a connect asks for its endpoints)."""
+    for text in texts:
+        try:
+            socket.inet_pton(family, text)
+        except (OSError, TypeError, ValueError):
+            continue
+        return text
+    return None
 
 
 def service_info(svc: Service) -> ServiceInfo | None:
@@ -172,10 +197,11 @@ def slice_info(es: EndpointSlice) -> SliceInfo | None:
         for p in es.ports or ()
         if p.port is not None and (p.protocol or "TCP") == "TCP"
     )
+    family = _FAMILIES[es.addressType]
     endpoints: list[SliceEndpoint] = []
     for ep in es.endpoints or ():
-        addresses = tuple(ip for ip in (_ip(a) for a in ep.addresses or ()) if ip is not None)
-        if not addresses:
+        address = _address_of(ep.addresses or (), family)
+        if address is None:
             continue
         cond = ep.conditions
         # The API's rules for absent conditions: ready and serving unknown → true,
@@ -187,7 +213,7 @@ def slice_info(es: EndpointSlice) -> SliceInfo | None:
         pod = ""
         if ref is not None and ref.kind == "Pod" and ref.name:
             pod = f"{ref.namespace or meta.namespace or 'default'}/{ref.name}"
-        endpoints.append(SliceEndpoint(addresses, ready, serving, terminating, pod))
+        endpoints.append(SliceEndpoint(address, ready, serving, terminating, pod))
     return SliceInfo((meta.namespace or "default", service), ports, tuple(endpoints))
 
 
@@ -225,17 +251,25 @@ def lean_service(raw: Any) -> Any:
 
 def lean_slice(raw: Any) -> Any:
     """An EndpointSlice cut down to what :func:`slice_info` reads: no hints, zones,
-    hostnames or node names (an endpoint is mostly those)."""
+    hostnames or node names (an endpoint is mostly those), and of the target reference only
+    the kind, name and namespace (not its uid and resourceVersion)."""
     if not isinstance(raw, dict):
         return raw
     lean = _lean_meta(raw)
     endpoints = raw.get("endpoints")
     if isinstance(endpoints, list):
-        lean["endpoints"] = [
-            {k: ep[k] for k in ("addresses", "conditions", "targetRef") if k in ep}
-            for ep in endpoints
-            if isinstance(ep, dict)
-        ]
+        lean["endpoints"] = [_lean_endpoint(ep) for ep in endpoints if isinstance(ep, dict)]
+    return lean
+
+
+_TARGET_REF_KEPT = ("kind", "name", "namespace")
+
+
+def _lean_endpoint(ep: dict[str, Any]) -> dict[str, Any]:
+    lean: dict[str, Any] = {k: ep[k] for k in ("addresses", "conditions") if k in ep}
+    ref = ep.get("targetRef")
+    if isinstance(ref, dict):
+        lean["targetRef"] = {k: ref[k] for k in _TARGET_REF_KEPT if k in ref}
     return lean
 
 
@@ -345,11 +379,14 @@ class ServiceTable:
             if target is None:
                 continue
             for ep in es.endpoints:
-                for ip in ep.addresses:
-                    if (ip, target) in seen:  # one pod in two slices, while they are moved
-                        continue
-                    seen.add((ip, target))
-                    found.append(Backend(ip, target, ep.pod, ep.ready, ep.serving, ep.terminating))
+                try:
+                    ip = ipaddress.ip_address(ep.address)
+                except ValueError:  # inet_pton took it, ipaddress does not: not used
+                    continue
+                if (ip, target) in seen:  # one pod in two slices, while they are moved
+                    continue
+                seen.add((ip, target))
+                found.append(Backend(ip, target, ep.pod, ep.ready, ep.serving, ep.terminating))
         backends = entry.backends[port.name] = tuple(found)
         return backends
 

@@ -74,6 +74,7 @@ def up(
     kubernetes: bool = False,
     install: str | None = None,
     chart_values: Sequence[str] = (),
+    service_cidr: str | None = None,
 ) -> Topology:
     """Build lab *name*; on any failure remove what was built and re-raise.
 
@@ -84,7 +85,7 @@ def up(
     controller run as pods; :mod:`smesh.lab.install`) or ``processes`` (agents as lab
     processes beside the lab's signer, which ``restart_agent``/``stop_agent`` act on).
     *chart_values* (``KEY=VALUE``) are passed to ``helm template --set`` over the
-    lab's own values.
+    lab's own values. *service_cidr* is the Services' range (:func:`topology.service_cidr`).
     """
     explicit = install is not None
     install = install_mode(install, kubernetes=kubernetes, mesh=mesh)
@@ -113,7 +114,13 @@ def up(
         chart.require_helm()
     parsed = [topology.parse_identity(text) for text in identities]
     topo = topology.plan(
-        name, nodes, pods_per_node, mesh, {p: (n, s) for p, n, s in parsed}, kubernetes=kubernetes
+        name,
+        nodes,
+        pods_per_node,
+        mesh,
+        {p: (n, s) for p, n, s in parsed},
+        kubernetes=kubernetes,
+        service_range=service_cidr,
     )
     cgroup_root = _preflight("smesh lab up")
     with _locked(name):
@@ -130,6 +137,8 @@ def up(
             settings={"agent_overrides": list(agent_overrides), "install": install},
             kubernetes=kubernetes,
         )
+        if service_cidr is not None:
+            lab.settings["service_cidr"] = str(topo.service_cidr)
         state.save(lab)
         try:
             builder.build(topo, cgroup_root)

@@ -11,7 +11,6 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from smesh.lab.controlplane import SERVICE_CIDR
 from smesh.lab.topology import CONTROL_IP4, CONTROL_IP6, FABRIC4, FABRIC6, Node, Pod, Topology
 from smesh.linux import cgroups, iproute, netns
 from smesh.linux.errors import CommandFailed
@@ -65,7 +64,7 @@ def node_commands(topo: Topology, node: Node) -> list[str]:
     if topo.kubernetes:
         # What a node's default route does for its own processes (hostNetwork pods): a
         # ClusterIP must route somewhere before kube-proxy's output NAT can rewrite it.
-        cmds.append(f"route add {SERVICE_CIDR} dev eth0")
+        cmds.append(f"route add {topo.service_cidr} dev eth0")
     for pod in topo.pods_on(node.name):
         cmds += [
             f"link add {pod.host_veth} type veth peer name eth0 netns {pod.netns}",

@@ -28,7 +28,6 @@ from typing import Any
 from smesh.lab import agents, kubepaths, services, state
 from smesh.lab.controlplane import (
     DEFAULT_BIN_DIR,
-    SERVICE_CIDR,
     ControlPlaneError,
     MissingBinaries,
     Pki,
@@ -90,7 +89,7 @@ def set_up_pki(topo: Topology) -> Pki:
         "kubernetes.default",
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
-        services.API_SERVICE_IP,
+        str(topo.api_service_ip),
     ]
     pki = make_pki(directory, hosts)
     server = kubepaths.API_SERVER
@@ -122,10 +121,17 @@ def set_up_pki(topo: Topology) -> Pki:
     return pki
 
 
-def _argv(lab: str, bin_dir: Path, pki: Pki) -> dict[str, list[str]]:
+def _argv(lab: str, bin_dir: Path, pki: Pki, service_cidr: str) -> dict[str, list[str]]:
     kube = kubepaths.kube_dir(lab)
     api = [
-        *apiserver_argv(bin_dir, pki, ETCD_URL, str(CONTROL_IP4), kubepaths.API_PORT),
+        *apiserver_argv(
+            bin_dir,
+            pki,
+            ETCD_URL,
+            str(CONTROL_IP4),
+            kubepaths.API_PORT,
+            service_cidr=service_cidr,
+        ),
         # A kubelet may change only its own Node and the pods bound to it.
         "--enable-admission-plugins=NodeRestriction",
         # The front proxy's CA, which the controller manager's and the scheduler's delegated
@@ -159,7 +165,7 @@ def _argv(lab: str, bin_dir: Path, pki: Pki) -> dict[str, list[str]]:
         f"--root-ca-file={pki.ca_cert}",
         f"--cluster-signing-cert-file={pki.ca_cert}",
         f"--cluster-signing-key-file={pki.ca_key}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={service_cidr}",
     ]
     etcd = [
         str(bin_dir / "etcd"),
@@ -193,7 +199,7 @@ def start(
     if missing:
         raise MissingBinaries(f"{', '.join(missing)} not built in {bin_dir}: run `make kubernetes`")
     pki = set_up_pki(topo)
-    argv = _argv(topo.name, bin_dir, pki)
+    argv = _argv(topo.name, bin_dir, pki, str(topo.service_cidr))
     cgroup = cgroup_root / topo.cgroup / "control"
     logs = kubepaths.log_dir(topo.name)
     probes: dict[str, Callable[[], bool]] = {
@@ -253,7 +259,10 @@ def start_component(
     old = _component(lab, component)
     if old.alive():
         raise ControlPlaneError(f"{component} is running (pid {old.pid}): stop it first")
-    argv = [*_argv(topo.name, bin_dir, _pki(topo.name))[component], *extra_args]
+    argv = [
+        *_argv(topo.name, bin_dir, _pki(topo.name), str(topo.service_cidr))[component],
+        *extra_args,
+    ]
     cgroup = cgroup_root / topo.cgroup / "control"
     log = kubepaths.log_dir(topo.name) / f"{component}.log"
     process = agents.spawn(argv, cgroup, topo.control_netns, log)

@@ -37,12 +37,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from smesh.lab.errors import LabError
+from smesh.lab.topology import DEFAULT_SERVICE_CIDR
 
 #: Where ``make kubernetes`` puts the binaries, relative to the repository root.
 DEFAULT_BIN_DIR = Path(__file__).resolve().parents[3] / "build" / "kubernetes" / "bin"
 BINARIES = ("etcd", "kube-apiserver")
 #: The service network of the API server; its first address is the ``kubernetes`` Service.
-SERVICE_CIDR = "198.18.255.0/24"
+SERVICE_CIDR = str(DEFAULT_SERVICE_CIDR)
 ADMIN_USER = "smesh-admin"
 
 
@@ -271,7 +272,15 @@ def write_kubeconfig(
     return _write(path, json.dumps(config, indent=2).encode())
 
 
-def apiserver_argv(bin_dir: Path, pki: Pki, etcd_url: str, advertise: str, port: int) -> list[str]:
+def apiserver_argv(
+    bin_dir: Path,
+    pki: Pki,
+    etcd_url: str,
+    advertise: str,
+    port: int,
+    *,
+    service_cidr: str = SERVICE_CIDR,
+) -> list[str]:
     """The API server's command line that the tests' and the lab's control planes share."""
     return [
         str(bin_dir / "kube-apiserver"),
@@ -285,7 +294,7 @@ def apiserver_argv(bin_dir: Path, pki: Pki, etcd_url: str, advertise: str, port:
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",
         "--authorization-mode=Node,RBAC",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={service_cidr}",
         # Without it a SIGTERM waits for open watches forever (until our SIGKILL); with it
         # they are ended cleanly, as in a rolling restart of a real control plane.
         "--shutdown-watch-termination-grace-period=2s",

@@ -31,13 +31,15 @@ from typing import Any
 from smesh.lab import agents, kubepaths, state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR, SERVICE_CIDR
 from smesh.lab.errors import LabError
-from smesh.lab.topology import POD_CIDR4, POD_CIDR6, Node, Topology
+from smesh.lab.topology import DNS_IP4, POD_CIDR4, POD_CIDR6, Node, Topology
 
 #: The cluster's DNS domain (the kubelet's ``--cluster-domain``).
 CLUSTER_DOMAIN = "cluster.local"
-#: The ``kube-dns`` Service's ClusterIP: the tenth address of the service range, as kubeadm.
-DNS_IP = str(ipaddress.ip_network(SERVICE_CIDR)[10])
-#: The ``kubernetes`` Service's ClusterIP (the API server allocates the first address).
+#: The ``kube-dns`` Service's ClusterIP: the tenth address of the default service range, as
+#: kubeadm; a larger ``--service-cidr`` keeps it (the kubelets write it into every pod).
+DNS_IP = str(DNS_IP4)
+#: The ``kubernetes`` Service's ClusterIP in the default range (the API server allocates the
+#: first address: Topology.api_service_ip in any range).
 API_SERVICE_IP = str(ipaddress.ip_network(SERVICE_CIDR)[1])
 KUBE_PROXY = DEFAULT_BIN_DIR / "kube-proxy"
 #: Where ``make coredns`` puts CoreDNS, relative to the repository root.

@@ -61,6 +61,7 @@ class LabState:
             self.mesh,
             {pod: (ns_sa[0], ns_sa[1]) for pod, ns_sa in self.identities.items()},
             kubernetes=self.kubernetes,
+            service_range=self.settings.get("service_cidr"),
         )
 
 

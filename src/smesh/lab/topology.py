@@ -5,7 +5,10 @@ Addressing (IPv4 and IPv6, dual stack):
 * node k owns the pod CIDRs 198.18.k.0/24 and fd00:198:18:k::/64; its bridge ``br0`` is
   the pods' gateway at .1 / ::1 and pod j of the node gets .(j+1) / ::(j+1);
 * nodes meet on the fabric network 198.19.0.0/24 and fd00:198:19::/64 as .k / ::k, which
-  is outside the pod CIDRs on purpose, so "a node address" is a real non-mesh destination.
+  is outside the pod CIDRs on purpose, so "a node address" is a real non-mesh destination;
+* a Kubernetes lab's Services take their ClusterIPs from the service range, by default
+  198.18.255.0/24 (above every node's /24); ``--service-cidr`` makes it larger, downwards
+  from there, and the cluster DNS Service keeps its fixed address 198.18.255.10 in it.
 
 Everything is a pure function of (name, nodes, pods per node), so the same plan can be
 rebuilt from the saved state by ``status`` and ``down``.
@@ -31,6 +34,13 @@ FABRIC6 = ipaddress.IPv6Network("fd00:198:19::/64")
 #: The Kubernetes control plane's place on the fabric (``--kubernetes``): above every node.
 CONTROL_IP4 = FABRIC4.network_address + 250
 CONTROL_IP6 = FABRIC6.network_address + 0xFA
+
+#: The service range of a Kubernetes lab unless ``--service-cidr`` says otherwise.
+DEFAULT_SERVICE_CIDR = ipaddress.IPv4Network("198.18.255.0/24")
+#: The cluster DNS Service's ClusterIP, the same in every service range (kubelets write it).
+DNS_IP4 = ipaddress.IPv4Address("198.18.255.10")
+#: The smallest service range --service-cidr takes (kube-apiserver wants some room).
+MAX_SERVICE_PREFIX = 28
 
 IDENTITY_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -101,6 +111,13 @@ class Topology:
     extra: dict[str, str] = field(default_factory=dict, compare=False)
     #: A Kubernetes cluster: pods come from the API server, none from the plan.
     kubernetes: bool = False
+    #: Where the Services' ClusterIPs come from (``--kubernetes``).
+    service_cidr: ipaddress.IPv4Network = DEFAULT_SERVICE_CIDR
+
+    @property
+    def api_service_ip(self) -> ipaddress.IPv4Address:
+        """The ``kubernetes`` Service's ClusterIP: the API server takes the range's first."""
+        return self.service_cidr.network_address + 1
 
     @property
     def fabric_netns(self) -> str:
@@ -169,6 +186,40 @@ def parse_identity(text: str) -> tuple[str, str, str]:
     return pod, namespace, account
 
 
+def service_cidr(text: str | None, nodes: int) -> ipaddress.IPv4Network:
+    """``--service-cidr`` checked against a lab of *nodes* nodes (None: the default).
+
+    The range must hold the cluster DNS Service's fixed address, stay inside 198.18.0.0/16
+    (kube-proxy's cluster CIDR and the nodes' routes treat that block as the cluster's) and
+    keep clear of every node's pod /24 (a ClusterIP there would shadow pods).
+    """
+    if text is None:
+        return DEFAULT_SERVICE_CIDR
+    try:
+        network = ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise InvalidLabSpec(
+            f"--service-cidr {text!r}: not an IPv4 network ({exc}); e.g. 198.18.240.0/20"
+        ) from None
+    if not network.subnet_of(POD_CIDR4) or network.prefixlen > MAX_SERVICE_PREFIX:
+        raise InvalidLabSpec(
+            f"--service-cidr {text}: must lie inside {POD_CIDR4} and be a /16 to "
+            f"/{MAX_SERVICE_PREFIX}, e.g. 198.18.240.0/20"
+        )
+    if DNS_IP4 not in network:
+        raise InvalidLabSpec(
+            f"--service-cidr {text}: must contain {DNS_IP4}, the cluster DNS Service's fixed "
+            "address (a range ending at 198.18.255.255, e.g. 198.18.240.0/20)"
+        )
+    last_node = ipaddress.IPv4Network(f"198.18.{nodes}.0/24")
+    if network.network_address <= last_node.broadcast_address:
+        raise InvalidLabSpec(
+            f"--service-cidr {text}: overlaps the pod ranges of the lab's {nodes} nodes "
+            f"(198.18.1.0/24 to {last_node}); start it above {last_node.broadcast_address}"
+        )
+    return network
+
+
 def plan(
     name: str = DEFAULT_NAME,
     nodes: int = 2,
@@ -177,14 +228,19 @@ def plan(
     identities: dict[str, tuple[str, str]] | None = None,
     *,
     kubernetes: bool = False,
+    service_range: str | None = None,
 ) -> Topology:
     """The lab *name* with *nodes* nodes and *pods_per_node* pods on each, filled node by node.
 
     A Kubernetes lab plans no pods (*pods_per_node* is ignored): the API server has them.
+    *service_range* is ``--service-cidr`` (:func:`service_cidr`; only with *kubernetes*).
     """
     validate_name(name)
     if not 1 <= nodes <= MAX_NODES:
         raise InvalidLabSpec(f"--nodes must be between 1 and {MAX_NODES}, not {nodes}")
+    if service_range is not None and not kubernetes:
+        raise InvalidLabSpec("--service-cidr is the range of a --kubernetes lab's Services")
+    services = service_cidr(service_range, nodes)
     if kubernetes:
         pods_per_node = 0
     elif not 1 <= pods_per_node <= MAX_PODS_PER_NODE:
@@ -231,5 +287,10 @@ def plan(
             f"--identity names pods the lab does not have: {', '.join(sorted(identities))}"
         )
     return Topology(
-        name=name, nodes=tuple(node_list), pods=tuple(pod_list), mesh=mesh, kubernetes=kubernetes
+        name=name,
+        nodes=tuple(node_list),
+        pods=tuple(pod_list),
+        mesh=mesh,
+        kubernetes=kubernetes,
+        service_cidr=services,
     )

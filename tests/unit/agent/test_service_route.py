@@ -15,7 +15,7 @@ from smesh.agent.metrics import AgentMetrics
 from smesh.agent.wiring import MeshWiring
 from smesh.agent.workloads import Registry, Snapshot, Workload
 from smesh.dataplane.context import PodConfig
-from smesh.kubernetes.services import ServiceTable, service_info, slice_info
+from smesh.kubernetes.services import ServiceTable, service_info
 from smesh.kubernetes.source import LEAN_SERVICES, LEAN_SLICES
 from tests.unit.kubernetes.test_services import endpoint, endpoint_slice, service
 
@@ -44,9 +44,7 @@ def wired(
     table = ServiceTable()
     raw = service(**config.pop("service", {}))
     table.set_service(("shop", "web"), service_info(LEAN_SERVICES.decode(raw)))
-    table.set_slice(
-        ("shop", "web-a"), slice_info(LEAN_SLICES.decode(endpoint_slice("web-a", endpoints)))
-    )
+    table.set_slice(("shop", "web-a"), LEAN_SLICES.decode(endpoint_slice("web-a", endpoints)).info)
     wiring = MeshWiring(
         AgentConfig.model_validate({"node": "node-1", "workloads": Path("/x"), **config})
     )

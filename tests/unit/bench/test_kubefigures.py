@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -148,8 +149,9 @@ def test_only_kubernetes_runs_no_variant() -> None:
 def test_quick_plan_and_counts_from_the_command_line() -> None:
     args = argparse.Namespace(quick=True, kubernetes_pods="rss=7")
     plan = cli._kube_plan(args)
-    assert plan == KubePlan(enroll_pods=20, connect_pods=5, rss_pods=7, churn_pods=20,
-                            churn_rounds=1)  # fmt: skip
+    assert plan == dataclasses.replace(KubePlan.quick(), rss_pods=7)
+    assert (plan.enroll_pods, plan.connect_pods, plan.churn_pods) == (20, 5, 20)
+    assert (plan.scale_services, plan.scale_updates) == (100, 50)
 
 
 def test_pod_manifests_place_pods_by_selector_or_binding() -> None:

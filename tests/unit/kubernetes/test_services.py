@@ -7,12 +7,14 @@ import ipaddress
 from typing import Any
 
 import pytest
+from lightkube.resources.discovery_v1 import EndpointSlice
 
 from smesh.kubernetes.services import (
     DEFAULT_AFFINITY_TIMEOUT,
     Backend,
     Picker,
     ServiceTable,
+    lean_slice,
     service_info,
     slice_info,
     usable,
@@ -75,7 +77,7 @@ def endpoint(
     return {
         "addresses": [address],
         "conditions": conditions,
-        "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"},
+        "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop", "uid": f"uid-{pod}"},
         "nodeName": "node-1",
         "zone": "a",
     }
@@ -122,7 +124,7 @@ def put_service(table: ServiceTable, raw: dict[str, Any]) -> None:
 
 def put_slice(table: ServiceTable, raw: dict[str, Any]) -> None:
     table.set_slice(
-        (raw["metadata"]["namespace"], raw["metadata"]["name"]), slice_info(LEAN_SLICES.decode(raw))
+        (raw["metadata"]["namespace"], raw["metadata"]["name"]), LEAN_SLICES.decode(raw).info
     )
 
 
@@ -314,10 +316,38 @@ def test_the_lean_decoding_keeps_only_what_the_table_reads() -> None:
     assert svc.metadata is not None
     assert svc.metadata.managedFields is None
     assert svc.metadata.annotations is None
-    es = LEAN_SLICES.decode(endpoint_slice("web-a", [endpoint("198.18.1.2", "web-1")]))
-    assert es.endpoints[0].zone is None
-    assert es.endpoints[0].nodeName is None
-    assert es.endpoints[0].targetRef is not None
+    raw = endpoint_slice("web-a", [endpoint("198.18.1.2", "web-1")])
+    lean = lean_slice(raw)["endpoints"][0]
+    assert lean == {
+        "addresses": ["198.18.1.2"],
+        "conditions": {"ready": True},
+        "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "shop"},  # no uid
+    }
+    held = LEAN_SLICES.decode(raw)
+    assert held.info == slice_info(EndpointSlice.from_dict(raw))
+    assert held.metadata is not None
+    assert (held.metadata.name, held.metadata.uid, held.metadata.resourceVersion) == (
+        "web-a",
+        "uid-web-a",
+        "1",
+    )
+    assert held.metadata.labels is None  # the store reads name, namespace, uid, version
+
+
+def test_an_endpoint_is_its_first_valid_address_kept_as_the_text_of_the_slice() -> None:
+    """As kube-proxy: an endpoint's addresses are fungible, the first valid one of the
+    slice's address type is used; the table keeps the decoded slice's own string (no copy,
+    no address object)."""
+    two = endpoint("198.18.1.2", "web-1")
+    two["addresses"] = ["not-an-ip", "fd00:198:18:1::2", "198.18.1.2", "198.18.1.3"]
+    es = EndpointSlice.from_dict(endpoint_slice("web-a", [two]))
+    info = slice_info(es)
+    assert info is not None
+    assert [e.address for e in info.endpoints] == ["198.18.1.2"]
+    assert es.endpoints[0].addresses is not None
+    assert info.endpoints[0].address is es.endpoints[0].addresses[2]  # IPv4 slice: not the v6
+    table = table_with(service(), endpoint_slice("web-a", [two]))
+    assert addresses(table, "198.18.255.10", 8080) == [("198.18.1.2", 80)]
 
 
 def test_events_apply_to_the_table() -> None:

@@ -94,3 +94,20 @@ def test_install_takes_only_its_modes() -> None:
 def test_install_chart_is_refused_where_it_cannot_work(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidLabSpec, match=message):
         api.up("x", **kw)  # refused before anything is built (and before the root check)
+
+
+def test_a_bad_service_cidr_is_refused_before_anything_is_built() -> None:
+    assert up_args("--kubernetes", "--service-cidr", "198.18.240.0/20").service_cidr == (
+        "198.18.240.0/20"
+    )
+    with pytest.raises(InvalidLabSpec, match=r"must contain 198\.18\.255\.10"):
+        api.up("x", kubernetes=True, install="processes", service_cidr="198.18.200.0/24")
+
+
+def test_the_lab_state_remembers_the_service_cidr() -> None:
+    from smesh.lab import state  # noqa: PLC0415
+
+    lab = state.LabState("x", 2, 0, mesh=True, kubernetes=True)
+    assert str(lab.topology().service_cidr) == "198.18.255.0/24"
+    lab.settings["service_cidr"] = "198.18.240.0/20"
+    assert str(lab.topology().api_service_ip) == "198.18.240.1"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 
 from smesh.lab import topology
 from smesh.lab.errors import InvalidLabSpec, UnknownMember
+from smesh.lab.topology import DNS_IP4, plan
 
 
 def test_default_lab_fills_pods_node_by_node() -> None:
@@ -97,3 +99,44 @@ def test_a_kubernetes_lab_plans_no_pods_and_a_control_namespace() -> None:
     assert str(topology.CONTROL_IP4) == "198.19.0.250"
     assert str(topology.CONTROL_IP6) == "fd00:198:19::fa"
     assert "k.control" not in topology.plan("k").netns_names
+
+
+def test_service_cidr_defaults_to_the_slash_24_that_holds_the_dns_service() -> None:
+    topo = plan(kubernetes=True)
+    assert topo.service_cidr == ipaddress.IPv4Network("198.18.255.0/24")
+    assert str(topo.api_service_ip) == "198.18.255.1"
+
+
+def test_a_larger_service_cidr_keeps_the_dns_address_and_moves_the_api_service() -> None:
+    topo = plan(nodes=3, kubernetes=True, service_range="198.18.240.0/20")
+    assert topo.service_cidr == ipaddress.IPv4Network("198.18.240.0/20")
+    assert DNS_IP4 in topo.service_cidr
+    assert str(topo.api_service_ip) == "198.18.240.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("nonsense", "not an IPv4 network"),
+        ("198.18.240.1/20", "not an IPv4 network"),  # host bits set
+        ("fd00::/64", "not an IPv4 network"),
+        ("10.96.0.0/12", "inside 198.18.0.0/16"),
+        ("198.18.255.0/29", "/16 to /28"),
+        ("198.18.224.0/20", "must contain 198.18.255.10"),
+        ("198.18.0.0/16", "overlaps the pod ranges of the lab's 2 nodes"),
+    ],
+)
+def test_bad_service_cidrs_are_refused_with_the_reason(text: str, words: str) -> None:
+    with pytest.raises(InvalidLabSpec, match=re.escape(words)):
+        plan(kubernetes=True, service_range=text)
+
+
+def test_a_service_cidr_must_start_above_the_last_node() -> None:
+    plan(nodes=127, kubernetes=True, service_range="198.18.128.0/17")
+    with pytest.raises(InvalidLabSpec, match=r"198\.18\.128\.0/24"):
+        plan(nodes=128, kubernetes=True, service_range="198.18.128.0/17")
+
+
+def test_a_service_cidr_needs_a_kubernetes_lab() -> None:
+    with pytest.raises(InvalidLabSpec, match="--kubernetes"):
+        plan(service_range="198.18.240.0/20")
