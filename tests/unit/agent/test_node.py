@@ -132,6 +132,14 @@ def agent_with(wiring: Wiring, tmp_path: Path, **config: Any) -> tuple[Agent, Ca
     return agent, capture
 
 
+async def until_ready(agent: Agent, timeout: float = 2.0) -> None:
+    """Until every pod holds its certificate: it comes beside the pod's start, a few turns
+    of the loop after the reconcile that started the pod."""
+    deadline = time.monotonic() + timeout
+    while not agent.ready() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(node, "RETRY_INTERVAL", 0.05)
@@ -235,7 +243,7 @@ def test_a_stopping_agent_closes_its_listeners_but_keeps_capture_and_certificate
 
     async def scenario() -> None:
         await agent.reconcile(Snapshot({POD.key: POD}))
-        await asyncio.sleep(0.01)  # its certificate, fetched beside the start
+        await until_ready(agent)
         assert agent.ready()
         await agent._shutdown()
 
@@ -299,6 +307,7 @@ def test_a_meshed_pod_whose_workload_changes_during_a_signer_outage_stays_served
 
     async def scenario() -> None:
         await agent.reconcile(Snapshot({POD.key: POD}))
+        await until_ready(agent)
         assert agent.ready()
         wiring.signer_down = True
         await agent.reconcile(Snapshot({moved.key: moved}))
@@ -507,6 +516,7 @@ def test_a_bound_pod_gets_its_certificate_before_its_sandbox_and_gives_the_early
         assert wiring.certificate_users == 1  # fetched on the binding alone
         wiring.signer_down = True  # only a certificate already held can serve now
         await agent.reconcile(Snapshot({POD.key: POD}))  # the CNI ADD: its sandbox
+        await until_ready(agent)
         assert agent.ready()
         await asyncio.sleep(0.01)  # the early use is given back once the pod holds its own
         assert wiring.certificate_users == 1
@@ -691,6 +701,10 @@ class OrderedWiring(Wiring):
         self.order.append(f"start {workload.name}")
         return Listeners(self)
 
+    async def issue(self, workload: Workload) -> float:
+        self.order.append(f"certificate {workload.name}")
+        return await super().issue(workload)
+
 
 class Reports:
     """The agent's reports as KubernetesSource takes them: CNI ADDs wait on them."""
@@ -709,7 +723,8 @@ def test_a_burst_of_pods_has_each_add_answered_before_the_next_pod_starts(
     tmp_path: Path,
 ) -> None:
     """A snapshot with several new pods (a burst of CNI ADDs) starts them one by one, and
-    each pod's ADD replies before the next pod's start: its wait is its own start, not the
+    each pod's ADD replies before the next pod's start and before its certificate is asked
+    for (a new identity's key is made on the loop): its wait is its own start, not the
     whole snapshot's."""
     order: list[str] = []
     agent, capture = agent_with(OrderedWiring(order), tmp_path)
@@ -741,5 +756,8 @@ def test_a_burst_of_pods_has_each_add_answered_before_the_next_pod_starts(
         await asyncio.gather(*waiting)
 
     asyncio.run(scenario())
-    assert order == [f"{step} pod-{i}" for i in range(1, 4) for step in ("start", "answer")]
+    answers = [step for step in order if not step.startswith("certificate")]
+    assert answers == [f"{step} pod-{i}" for i in range(1, 4) for step in ("start", "answer")]
+    for i in range(1, 4):
+        assert order.index(f"answer pod-{i}") < order.index(f"certificate pod-{i}"), order
     assert capture.captured == {w.key for w in burst}
