@@ -476,7 +476,8 @@ class Agent:
         desired = self._desired
         try:
             for key, workload in desired.items():  # one by one: see _start
-                if key not in self.pods:
+                # (a reconcile begun meanwhile, a retry's, decides for the pods it changed)
+                if key not in self.pods and self._desired.get(key) is workload:
                     await self._start(workload)
         finally:  # the new runtimes take their certificate uses first
             for pod in replaced:
