@@ -473,10 +473,12 @@ class Agent:
             else:
                 log.info("releasing pod", extra=logs.fields(pod=key))
                 await pod.stop(self.capture)
+        desired = self._desired
         try:
-            await asyncio.gather(
-                *(self._start(w) for k, w in self._desired.items() if k not in self.pods)
-            )
+            for key, workload in desired.items():  # one by one: see _start
+                # (a reconcile begun meanwhile, a retry's, decides for the pods it changed)
+                if key not in self.pods and self._desired.get(key) is workload:
+                    await self._start(workload)
         finally:  # the new runtimes take their certificate uses first
             for pod in replaced:
                 self._after_certificate(pod.workload.key, pod.release_certificate)
@@ -563,8 +565,12 @@ class Agent:
         pod = PodRuntime(workload, self.wiring)
         self.pods[workload.key] = pod
         await pod.start(self.capture)
-        # Its CNI ADD is answered now, not after every other pod of the snapshot started.
+        # Its CNI ADD is answered now, not after every other pod of the snapshot started:
+        # the report wakes the ADD's handler, and one turn of the loop lets it reply before
+        # the next pod's start (listeners and capture are synchronous work, a few ms each,
+        # tens under a burst of pod starts).
         self._report()
+        await asyncio.sleep(0)
 
     async def _retry_failed(self) -> None:
         while True:

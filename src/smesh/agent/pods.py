@@ -167,6 +167,11 @@ class PodRuntime:
 
         Never cancelled: a use taken while cancelling would never be given back.
         """
+        # One turn of the loop first. A pod's start does not yield, so the start that made
+        # this task has reported by now and its CNI ADD's reply is queued: it goes before
+        # the first certificate of an identity, whose key and CSR are made on the loop
+        # (under a burst of pod starts that took 10 to 80 ms, on the first pod of each node).
+        await asyncio.sleep(0)
         w = self.workload
         while self.stage != "stopped":
             try:

@@ -322,11 +322,15 @@ async def wait_until(
     """Re-check *ready* each time *changed* returns, until *deadline* (monotonic).
 
     *changed* is called right after each check, in the same step of the event loop, so it
-    must capture what it waits for at once (a bound ``Event.wait()``)."""
+    must capture what it waits for at once (a bound ``Event.wait()``). It is awaited in the
+    caller's own task under a timeout scope, not in ``wait_for``'s task per wait: a change
+    wakes the waiter in one turn of the loop, so a CNI ADD is answered before the agent's
+    next step (the next pod's start)."""
     while not ready():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed(), remaining)
+            async with asyncio.timeout(remaining):
+                await changed()
     return True

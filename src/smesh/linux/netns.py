@@ -97,15 +97,40 @@ def write_sysctl(name: str, key: str, value: str) -> None:
     run_in(name, lambda: path.write_text(value))
 
 
+def interface_names(dev_text: str) -> list[str]:
+    """The interface names in the text of ``/proc/net/dev`` (two header lines, then one
+    ``NAME: counters...`` line per interface)."""
+    names = []
+    for line in dev_text.splitlines()[2:]:
+        name, colon, _counters = line.partition(":")
+        if colon and name.strip():
+            names.append(name.strip())
+    return names
+
+
+def _one_link() -> int:
+    names = [n for n in interface_names(Path("/proc/thread-self/net/dev").read_text()) if n != "lo"]
+    if len(names) != 1:
+        return 0
+    try:
+        return socket.if_nametoindex(names[0])
+    except OSError:  # renamed or gone since: as if it had none
+        return 0
+
+
 def single_link(ns: Namespace) -> int:
     """The index of the namespace's one interface besides loopback; 0 if it has more or none.
 
     A pod has one (its veth, ``eth0``): the link its IPv6 link-local neighbours are on.
     Asked on the calling thread (:meth:`Namespace.run`): a thread per pod start would block
-    an agent's event loop until it was scheduled, which held other pods' CNI ADDs up.
+    an agent's event loop until it was scheduled, which held other pods' CNI ADDs up. And
+    asked without rtnetlink: a link dump (``if_nameindex``) waits for the kernel's global
+    RTNL lock, which every veth, address and namespace change on the machine takes (a
+    burst of pod sandboxes, a namespace being torn down), and was seen to hold a pod's
+    start for up to 0.8 s; ``/proc/net/dev`` (read as this thread, so in *ns*) and the
+    ``SIOCGIFINDEX`` ioctl behind ``if_nametoindex`` read the devices under RCU.
     """
-    links = [index for index, ifname in ns.run(socket.if_nameindex) if ifname != "lo"]
-    return links[0] if len(links) == 1 else 0
+    return ns.run(_one_link)
 
 
 def inode_of(name: str) -> int:

@@ -217,6 +217,50 @@ def test_add_meshes_the_pod_before_answering_and_del_releases_it(
     asyncio.run(scenario())
 
 
+def test_a_burst_of_adds_has_every_pod_answered_meshed_and_captured(
+    control_plane: ControlPlane, agent: RunningAgent
+) -> None:
+    """ADDs that arrive together (a Deployment scaled up) are enrolled one by one, each
+    answered once its own pod is captured and listening, none lost or answered early."""
+    count = 6
+
+    async def scenario() -> None:
+        client = admin(control_plane)
+        ns = unique("burst")
+        await make_namespace(client, ns)
+        await label_namespace(client, ns, "enabled")
+        bodies, cgroups_of = [], {}
+        for index in range(count):
+            name = f"web-{index}"
+            uid = uid_of(await client.create(pod(name, ns, agent.name)))
+            ip = f"198.18.61.{index + 1}"
+            cgroups_of[f"{ns}/{name}"] = agent.node.pod_cgroup(uid)
+            bodies.append(request(ns, name, uid, agent.node.sandbox_netns(ip), ip))
+
+        async def add(body: dict[str, Any]) -> tuple[int, Any, set[str]]:
+            status, reply = await call(agent, "add", body)
+            key = f"{body['podNamespace']}/{body['podName']}"
+            # answered only once this pod's capture is attached
+            return status, reply, set(attached_programs(cgroups_of[key]))
+
+        answers = await asyncio.gather(*(add(body) for body in bodies))
+        for body, (status, reply, attached) in zip(bodies, answers, strict=True):
+            key = f"{ns}/{body['podName']}"
+            assert (status, reply) == (200, {"pod": key, "meshed": True, "message": ""}), (
+                agent.log.read_text()[-3000:]
+            )
+            assert {"cgroup_inet4_connect", "cgroup_inet6_connect"} <= attached, (key, attached)
+        ready = {w["pod"]: w["stage"] for w in agent.workloads() if w["pod"].startswith(ns)}
+        assert ready == {key: "ready" for key in cgroups_of}
+        for body in bodies:
+            status, _ = await call(agent, "del", body)
+            assert status == 200
+        assert all(attached_programs(cgroup) == [] for cgroup in cgroups_of.values())
+        await client.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_pod_of_a_namespace_not_opted_in_is_answered_not_meshed_and_left_alone(
     control_plane: ControlPlane, agent: RunningAgent
 ) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from smesh.agent.workloads import DirectorySource, Snapshot, Workload, write
 from smesh.errors import SmeshError
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.errors import SignerUnavailable
+from smesh.kubernetes.sandboxes import wait_until
 
 POD = Workload(
     name="pod-1", node="node-1", ips=("198.18.1.2",), netns="x", cgroup=Path("/sys/fs/cgroup/x")
@@ -128,6 +130,14 @@ def agent_with(wiring: Wiring, tmp_path: Path, **config: Any) -> tuple[Agent, Ca
     capture = Capture()
     agent.capture = capture  # type: ignore[assignment]
     return agent, capture
+
+
+async def until_ready(agent: Agent, timeout: float = 2.0) -> None:
+    """Until every pod holds its certificate: it comes beside the pod's start, a few turns
+    of the loop after the reconcile that started the pod."""
+    deadline = time.monotonic() + timeout
+    while not agent.ready() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -233,6 +243,7 @@ def test_a_stopping_agent_closes_its_listeners_but_keeps_capture_and_certificate
 
     async def scenario() -> None:
         await agent.reconcile(Snapshot({POD.key: POD}))
+        await until_ready(agent)
         assert agent.ready()
         await agent._shutdown()
 
@@ -296,6 +307,7 @@ def test_a_meshed_pod_whose_workload_changes_during_a_signer_outage_stays_served
 
     async def scenario() -> None:
         await agent.reconcile(Snapshot({POD.key: POD}))
+        await until_ready(agent)
         assert agent.ready()
         wiring.signer_down = True
         await agent.reconcile(Snapshot({moved.key: moved}))
@@ -504,6 +516,7 @@ def test_a_bound_pod_gets_its_certificate_before_its_sandbox_and_gives_the_early
         assert wiring.certificate_users == 1  # fetched on the binding alone
         wiring.signer_down = True  # only a certificate already held can serve now
         await agent.reconcile(Snapshot({POD.key: POD}))  # the CNI ADD: its sandbox
+        await until_ready(agent)
         assert agent.ready()
         await asyncio.sleep(0.01)  # the early use is given back once the pod holds its own
         assert wiring.certificate_users == 1
@@ -677,3 +690,74 @@ def test_a_handed_over_agent_exits_once_its_connections_ended(tmp_path: Path) ->
         assert not ready.exists()
 
     asyncio.run(scenario())
+
+
+class OrderedWiring(Wiring):
+    def __init__(self, order: list[str]) -> None:
+        super().__init__()
+        self.order = order
+
+    async def listen(self, workload: Workload) -> Listeners:
+        self.order.append(f"start {workload.name}")
+        return Listeners(self)
+
+    async def issue(self, workload: Workload) -> float:
+        self.order.append(f"certificate {workload.name}")
+        return await super().issue(workload)
+
+
+class Reports:
+    """The agent's reports as KubernetesSource takes them: CNI ADDs wait on them."""
+
+    def __init__(self) -> None:
+        self.meshed: dict[str, Workload] = {}
+        self.progress = asyncio.Event()
+
+    def reconciled(self, meshed: Mapping[str, Workload], failed: Mapping[str, Any]) -> None:
+        self.meshed = dict(meshed)
+        self.progress.set()
+        self.progress = asyncio.Event()
+
+
+def test_a_burst_of_pods_has_each_add_answered_before_the_next_pod_starts(
+    tmp_path: Path,
+) -> None:
+    """A snapshot with several new pods (a burst of CNI ADDs) starts them one by one, and
+    each pod's ADD replies before the next pod's start and before its certificate is asked
+    for (a new identity's key is made on the loop): its wait is its own start, not the
+    whole snapshot's."""
+    order: list[str] = []
+    agent, capture = agent_with(OrderedWiring(order), tmp_path)
+    reports = Reports()
+    agent.source = reports  # type: ignore[assignment]
+    burst = [
+        Workload(
+            name=f"pod-{i}",
+            node="node-1",
+            ips=(f"198.18.1.{i + 1}",),
+            netns=f"n{i}",
+            cgroup=Path(f"/sys/fs/cgroup/p{i}"),
+        )
+        for i in range(1, 4)
+    ]
+
+    async def add(workload: Workload) -> None:  # as KubernetesSource.enrolment waits
+        meshed = await wait_until(
+            lambda: workload.key in reports.meshed,
+            lambda: reports.progress.wait(),  # noqa: PLW0108 - the event of each call
+            time.monotonic() + 5,
+        )
+        order.append(f"answer {workload.name}" if meshed else f"timeout {workload.name}")
+
+    async def scenario() -> None:
+        waiting = [asyncio.create_task(add(w)) for w in burst]
+        await asyncio.sleep(0)
+        await agent.reconcile(Snapshot({w.key: w for w in burst}))
+        await asyncio.gather(*waiting)
+
+    asyncio.run(scenario())
+    answers = [step for step in order if not step.startswith("certificate")]
+    assert answers == [f"{step} pod-{i}" for i in range(1, 4) for step in ("start", "answer")]
+    for i in range(1, 4):
+        assert order.index(f"answer pod-{i}") < order.index(f"certificate pod-{i}"), order
+    assert capture.captured == {w.key for w in burst}

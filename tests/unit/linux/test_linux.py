@@ -1,4 +1,4 @@
-"""Parsing of the kernel's own tables: mounts and capabilities."""
+"""Parsing of the kernel's own tables: mounts, capabilities, network devices."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from smesh.linux import cgroups, privileges
+from smesh.linux import cgroups, netns, privileges
 from smesh.linux.errors import CgroupV2Missing, PermissionMissing
 
 HYBRID = """\
@@ -40,3 +40,16 @@ def test_missing_capability_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(privileges, "effective_capabilities", lambda: 1 << privileges.CAP_NET_ADMIN)
     with pytest.raises(PermissionMissing, match="CAP_SYS_ADMIN"):
         privileges.require("smesh lab up")
+
+
+def test_interface_names_are_read_from_proc_net_dev_past_its_two_header_lines() -> None:
+    text = (
+        "Inter-|   Receive                            |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame|bytes    packets\n"
+        "    lo: 307924094185 18878981    0    0    0     0 307924094185 18878981\n"
+        "  eth0:1234 5 0 0 0 0 99 1\n"  # counters may follow the colon without a space
+        "veth-k8s-1a2b3c:       0       0    0    0    0     0        0       0\n"
+        "\n"
+    )
+    assert netns.interface_names(text) == ["lo", "eth0", "veth-k8s-1a2b3c"]
+    assert netns.interface_names(text.splitlines(keepends=True)[0]) == []
