@@ -16,6 +16,7 @@ from typing import Any
 
 from smesh.agent import client
 from smesh.cli.output import table
+from smesh.errors import SmeshError
 from smesh.lab import api as lab_api
 from smesh.lab.errors import LabError, UnknownMember
 
@@ -46,6 +47,8 @@ class _Agent:
 def _agents(args: argparse.Namespace) -> list[_Agent]:
     if args.admin:
         host, _, port = args.admin.rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SmeshError(f"--admin {args.admin!r} is not HOST:PORT (e.g. 127.0.0.1:15000)")
         return [
             _Agent(
                 args.admin,

@@ -46,3 +46,14 @@ def test_json_names_the_error_and_the_fix() -> None:
     assert doc["label"] == where
     assert "did not answer" in doc["error"]
     assert doc["fix"].startswith("check that the agent runs")
+
+
+def test_an_admin_endpoint_without_a_port_is_a_one_line_error() -> None:
+    for where in ("foo", "127.0.0.1:", "127.0.0.1:99999", ":15000"):
+        proc = status("--admin", where)
+        assert proc.returncode != 0, where
+        assert (
+            proc.stderr
+            == f"smesh: error: --admin {where!r} is not HOST:PORT (e.g. 127.0.0.1:15000)\n"
+        )
+        assert proc.stdout == ""
