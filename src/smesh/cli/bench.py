@@ -133,35 +133,31 @@ def _kube_plan(args: argparse.Namespace) -> Any:
     return dataclasses.replace(plan, **{f"{k}_pods": v for k, v in counts.items()})
 
 
-def _run_kubernetes(plan: Any, progress: Any) -> dict[str, Any]:
+def _in_workdir(group: str, run: Any, progress: Any) -> dict[str, Any]:
+    """Run one lab-building group in a scratch directory, kept only when the run failed."""
     import shutil  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    from smesh.bench import kubernetes  # noqa: PLC0415
-
-    workdir = Path(tempfile.mkdtemp(prefix="smesh-bench-k8s-"))
-    section = kubernetes.run(plan, workdir, lambda text: progress(f"[kubernetes] {text}"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"smesh-bench-{group}-"))
+    section: dict[str, Any] = run(workdir, lambda text: progress(f"[{group}] {text}"))
     if "failed" in section:
-        progress(f"[kubernetes] logs of the failed run are kept in {workdir}")
+        progress(f"[{group}] logs of the failed run are kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return section
+
+
+def _run_kubernetes(plan: Any, progress: Any) -> dict[str, Any]:
+    from smesh.bench import kubernetes  # noqa: PLC0415
+
+    return _in_workdir("kubernetes", lambda w, p: kubernetes.run(plan, w, p), progress)
 
 
 def _run_upgrade(quick: bool, progress: Any) -> dict[str, Any]:
-    import shutil  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
     from smesh.bench import upgrade  # noqa: PLC0415
 
     plan = upgrade.UpgradePlan.quick() if quick else upgrade.UpgradePlan()
-    workdir = Path(tempfile.mkdtemp(prefix="smesh-bench-upgrade-"))
-    section = upgrade.run(plan, workdir, lambda text: progress(f"[upgrade] {text}"))
-    if "failed" in section:
-        progress(f"[upgrade] logs of the failed run are kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return section
+    return _in_workdir("upgrade", lambda w, p: upgrade.run(plan, w, p), progress)
 
 
 def _publish_upgrade(args: argparse.Namespace, document: dict[str, Any], quick: bool) -> int:
