@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
 import select
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+#: What ``-o/--output`` accepts on every command that prints (kubectl's convention).
+OUTPUTS = ("text", "json")
+
+
+def add_output(parser: argparse.ArgumentParser) -> None:
+    """``-o/--output text|json``, the one output flag of every command that prints.
+
+    ``--json`` stays as a hidden alias of ``-o json`` so scripts written before keep working.
+    """
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUTS,
+        default="text",
+        help="text (default) or json (one JSON document; one object per line when streaming)",
+    )
+    parser.add_argument(
+        "--json", dest="output", action="store_const", const="json", help=argparse.SUPPRESS
+    )
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    return getattr(args, "output", "text") == "json"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
