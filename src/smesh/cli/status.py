@@ -11,80 +11,16 @@ import argparse
 import datetime as dt
 import json
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
-from smesh.agent import client
+from smesh.cli.agents import Agent, add_selection, ask, lab_agents
 from smesh.cli.output import table
-from smesh.errors import SmeshError
-from smesh.lab import api as lab_api
-from smesh.lab.errors import LabError, UnknownMember
 
 
 def configure(status: argparse.ArgumentParser) -> None:
-    where = status.add_mutually_exclusive_group()
-    where.add_argument("--lab", default="smesh", help="every agent of this lab (default smesh)")
-    where.add_argument("--admin", metavar="HOST:PORT", help="one agent's admin endpoint")
-    status.add_argument("--node", help="only this node of the lab")
+    add_selection(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
-
-
-@dataclass
-class _Agent:
-    """One admin endpoint to ask, and what to do when it does not answer."""
-
-    label: str
-    host: str
-    port: int
-    netns: str | None
-    fix: str
-    down: str | None = None  # known before asking: the lab saw its process gone
-    doc: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-def _agents(args: argparse.Namespace) -> list[_Agent]:
-    if args.admin:
-        host, _, port = args.admin.rpartition(":")
-        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
-            raise SmeshError(f"--admin {args.admin!r} is not HOST:PORT (e.g. 127.0.0.1:15000)")
-        return [
-            _Agent(
-                args.admin,
-                host.strip("[]"),
-                int(port),
-                None,
-                f"check that the agent runs and serves its admin endpoint on {args.admin}",
-            )
-        ]
-    doc = lab_api.status(args.lab)
-    names = [n["name"] for n in doc["nodes"]]
-    if args.node is not None and args.node not in names:
-        raise UnknownMember(
-            f"lab {args.lab!r} has no node {args.node!r} (nodes: {', '.join(names)})"
-        )
-    if not doc["mesh"]:
-        raise LabError(f"lab {args.lab!r} runs without the mesh (--no-mesh): it has no agents")
-    found = []
-    for n in doc["nodes"]:
-        if args.node not in (None, n["name"]):
-            continue
-        down = None
-        if doc.get("install") == "chart":
-            pod = (n.get("agent_pod") or "smesh-system/POD").split(",")[0]
-            namespace, _, name = pod.partition("/")
-            fix = (
-                f"`smesh lab logs --name {args.lab} {n['name']}` says why; `smesh lab kubectl "
-                f"--name {args.lab} -- -n {namespace} delete pod {name}` starts another"
-            )
-        else:
-            fix = f"smesh lab restart-agent --name {args.lab} {n['name']}"
-            if n["agent_health"] in ("dead", "none"):
-                pid = n["agent_pid"]
-                down = f"the agent (pid {pid}) is not running" if pid else "no agent was started"
-        found.append(_Agent(n["name"], "127.0.0.1", 15000, n["netns"], fix, down))
-    return found
 
 
 def _expires(ts: float | None) -> str:
@@ -95,22 +31,10 @@ def _expires(ts: float | None) -> str:
     return f"{dt.datetime.fromtimestamp(ts, dt.UTC):%Y-%m-%d %H:%M}Z (in {hours:.1f} h)"
 
 
-def _ask(agent: _Agent) -> None:
-    if agent.down is not None:
-        agent.error = agent.down
-        return
-    try:
-        agent.doc = client.get(agent.host, agent.port, "/debug/workloads", netns=agent.netns).json()
-    except client.AdminUnreachable as exc:
-        agent.error = str(exc)
-    except ValueError as exc:
-        agent.error = f"the agent's answer is not JSON: {exc}"
-
-
 def _status(args: argparse.Namespace) -> int:
-    agents = _agents(args)
+    agents = lab_agents(args)
     for agent in agents:
-        _ask(agent)
+        ask(agent, "/debug/workloads")
     down = [a for a in agents if a.error is not None]
     if args.json:
         docs = [
@@ -132,7 +56,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print(agents: list[_Agent]) -> None:
+def _print(agents: list[Agent]) -> None:
     rows: list[list[Any]] = []
     for agent in agents:
         if agent.error is not None:

@@ -1,0 +1,97 @@
+"""The lab's (or one named) agents' admin endpoints, for the commands that ask every agent.
+
+A node whose agent is known to be down (the lab saw its process gone) or does not answer is
+kept, with its error and the command that fixes it: an outage of one agent is what an
+operator asks for, so it must not hide the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+from smesh.agent import client
+from smesh.errors import SmeshError
+from smesh.lab import api as lab_api
+from smesh.lab.errors import LabError, UnknownMember
+
+
+@dataclass
+class Agent:
+    """One admin endpoint to ask, and what to do when it does not answer."""
+
+    label: str
+    host: str
+    port: int
+    netns: str | None
+    fix: str
+    down: str | None = None  # known before asking: the lab saw its process gone
+    doc: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def add_selection(parser: argparse.ArgumentParser) -> None:
+    """``--lab L [--node N]`` or ``--admin HOST:PORT``: which agents a command asks."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--lab", default="smesh", help="every agent of this lab (default smesh)")
+    where.add_argument("--admin", metavar="HOST:PORT", help="one agent's admin endpoint")
+    parser.add_argument("--node", help="only this node of the lab")
+
+
+def lab_agents(args: argparse.Namespace) -> list[Agent]:
+    """The agents ``--lab``/``--node`` (or ``--admin HOST:PORT``) name, each with the fix to
+    print if it does not answer."""
+    if getattr(args, "admin", None):
+        host, _, port = args.admin.rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SmeshError(f"--admin {args.admin!r} is not HOST:PORT (e.g. 127.0.0.1:15000)")
+        return [
+            Agent(
+                args.admin,
+                host.strip("[]"),
+                int(port),
+                None,
+                f"check that the agent runs and serves its admin endpoint on {args.admin}",
+            )
+        ]
+    doc = lab_api.status(args.lab)
+    names = [n["name"] for n in doc["nodes"]]
+    if args.node is not None and args.node not in names:
+        raise UnknownMember(
+            f"lab {args.lab!r} has no node {args.node!r} (nodes: {', '.join(names)})"
+        )
+    if not doc["mesh"]:
+        raise LabError(f"lab {args.lab!r} runs without the mesh (--no-mesh): it has no agents")
+    found = []
+    for n in doc["nodes"]:
+        if args.node not in (None, n["name"]):
+            continue
+        down = None
+        if doc.get("install") == "chart":
+            pod = (n.get("agent_pod") or "smesh-system/POD").split(",")[0]
+            namespace, _, name = pod.partition("/")
+            fix = (
+                f"`smesh lab logs --name {args.lab} {n['name']}` says why; `smesh lab kubectl "
+                f"--name {args.lab} -- -n {namespace} delete pod {name}` starts another"
+            )
+        else:
+            fix = f"smesh lab restart-agent --name {args.lab} {n['name']}"
+            if n["agent_health"] in ("dead", "none"):
+                pid = n["agent_pid"]
+                down = f"the agent (pid {pid}) is not running" if pid else "no agent was started"
+        found.append(Agent(n["name"], "127.0.0.1", 15000, n["netns"], fix, down))
+    return found
+
+
+def ask(agent: Agent, path: str) -> None:
+    """Fill *agent*'s ``doc`` with its answer to GET *path*, or its ``error``."""
+    if agent.down is not None:
+        agent.error = agent.down
+        return
+    try:
+        agent.doc = client.get(agent.host, agent.port, path, netns=agent.netns).json()
+    except client.AdminUnreachable as exc:
+        agent.error = str(exc)
+    except ValueError as exc:
+        agent.error = f"the agent's answer is not JSON: {exc}"
