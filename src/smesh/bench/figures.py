@@ -135,6 +135,16 @@ def targets(results: Results) -> list[Target]:
         Target("added latency (p50)", "rtt_p50_us", "best C peer", 1.0, False, ratio, peer or "-")
     )
 
+    # The tail, not only the median: a stall in the agent's loop shows here first (issue 23).
+    peer = best_peer(results, "rtt_p99_us")
+    mine = median(smesh, "rtt_p99_us")
+    ratio = None
+    if peer is not None and mine is not None:
+        ratio = _ratio(mine, results[peer]["rtt_p99_us"]["median"])
+    out.append(
+        Target("p99 round trip", "rtt_p99_us", "best C peer", 1.0, False, ratio, peer or "-")
+    )
+
     for figure, bound, at_least in (("cps", 2.0, True), ("rss_kib_per_idle_conn", 0.75, False)):
         peer = best_peer(results, figure)
         mine = median(smesh, figure)
@@ -143,3 +153,26 @@ def targets(results: Results) -> list[Target]:
             ratio = _ratio(mine, results[peer][figure]["median"])
         out.append(Target(figure, figure, "best C peer", bound, at_least, ratio, peer or "-"))
     return out
+
+
+def targets_document(results: Results) -> list[dict[str, Any]]:
+    """The targets as the results JSON keeps them, beside the figures they come from."""
+    return [
+        {
+            "name": t.name,
+            "figure": t.figure,
+            "against": t.against,
+            "reference": t.reference,
+            "smesh": results["smesh"][t.figure]["median"]
+            if t.figure in results.get("smesh", {})
+            else None,
+            "reference_value": results[t.reference][t.figure]["median"]
+            if t.figure in results.get(t.reference, {})
+            else None,
+            "ratio": t.ratio,
+            "bound": t.bound,
+            "at_least": t.at_least,
+            "met": t.met,
+        }
+        for t in targets(results)
+    ]

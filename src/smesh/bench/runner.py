@@ -379,6 +379,7 @@ def run(plan: Plan, progress: Progress) -> dict[str, Any]:
                 continue
             document["variants"][name] = samples.summary()
             document["notes"][name] = samples.notes
+        document["targets"] = figures.targets_document(document["variants"])
         ok = not document["failed"]
     finally:
         if ok:

@@ -65,11 +65,15 @@ def test_best_peer_depends_on_the_figure_direction() -> None:
 def test_targets_against_the_best_peer_and_direct() -> None:
     results = {
         "direct": _variant(throughput_1_gbps=10, throughput_4_gbps=20, rtt_p50_us=50),
-        "stunnel": _variant(throughput_1_gbps=4, throughput_4_gbps=5, rtt_p50_us=150, cps=500),
-        "haproxy": _variant(throughput_1_gbps=3, throughput_4_gbps=6, rtt_p50_us=130, cps=900),
+        "stunnel": _variant(
+            throughput_1_gbps=4, throughput_4_gbps=5, rtt_p50_us=150, rtt_p99_us=280, cps=500
+        ),
+        "haproxy": _variant(
+            throughput_1_gbps=3, throughput_4_gbps=6, rtt_p50_us=130, rtt_p99_us=300, cps=900
+        ),
         "smesh": _variant(
-            throughput_1_gbps=6, throughput_4_gbps=8, rtt_p50_us=170, cps=1800,
-            rss_kib_per_idle_conn=0.5,
+            throughput_1_gbps=6, throughput_4_gbps=8, rtt_p50_us=170, rtt_p99_us=1550,
+            cps=1800, rss_kib_per_idle_conn=0.5,
         ),
     }  # fmt: skip
     by_name = {t.name: t for t in figures.targets(results)}
@@ -83,6 +87,11 @@ def test_targets_against_the_best_peer_and_direct() -> None:
     latency = by_name["added latency (p50)"]  # (170-50) / (130-50)
     assert latency.ratio == pytest.approx(1.5)
     assert latency.met is False
+    # p99: smesh against the C peer with the lower p99 (stunnel here, not haproxy's median)
+    tail = by_name["p99 round trip"]
+    assert (tail.reference, tail.figure, tail.at_least) == ("stunnel", "rtt_p99_us", False)
+    assert tail.ratio == pytest.approx(1550 / 280)
+    assert tail.met is False
     assert by_name["cps"].ratio == pytest.approx(2.0)
     assert by_name["cps"].met is True
     assert by_name["rss_kib_per_idle_conn"].ratio == pytest.approx(0.5)
@@ -93,3 +102,38 @@ def test_targets_without_their_inputs_are_not_measured() -> None:
     targets = figures.targets({"smesh": _variant()})
     assert targets
     assert all(t.ratio is None and t.met is None for t in targets)
+
+
+def test_p99_target_met_at_or_under_the_best_peer() -> None:
+    results = {
+        "stunnel": _variant(rtt_p99_us=200),
+        "haproxy": _variant(rtt_p99_us=140),
+        "smesh": _variant(rtt_p99_us=140),
+    }
+    tail = next(t for t in figures.targets(results) if t.name == "p99 round trip")
+    assert (tail.reference, tail.ratio, tail.met) == ("haproxy", 1.0, True)
+
+
+def test_targets_document_keeps_both_figures_beside_the_ratio() -> None:
+    results = {
+        "stunnel": _variant(rtt_p99_us=280),
+        "haproxy": _variant(rtt_p99_us=300),
+        "smesh": _variant(rtt_p99_us=1550),
+    }
+    by_name = {t["name"]: t for t in figures.targets_document(results)}
+    tail = by_name["p99 round trip"]
+    assert tail == {
+        "name": "p99 round trip",
+        "figure": "rtt_p99_us",
+        "against": "best C peer",
+        "reference": "stunnel",
+        "smesh": 1550,
+        "reference_value": 280,
+        "ratio": pytest.approx(1550 / 280),
+        "bound": 1.0,
+        "at_least": False,
+        "met": False,
+    }
+    # a target whose inputs did not run: no figures, no ratio, not judged
+    assert by_name["throughput_1_gbps vs direct"]["reference_value"] is None
+    assert by_name["throughput_1_gbps vs direct"]["met"] is None
