@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from smesh.agent import looplag
 from smesh.dataplane.loop import LoopKind
 from smesh.errors import SmeshError
 from smesh.identity.errors import InvalidSpiffeId
@@ -331,6 +332,11 @@ class AgentConfig(_Section):
     kubernetes: KubernetesSettings | None = None
     non_meshed: Literal["passthrough", "deny"] = Field(default="passthrough", alias="nonMeshed")
     event_loop: LoopKind = Field(default="uvloop", alias="eventLoop")
+    # How often the event loop's lag is sampled (smesh_agent_event_loop_lag_seconds,
+    # smesh.agent.looplag); 0: never.
+    loop_lag_interval: Seconds = Field(
+        default=0.1, le=looplag.MAX_INTERVAL, alias="loopLagInterval"
+    )
     policy: Path | None = None
     capture: CaptureSettings = CaptureSettings()
     ports: PortSettings = PortSettings()
@@ -355,6 +361,16 @@ class AgentConfig(_Section):
                 "kubernetes (the API server; see docs/kubernetes.md)"
             )
         return self
+
+    @field_validator("loop_lag_interval")
+    @classmethod
+    def _loop_lag_interval(cls, value: float) -> float:
+        if 0 < value < looplag.MIN_INTERVAL:
+            raise ValueError(
+                f"{value:g}s samples the loop too often: use 0 (off) or at least "
+                f"{looplag.MIN_INTERVAL * 1000:g}ms"
+            )
+        return value
 
     @model_validator(mode="after")
     def _identity_needs_kubernetes(self) -> AgentConfig:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smesh.agent import collector, handover, logs
+from smesh.agent import collector, handover, logs, looplag
 from smesh.agent.admin import AdminServer, ConnectionCap, Response
 from smesh.agent.config import AgentConfig
 from smesh.agent.metrics import AgentMetrics
@@ -152,6 +152,7 @@ class Agent:
         self._prepare_ready_file()
         timer = collector.CollectorTimer(self.metrics)
         timer.install()
+        lag = self._lag_probe(loop)
         path = self.config.handover_path
         incoming = handover.receive(path)  # a running agent's listeners, if one runs
         if incoming is None:
@@ -214,7 +215,17 @@ class Agent:
             else:
                 await self._shutdown()
             timer.remove()
+            if lag is not None:
+                lag.stop()
         return 0
+
+    def _lag_probe(self, loop: asyncio.AbstractEventLoop) -> looplag.LagProbe | None:
+        """The event loop's lag, sampled into the metrics from now on (loopLagInterval)."""
+        if not self.config.loop_lag_interval:
+            return None
+        probe = looplag.LagProbe(loop, self.config.loop_lag_interval, self.metrics.loop_lag.observe)
+        probe.start()
+        return probe
 
     def _signalled(self, sig: signal.Signals) -> None:
         if sig == signal.SIGINT and self._interrupted is None:

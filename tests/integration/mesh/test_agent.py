@@ -187,6 +187,10 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
         > time.time()
     )
     assert b"smesh_build_info{" in out
+    # the event loop's lag, sampled from the start (loopLagInterval, 100 ms by default)
+    assert metric(out, "smesh_agent_event_loop_lag_seconds_count", "") > 0
+    assert metric(inb, "smesh_agent_event_loop_lag_seconds_count", "") > 0
+    assert b'smesh_agent_event_loop_lag_seconds_bucket{le="5e-05"}' in out
     assert b"\nsmesh_stream_window_growth_bytes 0.0\n" in out  # exported, and given back
     assert metric(out, "smesh_active_connections", 'direction="outbound"') == 0
     # exported from the start (metric() would read a missing series as 0 too)
