@@ -76,8 +76,9 @@ class LagProbe:
             self._thread = None
 
     def _run(self) -> None:
-        # time.sleep, not Event.wait: a timed wait on a condition costs this VM about
-        # 170 µs of CPU per wake-up, a sleep 35 µs (docs/benchmarks.md, "Loop lag").
+        # time.sleep, not Event.wait: on the lab's VMs a timed wait on an Event cost about
+        # 55 µs of CPU per wake-up, a sleep 35 µs (docs/benchmarks.md, "The p99 on fresh
+        # agents"); stop() waits for the next wake-up instead.
         while True:
             time.sleep(self._interval)
             if self._stopped:
