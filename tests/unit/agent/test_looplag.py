@@ -86,3 +86,21 @@ def test_the_interval_is_a_bounded_duration_and_zero_turns_it_off(tmp_path: Path
     for value in ("5ms", "2m", "-1", "often"):
         with pytest.raises(ConfigError, match=r"loopLagInterval: "):
             load(None, [*base, f"loopLagInterval={value}"], environ={})
+
+
+@pytest.mark.parametrize("kind", loops.LOOP_KINDS)
+def test_a_stopped_probe_samples_no_more(kind: loops.LoopKind) -> None:
+    seen: list[float] = []
+
+    async def main() -> tuple[int, int]:
+        probe = looplag.LagProbe(asyncio.get_running_loop(), 0.01, seen.append)
+        probe.start()
+        await asyncio.sleep(0.2)
+        probe.stop()  # a sample handed over just before it is not observed either
+        stopped_at = len(seen)
+        await asyncio.sleep(0.2)
+        return stopped_at, len(seen)
+
+    stopped_at, later = loops.run(main(), kind)
+    assert stopped_at > 0
+    assert later == stopped_at
