@@ -84,8 +84,13 @@ def app(name: str, meshed: bool) -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
-    # process agents: the tests read agent.log files, agent pids and the lab's signer
-    with kubernetes_lab("km", "--nodes", "2", "--install", "processes") as lab:
+    # process agents: the tests read agent.log files, agent pids and the lab's signer.
+    # A namespace's label reaches the two agents' registries through their informers, one
+    # after the other: on a loaded machine the second can trail the first by more than the
+    # default 2 s an inbound peer is given (timeouts.registryLag), and a request made as soon
+    # as the first agent meshed its pods was refused ("… is pod shop/client, not meshed").
+    lag = ("--agent-set", "timeouts.registryLag=10s")
+    with kubernetes_lab("km", "--nodes", "2", "--install", "processes", *lag) as lab:
         kubectl(lab, "apply", "-f", "-", stdin=app("shop", meshed=True))
         kubectl(lab, "apply", "-f", "-", stdin=app("plain", meshed=False))
         yield lab
