@@ -11,6 +11,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smesh.agent import logs
@@ -18,7 +19,8 @@ from smesh.agent.config import AgentConfig
 from smesh.agent.handover import address
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodListeners
-from smesh.agent.workloads import DirectorySource, Snapshot, Workload, WorkloadSource
+from smesh.agent.traffic import UNKNOWN, Edge, Party, address_of, edge
+from smesh.agent.workloads import DirectorySource, Registry, Snapshot, Workload, WorkloadSource
 from smesh.capture import original_destination
 from smesh.dataplane.budget import Throttle
 from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services, Target
@@ -57,14 +59,13 @@ class MetricsObserver:
         self.m = metrics
 
     def opened(self, record: ConnectionRecord) -> None:
-        self.m.connections_opened.labels(record.direction).inc()
+        self.m.tcp.opened(record)
         self.m.active_connections.labels(record.direction).inc()
 
     def closed(self, record: ConnectionRecord) -> None:
+        self.m.tcp.closed(record)
         self.m.connections_closed.labels(record.direction, record.result).inc()
         self.m.active_connections.labels(record.direction).dec()
-        self.m.bytes_sent.labels(record.direction).inc(record.bytes_sent)
-        self.m.bytes_received.labels(record.direction).inc(record.bytes_received)
         access_log.info("connection", extra=logs.fields(**record.as_dict()))
 
     def handshake(self, side: str, seconds: float, resumed: bool) -> None:
@@ -108,6 +109,44 @@ def binding_refusal(
     return PeerRefusal(
         "identity_mismatch", f"{address} is pod {workload.key}, whose identity is {expected}"
     )
+
+
+class EdgeResolver:
+    """A connection record → its label set of the smesh_tcp_* counters (smesh.agent.traffic).
+
+    This node's pod is known by its runtime; the peer by its address in the registry (the
+    destination the app dialled, or the Service endpoint chosen; inbound, the source agent's
+    address, which is its pod's). An address the registry does not know is ``unknown``; a
+    known pod that is not meshed has its workload and namespace but no principal.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        local: Callable[[str, str], Workload | None],
+        identity_of: Callable[[Workload], SpiffeId],
+    ) -> None:
+        self.registry = registry
+        self.local = local  # (pod name, its SPIFFE ID) → its workload, if this node serves it
+        self.identity_of = identity_of
+
+    def __call__(self, record: ConnectionRecord) -> Edge:
+        pod = self.local(record.pod, record.identity)
+        if pod is not None:
+            here = Party(pod.workload_label, pod.namespace, record.identity or UNKNOWN)
+        else:
+            here = Party(record.pod or UNKNOWN, UNKNOWN, record.identity or UNKNOWN)
+        if record.direction == "outbound":
+            address = address_of(record.endpoint or record.destination)
+        else:
+            address = address_of(record.source)
+        peer = self.registry.lookup(address) if address is not None else None
+        principal = record.peer_identity
+        if peer is None:
+            return edge(record, here, Party(principal=principal or UNKNOWN))
+        if not principal and record.route == "tunnel" and peer.meshed:
+            principal = str(self.identity_of(peer))  # the identity it must prove
+        return edge(record, here, Party(peer.workload_label, peer.namespace, principal or UNKNOWN))
 
 
 def workload_source(config: AgentConfig, metrics: AgentMetrics) -> WorkloadSource:
@@ -211,6 +250,8 @@ class MeshWiring:
             held = self._services
             agent.metrics.service_table.labels("services").set_function(lambda: held.counts()[0])
             agent.metrics.service_table.labels("endpoints").set_function(lambda: held.counts()[1])
+        agent.metrics.tcp.resolve = EdgeResolver(agent.registry, self._local, self.identity_of)
+        agent.metrics.tcp.max_label_sets = lim.max_metric_label_sets
         self.services = Services(
             tls=self,
             route=self._route,
@@ -298,6 +339,18 @@ class MeshWiring:
         for gone in self.certs.forget_cached_except({self.identity_of(w) for w in keep}):
             log.info("removed the cached credential of %s: no meshed pod uses it", gone)
 
+    def _local(self, name: str, identity: str) -> Workload | None:
+        """The workload of this node's pod *name* whose identity is *identity* (metrics).
+
+        A pod's identity is in its own namespace: ``spiffe://TD/ns/NAMESPACE/sa/ACCOUNT``.
+        """
+        assert self._agent is not None
+        parts = identity.split("/")
+        if len(parts) != 7 or parts[3] != "ns":
+            return None
+        pod = self._agent.pods.get(f"{parts[4]}/{name}")
+        return pod.workload if pod is not None else None
+
     # -- identity ------------------------------------------------------------------------
 
     def identity_of(self, workload: Workload) -> SpiffeId:
@@ -321,8 +374,7 @@ class MeshWiring:
 
     def _renewed(self, identity: SpiffeId, credential: Credential) -> None:
         if self._agent is not None:
-            label = f"{identity.namespace}/{identity.service_account}"
-            self._agent.metrics.certificate_expiry.labels(label).set(
+            self._agent.metrics.certificate_expiry.labels(str(identity)).set(
                 credential.not_after.timestamp()
             )
 
