@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from smesh.agent.workloads import Registry, Workload
 from smesh.dataplane.records import ConnectionRecord
+from smesh.identity.spiffe import SpiffeId
 from smesh.validation import IPAddress
 
 UNKNOWN = "unknown"
@@ -103,6 +105,44 @@ def overflow(labels: Edge) -> Edge:
     """The set a connection is counted in once the cap is reached: reporter and security
     policy kept (both bounded), the rest ``overflow``."""
     return (labels[0], *(OVERFLOW,) * 6, labels[7])
+
+
+class EdgeResolver:
+    """A connection record → its label set of the smesh_tcp_* counters (smesh.agent.traffic).
+
+    This node's pod is known by its runtime; the peer by its address in the registry (the
+    destination the app dialled, or the Service endpoint chosen; inbound, the source agent's
+    address, which is its pod's). An address the registry does not know is ``unknown``; a
+    known pod that is not meshed has its workload and namespace but no principal.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        local: Callable[[str, str], Workload | None],
+        identity_of: Callable[[Workload], SpiffeId],
+    ) -> None:
+        self.registry = registry
+        self.local = local  # (pod name, its SPIFFE ID) → its workload, if this node serves it
+        self.identity_of = identity_of
+
+    def __call__(self, record: ConnectionRecord) -> Edge:
+        pod = self.local(record.pod, record.identity)
+        if pod is not None:
+            here = Party(pod.workload_label, pod.namespace, record.identity or UNKNOWN)
+        else:
+            here = Party(record.pod or UNKNOWN, UNKNOWN, record.identity or UNKNOWN)
+        if record.direction == "outbound":
+            address = address_of(record.endpoint or record.destination)
+        else:
+            address = address_of(record.source)
+        peer = self.registry.lookup(address) if address is not None else None
+        principal = record.peer_identity
+        if peer is None:
+            return edge(record, here, Party(principal=principal or UNKNOWN))
+        if not principal and record.route == "tunnel" and peer.meshed:
+            principal = str(self.identity_of(peer))  # the identity it must prove
+        return edge(record, here, Party(peer.workload_label, peer.namespace, principal or UNKNOWN))
 
 
 class _Open:

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smesh.agent import logs
@@ -19,8 +18,8 @@ from smesh.agent.config import AgentConfig
 from smesh.agent.handover import address
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodListeners
-from smesh.agent.traffic import UNKNOWN, Edge, Party, address_of, edge
-from smesh.agent.workloads import DirectorySource, Registry, Snapshot, Workload, WorkloadSource
+from smesh.agent.traffic import EdgeResolver
+from smesh.agent.workloads import DirectorySource, Snapshot, Workload, WorkloadSource
 from smesh.capture import original_destination
 from smesh.dataplane.budget import Throttle
 from smesh.dataplane.context import IPAddress, Limits, PodConfig, Route, Services, Target
@@ -109,44 +108,6 @@ def binding_refusal(
     return PeerRefusal(
         "identity_mismatch", f"{address} is pod {workload.key}, whose identity is {expected}"
     )
-
-
-class EdgeResolver:
-    """A connection record → its label set of the smesh_tcp_* counters (smesh.agent.traffic).
-
-    This node's pod is known by its runtime; the peer by its address in the registry (the
-    destination the app dialled, or the Service endpoint chosen; inbound, the source agent's
-    address, which is its pod's). An address the registry does not know is ``unknown``; a
-    known pod that is not meshed has its workload and namespace but no principal.
-    """
-
-    def __init__(
-        self,
-        registry: Registry,
-        local: Callable[[str, str], Workload | None],
-        identity_of: Callable[[Workload], SpiffeId],
-    ) -> None:
-        self.registry = registry
-        self.local = local  # (pod name, its SPIFFE ID) → its workload, if this node serves it
-        self.identity_of = identity_of
-
-    def __call__(self, record: ConnectionRecord) -> Edge:
-        pod = self.local(record.pod, record.identity)
-        if pod is not None:
-            here = Party(pod.workload_label, pod.namespace, record.identity or UNKNOWN)
-        else:
-            here = Party(record.pod or UNKNOWN, UNKNOWN, record.identity or UNKNOWN)
-        if record.direction == "outbound":
-            address = address_of(record.endpoint or record.destination)
-        else:
-            address = address_of(record.source)
-        peer = self.registry.lookup(address) if address is not None else None
-        principal = record.peer_identity
-        if peer is None:
-            return edge(record, here, Party(principal=principal or UNKNOWN))
-        if not principal and record.route == "tunnel" and peer.meshed:
-            principal = str(self.identity_of(peer))  # the identity it must prove
-        return edge(record, here, Party(peer.workload_label, peer.namespace, principal or UNKNOWN))
 
 
 def workload_source(config: AgentConfig, metrics: AgentMetrics) -> WorkloadSource:

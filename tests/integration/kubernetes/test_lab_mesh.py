@@ -416,7 +416,7 @@ def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> Non
         cluster,
         "node-2",
         "smesh_capture_events_total",
-        f'decision="plaintext_refused",workload="shop/{remote["metadata"]["name"]}"',
+        'decision="plaintext_refused",namespace="shop",workload="web"',  # the Deployment
     )
     for name in ("optout", "hostnet"):
         assert meshed(cluster, found[name]) is None
@@ -440,7 +440,7 @@ def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> Non
         cluster,
         "node-2",
         "smesh_capture_events_total",
-        f'decision="plaintext_refused",workload="shop/{remote["metadata"]["name"]}"',
+        'decision="plaintext_refused",namespace="shop",workload="web"',  # the Deployment
     )
     assert refused_after > refused_before
     for name in ("optout", "hostnet"):
@@ -500,7 +500,7 @@ def test_namespace_labels_mesh_and_release_running_pods_live(cluster: Lab) -> No
                     cluster,
                     "node-1",
                     "smesh_capture_events_total",
-                    f'decision="captured",workload="{ns}/client"',
+                    f'decision="captured",namespace="{ns}",workload="client"',
                 )
                 >= 2
             ),

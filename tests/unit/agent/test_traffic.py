@@ -13,8 +13,7 @@ from lightkube.resources.core_v1 import Namespace, Pod
 
 from smesh.agent.config import ConfigError, load
 from smesh.agent.metrics import AgentMetrics
-from smesh.agent.traffic import EDGE_LABELS, EdgeCounters, address_of
-from smesh.agent.wiring import EdgeResolver
+from smesh.agent.traffic import EDGE_LABELS, EdgeCounters, EdgeResolver, address_of
 from smesh.agent.workloads import Registry, Snapshot, Workload
 from smesh.dataplane.records import ConnectionRecord
 from smesh.identity.spiffe import SpiffeId
