@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
@@ -234,6 +235,32 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
         assert far[0]["peer_identity"] == f"{TRUST}/ns/shop/sa/default"
         assert (far[0]["route"], far[0]["result"]) == ("tunnel", "ok")
         assert far[0]["request_id"] == out[0]["request_id"]
+
+    # The metrics of each edge name the workloads: the Deployment (not its pods), a bare pod.
+    edge = {
+        "source_workload": "client",
+        "source_workload_namespace": "shop",
+        "source_principal": f"{TRUST}/ns/shop/sa/default",
+        "destination_workload": "web",
+        "destination_workload_namespace": "shop",
+        "destination_principal": f"{TRUST}/ns/shop/sa/web",
+        "connection_security_policy": "mutual_tls",
+    }
+    for node, reporter in (("node-1", "source"), ("node-2", "destination")):
+        opened = edge_total(cluster, node, "smesh_tcp_connections_opened_total", reporter, edge)
+        assert opened >= (len(shop) if reporter == "source" else 1)
+
+
+def edge_total(lab: Lab, node: str, name: str, reporter: str, labels: dict[str, str]) -> float:
+    """The sum of *name*'s series on *node* with *reporter* and *labels*."""
+    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    wanted = {**labels, "reporter": reporter}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(reply.body.decode())
+        for sample in family.samples
+        if sample.name == name and wanted.items() <= sample.labels.items()
+    )
 
 
 def test_the_same_app_in_a_namespace_not_opted_in_is_plain_tcp(cluster: Lab) -> None:
