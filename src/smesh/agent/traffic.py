@@ -108,7 +108,7 @@ def overflow(labels: Edge) -> Edge:
 
 
 class EdgeResolver:
-    """A connection record → its label set of the smesh_tcp_* counters (smesh.agent.traffic).
+    """A connection record → its label set of the smesh_tcp_* counters (EdgeCounters, below).
 
     This node's pod is known by its runtime; the peer by its address in the registry (the
     destination the app dialled, or the Service endpoint chosen; inbound, the source agent's
