@@ -257,6 +257,9 @@ class LimitSettings(_Section):
     # Endpoints of a Service one connect may try: the pick, then others while each fails
     # before any byte of the app's has left (docs/kubernetes.md, "Services").
     service_endpoint_attempts: int = Field(default=3, ge=1, le=16, alias="serviceEndpointAttempts")
+    # Label sets (workload pairs) of the smesh_tcp_* counters; past it connections are
+    # counted in an overflow set (smesh.agent.traffic, smesh_tcp_connections_folded_total).
+    max_metric_label_sets: int = Field(default=1000, ge=1, le=100_000, alias="maxMetricLabelSets")
 
     @model_validator(mode="after")
     def _handshake_budget(self) -> LimitSettings:

@@ -101,6 +101,7 @@ class Agent:
         self.config = config
         self.wiring = wiring
         self.metrics = AgentMetrics()
+        self.metrics.ready.set_function(lambda: float(self.ready()))
         if source is None:
             from smesh.agent.wiring import workload_source  # noqa: PLC0415
 
@@ -601,8 +602,10 @@ class Agent:
                         if value < seen:  # the pod was captured anew: its counters restarted
                             seen = 0
                         if value > seen:
-                            # namespace/name: pods of one name in two namespaces are two series
-                            self.metrics.capture_events.labels(key, decision).inc(value - seen)
+                            workload = pod.workload
+                            self.metrics.capture_events.labels(
+                                workload.workload_label, workload.namespace, decision
+                            ).inc(value - seen)
                             if decision == PLAINTEXT_REFUSED:
                                 log.warning(
                                     "refused %d plaintext connection attempt(s) to pod %s "

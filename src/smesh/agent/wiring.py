@@ -18,6 +18,7 @@ from smesh.agent.config import AgentConfig
 from smesh.agent.handover import address
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodListeners
+from smesh.agent.traffic import EdgeResolver
 from smesh.agent.workloads import DirectorySource, Snapshot, Workload, WorkloadSource
 from smesh.capture import original_destination
 from smesh.dataplane.budget import Throttle
@@ -57,14 +58,13 @@ class MetricsObserver:
         self.m = metrics
 
     def opened(self, record: ConnectionRecord) -> None:
-        self.m.connections_opened.labels(record.direction).inc()
+        self.m.tcp.opened(record)
         self.m.active_connections.labels(record.direction).inc()
 
     def closed(self, record: ConnectionRecord) -> None:
+        self.m.tcp.closed(record)
         self.m.connections_closed.labels(record.direction, record.result).inc()
         self.m.active_connections.labels(record.direction).dec()
-        self.m.bytes_sent.labels(record.direction).inc(record.bytes_sent)
-        self.m.bytes_received.labels(record.direction).inc(record.bytes_received)
         access_log.info("connection", extra=logs.fields(**record.as_dict()))
 
     def handshake(self, side: str, seconds: float, resumed: bool) -> None:
@@ -211,6 +211,8 @@ class MeshWiring:
             held = self._services
             agent.metrics.service_table.labels("services").set_function(lambda: held.counts()[0])
             agent.metrics.service_table.labels("endpoints").set_function(lambda: held.counts()[1])
+        agent.metrics.tcp.resolve = EdgeResolver(agent.registry, self._local, self.identity_of)
+        agent.metrics.tcp.max_label_sets = lim.max_metric_label_sets
         self.services = Services(
             tls=self,
             route=self._route,
@@ -298,6 +300,18 @@ class MeshWiring:
         for gone in self.certs.forget_cached_except({self.identity_of(w) for w in keep}):
             log.info("removed the cached credential of %s: no meshed pod uses it", gone)
 
+    def _local(self, name: str, identity: str) -> Workload | None:
+        """The workload of this node's pod *name* whose identity is *identity* (metrics).
+
+        A pod's identity is in its own namespace: ``spiffe://TD/ns/NAMESPACE/sa/ACCOUNT``.
+        """
+        assert self._agent is not None
+        parts = identity.split("/")
+        if len(parts) != 7 or parts[3] != "ns":
+            return None
+        pod = self._agent.pods.get(f"{parts[4]}/{name}")
+        return pod.workload if pod is not None else None
+
     # -- identity ------------------------------------------------------------------------
 
     def identity_of(self, workload: Workload) -> SpiffeId:
@@ -321,8 +335,7 @@ class MeshWiring:
 
     def _renewed(self, identity: SpiffeId, credential: Credential) -> None:
         if self._agent is not None:
-            label = f"{identity.namespace}/{identity.service_account}"
-            self._agent.metrics.certificate_expiry.labels(label).set(
+            self._agent.metrics.certificate_expiry.labels(str(identity)).set(
                 credential.not_after.timestamp()
             )
 

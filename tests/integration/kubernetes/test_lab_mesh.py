@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
@@ -240,6 +241,32 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
         assert (far[0]["route"], far[0]["result"]) == ("tunnel", "ok")
         assert far[0]["request_id"] == out[0]["request_id"]
 
+    # The metrics of each edge name the workloads: the Deployment (not its pods), a bare pod.
+    edge = {
+        "source_workload": "client",
+        "source_workload_namespace": "shop",
+        "source_principal": f"{TRUST}/ns/shop/sa/default",
+        "destination_workload": "web",
+        "destination_workload_namespace": "shop",
+        "destination_principal": f"{TRUST}/ns/shop/sa/web",
+        "connection_security_policy": "mutual_tls",
+    }
+    for node, reporter in (("node-1", "source"), ("node-2", "destination")):
+        opened = edge_total(cluster, node, "smesh_tcp_connections_opened_total", reporter, edge)
+        assert opened >= (len(shop) if reporter == "source" else 1)
+
+
+def edge_total(lab: Lab, node: str, name: str, reporter: str, labels: dict[str, str]) -> float:
+    """The sum of *name*'s series on *node* with *reporter* and *labels*."""
+    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    wanted = {**labels, "reporter": reporter}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(reply.body.decode())
+        for sample in family.samples
+        if sample.name == name and wanted.items() <= sample.labels.items()
+    )
+
 
 def test_the_same_app_in_a_namespace_not_opted_in_is_plain_tcp(cluster: Lab) -> None:
     plain = web(cluster, "plain")
@@ -421,7 +448,7 @@ def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> Non
         cluster,
         "node-2",
         "smesh_capture_events_total",
-        f'decision="plaintext_refused",workload="shop/{remote["metadata"]["name"]}"',
+        'decision="plaintext_refused",namespace="shop",workload="web"',  # the Deployment
     )
     for name in ("optout", "hostnet"):
         assert meshed(cluster, found[name]) is None
@@ -445,7 +472,7 @@ def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> Non
         cluster,
         "node-2",
         "smesh_capture_events_total",
-        f'decision="plaintext_refused",workload="shop/{remote["metadata"]["name"]}"',
+        'decision="plaintext_refused",namespace="shop",workload="web"',  # the Deployment
     )
     assert refused_after > refused_before
     for name in ("optout", "hostnet"):
@@ -505,7 +532,7 @@ def test_namespace_labels_mesh_and_release_running_pods_live(cluster: Lab) -> No
                     cluster,
                     "node-1",
                     "smesh_capture_events_total",
-                    f'decision="captured",workload="{ns}/client"',
+                    f'decision="captured",namespace="{ns}",workload="client"',
                 )
                 >= 2
             ),

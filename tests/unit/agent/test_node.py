@@ -405,7 +405,9 @@ def test_capture_counters_that_restart_with_a_pod_captured_anew_keep_counting(
 
     asyncio.run(scenario())
     exposition = agent.metrics.render().decode()
-    line = 'smesh_capture_events_total{decision="captured",workload="default/pod-1"} 8.0'
+    line = (
+        'smesh_capture_events_total{decision="captured",namespace="default",workload="pod-1"} 8.0'
+    )
     assert line in exposition  # 5, then 2 and 1 more after the restart
 
 
