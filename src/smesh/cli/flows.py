@@ -162,6 +162,8 @@ def _flows(args: argparse.Namespace) -> int:
     else:
         for doc in flows:
             print(render(doc))
+        if not flows:
+            print("no flows recorded (that match)", file=sys.stderr)
     return _report(down, len(agents))
 
 
