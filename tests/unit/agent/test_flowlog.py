@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smesh.agent.config import ConfigError, load
 from smesh.agent.flowlog import (
     Event,
     FlowCollector,
@@ -260,3 +262,29 @@ def test_filters_match_either_side() -> None:
     assert matches_doc(FlowFilter(verdict="denied"), {"event": "dropped", "dropped": 1})
     assert FlowFilter.parse("pod=pod-1&follow=1") == (FlowFilter(pod="pod-1"), True)
     assert FlowFilter(pod="a", verdict="error").query() == {"pod": "a", "verdict": "error"}
+
+
+@pytest.mark.parametrize(
+    ("admin", "message"),
+    [
+        ("{flowBuffer: -1}", "admin.flowBuffer: "),
+        ("{flowFollowers: 2000}", "admin.flowFollowers: "),
+        ("{flowFollowerQueue: 0}", "admin.flowFollowerQueue: "),
+        ("{flowFollowerQueu: 5}", "did you mean 'flowFollowerQueue'"),
+    ],
+)
+def test_the_flow_limits_are_validated_naming_the_key(
+    tmp_path: Path, admin: str, message: str
+) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"node: n\nworkloads: /w\nadmin: {admin}\n")
+    with pytest.raises(ConfigError) as bad:
+        load(path, environ={})
+    assert message in str(bad.value)
+    path.write_text("node: n\nworkloads: /w\n")
+    defaults = load(path, environ={}).admin
+    assert (defaults.flow_buffer, defaults.flow_followers, defaults.flow_follower_queue) == (
+        4096,
+        8,
+        1024,
+    )
