@@ -12,6 +12,7 @@ connections that have only one side (passthrough, a denial before any tunnel).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import queue
 import sys
@@ -180,7 +181,7 @@ def _follow(agents: list[Agent], flow_filter: FlowFilter, as_json: bool) -> int:
     def pump(agent: Agent) -> None:
         try:
             while True:
-                answered = lambda: events.put((agent, None))  # noqa: E731
+                answered = functools.partial(events.put, (agent, None))
                 for doc in _read(agent, path, read_timeout=None, on_answer=answered):
                     events.put((agent, doc))
                 time.sleep(RECONNECT_DELAY)
