@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from smesh.httpserver import ConnectionCap, HttpServer, Response, Routes, WithRequest, router
 
-from smesh.httpserver import ConnectionCap, HttpServer, Response, router
-
-__all__ = ["AdminServer", "ConnectionCap", "Response"]
+__all__ = ["AdminServer", "ConnectionCap", "Response", "WithRequest"]
 
 
 class AdminServer(HttpServer):
@@ -14,7 +12,7 @@ class AdminServer(HttpServer):
 
     def __init__(
         self,
-        routes: dict[str, Callable[[], Response | Awaitable[Response]]],
+        routes: Routes,
         cap: ConnectionCap | None = None,
     ) -> None:
         super().__init__(router(routes), cap=cap)

@@ -122,6 +122,12 @@ class AdminSettings(_Section):
     # exec readiness probe asks, since the admin port passes from agent to agent in a
     # hand-over and answers for either.
     ready_file: Path | None = Field(default=None, alias="readyFile")
+    # GET /debug/flows (docs/agent.md, "Flows"): the recent connection events kept, the
+    # responses sent at once (a follower counts until it disconnects), and how many events
+    # one follower may fall behind before the next are dropped for it (counted).
+    flow_buffer: int = Field(default=4096, ge=0, le=1_000_000, alias="flowBuffer")
+    flow_followers: int = Field(default=8, ge=0, le=1024, alias="flowFollowers")
+    flow_follower_queue: int = Field(default=1024, ge=1, le=1_000_000, alias="flowFollowerQueue")
 
     @field_validator("address")
     @classmethod

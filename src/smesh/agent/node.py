@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from smesh.agent import collector, handover, logs
-from smesh.agent.admin import AdminServer, ConnectionCap, Response
+from smesh.agent.admin import AdminServer, ConnectionCap, Response, WithRequest
 from smesh.agent.config import AgentConfig
+from smesh.agent.flowlog import FlowCollector, FlowLog
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodRuntime, PodWiring
 from smesh.agent.workloads import Registry, Snapshot, Workload, WorkloadSource
@@ -128,6 +129,15 @@ class Agent:
         self.handed_over = False
         self._interrupted: float | None = None  # when a SIGINT came: it caps a linger
         self._tasks: list[asyncio.Task[None]] = []
+        admin = config.admin
+        self.flows = FlowLog(
+            config.node,
+            admin.flow_buffer,
+            admin.flow_follower_queue,
+            admin.flow_followers,
+            self.registry.lookup,
+        )
+        self.metrics.registry.register(FlowCollector(self.flows))
         self._admin = AdminServer(
             {
                 "/healthz": self._healthz,
@@ -135,6 +145,7 @@ class Agent:
                 "/metrics": self._metrics,
                 "/debug/workloads": self._debug_workloads,
                 "/debug/connections": self._debug_connections,
+                "/debug/flows": WithRequest(self.flows.serve),
             },
             ConnectionCap(
                 config.admin.max_connections,
@@ -355,6 +366,7 @@ class Agent:
         for key in list(self.pods):
             await self.pods.pop(key).shutdown()
         await self.wiring.stop()
+        self.flows.close()
         await self._admin.close()
         if self._handover is not None:
             self._handover.close()
@@ -400,6 +412,7 @@ class Agent:
         )
         if self._handover is not None:
             self._handover.close()
+        self.flows.close()
         await self._admin.close()
         for task in self._early.values():
             task.cancel()
@@ -607,6 +620,7 @@ class Agent:
                                 workload.workload_label, workload.namespace, decision
                             ).inc(value - seen)
                             if decision == PLAINTEXT_REFUSED:
+                                self.flows.refused_plaintext(key, value - seen)
                                 log.warning(
                                     "refused %d plaintext connection attempt(s) to pod %s "
                                     "from outside the mesh (capture.inboundPlaintext: refuse)",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from smesh.agent import logs
 from smesh.agent.config import AgentConfig
+from smesh.agent.flowlog import FlowObserver
 from smesh.agent.handover import address
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodListeners
@@ -220,7 +221,7 @@ class MeshWiring:
             service_retried=agent.metrics.service_routes.labels("retried").inc,
             authorize=self._authorize,
             original_destination=original_destination,
-            observer=MetricsObserver(agent.metrics),
+            observer=FlowObserver(MetricsObserver(agent.metrics), agent.flows),
             limits=Limits(
                 handshake_timeout=t.tls_handshake,
                 connect_timeout=t.connect,

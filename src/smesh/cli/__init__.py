@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "policy": "authorization policy",
     "capture": "redirect pods' outbound TCP to the node proxy (eBPF or nftables)",
     "trace": "stream capture events: which connect was captured or left alone",
+    "flows": "every connection of every node as it opens and closes, with its verdict",
     "bench": "measure smesh against direct TCP, stunnel and haproxy, side by side",
     "cni": "chain smesh-cni into a node's CNI configuration, or remove it",
     "install": "check an installation of smesh on a cluster",
