@@ -408,7 +408,10 @@ def _policy(args: argparse.Namespace) -> int:
     else:
         print(f"{args.file}: valid ({expected}); installed as lab {args.name!r}'s policy")
         for v in verdicts:
-            print(f"{v.node}: " + (f"loaded {(v.digest or '')[:19]}" if v.loaded else f"refused: {v.error}"))
+            print(
+                f"{v.node}: "
+                + (f"loaded {(v.digest or '')[:19]}" if v.loaded else f"refused: {v.error}")
+            )
     refused = [v.node for v in verdicts if not v.loaded]
     if refused:
         print(

@@ -194,7 +194,8 @@ def _when(ts: float) -> str:
 def policy_lines(label: str, doc: dict[str, Any]) -> list[str]:
     """The policy an agent holds, in one line, and its last refused reload in another."""
     held = (
-        f"{label}: {doc['name']} {doc['digest'][:19]}, {doc['rules']} rules, "
+        f"{label}: {doc['name']} {doc['digest'][:19]}, {doc['rules']} "
+        f"rule{'' if doc['rules'] == 1 else 's'}, "
         f"default {doc['default']}, loaded {_when(doc['loaded_at'])}"
     )
     if doc.get("pending"):
