@@ -226,6 +226,20 @@ class AgentMetrics:
             ["rule"],
             registry=r,
         )
+        self.policy_reloads = Counter(
+            "smesh_policy_reloads_total",
+            "Reloads of the policy file (SIGHUP, `smesh lab policy`): loaded, or refused "
+            "(the previous policy stays; /debug/policy and `smesh status` say why).",
+            ["result"],
+            registry=r,
+        )
+        for label in ("loaded", "refused"):
+            self.policy_reloads.labels(label)
+        self.policy_loaded = Gauge(
+            "smesh_policy_loaded_timestamp_seconds",
+            "When the authorization policy in force was loaded (Unix time).",
+            registry=r,
+        )
         self.capture_events = Counter(
             "smesh_capture_events_total",
             "Connects seen by the capture programs, by workload (its owner's name, else the "

@@ -146,6 +146,7 @@ class Agent:
                 "/debug/workloads": self._debug_workloads,
                 "/debug/connections": self._debug_connections,
                 "/debug/flows": WithRequest(self.flows.serve),
+                "/debug/policy": self._debug_policy,
             },
             ConnectionCap(
                 config.admin.max_connections,
@@ -683,4 +684,15 @@ class Agent:
 
     def _debug_connections(self) -> Response:
         doc = {"connections": [c for pod in self.pods.values() for c in pod.connections()]}
+        return Response(200, json.dumps(doc, indent=2).encode(), "application/json")
+
+    def _debug_policy(self) -> Response:
+        """The policy in force, its digest, when it was loaded and the last refused reload
+        (`smesh status`, `smesh policy explain`, `smesh lab policy`)."""
+        describe: Callable[[], dict[str, Any]] | None = getattr(
+            self.wiring, "describe_policy", None
+        )
+        if describe is None:
+            return Response(404, b"this agent's wiring has no authorization policy\n")
+        doc = {"node": self.config.node, **describe()}
         return Response(200, json.dumps(doc, indent=2).encode(), "application/json")

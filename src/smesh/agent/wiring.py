@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smesh.agent import logs
 from smesh.agent.config import AgentConfig
@@ -38,7 +38,7 @@ from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSign
 from smesh.identity.spiffe import SpiffeId
 from smesh.kubernetes.services import Picker, ServiceTable, usable
 from smesh.linux.netns import Namespace, NamespaceHandles, single_link
-from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
+from smesh.policy import Decision, DestinationWorkload, PolicyStore, trace
 from smesh.tunnel.window import GrowthBudget, HeldBudget
 
 if TYPE_CHECKING:
@@ -260,6 +260,12 @@ class MeshWiring:
         agent.metrics.unread.set_function(lambda: windows.held.held)
         agent.metrics.unread_budget.labels("node").set(windows.held.limit)
         agent.metrics.unread_budget.labels("pod").set(windows.held.pod_limit)
+        reloads = agent.metrics.policy_reloads
+        self.policy.on_reload = lambda loaded: reloads.labels(
+            "loaded" if loaded else "refused"
+        ).inc()
+        store = self.policy
+        agent.metrics.policy_loaded.set_function(lambda: store.loaded_at)
         self._renewals = asyncio.create_task(self._upkeep(source), name="renewals")
         agent.depends_on(self._renewals)
         if self.policy.pending is not None:
@@ -288,6 +294,15 @@ class MeshWiring:
 
     def reload(self) -> None:
         self.policy.reload()
+
+    def describe_policy(self) -> dict[str, Any]:
+        """The agent's ``/debug/policy``: the policy in force (its document, whose digest
+        the CLI checks before explaining with it), and the trust domain that completes a
+        ``namespace/serviceaccount`` source."""
+        return {
+            "trust_domain": self.config.identity.trust_domain,
+            **self.policy.describe(),
+        }
 
     def workloads_changed(self, snapshot: Snapshot) -> None:
         # Routes read the agent's registry on every connection; the inbound side's
@@ -442,10 +457,10 @@ class MeshWiring:
 
     def _authorize(self, peer: SpiffeId, pod: PodConfig, port: int) -> Decision:
         dest = DestinationWorkload(pod.identity.namespace, pod.identity.service_account, pod.name)
-        if self.policy.pending is not None:  # fail closed until the objects are read
-            decision = Decision(False, None, self.policy.pending, "pending")
-        else:
-            decision = decide(self.policy.policy, peer, dest, port)
+        # pending: fail closed until the objects are read. `smesh policy explain` runs this
+        # same trace on the policy /debug/policy serves (describe_policy).
+        store = self.policy
+        decision = trace(store.policy, peer, dest, port, pending=store.pending).decision
         if not decision.allowed and self._agent is not None:
             self._agent.metrics.policy_denials.labels(decision.decided_by).inc()
         return decision

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from smesh.cli.output import stdout_closed, table
+from smesh.cli.output import add_output, stdout_closed, table, wants_json
 from smesh.lab import api, topology
 from smesh.lab.errors import LabError
 
 
-def configure(lab: argparse.ArgumentParser) -> None:
+def configure(lab: argparse.ArgumentParser) -> None:  # noqa: PLR0915 - one verb per block
     verbs = lab.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def named(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -144,12 +145,20 @@ def configure(lab: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_list)
 
+    _policy_verb(named(verbs.add_parser("policy", help=_policy.__doc__)))
+
     logs = named(verbs.add_parser("logs", help="a node's agent log (JSON lines)"))
     logs.add_argument("node", metavar="NODE", help="e.g. node-1")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing what the agent logs"
     )
     logs.set_defaults(func=_logs)
+
+
+def _policy_verb(policy: argparse.ArgumentParser) -> None:
+    policy.add_argument("file", type=Path, metavar="FILE", help="a policy file (docs/policy.md)")
+    add_output(policy)
+    policy.set_defaults(func=_policy)
 
 
 def _name_option(parser: argparse.ArgumentParser) -> None:
@@ -371,8 +380,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    import sys  # noqa: PLC0415
-
     from smesh.lab import logs  # noqa: PLC0415
 
     path = logs.agent_log(args.name, args.node)
@@ -382,4 +389,35 @@ def _logs(args: argparse.Namespace) -> int:
     logs.copy(path, sys.stdout.buffer, follow=args.follow, stop=stdout_closed)
     if stdout_closed():
         raise BrokenPipeError  # the entry point ends as a closed pipe ends a command
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    """install a policy file in a process lab and reload every agent, reporting each
+    agent's verdict (exit 1 if any did not load it)"""
+    from smesh.lab import policy  # noqa: PLC0415
+
+    expected, verdicts = policy.install(args.name, args.file)
+    if wants_json(args):
+        doc = {
+            "file": str(args.file),
+            "digest": expected,
+            "agents": [v.as_dict() for v in verdicts],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{args.file}: valid ({expected}); installed as lab {args.name!r}'s policy")
+        for v in verdicts:
+            print(
+                f"{v.node}: "
+                + (f"loaded {(v.digest or '')[:19]}" if v.loaded else f"refused: {v.error}")
+            )
+    refused = [v.node for v in verdicts if not v.loaded]
+    if refused:
+        print(
+            f"smesh: error: {len(refused)} of {len(verdicts)} agents did not load the policy "
+            f"({', '.join(refused)})",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -170,9 +170,15 @@ def _start_mesh(
     control.set_up_identity(topo)
     lab.signer = control.start_signer(topo, cgroup_root)
     state.save(lab)
-    extra: dict[str, Any] = {}
+    # Always a policy file, so `smesh lab policy` can replace it and SIGHUP every agent
+    # (an agent started without one has nothing to reload). A link to --policy: an edit
+    # of that file and a SIGHUP reload it too, as with an agent of one's own.
+    installed = state.policy_path(topo.name)
     if policy is not None:
-        extra["policy"] = str(policy.resolve())
+        installed.symlink_to(policy.resolve())
+    else:
+        installed.write_text("# no rules: every connection within the mesh is allowed\n")
+    extra: dict[str, Any] = {"policy": str(installed)}
     overrides = list(lab.settings.get("agent_overrides", []))
     for node in topo.nodes:
         lab.agents[node.name] = agents.start(topo, node, cgroup_root, extra, overrides)

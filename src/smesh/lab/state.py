@@ -74,6 +74,12 @@ def workloads_dir(name: str) -> Path:
     return directory(name) / "workloads"
 
 
+def policy_path(name: str) -> Path:
+    """The lab's authorization policy, which every agent's ``policy:`` names: a link to
+    ``lab up --policy FILE``, an empty policy without it; ``smesh lab policy`` replaces it."""
+    return directory(name) / "policy.yaml"
+
+
 def bpf_pin_dir(name: str) -> Path:
     return BPF_PIN_ROOT / name
 
