@@ -349,7 +349,7 @@ def test_a_pod_deleted_mid_transfer_releases_everything_and_the_agent_serves_on(
     # The agent kept running and serves the others, and the replacement pod, at once.
     assert state.load(cluster.name).agents["node-2"].pid == agent_pid  # type: ignore[union-attr]
     assert (
-        admin_client.get("127.0.0.1", 15000, "/healthz", netns=f"{cluster.name}.node-2").status
+        admin_client.get("127.0.0.1", 15020, "/healthz", netns=f"{cluster.name}.node-2").status
         == 200
     )
     now = web(cluster, "shop")
