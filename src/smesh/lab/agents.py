@@ -188,7 +188,7 @@ def wait_handed_over(
     topo: Topology, node: Node, process: state.Process, timeout: float = 30.0
 ) -> None:
     """Wait until *process* took the node over from the agent running before it, and is
-    ready (the old one answers the admin port until its hand-over)."""
+    ready (the old one answers the admin ports until its hand-over)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.alive():
         if serving_pid(node) == process.pid:
