@@ -717,6 +717,29 @@ def test_both_admin_listeners_take_their_passed_sockets_and_an_old_layouts_is_cl
     asyncio.run(scenario())
 
 
+def test_a_debug_listener_off_the_loopback_is_served_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Configured explicitly, so served; but the log says who can read /debug now."""
+    bound: list[tuple[str, int]] = []
+
+    async def bind(server: object, host: str, port: int) -> None:  # no host listener here
+        bound.append((host, port))
+
+    monkeypatch.setattr(node.AdminServer, "start", bind)
+    admin = {"scrape": {"port": 15020}, "debug": {"address": "0.0.0.0", "port": 15000}}
+    for address, warned in (("0.0.0.0", True), ("127.0.0.1", False), ("::1", False)):
+        admin["debug"]["address"] = address
+        agent, _capture = agent_with(Wiring(), tmp_path, admin=admin)
+        caplog.clear()
+        asyncio.run(agent._start_admin())
+        assert bound[-2:] == [("0.0.0.0", 15020), (address, 15000)]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert bool(warnings) == warned, warnings
+        if warned:
+            assert "admin.debug.address 0.0.0.0 is not a loopback address" in warnings[0]
+
+
 def test_a_handed_over_agent_exits_once_its_connections_ended(tmp_path: Path) -> None:
     agent, ready = running_agent(tmp_path)
     pod = BusyPod()
