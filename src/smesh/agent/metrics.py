@@ -164,12 +164,13 @@ class AgentMetrics:
             "smesh_admin_connections_refused_total",
             "Admin connections answered 503 and closed at admin.maxConnections (at_cap) or at "
             "one peer address's share of it (peer_cap), or closed without a complete request "
-            "within admin.readTimeout (read_timeout).",
-            ["reason"],
+            "within admin.readTimeout (read_timeout), by listener (scrape, debug).",
+            ["listener", "reason"],
             registry=r,
         )
-        for reason in ("at_cap", "peer_cap", "read_timeout"):
-            self.admin_refused.labels(reason)
+        for listener in ("scrape", "debug"):
+            for reason in ("at_cap", "peer_cap", "read_timeout"):
+                self.admin_refused.labels(listener, reason)
         self.tls_handshake = Histogram(
             "smesh_tls_handshake_duration_seconds",
             "Duration of mutual TLS handshakes.",

@@ -493,7 +493,7 @@ class MeshWiring:
             addresses=workload.ips,
             sockets=ns,
             tunnel_port=ports.inbound,
-            forbidden_ports=frozenset({ports.outbound, ports.inbound, self.config.admin.port}),
+            forbidden_ports=frozenset({ports.outbound, ports.inbound, *self.config.admin.ports}),
             link_scope=scope,
         )
         endpoint = PodEndpoint(pod, self.services)

@@ -14,6 +14,7 @@ from typing import Any
 from smesh.agent import client
 from smesh.errors import SmeshError
 from smesh.lab import api as lab_api
+from smesh.lab.agents import DEBUG_PORT  # the agents ask /debug/* only
 from smesh.lab.errors import LabError, UnknownMember
 
 
@@ -35,7 +36,11 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     """``--lab L [--node N]`` or ``--admin HOST:PORT``: which agents a command asks."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--lab", default="smesh", help="every agent of this lab (default smesh)")
-    where.add_argument("--admin", metavar="HOST:PORT", help="one agent's admin endpoint")
+    where.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="one agent's debug endpoint (admin.debug: 127.0.0.1:15000)",
+    )
     parser.add_argument("--node", help="only this node of the lab")
 
 
@@ -80,7 +85,7 @@ def lab_agents(args: argparse.Namespace) -> list[Agent]:
             if n["agent_health"] in ("dead", "none"):
                 pid = n["agent_pid"]
                 down = f"the agent (pid {pid}) is not running" if pid else "no agent was started"
-        found.append(Agent(n["name"], "127.0.0.1", 15000, n["netns"], fix, down))
+        found.append(Agent(n["name"], "127.0.0.1", DEBUG_PORT, n["netns"], fix, down))
     return found
 
 

@@ -258,7 +258,7 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
 
 def edge_total(lab: Lab, node: str, name: str, reporter: str, labels: dict[str, str]) -> float:
     """The sum of *name*'s series on *node* with *reporter* and *labels*."""
-    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    reply = admin_client.get("127.0.0.1", 15020, "/metrics", netns=f"{lab.name}.{node}")
     wanted = {**labels, "reporter": reporter}
     return sum(
         sample.value
@@ -381,7 +381,7 @@ def test_a_pod_deleted_mid_transfer_releases_everything_and_the_agent_serves_on(
     # The agent kept running and serves the others, and the replacement pod, at once.
     assert state.load(cluster.name).agents["node-2"].pid == agent_pid  # type: ignore[union-attr]
     assert (
-        admin_client.get("127.0.0.1", 15000, "/healthz", netns=f"{cluster.name}.node-2").status
+        admin_client.get("127.0.0.1", 15020, "/healthz", netns=f"{cluster.name}.node-2").status
         == 200
     )
     now = web(cluster, "shop")

@@ -90,7 +90,7 @@ def agent_log(lab: Lab, node: str) -> list[dict[str, Any]]:
 
 
 def metric(lab: Lab, node: str, line_prefix: str) -> float:
-    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    reply = admin_client.get("127.0.0.1", 15020, "/metrics", netns=f"{lab.name}.{node}")
     for line in reply.body.decode().splitlines():
         if line.startswith(line_prefix + " "):
             return float(line.rsplit(" ", 1)[1])

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from smesh.agent import client
 from smesh.lab import state
+from smesh.lab.agents import admin_port
 from tests.integration.labkit import Lab, smesh
 from tests.integration.mesh.conftest import APP, Apps
 
@@ -29,7 +30,7 @@ def node(lab: Lab, name: str) -> dict[str, Any]:
 
 
 def admin(lab: Lab, node_name: str, path: str) -> client.AdminReply:
-    return client.get("127.0.0.1", 15000, path, netns=node(lab, node_name)["netns"])
+    return client.get("127.0.0.1", admin_port(path), path, netns=node(lab, node_name)["netns"])
 
 
 def meshed_here(lab: Lab, node_name: str) -> set[str]:

@@ -94,7 +94,7 @@ def throughput(lab: Lab) -> float:
 
 
 def metric(lab: Lab, name: str) -> float:
-    text = lab.exec("node-2", ["curl", "-sS", "-m", "5", "localhost:15000/metrics"]).stdout
+    text = lab.exec("node-2", ["curl", "-sS", "-m", "5", "localhost:15020/metrics"]).stdout
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
