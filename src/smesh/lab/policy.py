@@ -53,7 +53,7 @@ class Verdict:
 
 def _agent_policy(netns: str) -> dict[str, Any] | None:
     try:
-        reply = client.get("127.0.0.1", agents.ADMIN_PORT, "/debug/policy", netns=netns)
+        reply = client.get("127.0.0.1", agents.DEBUG_PORT, "/debug/policy", netns=netns)
     except client.AdminUnreachable:
         return None
     if reply.status != 200:
