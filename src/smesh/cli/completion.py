@@ -8,6 +8,7 @@ Hidden aliases (``--json``, ``--name``) are left out, so completion teaches the 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 SHELLS = ("bash", "zsh")
 
@@ -26,7 +27,19 @@ def script(shell: str) -> str:
 
     from smesh.cli import build_parser  # noqa: PLC0415 - the package imports this module
 
-    return str(shtab.complete(build_parser(every=True), shell=shell))
+    parser = build_parser(every=True)
+    _complete_paths(parser, shtab.FILE)
+    return str(shtab.complete(parser, shell=shell))
+
+
+def _complete_paths(parser: argparse.ArgumentParser, how: object) -> None:
+    """Arguments parsed as a ``Path`` complete file names (shtab reads ``.complete``)."""
+    for action in parser._actions:
+        if action.type is Path:
+            action.complete = how  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _complete_paths(sub, how)
 
 
 def _completion(args: argparse.Namespace) -> int:
