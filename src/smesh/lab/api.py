@@ -125,9 +125,7 @@ def up(
     cgroup_root = _preflight("smesh lab up")
     with _locked(name):
         if _leftovers(name, cgroup_root):
-            raise LabExists(
-                f"lab {name!r} already exists; run `smesh lab down --lab {name}` first"
-            )
+            raise LabExists(f"lab {name!r} already exists; run `smesh lab down --lab {name}` first")
         lab = state.LabState(
             name=name,
             nodes=nodes,
