@@ -4,6 +4,8 @@ wherever a lab is named, `-v` before or after the command."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +117,20 @@ def test_the_commands_that_print_nothing_of_their_own_take_no_o() -> None:
 )
 def test_v_works_before_and_after_the_command(argv: list[str]) -> None:
     assert parse(argv).verbose is True
+
+
+@pytest.mark.parametrize("argv", [["-v", "completion", "bash"], ["completion", "bash", "-v"]])
+def test_v_anywhere_turns_on_debug_logging(argv: list[str]) -> None:
+    code = (
+        "import logging, sys\n"
+        "from smesh.cli import main\n"
+        f"main({argv!r})\n"
+        "print(logging.getLevelName(logging.getLogger().level), file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stderr.splitlines()[-1] == "DEBUG"
 
 
 @pytest.mark.parametrize("argv", [["status"], ["lab", "status"], ["capture", "status"]])
