@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from smesh import __version__
-from smesh.cli.options import add_globals, spread_globals
+from smesh.cli.options import add_globals, check_lab_env, spread_globals
 from smesh.cli.output import stdout_closed
 from smesh.errors import SmeshError
 
@@ -81,6 +81,7 @@ def _run(argv: Sequence[str] | None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        check_lab_env(args)
         return int(args.func(args) or 0)
     except SmeshError as exc:
         print(f"smesh: error: {exc}", file=sys.stderr)

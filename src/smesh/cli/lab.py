@@ -163,7 +163,7 @@ def _name_option(parser: argparse.ArgumentParser) -> None:
 def exec_command(argv: list[str]) -> tuple[list[str], list[str]]:
     """Split what follows POD into (exec's own options, the command).
 
-    argparse hands everything after POD to the command, so `lab exec pod-1 --name x --
+    argparse hands everything after POD to the command, so `lab exec pod-1 --lab x --
     curl ...` would run `--lab` in the default lab; options written there, before the
     `--`, are taken as exec's. A command's own `--` (`grep -- -x`) is left alone.
     """

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from smesh.errors import SmeshError
+
 #: The lab a command acts on when ``--lab`` is not given; unset or empty: ``smesh``.
 LAB_ENV = "SMESH_LAB"
 _DEFAULT_LAB = "smesh"  # smesh.lab.topology.DEFAULT_NAME, without importing the lab here
@@ -17,6 +19,19 @@ _DEFAULT_LAB = "smesh"  # smesh.lab.topology.DEFAULT_NAME, without importing the
 
 def default_lab() -> str:
     return os.environ.get(LAB_ENV) or _DEFAULT_LAB
+
+
+def check_lab_env(args: argparse.Namespace) -> None:
+    """A bad ``$SMESH_LAB`` is reported as that, not as a bad ``--lab`` nobody typed."""
+    value = os.environ.get(LAB_ENV)
+    if not value or value not in (getattr(args, "lab", None), getattr(args, "name", None)):
+        return
+    from smesh.lab.topology import validate_name  # noqa: PLC0415 - only when it is set
+
+    try:
+        validate_name(value)
+    except SmeshError as exc:
+        raise type(exc)(f"${LAB_ENV}: {exc}") from None
 
 
 def add_lab(parser: argparse.ArgumentParser, dest: str = "lab") -> None:

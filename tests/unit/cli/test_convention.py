@@ -4,6 +4,7 @@ wherever a lab is named, `-v` before or after the command."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -182,3 +183,18 @@ def test_every_command_is_configured_for_completion_only() -> None:
         "lab"
     ]
     assert not any(isinstance(a, argparse._SubParsersAction) for a in lab_only._actions)
+
+
+def test_a_bad_smesh_lab_is_named_as_such() -> None:
+    env = {**os.environ, "SMESH_LAB": "Bad_Name"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "smesh", "lab", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("smesh: error: $SMESH_LAB: invalid lab name 'Bad_Name': ")
+    assert proc.stdout == ""
