@@ -74,7 +74,7 @@ def lab_name() -> collections.abc.Iterator[str]:
     smesh("lab", "down", "--lab", name, check=False)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)  # the blocks: about 2 minutes, a Kubernetes lab among them
 def test_readme_blocks_run_as_shown(lab_name: str, tmp_path: Path) -> None:
     runnable = [b for b in blocks(README.read_text()) if b.skip is None]
     assert len(runnable) >= 3, "the README's lab and mesh blocks run"
@@ -99,7 +99,7 @@ def test_readme_blocks_run_as_shown(lab_name: str, tmp_path: Path) -> None:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                timeout=300,
+                timeout=600,
                 check=False,
             )
         output = log.read_text()
