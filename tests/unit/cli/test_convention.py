@@ -198,3 +198,20 @@ def test_a_bad_smesh_lab_is_named_as_such() -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("smesh: error: $SMESH_LAB: invalid lab name 'Bad_Name': ")
     assert proc.stdout == ""
+
+
+def test_every_command_that_takes_lab_defaults_to_smesh_lab(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Generic over the parser, so a command added later (with add_lab or add_selection)
+    is held to the same rule without being listed here."""
+    monkeypatch.setenv("SMESH_LAB", "ci42")
+    taking = []
+    for path, sub in leaves(build_parser(every=True)):
+        if "--lab" not in sub._option_string_actions:
+            continue
+        taking.append(" ".join(path))
+        assert lab_of(parse([*path, *required_positionals(sub)])) == "ci42", path
+        visible = {s for a in sub._actions if a.help != argparse.SUPPRESS for s in a.option_strings}
+        assert "--name" not in visible, path  # the old spelling stays hidden
+    assert {c for c, _ in LAB_COMMANDS} <= set(taking)
