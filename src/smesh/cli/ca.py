@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from smesh.cli.output import table
+from smesh.cli.output import add_output, table, wants_json
 from smesh.identity.ca import DEFAULT_DIR, CertificateAuthority
 from smesh.identity.service import SigningService
 from smesh.identity.signer import LiveEntitlements, LocalSigner
@@ -42,7 +42,7 @@ def configure(ca: argparse.ArgumentParser) -> None:
     init.set_defaults(func=_init)
 
     inspect = with_dir(verbs.add_parser("inspect", help="roots and issued certificates"))
-    inspect.add_argument("--json", action="store_true")
+    add_output(inspect)
     inspect.set_defaults(func=_inspect)
 
     rotate = with_dir(verbs.add_parser("rotate", help="rotate the root in three steps"))
@@ -81,7 +81,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     doc = CertificateAuthority.load(args.dir).describe()
-    if args.json:
+    if wants_json(args):
         print(json.dumps(doc, indent=2))
         return 0
     print(f"trust domain {doc['trust_domain']}  ({doc['directory']})\n")

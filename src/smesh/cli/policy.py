@@ -7,6 +7,9 @@ loaded), its trust domain, and the destination pod's workload as the lab publish
 The agent hosting the pod is asked, since with AuthorizationPolicy objects each node's
 policy is its own (selectors are resolved against the node's pods). ``--policy FILE``
 asks the same question of a file instead, without an agent.
+
+``policy check -o json`` answers an invalid policy with a document too (``valid: false``
+and the error, exit 1), so a script or CI step reads one format whatever the file holds.
 """
 
 from __future__ import annotations
@@ -14,17 +17,26 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from smesh.agent import client
 from smesh.cli.agents import Agent, ask, lab_agents
-from smesh.cli.output import add_output, wants_json
+from smesh.cli.options import add_lab
+from smesh.cli.output import add_output, show, wants_json
 from smesh.errors import SmeshError
 from smesh.lab import api as lab_api
-from smesh.lab import topology
 from smesh.lab.errors import UnknownMember
-from smesh.policy import DestinationWorkload, Policy, digest, from_document, load, trace
+from smesh.policy import (
+    DestinationWorkload,
+    Policy,
+    PolicyError,
+    digest,
+    from_document,
+    load,
+    trace,
+)
 from smesh.policy.explain import ExplainError, explanation, render, source_identity, target
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -34,6 +46,7 @@ def configure(policy: argparse.ArgumentParser) -> None:
     verbs = policy.add_subparsers(dest="verb", metavar="VERB", required=True)
     check = verbs.add_parser("check", help="validate a policy file")
     check.add_argument("file", type=Path)
+    add_output(check)
     check.set_defaults(func=_check)
 
     explain = verbs.add_parser(
@@ -59,9 +72,7 @@ def configure(policy: argparse.ArgumentParser) -> None:
         help="the destination: a lab pod (pod-3:8080; NAMESPACE/POD in a Kubernetes lab), "
         "or NAMESPACE/SERVICEACCOUNT/POD:PORT with --policy (no lab needed)",
     )
-    explain.add_argument(
-        "--lab", help=f"the lab whose pod and agent to ask (default {topology.DEFAULT_NAME})"
-    )
+    add_lab(explain)  # the lab whose pod and agent to ask
     explain.add_argument(
         "--policy", type=Path, metavar="FILE", help="decide with this file, not the agent's"
     )
@@ -70,11 +81,27 @@ def configure(policy: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    policy = load(args.file)
+    try:
+        policy = load(args.file)
+    except PolicyError as exc:
+        if not wants_json(args):
+            raise
+        show(args, {"file": str(args.file), "valid": False, "error": str(exc)})
+        print(f"smesh: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     allow = sum(r.action == "allow" for r in policy.rules)
-    print(
+    show(
+        args,
+        {
+            "file": str(args.file),
+            "valid": True,
+            "rules": len(policy.rules),
+            "allow": allow,
+            "deny": len(policy.rules) - allow,
+            "default": policy.default,
+        },
         f"{args.file}: valid — {len(policy.rules)} rules ({allow} allow, "
-        f"{len(policy.rules) - allow} deny), default {policy.default}"
+        f"{len(policy.rules) - allow} deny), default {policy.default}",
     )
     return 0
 
@@ -91,7 +118,7 @@ def _explain(args: argparse.Namespace) -> int:
             )
         dest = DestinationWorkload(parts[0], parts[1], parts[2])
     else:
-        lab = args.lab or topology.DEFAULT_NAME
+        lab = args.lab
         dest, node = _lab_pod(lab, pod)
         if args.policy is None or dest.service_account == "":
             agent = _agent(lab, node)
@@ -122,7 +149,7 @@ def _lab_pod(lab: str, pod: str) -> tuple[DestinationWorkload, str]:
             if (row["namespace"], row["name"]) == (namespace, name) and row["node"]:
                 return DestinationWorkload(namespace, "", name), str(row["node"])
         raise UnknownMember(
-            f"lab {lab!r} has no pod {namespace}/{name} on a node (`smesh lab status --name "
+            f"lab {lab!r} has no pod {namespace}/{name} on a node (`smesh lab status --lab "
             f"{lab}` lists them)"
         )
     for row in doc["pods"]:

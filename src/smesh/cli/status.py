@@ -14,13 +14,13 @@ import sys
 from typing import Any
 
 from smesh.cli.agents import Agent, add_selection, ask, lab_agents
-from smesh.cli.output import table
+from smesh.cli.output import add_output, table, wants_json
 from smesh.cli.policy import held_policies, policy_lines
 
 
 def configure(status: argparse.ArgumentParser) -> None:
     add_selection(status)
-    status.add_argument("--json", action="store_true")
+    add_output(status)
     status.set_defaults(func=_status)
 
 
@@ -38,7 +38,7 @@ def _status(args: argparse.Namespace) -> int:
         ask(agent, "/debug/workloads")
     down = [a for a in agents if a.error is not None]
     policies = held_policies(agents)
-    if args.json:
+    if wants_json(args):
         docs = [
             {**a.doc, "label": a.label, "policy": policies.get(a.label)}
             if a.error is None

@@ -125,9 +125,7 @@ def up(
     cgroup_root = _preflight("smesh lab up")
     with _locked(name):
         if _leftovers(name, cgroup_root):
-            raise LabExists(
-                f"lab {name!r} already exists; run `smesh lab down --name {name}` first"
-            )
+            raise LabExists(f"lab {name!r} already exists; run `smesh lab down --lab {name}` first")
         lab = state.LabState(
             name=name,
             nodes=nodes,
@@ -274,7 +272,7 @@ def load(name: str) -> tuple[state.LabState, Topology]:
     if lab.phase != "up":
         raise LabError(
             f"lab {name!r} is not fully built (a crashed `up`?); "
-            f"run `smesh lab down --name {name}` and try again"
+            f"run `smesh lab down --lab {name}` and try again"
         )
     return lab, lab.topology()
 
@@ -369,7 +367,7 @@ def _process_agents_only(lab: state.LabState, verb: str) -> None:
         raise LabError(
             f"lab {lab.name!r} runs its agents as pods of the chart's DaemonSet, not as lab "
             f"processes, so {verb} cannot act on them: restart one with `smesh lab kubectl "
-            f"--name {lab.name} -- -n smesh-system delete pod POD` (`smesh lab status` names "
+            f"--lab {lab.name} -- -n smesh-system delete pod POD` (`smesh lab status` names "
             "each node's agent pod), or bring the lab up with `--install processes`"
         )
 
@@ -530,7 +528,7 @@ def kubectl_argv(name: str, argv: Sequence[str]) -> None:
     if not topo.kubernetes:
         raise LabError(
             f"lab {name!r} has no Kubernetes control plane; start one with "
-            f"`smesh lab up --kubernetes --name {name}`"
+            f"`smesh lab up --kubernetes --lab {name}`"
         )
     kubectl = DEFAULT_BIN_DIR / "kubectl"
     if not kubectl.is_file():

@@ -99,7 +99,7 @@ def load(name: str) -> LabState | None:
         return None
     except (OSError, ValueError) as exc:
         raise LabError(
-            f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --name {name}`"
+            f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --lab {name}`"
         ) from exc
     for key in ("agents", "control_plane", "kubelets", "proxies"):
         data[key] = {name: Process(**proc) for name, proc in data.get(key, {}).items()}

@@ -55,12 +55,12 @@ def test_status_shows_every_node_and_a_dead_agent_with_its_fix(lab_factory: LabF
         assert rows[1][:2] == ["node-1", "pod-1"]
         assert rows[1][3] == "ready"
         assert rows[3][:5] == ["node-2", "-", "-", "AGENT", "DOWN"]
-        assert f"fix: smesh lab restart-agent --name {lab.name} node-2" in down.stdout
+        assert f"fix: smesh lab restart-agent --lab {lab.name} node-2" in down.stdout
         assert "1 of 2 agents did not answer (node-2)" in down.stderr
         docs = json.loads(smesh("status", "--lab", lab.name, "--json", check=False).stdout)
         assert [d["label"] for d in docs] == ["node-1", "node-2"]
         assert "is not running" in docs[1]["error"]
-        assert docs[1]["fix"] == f"smesh lab restart-agent --name {lab.name} node-2"
+        assert docs[1]["fix"] == f"smesh lab restart-agent --lab {lab.name} node-2"
 
         smesh("lab", "restart-agent", "--name", lab.name, "node-2")
         assert smesh("status", "--lab", lab.name).returncode == 0
