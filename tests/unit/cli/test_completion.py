@@ -86,7 +86,6 @@ def test_completion_is_a_command_that_prints_the_script() -> None:
         assert "lab" in proc.stdout
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
 def test_zsh_script_parses(tmp_path: Path) -> None:
     path = tmp_path / "_smesh"
     path.write_text(script("zsh"))

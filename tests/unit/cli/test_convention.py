@@ -68,12 +68,17 @@ def leaves(
 
 
 def required_positionals(parser: argparse.ArgumentParser) -> list[str]:
-    """Placeholder values for a command's positional arguments."""
+    """Placeholder values for a command's positional arguments and required options."""
     values = []
     for action in parser._actions:
-        if action.option_strings or action.nargs in ("?", "*", argparse.REMAINDER):
+        placeholder = next(iter(action.choices)) if action.choices else "x"
+        if action.option_strings:
+            if action.required:  # e.g. `policy explain --from ID --to POD:PORT`
+                values += [action.option_strings[0], placeholder]
             continue
-        values.append(next(iter(action.choices)) if action.choices else "x")
+        if action.nargs in ("?", "*", argparse.REMAINDER):
+            continue
+        values.append(placeholder)
     return values
 
 
