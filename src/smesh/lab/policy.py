@@ -83,7 +83,7 @@ def install(name: str, path: Path) -> tuple[str, list[Verdict]]:
         raise LabError(
             f"lab {name!r} runs the chart's agents, which take AuthorizationPolicy objects, "
             f"not a policy file: write the rules as objects (docs/policy-kubernetes.md) and "
-            f"`smesh lab kubectl --name {name} -- apply -f OBJECTS.yaml`"
+            f"`smesh lab kubectl --lab {name} -- apply -f OBJECTS.yaml`"
         )
     target = state.policy_path(name)
     stale = [n.name for n in topo.nodes if _configured_policy(name, n.name) != str(target)]
@@ -104,7 +104,7 @@ def install(name: str, path: Path) -> tuple[str, list[Verdict]]:
             if process is None or not process.alive():
                 signalled[node.name] = (
                     f"the agent is not running; it loads the policy when started "
-                    f"(smesh lab restart-agent --name {name} {node.name})"
+                    f"(smesh lab restart-agent --lab {name} {node.name})"
                 )
                 continue
             with contextlib.suppress(ProcessLookupError):
