@@ -72,3 +72,22 @@ def spread_globals(parser: argparse.ArgumentParser) -> None:
             if "--verbose" not in sub._option_string_actions:
                 add_globals(sub)
             spread_globals(sub)
+
+
+def add_log_format(parser: argparse.ArgumentParser) -> None:
+    """``--log-format json|text`` for the long-running commands (the signing service, the
+    controller): JSON lines by default, as the agent's ``logging.format``, so one log
+    pipeline reads every smesh process."""
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default="json",
+        help="json (default: one object per line, as the agent logs) or text",
+    )
+
+
+def configure_logs(args: argparse.Namespace) -> None:
+    """Route the process's logs as ``--log-format`` and ``-v`` say."""
+    from smesh.agent import logs  # noqa: PLC0415
+
+    logs.configure(args.log_format, "debug" if getattr(args, "verbose", False) else "info")

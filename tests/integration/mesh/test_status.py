@@ -39,6 +39,11 @@ def test_status_shows_every_node_and_a_dead_agent_with_its_fix(lab_factory: LabF
     first = smesh("lab", "logs", "--name", lab.name, "node-2").stdout.splitlines()
     assert first
     assert all(json.loads(line)["level"] for line in first)
+    # ... and the signing service logs as the agents do: JSON lines (it issued 4 certificates)
+    signer = (state.directory(lab.name) / "ca" / "signer.log").read_text().splitlines()
+    records = [json.loads(line) for line in signer]
+    assert all(r["level"] and r["logger"].startswith("smesh.") for r in records)
+    assert sum(r["msg"].startswith("issued spiffe://") for r in records) >= 4
     follow = subprocess.Popen(
         [*SMESH, "lab", "logs", "--name", lab.name, "--follow", "node-2"],
         stdout=subprocess.PIPE,
