@@ -7,12 +7,13 @@ SYSTEM_PYTHON := $(shell command -v /usr/bin/python3 || command -v python3)
 
 # Build: clang for BPF C. Run time: libbpf1, iproute2 and nftables. Tests and demo: real
 # peers (curl, socat, openssl, tcpdump, iperf3). Benchmarks: the C tunnels to race.
-# Kubernetes lab: the real CNI plugins (bridge, host-local) the lab kubelet calls.
+# Kubernetes lab: the real CNI plugins (bridge, host-local) the lab kubelet calls. zsh: the
+# shell whose completion script (`smesh completion zsh`) the tests load, as bash's.
 APT_PACKAGES := make clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool \
 	iproute2 nftables iputils-ping procps util-linux kmod \
 	python3 python3-venv python3-dev \
 	curl socat openssl tcpdump iperf3 sockperf stunnel4 haproxy ca-certificates \
-	containernetworking-plugins
+	containernetworking-plugins zsh
 
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRC))

@@ -22,8 +22,9 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import h11
 
@@ -46,6 +47,20 @@ class Request:
     path: str
     body: bytes = b""
     peer_cert: bytes | None = None  # DER, when the server speaks TLS
+    query: str = ""  # what follows the path's "?", undecoded
+
+
+class Stream(Protocol):
+    """A response body sent as it is made (chunked), until it ends or the client goes.
+
+    No time bound applies to it (a follower of live events waits for them): what it holds
+    and how long is the stream's own business. ``close`` is called once it is over, however
+    it ended, also when it never started.
+    """
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,7 @@ class Response:
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = field(default=())
+    stream: Stream | None = None  # the body, instead of *body*
 
 
 class HttpError(Exception):
@@ -209,6 +225,12 @@ class HttpServer:
             response = Response(408, f"no complete request within {read_timeout:g} s\n".encode())
         except (h11.RemoteProtocolError, ConnectionError, ssl.SSLError):
             response = Response(400, b"bad request\n")
+        if response.stream is not None:
+            try:
+                await self._stream(reader, writer, conn, response, response.stream)
+            finally:
+                response.stream.close()
+            return
         if conn.our_state is not h11.SEND_RESPONSE:
             conn = h11.Connection(h11.SERVER)  # answer even when the request never parsed
             conn.receive_data(b"GET / HTTP/1.0\r\n\r\n")
@@ -250,6 +272,59 @@ class HttpServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_discard(reader), LINGER_SECONDS)
 
+    async def _stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: h11.Connection,
+        response: Response,
+        stream: Stream,
+    ) -> None:
+        """Send *stream* until it ends (then the last chunk, and close) or the client goes
+        (its end of the connection closed: then abort, whatever the stream had left)."""
+        pump = asyncio.ensure_future(self._pump(writer, conn, response, stream))
+        gone = asyncio.ensure_future(_discard(reader))
+        try:
+            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, gone):
+                task.cancel()
+            await asyncio.gather(pump, gone, return_exceptions=True)
+        if pump.cancelled() or pump.exception() is not None or not pump.result():
+            writer.transport.abort()
+            return
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+
+    async def _pump(
+        self, writer: asyncio.StreamWriter, conn: h11.Connection, response: Response, stream: Stream
+    ) -> bool:
+        """Whether the whole stream went out, its last chunk included."""
+        headers = [
+            ("content-type", response.content_type),
+            ("cache-control", "no-store"),
+            ("connection", "close"),
+            *response.headers,
+        ]
+        read_timeout = self.cap.read_timeout if self.cap is not None else READ_TIMEOUT
+        try:
+            writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+            await writer.drain()
+            async for chunk in stream.chunks():
+                if chunk:
+                    writer.write(conn.send(h11.Data(data=chunk)))
+                    await writer.drain()
+            writer.write(conn.send(h11.EndOfMessage()))
+            async with asyncio.timeout(read_timeout + LINGER_SECONDS):
+                await writer.drain()
+        except (ConnectionError, h11.LocalProtocolError, ssl.SSLError, TimeoutError):
+            return False
+        except Exception:  # a stream's bug ends its response, never the server
+            log.exception("a streamed response failed")
+            return False
+        return True
+
     async def _read(
         self, reader: asyncio.StreamReader, conn: h11.Connection, peer_cert: bytes | None
     ) -> Request:
@@ -267,8 +342,8 @@ class HttpServer:
                 if len(body) > self.max_body:
                     raise HttpError(413, f"request body larger than {self.max_body} bytes")
             elif isinstance(event, h11.EndOfMessage) and head is not None:
-                path = head.target.decode("ascii", "replace").split("?", 1)[0]
-                return Request(head.method.decode(), path, bytes(body), peer_cert)
+                path, _, query = head.target.decode("ascii", "replace").partition("?")
+                return Request(head.method.decode(), path, bytes(body), peer_cert, query)
             else:
                 raise h11.RemoteProtocolError("connection closed before a complete request")
 
@@ -290,7 +365,17 @@ async def _discard(reader: asyncio.StreamReader) -> None:
         pass
 
 
-def router(routes: dict[str, Callable[[], Response | Awaitable[Response]]]) -> Handler:
+@dataclass(frozen=True)
+class WithRequest:
+    """A route that reads its request (the query), where the others need nothing of it."""
+
+    handler: Handler
+
+
+Routes = dict[str, Callable[[], Response | Awaitable[Response]] | WithRequest]
+
+
+def router(routes: Routes) -> Handler:
     """GET-only routing by path (the admin endpoint)."""
 
     async def handle(request: Request) -> Response:
@@ -299,7 +384,7 @@ def router(routes: dict[str, Callable[[], Response | Awaitable[Response]]]) -> H
         route = routes.get(request.path)
         if route is None:
             return Response(404, f"no such endpoint; try {', '.join(sorted(routes))}\n".encode())
-        result = route()
+        result = route.handler(request) if isinstance(route, WithRequest) else route()
         return await result if inspect.isawaitable(result) else result
 
     return handle

@@ -1,9 +1,10 @@
 """The node agent's configuration: one YAML file, overridable by flags and environment.
 
 Validation happens once, at start, and a bad value is reported as one line naming the
-field (``agent.yaml: admin.port: must be between 1 and 65535``), never as a traceback.
+field (``agent.yaml: admin.scrape.port: must be between 1 and 65535``), never as a traceback.
 Durations accept plain seconds or a unit suffix (``500ms``, ``10s``, ``5m``, ``24h``).
-Overrides use dotted keys: ``--set admin.port=15001`` or ``SMESH__ADMIN__PORT=15001``.
+Overrides use dotted keys: ``--set admin.scrape.port=15021`` or
+``SMESH__ADMIN__SCRAPE__PORT=15021``.
 """
 
 from __future__ import annotations
@@ -111,24 +112,88 @@ class PortSettings(_Section):
     inbound: Port = 18001
 
 
-class AdminSettings(_Section):
-    address: str = "0.0.0.0"
-    port: Port = 15000
-    # Every pod of the node can reach the admin port: its connections are capped (one peer
-    # address holds a quarter at most) and silent ones closed after readTimeout.
-    max_connections: int = Field(default=64, ge=1, le=65536, alias="maxConnections")
-    read_timeout: Seconds = Field(default=2.0, gt=0, le=60, alias="readTimeout")
-    # A file this agent creates once it serves the node and removes when it stops (a
-    # stop, a broken task; after a hand-over, once its last connection ended): what an
-    # exec readiness probe asks, since the admin port passes from agent to agent in a
-    # hand-over and answers for either.
-    ready_file: Path | None = Field(default=None, alias="readyFile")
+class _Listener(_Section):
+    address: str
+    port: Port
 
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
         ipaddress.ip_address(value)
         return value
+
+
+class ScrapeListener(_Listener):
+    """``/metrics``, ``/healthz``, ``/ready``: on the node's addresses, where the kubelet's
+    probes and Prometheus reach it (Istio's proxies use 15020 for the same)."""
+
+    address: str = "0.0.0.0"
+    port: Port = 15020
+
+
+class DebugListener(_Listener):
+    """``/debug/*`` (workloads, identities, connections, the config): on the node's loopback,
+    so only someone on the node reads them; a non-loopback address is logged as a warning."""
+
+    address: str = "127.0.0.1"
+    port: Port = 15000
+
+
+#: The admin endpoint was one listener (admin.address, admin.port) before it was split.
+_SPLIT_KEYS = {
+    "address": "admin.scrape.address (/metrics, /healthz, /ready; default 0.0.0.0) or "
+    "admin.debug.address (/debug/*; default 127.0.0.1)",
+    "port": "admin.scrape.port (/metrics, /healthz, /ready; default 15020) or "
+    "admin.debug.port (/debug/*; default 15000)",
+}
+
+
+class AdminSettings(_Section):
+    scrape: ScrapeListener = ScrapeListener()
+    debug: DebugListener = DebugListener()
+    # Every pod of the node can reach the scrape port: each listener's connections are
+    # capped on their own (one peer address holds a quarter at most), so a pod filling the
+    # scrape port's cap cannot lock the node's operator out of /debug, nor a debug client
+    # the probes out of /healthz; silent connections are closed after readTimeout.
+    max_connections: int = Field(default=64, ge=1, le=65536, alias="maxConnections")
+    read_timeout: Seconds = Field(default=2.0, gt=0, le=60, alias="readTimeout")
+    # A file this agent creates once it serves the node and removes when it stops (a
+    # stop, a broken task; after a hand-over, once its last connection ended): what an
+    # exec readiness probe asks, since the admin ports pass from agent to agent in a
+    # hand-over and answer for either.
+    ready_file: Path | None = Field(default=None, alias="readyFile")
+    # GET /debug/flows (docs/agent.md, "Flows"): the recent connection events kept, the
+    # responses sent at once (a follower counts until it disconnects), and how many events
+    # one follower may fall behind before the next are dropped for it (counted).
+    flow_buffer: int = Field(default=4096, ge=0, le=1_000_000, alias="flowBuffer")
+    flow_followers: int = Field(default=8, ge=0, le=1024, alias="flowFollowers")
+    flow_follower_queue: int = Field(default=1024, ge=1, le=1_000_000, alias="flowFollowerQueue")
+    # The keys of the one listener there was: refused, naming their successors (a value
+    # kept would silently put /debug on the node's addresses, or move the probes' port).
+    address: str | None = Field(default=None, exclude=True)
+    port: int | None = Field(default=None, exclude=True)
+
+    @field_validator("address", "port", mode="before")
+    @classmethod
+    def _split(cls, value: object, info: ValidationInfo) -> object:
+        raise ValueError(
+            f"the admin endpoint is two listeners now: instead of admin.{info.field_name}, "
+            f'set {_SPLIT_KEYS[str(info.field_name)]} (docs/agent.md, "Admin endpoints")'
+        )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> AdminSettings:
+        if self.scrape.port == self.debug.port:
+            raise ValueError(
+                f"admin.scrape.port and admin.debug.port are both {self.scrape.port}: each "
+                "listener needs a port of its own"
+            )
+        return self
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """Both listeners' ports: never captured, never a tunnel's target."""
+        return (self.scrape.port, self.debug.port)
 
 
 class IdentitySettings(_Section):
@@ -258,6 +323,9 @@ class LimitSettings(_Section):
     # Endpoints of a Service one connect may try: the pick, then others while each fails
     # before any byte of the app's has left (docs/kubernetes.md, "Services").
     service_endpoint_attempts: int = Field(default=3, ge=1, le=16, alias="serviceEndpointAttempts")
+    # Label sets (workload pairs) of the smesh_tcp_* counters; past it connections are
+    # counted in an overflow set (smesh.agent.traffic, smesh_tcp_connections_folded_total).
+    max_metric_label_sets: int = Field(default=1000, ge=1, le=100_000, alias="maxMetricLabelSets")
 
     @model_validator(mode="after")
     def _handshake_budget(self) -> LimitSettings:
@@ -432,7 +500,7 @@ def _parse_override(dotted: str, raw: str) -> Any:
 
 
 def apply_override(data: dict[str, Any], dotted: str, raw: str) -> None:
-    """Set ``admin.port`` in the raw mapping; values are parsed as YAML scalars/lists."""
+    """Set ``admin.scrape.port`` in the raw mapping; values are parsed as YAML scalars/lists."""
     model: type[BaseModel] | None = AgentConfig
     target = data
     parts = dotted.split(".")
@@ -479,7 +547,9 @@ def load(
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. admin.port=15001")
+            raise ConfigError(
+                f"override {item!r}: expected KEY=VALUE, e.g. admin.scrape.port=15021"
+            )
         apply_override(data, key.strip(), value.strip())
     try:
         return AgentConfig.model_validate(data)

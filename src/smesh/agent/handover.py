@@ -3,7 +3,7 @@
 The running agent serves a Unix socket (``handoverSocket``, 0600 in a 0700 directory;
 only root or the agent's own user may connect, checked with ``SO_PEERCRED`` both ways). A
 new agent starting while it runs connects there first, and the old one passes it every
-listening socket it has — each pod's outbound and inbound listeners, the admin port, the
+listening socket it has — each pod's outbound and inbound listeners, both admin listeners, the
 CNI hand-off, this socket itself — with ``SCM_RIGHTS``: the very sockets, so a connection
 queued on one is accepted by the new agent and no connect is ever refused. Then:
 

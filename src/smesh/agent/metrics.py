@@ -1,7 +1,7 @@
 """The agent's Prometheus metrics, in one registry per agent.
 
-Labels are bounded by design: direction, result, side, rule name and workload (pods of
-this node) — never anything per connection.
+Labels are bounded by design: direction, result, side, rule name, workload pairs (capped:
+smesh.agent.traffic) — never anything per connection.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from smesh import __version__
+from smesh.agent.traffic import EdgeCounters
 from smesh.dataplane.peers import REASONS
 
 # A `_created` series beside every counter and histogram doubles what Prometheus stores
@@ -123,32 +124,18 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.connections_opened = Counter(
-            "smesh_connections_opened_total",
-            "Connections accepted by the data plane.",
-            ["direction"],
-            registry=r,
-        )
+        # Connections and bytes per edge, Istio's labels (smesh.agent.traffic); the counters
+        # by direction alone that were here are their sums, and went.
+        self.tcp = EdgeCounters()
+        r.register(self.tcp)
         self.connections_closed = Counter(
             "smesh_connections_closed_total",
-            "Connections finished, by how they ended.",
+            "Connections finished, by how they ended (per edge: smesh_tcp_connections_closed).",
             ["direction", "result"],
             registry=r,
         )
         self.active_connections = Gauge(
             "smesh_active_connections", "Connections open now.", ["direction"], registry=r
-        )
-        self.bytes_sent = Counter(
-            "smesh_sent_bytes_total",
-            "Bytes carried from the source app towards the destination app.",
-            ["direction"],
-            registry=r,
-        )
-        self.bytes_received = Counter(
-            "smesh_received_bytes_total",
-            "Bytes carried from the destination app back to the source app.",
-            ["direction"],
-            registry=r,
         )
         self.turned_away = Counter(
             "smesh_connections_turned_away_total",
@@ -179,12 +166,13 @@ class AgentMetrics:
             "smesh_admin_connections_refused_total",
             "Admin connections answered 503 and closed at admin.maxConnections (at_cap) or at "
             "one peer address's share of it (peer_cap), or closed without a complete request "
-            "within admin.readTimeout (read_timeout).",
-            ["reason"],
+            "within admin.readTimeout (read_timeout), by listener (scrape, debug).",
+            ["listener", "reason"],
             registry=r,
         )
-        for reason in ("at_cap", "peer_cap", "read_timeout"):
-            self.admin_refused.labels(reason)
+        for listener in ("scrape", "debug"):
+            for reason in ("at_cap", "peer_cap", "read_timeout"):
+                self.admin_refused.labels(listener, reason)
         self.tls_handshake = Histogram(
             "smesh_tls_handshake_duration_seconds",
             "Duration of mutual TLS handshakes.",
@@ -241,16 +229,32 @@ class AgentMetrics:
             ["rule"],
             registry=r,
         )
+        self.policy_reloads = Counter(
+            "smesh_policy_reloads_total",
+            "Reloads of the policy file (SIGHUP, `smesh lab policy`): loaded, or refused "
+            "(the previous policy stays; /debug/policy and `smesh status` say why).",
+            ["result"],
+            registry=r,
+        )
+        for label in ("loaded", "refused"):
+            self.policy_reloads.labels(label)
+        self.policy_loaded = Gauge(
+            "smesh_policy_loaded_timestamp_seconds",
+            "When the authorization policy in force was loaded (Unix time).",
+            registry=r,
+        )
         self.capture_events = Counter(
             "smesh_capture_events_total",
-            "Connects seen by the capture programs, by decision.",
-            ["workload", "decision"],
+            "Connects seen by the capture programs, by workload (its owner's name, else the "
+            "pod's), the workload's namespace and decision.",
+            ["workload", "namespace", "decision"],
             registry=r,
         )
         self.certificate_expiry = Gauge(
             "smesh_certificate_expiry_timestamp_seconds",
-            "When each workload's current certificate expires (Unix time).",
-            ["workload"],
+            "When the current certificate of each identity (principal: its SPIFFE ID, as "
+            "source_principal of smesh_tcp_*) expires (Unix time).",
+            ["principal"],
             registry=r,
         )
         self.credential_cache_loads = Counter(
@@ -285,6 +289,11 @@ class AgentMetrics:
         )
         self.workloads = Gauge(
             "smesh_workloads", "Meshed workloads on this node, by state.", ["state"], registry=r
+        )
+        self.ready = Gauge(
+            "smesh_agent_ready",
+            "1 while /ready answers 200 (every meshed pod of the node served), else 0.",
+            registry=r,
         )
         self.service_routes = Counter(
             "smesh_service_routes_total",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -41,8 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from smesh.agent import collector, handover, logs, looplag
-from smesh.agent.admin import AdminServer, ConnectionCap, Response
+from smesh.agent.admin import (
+    AdminServer,
+    ConnectionCap,
+    Response,
+    WithRequest,
+    config_view,
+    split_routes,
+)
 from smesh.agent.config import AgentConfig
+from smesh.agent.flowlog import FlowCollector, FlowLog
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodRuntime, PodWiring
 from smesh.agent.workloads import Registry, Snapshot, Workload, WorkloadSource
@@ -55,6 +64,7 @@ log = logging.getLogger("smesh.agent")
 
 RETRY_INTERVAL = 2.0
 COUNTER_INTERVAL = 2.0
+ADMIN_LISTENERS = ("scrape", "debug")  # in admin.split_routes's order
 
 
 class AgentError(SmeshError):
@@ -86,7 +96,7 @@ PLAINTEXT_REFUSED = abi.Counter.PLAINTEXT_REFUSED.name.lower()  # a PodCounters 
 def capture_config(config: AgentConfig) -> CaptureConfig:
     return CaptureConfig.build(
         mesh_cidrs=list(config.capture.mesh_cidrs),
-        excluded_ports=[*config.capture.excluded_ports, config.admin.port],
+        excluded_ports=[*config.capture.excluded_ports, *config.admin.ports],
         listener_port=config.ports.outbound,
         tunnel_port=config.ports.inbound,
         refuse_inbound_plaintext=config.capture.inbound_plaintext == "refuse",
@@ -101,6 +111,7 @@ class Agent:
         self.config = config
         self.wiring = wiring
         self.metrics = AgentMetrics()
+        self.metrics.ready.set_function(lambda: float(self.ready()))
         if source is None:
             from smesh.agent.wiring import workload_source  # noqa: PLC0415
 
@@ -127,20 +138,33 @@ class Agent:
         self.handed_over = False
         self._interrupted: float | None = None  # when a SIGINT came: it caps a linger
         self._tasks: list[asyncio.Task[None]] = []
-        self._admin = AdminServer(
+        admin = config.admin
+        self.flows = FlowLog(
+            config.node,
+            admin.flow_buffer,
+            admin.flow_follower_queue,
+            admin.flow_followers,
+            self.registry.lookup,
+        )
+        self.metrics.registry.register(FlowCollector(self.flows))
+        # /debug/* on the debug listener (the node's loopback), the rest on the scrape
+        # listener (the node's addresses): admin.split_routes, by the path's prefix.
+        routes = split_routes(
             {
                 "/healthz": self._healthz,
                 "/ready": self._ready,
                 "/metrics": self._metrics,
                 "/debug/workloads": self._debug_workloads,
                 "/debug/connections": self._debug_connections,
-            },
-            ConnectionCap(
-                config.admin.max_connections,
-                config.admin.read_timeout,
-                lambda reason: self.metrics.admin_refused.labels(reason).inc(),
-            ),
+                "/debug/flows": WithRequest(self.flows.serve),
+                "/debug/policy": self._debug_policy,
+                "/debug/config": self._debug_config,
+            }
         )
+        self._admins = {  # a cap each (see AdminSettings)
+            name: AdminServer(table, self._admin_cap(name))
+            for name, table in zip(ADMIN_LISTENERS, routes, strict=True)
+        }
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -160,11 +184,7 @@ class Agent:
             await self.wiring.start(self)
         else:
             await self._take_over(incoming)
-        admin = self.take_inherited(handover.NODE, "admin", self._admin_address())
-        if admin is not None:
-            await self._admin.adopt(admin)
-        else:
-            await self._admin.start(self.config.admin.address, self.config.admin.port)
+        await self._start_admin()
         inherit = getattr(self.source, "inherit", None)  # the CNI hand-off's socket
         if inherit is not None:
             inherit(lambda kind, address: self.take_inherited(handover.NODE, kind, address))
@@ -190,7 +210,8 @@ class Agent:
             extra=logs.fields(
                 node=self.config.node,
                 capture=self.capture_mode,
-                admin=f"{self.config.admin.address}:{self.config.admin.port}",
+                scrape=self._admin_address("scrape"),
+                debug=self._admin_address("debug"),
                 handed_over_by=incoming.pid if incoming is not None else None,
             ),
         )
@@ -277,8 +298,50 @@ class Agent:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
 
-    def _admin_address(self) -> str:
-        return handover.address(self.config.admin.address, self.config.admin.port)
+    def _admin_cap(self, name: str) -> ConnectionCap:
+        admin = self.config.admin
+        return ConnectionCap(
+            admin.max_connections,
+            admin.read_timeout,
+            lambda reason: self.metrics.admin_refused.labels(name, reason).inc(),
+        )
+
+    def _admin_listener(self, name: str) -> tuple[str, int]:
+        listener = self.config.admin.scrape if name == "scrape" else self.config.admin.debug
+        return listener.address, listener.port
+
+    def _admin_address(self, name: str) -> str:
+        return handover.address(*self._admin_listener(name))
+
+    async def _start_admin(self) -> None:
+        """Serve both admin listeners: on the sockets the previous agent passed (so a probe
+        or a scrape during a hand-over is queued, never refused), else newly bound."""
+        adopted = {
+            name: self.take_inherited(handover.NODE, "admin", self._admin_address(name))
+            for name in self._admins
+        }
+        # Passed admin sockets of another layout (an agent before the split, on 0.0.0.0:15000,
+        # or another admin.*.address): closed first, as they would hold the port we bind.
+        for key in [k for k in self.inherited if (k.pod, k.kind) == (handover.NODE, "admin")]:
+            log.info(
+                "closing a passed admin listener this agent does not serve at",
+                extra=logs.fields(socket=str(key)),
+            )
+            self.inherited.pop(key).close()
+        for name, server in self._admins.items():
+            sock = adopted[name]
+            if sock is not None:
+                await server.adopt(sock)
+            else:
+                await server.start(*self._admin_listener(name))
+        debug = self.config.admin.debug.address
+        if not ipaddress.ip_address(debug).is_loopback:
+            log.warning(
+                "admin.debug.address %s is not a loopback address: whoever reaches it (every "
+                "pod of the node, on the node's addresses) reads the node's workloads, "
+                "identities and connections; 127.0.0.1 keeps them to the node",
+                debug,
+            )
 
     def take_inherited(self, pod: str, kind: str, address: str) -> socket.socket | None:
         """A listening socket the previous agent passed for *pod*'s *kind* at *address*."""
@@ -306,10 +369,11 @@ class Agent:
         for key, pod in self.pods.items():
             for kind, sock in pod.listening():
                 found.append((handover.SocketKey(key, kind, handover.address_of(sock)), sock))
-        for sock in self._admin.sockets():
-            found.append(
-                (handover.SocketKey(handover.NODE, "admin", handover.address_of(sock)), sock)
-            )
+        for server in self._admins.values():  # both: "admin" keys told apart by address
+            for sock in server.sockets():
+                found.append(
+                    (handover.SocketKey(handover.NODE, "admin", handover.address_of(sock)), sock)
+                )
         for kind, sock in getattr(self.source, "listening", list)():
             found.append((handover.SocketKey(handover.NODE, kind, handover.address_of(sock)), sock))
         if self._handover is not None and self._handover.sock is not None:
@@ -328,7 +392,8 @@ class Agent:
             task.cancel()  # no more reconciles: the pods are the new agent's
         for early in self._early.values():
             early.cancel()
-        self._admin.stop_listening()
+        for server in self._admins.values():
+            server.stop_listening()
         hand_over_source = getattr(self.source, "hand_over", None)
         if hand_over_source is not None:
             hand_over_source()
@@ -365,7 +430,9 @@ class Agent:
         for key in list(self.pods):
             await self.pods.pop(key).shutdown()
         await self.wiring.stop()
-        await self._admin.close()
+        self.flows.close()
+        for server in self._admins.values():
+            await server.close()
         if self._handover is not None:
             self._handover.close()
         self._remove_ready_file()
@@ -410,7 +477,9 @@ class Agent:
         )
         if self._handover is not None:
             self._handover.close()
-        await self._admin.close()
+        self.flows.close()
+        for server in self._admins.values():
+            await server.close()
         for task in self._early.values():
             task.cancel()
         for pod in self.pods.values():
@@ -612,9 +681,12 @@ class Agent:
                         if value < seen:  # the pod was captured anew: its counters restarted
                             seen = 0
                         if value > seen:
-                            # namespace/name: pods of one name in two namespaces are two series
-                            self.metrics.capture_events.labels(key, decision).inc(value - seen)
+                            workload = pod.workload
+                            self.metrics.capture_events.labels(
+                                workload.workload_label, workload.namespace, decision
+                            ).inc(value - seen)
                             if decision == PLAINTEXT_REFUSED:
+                                self.flows.refused_plaintext(key, value - seen)
                                 log.warning(
                                     "refused %d plaintext connection attempt(s) to pod %s "
                                     "from outside the mesh (capture.inboundPlaintext: refuse)",
@@ -675,6 +747,21 @@ class Agent:
         }
         return Response(200, json.dumps(doc, indent=2).encode(), "application/json")
 
+    def _debug_config(self) -> Response:
+        doc = {"node": self.config.node, "pid": os.getpid(), "config": config_view(self.config)}
+        return Response(200, json.dumps(doc, indent=2).encode(), "application/json")
+
     def _debug_connections(self) -> Response:
         doc = {"connections": [c for pod in self.pods.values() for c in pod.connections()]}
+        return Response(200, json.dumps(doc, indent=2).encode(), "application/json")
+
+    def _debug_policy(self) -> Response:
+        """The policy in force, its digest, when it was loaded and the last refused reload
+        (`smesh status`, `smesh policy explain`, `smesh lab policy`)."""
+        describe: Callable[[], dict[str, Any]] | None = getattr(
+            self.wiring, "describe_policy", None
+        )
+        if describe is None:
+            return Response(404, b"this agent's wiring has no authorization policy\n")
+        doc = {"node": self.config.node, **describe()}
         return Response(200, json.dumps(doc, indent=2).encode(), "application/json")

@@ -11,13 +11,15 @@ import contextlib
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smesh.agent import logs
 from smesh.agent.config import AgentConfig
+from smesh.agent.flowlog import FlowObserver
 from smesh.agent.handover import address
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.pods import PodListeners
+from smesh.agent.traffic import EdgeResolver
 from smesh.agent.workloads import DirectorySource, Snapshot, Workload, WorkloadSource
 from smesh.capture import original_destination
 from smesh.dataplane.budget import Throttle
@@ -36,7 +38,7 @@ from smesh.identity.signer import CertificateSource, LiveEntitlements, LocalSign
 from smesh.identity.spiffe import SpiffeId
 from smesh.kubernetes.services import Picker, ServiceTable, usable
 from smesh.linux.netns import Namespace, NamespaceHandles, single_link
-from smesh.policy import Decision, DestinationWorkload, PolicyStore, decide
+from smesh.policy import Decision, DestinationWorkload, PolicyStore, trace
 from smesh.tunnel.window import GrowthBudget, HeldBudget
 
 if TYPE_CHECKING:
@@ -57,14 +59,13 @@ class MetricsObserver:
         self.m = metrics
 
     def opened(self, record: ConnectionRecord) -> None:
-        self.m.connections_opened.labels(record.direction).inc()
+        self.m.tcp.opened(record)
         self.m.active_connections.labels(record.direction).inc()
 
     def closed(self, record: ConnectionRecord) -> None:
+        self.m.tcp.closed(record)
         self.m.connections_closed.labels(record.direction, record.result).inc()
         self.m.active_connections.labels(record.direction).dec()
-        self.m.bytes_sent.labels(record.direction).inc(record.bytes_sent)
-        self.m.bytes_received.labels(record.direction).inc(record.bytes_received)
         access_log.info("connection", extra=logs.fields(**record.as_dict()))
 
     def handshake(self, side: str, seconds: float, resumed: bool) -> None:
@@ -211,6 +212,8 @@ class MeshWiring:
             held = self._services
             agent.metrics.service_table.labels("services").set_function(lambda: held.counts()[0])
             agent.metrics.service_table.labels("endpoints").set_function(lambda: held.counts()[1])
+        agent.metrics.tcp.resolve = EdgeResolver(agent.registry, self._local, self.identity_of)
+        agent.metrics.tcp.max_label_sets = lim.max_metric_label_sets
         self.services = Services(
             tls=self,
             route=self._route,
@@ -218,7 +221,7 @@ class MeshWiring:
             service_retried=agent.metrics.service_routes.labels("retried").inc,
             authorize=self._authorize,
             original_destination=original_destination,
-            observer=MetricsObserver(agent.metrics),
+            observer=FlowObserver(MetricsObserver(agent.metrics), agent.flows),
             limits=Limits(
                 handshake_timeout=t.tls_handshake,
                 connect_timeout=t.connect,
@@ -257,6 +260,12 @@ class MeshWiring:
         agent.metrics.unread.set_function(lambda: windows.held.held)
         agent.metrics.unread_budget.labels("node").set(windows.held.limit)
         agent.metrics.unread_budget.labels("pod").set(windows.held.pod_limit)
+        reloads = agent.metrics.policy_reloads
+        self.policy.on_reload = lambda loaded: reloads.labels(
+            "loaded" if loaded else "refused"
+        ).inc()
+        store = self.policy
+        agent.metrics.policy_loaded.set_function(lambda: store.loaded_at)
         self._renewals = asyncio.create_task(self._upkeep(source), name="renewals")
         agent.depends_on(self._renewals)
         if self.policy.pending is not None:
@@ -286,6 +295,15 @@ class MeshWiring:
     def reload(self) -> None:
         self.policy.reload()
 
+    def describe_policy(self) -> dict[str, Any]:
+        """The agent's ``/debug/policy``: the policy in force (its document, whose digest
+        the CLI checks before explaining with it), and the trust domain that completes a
+        ``namespace/serviceaccount`` source."""
+        return {
+            "trust_domain": self.config.identity.trust_domain,
+            **self.policy.describe(),
+        }
+
     def workloads_changed(self, snapshot: Snapshot) -> None:
         # Routes read the agent's registry on every connection; the inbound side's
         # accepted peers are checked against it again now.
@@ -297,6 +315,18 @@ class MeshWiring:
         assert self.certs is not None
         for gone in self.certs.forget_cached_except({self.identity_of(w) for w in keep}):
             log.info("removed the cached credential of %s: no meshed pod uses it", gone)
+
+    def _local(self, name: str, identity: str) -> Workload | None:
+        """The workload of this node's pod *name* whose identity is *identity* (metrics).
+
+        A pod's identity is in its own namespace: ``spiffe://TD/ns/NAMESPACE/sa/ACCOUNT``.
+        """
+        assert self._agent is not None
+        parts = identity.split("/")
+        if len(parts) != 7 or parts[3] != "ns":
+            return None
+        pod = self._agent.pods.get(f"{parts[4]}/{name}")
+        return pod.workload if pod is not None else None
 
     # -- identity ------------------------------------------------------------------------
 
@@ -321,8 +351,7 @@ class MeshWiring:
 
     def _renewed(self, identity: SpiffeId, credential: Credential) -> None:
         if self._agent is not None:
-            label = f"{identity.namespace}/{identity.service_account}"
-            self._agent.metrics.certificate_expiry.labels(label).set(
+            self._agent.metrics.certificate_expiry.labels(str(identity)).set(
                 credential.not_after.timestamp()
             )
 
@@ -428,10 +457,10 @@ class MeshWiring:
 
     def _authorize(self, peer: SpiffeId, pod: PodConfig, port: int) -> Decision:
         dest = DestinationWorkload(pod.identity.namespace, pod.identity.service_account, pod.name)
-        if self.policy.pending is not None:  # fail closed until the objects are read
-            decision = Decision(False, None, self.policy.pending, "pending")
-        else:
-            decision = decide(self.policy.policy, peer, dest, port)
+        # pending: fail closed until the objects are read. `smesh policy explain` runs this
+        # same trace on the policy /debug/policy serves (describe_policy).
+        store = self.policy
+        decision = trace(store.policy, peer, dest, port, pending=store.pending).decision
         if not decision.allowed and self._agent is not None:
             self._agent.metrics.policy_denials.labels(decision.decided_by).inc()
         return decision
@@ -464,7 +493,7 @@ class MeshWiring:
             addresses=workload.ips,
             sockets=ns,
             tunnel_port=ports.inbound,
-            forbidden_ports=frozenset({ports.outbound, ports.inbound, self.config.admin.port}),
+            forbidden_ports=frozenset({ports.outbound, ports.inbound, *self.config.admin.ports}),
             link_scope=scope,
         )
         endpoint = PodEndpoint(pod, self.services)

@@ -48,10 +48,18 @@ class Workload(BaseModel):
     cgroup: Path | None = None
     meshed: bool = True
     uid: str | None = None  # the Kubernetes pod UID, where there is one
+    # The pod's owning workload (a Deployment's, a StatefulSet's name), where there is one:
+    # what metrics label it by, so a rollout keeps its series (docs/agent.md, "Metrics").
+    owner: Annotated[str, Field(min_length=1, max_length=253)] | None = None
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def workload_label(self) -> str:
+        """The ``workload`` of metrics: the owning workload's name, else the pod's own."""
+        return self.owner or self.name
 
     @property
     def has_sandbox(self) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smesh.bench.errors import BenchError
+from smesh.bench.figuretable import GroupFigure, figure_table
 
 #: What the agent logs when it answers a CNI ADD (smesh.kubernetes.sandboxes.SandboxServer).
 _ADD_LINE = re.compile(
@@ -22,93 +23,86 @@ _ADD_LINE = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class KubeFigure:
-    name: str
-    unit: str
-    how: str
-
-
 FIGURES = (
-    KubeFigure(
+    GroupFigure(
         "enroll_p50_ms",
         "ms",
         "CNI ADD received by the agent → answered with capture and listeners in place, "
         "median over the pods created at once",
     ),
-    KubeFigure("enroll_p99_ms", "ms", "the same, 99th percentile"),
-    KubeFigure(
+    GroupFigure("enroll_p99_ms", "ms", "the same, 99th percentile"),
+    GroupFigure(
         "first_connect_p99_ms",
         "ms",
         "POST of the Pod → first HTTP reply through the mesh from a client pod on the "
         "other node, 99th percentile",
     ),
-    KubeFigure(
+    GroupFigure(
         "agent_rss_kib_per_pod",
         "KiB",
         "agent resident memory with N meshed idle pods on its node minus with none, / N",
     ),
-    KubeFigure(
+    GroupFigure(
         "agent_cpu_s_per_1k_pod_events",
         "CPU s",
         "CPU of node-1's agent while pods on node-2 are created and deleted, per 1,000 "
         "pod watch events (ADDED + MODIFIED + DELETED)",
     ),
-    KubeFigure(
+    GroupFigure(
         "agent_gc_full_pause_ms",
         "ms",
         "the event loop stopped for full (generation 2) garbage collections, both agents "
         "over the whole run (smesh_agent_gc_pause_seconds)",
     ),
-    KubeFigure(
+    GroupFigure(
         "pod_rtt_p50_us",
         "µs",
         "64-byte request/echo round trip, client pod on node-1 to server pod on node-2 "
         "through the mesh, addressed to the pod IP, one long-lived connection, median",
     ),
-    KubeFigure("pod_rtt_p99_us", "µs", "the same, 99th percentile"),
-    KubeFigure(
+    GroupFigure("pod_rtt_p99_us", "µs", "the same, 99th percentile"),
+    GroupFigure(
         "svc_rtt_p50_us",
         "µs",
         "the same server addressed to a ClusterIP Service in front of it, in batches "
         "alternating with the pod IP's, median",
     ),
-    KubeFigure("svc_rtt_p99_us", "µs", "the same, 99th percentile"),
-    KubeFigure(
+    GroupFigure("svc_rtt_p99_us", "µs", "the same, 99th percentile"),
+    GroupFigure(
         "svc_rtt_delta_p50_us",
         "µs",
         "svc_rtt_p50_us - pod_rtt_p50_us: what resolving the ClusterIP costs a round trip",
     ),
-    KubeFigure(
+    GroupFigure(
         "pod_connect_p50_us",
         "µs",
         "a new connection to the pod IP plus one round trip (connect → echo back), median",
     ),
-    KubeFigure("svc_connect_p50_us", "µs", "the same to the ClusterIP, median"),
-    KubeFigure(
+    GroupFigure("svc_connect_p50_us", "µs", "the same to the ClusterIP, median"),
+    GroupFigure(
         "agent_rss_kib_per_1k_endpoints",
         "KiB",
         "node-1's agent resident memory once its service table holds S Services with 10 "
         "endpoints each (smesh_service_table) minus before they existed, per 1,000 endpoints",
     ),
-    KubeFigure(
+    GroupFigure(
         "agent_cpu_s_service_sync",
         "CPU s",
         "node-1's agent CPU from the first of the S Services' creation to its table holding "
         "them all",
     ),
-    KubeFigure(
+    GroupFigure(
         "kube_proxy_cpu_s_service_sync",
         "CPU s",
         "node-1's kube-proxy (with the nft it runs) over the same creation, until it is quiet",
     ),
-    KubeFigure(
+    GroupFigure(
         "agent_cpu_ms_per_endpoint_update",
         "CPU ms",
         "node-1's agent CPU while EndpointSlices are updated (one endpoint's readiness "
         "flipped each), per update",
     ),
-    KubeFigure(
+    GroupFigure(
         "kube_proxy_cpu_ms_per_endpoint_update",
         "CPU ms",
         "node-1's kube-proxy (with its nft) over the same updates, until quiet, per update",
@@ -243,19 +237,14 @@ def markdown(section: Mapping[str, Any], machine_line: str, date: str) -> str:
         f"of {plan.get('scale_endpoints', '?')} endpoints and "
         f"{plan.get('scale_updates', '?')} EndpointSlice updates for the service table.",
         "",
-        "| figure | value | goal | met |",
-        "|---|---|---|---|",
     ]
     bounds = {g.figure: g for g in goals(results)}
-    for figure in FIGURES:
-        value = results.get(figure.name)
-        shown = "-" if value is None else f"{_number(value)} {figure.unit}"
+
+    def goal_cell(figure: GroupFigure, value: float | None) -> tuple[str, bool | None] | None:
         goal = bounds.get(figure.name)
-        if goal is None:
-            parts.append(f"| {figure.name} | {shown} | - | - |")
-            continue
-        met = {True: "yes", False: "**no**", None: "not measured"}[goal.met]
-        parts.append(f"| {figure.name} | {shown} | ≤ {goal.bound:g} {figure.unit} | {met} |")
+        return None if goal is None else (f"≤ {goal.bound:g} {figure.unit}", goal.met)
+
+    parts += figure_table(FIGURES, results, goal_cell, _number)
     if section.get("failed"):
         parts += ["", f"**kubernetes failed:** {section['failed']}"]
     return "\n".join(parts) + "\n"

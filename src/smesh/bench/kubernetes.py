@@ -468,7 +468,7 @@ def measure_churn(lab: Lab, plan: KubePlan, progress: Progress) -> dict[str, Any
 def _metrics(lab: Lab, node: str) -> str:
     from smesh.agent import client as admin_client  # noqa: PLC0415
 
-    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    reply = admin_client.get("127.0.0.1", 15020, "/metrics", netns=f"{lab.name}.{node}")
     return reply.body.decode()
 
 
@@ -734,7 +734,7 @@ def _gc_full_pause(lab: str, node: str) -> float:
     """Milliseconds *node*'s agent spent in full garbage collections so far."""
     from smesh.agent import client as admin_client  # noqa: PLC0415
 
-    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab}.{node}")
+    reply = admin_client.get("127.0.0.1", 15020, "/metrics", netns=f"{lab}.{node}")
     return kubefigures.gc_full_pause_seconds(reply.body.decode()) * 1000
 
 

@@ -20,7 +20,7 @@ LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
 def lab_argv(lab: str, member: str, argv: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "smesh", "lab", "exec", "--name", lab, member, "--", *argv]
+    return [sys.executable, "-m", "smesh", "lab", "exec", "--lab", lab, member, "--", *argv]
 
 
 def run(lab: str, member: str, argv: Sequence[str], timeout: float) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smesh.bench.errors import BenchError
+from smesh.bench.figuretable import GroupFigure, figure_table
 
 #: The generated upgrade section of docs/benchmarks.md lies between these.
 BEGIN = "<!-- bench:upgrade:begin -->"
@@ -23,66 +24,59 @@ PHASES = ("upgrade", "kill9")
 TUNNEL_PORT = 18001
 
 
-@dataclass(frozen=True)
-class UpgradeFigure:
-    name: str
-    unit: str
-    how: str
-
-
 FIGURES = (
-    UpgradeFigure(
+    GroupFigure(
         "upgrade_failed_connects",
         "",
         "new connections (request + echo) that failed while both agents were upgraded",
     ),
-    UpgradeFigure(
+    GroupFigure(
         "upgrade_reset_streams",
         "",
         "long-lived connections (and the bulk transfer) cut by a reset, an EOF or a wrong "
         "or reordered answer during the upgrades",
     ),
-    UpgradeFigure("upgrade_connects", "", "new connections made during the upgrades"),
-    UpgradeFigure("upgrade_bulk_mb", "MB", "the bulk transfer's size, sent during the upgrades"),
-    UpgradeFigure("upgrade_bulk_sha256_ok", "", "1 if the server's sha256 of the transfer matched"),
-    UpgradeFigure(
+    GroupFigure("upgrade_connects", "", "new connections made during the upgrades"),
+    GroupFigure("upgrade_bulk_mb", "MB", "the bulk transfer's size, sent during the upgrades"),
+    GroupFigure("upgrade_bulk_sha256_ok", "", "1 if the server's sha256 of the transfer matched"),
+    GroupFigure(
         "upgrade_plaintext_packets",
         "",
         "packets of the load's ports on the nodes' links (not tunnel traffic), upgrades",
     ),
-    UpgradeFigure(
+    GroupFigure(
         "upgrade_agents_per_node",
         "",
         "agent processes on the busiest node once the load has closed its connections "
         "(the old agents linger only while they serve a connection)",
     ),
-    UpgradeFigure(
+    GroupFigure(
         "kill9_failed_connects", "", "new connections that failed while agents were killed"
     ),
-    UpgradeFigure(
+    GroupFigure(
         "kill9_longest_refusal_ms",
         "ms",
         "longest run of consecutive failed connects: its first failure's start → the start "
         "of the next connect that worked",
     ),
-    UpgradeFigure(
+    GroupFigure(
         "kill9_reset_streams",
         "",
         "long-lived connections cut by the kills (each reopened after a cut, so every kill "
         "counts every connection its agent carried), and the bulk transfer if cut",
     ),
-    UpgradeFigure("kill9_connects", "", "new connections attempted during the kills"),
-    UpgradeFigure(
+    GroupFigure("kill9_connects", "", "new connections attempted during the kills"),
+    GroupFigure(
         "kill9_restart_ms",
         "ms",
         "median of kill -9 → the restarted agent ready (the lab restarts it at once)",
     ),
-    UpgradeFigure(
+    GroupFigure(
         "kill9_serving_after_start_ms",
         "ms",
         "median of the restarted agent's process start → the first new connect that worked again",
     ),
-    UpgradeFigure(
+    GroupFigure(
         "kill9_plaintext_packets",
         "",
         "packets of the load's ports on the nodes' links (not tunnel traffic), kills",
@@ -260,19 +254,15 @@ def markdown(section: Mapping[str, Any], machine_line: str, date: str) -> str:
         f"{plan.get('rounds', '?')} `kill -9` of each node's agent, each restarted at once "
         f"({plan.get('kill_pause', '?')} s of load after each).",
         "",
-        "| figure | value | goal | met |",
-        "|---|---|---|---|",
     ]
-    for figure in FIGURES:
-        value = results.get(figure.name)
-        unit = f" {figure.unit}" if figure.unit else ""
-        shown = "-" if value is None else f"{_number(value)}{unit}"
+
+    def goal_cell(figure: GroupFigure, value: float | None) -> tuple[str, bool | None] | None:
         goal = GOALS.get(figure.name)
         if goal is None:
-            parts.append(f"| {figure.name} | {shown} | - | - |")
-            continue
-        met = "not measured" if value is None else "yes" if value == goal else "**no**"
-        parts.append(f"| {figure.name} | {shown} | {_number(goal)} | {met} |")
+            return None
+        return _number(goal), None if value is None else value == goal
+
+    parts += figure_table(FIGURES, results, goal_cell, _number)
     if section.get("failed"):
         parts += ["", f"**upgrade failed:** {section['failed']}"]
     return "\n".join(parts) + "\n"

@@ -120,8 +120,15 @@ def program_helpers(path: Path) -> dict[str, set[int]]:
     to another BPF function in the object, 2 a kernel function: neither is a helper.
     """
     data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    if len(data) < 6 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise ObjectUnreadable(f"{path} is not a 64-bit little-endian ELF file (a BPF object)")
+    try:
+        return _calls(data)
+    except (struct.error, ValueError, IndexError) as exc:  # offsets past the end: cut short
+        raise ObjectUnreadable(f"{path} is a damaged ELF file ({exc}): rebuild it") from None
+
+
+def _calls(data: bytes) -> dict[str, set[int]]:
     (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
     sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]

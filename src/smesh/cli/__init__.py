@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from smesh import __version__
+from smesh.cli.options import add_globals, check_lab_env, spread_globals
 from smesh.cli.output import stdout_closed
 from smesh.errors import SmeshError
 
@@ -29,26 +30,32 @@ COMMANDS: dict[str, str] = {
     "policy": "authorization policy",
     "capture": "redirect pods' outbound TCP to the node proxy (eBPF or nftables)",
     "trace": "stream capture events: which connect was captured or left alone",
+    "flows": "every connection of every node as it opens and closes, with its verdict",
     "bench": "measure smesh against direct TCP, stunnel and haproxy, side by side",
     "cni": "chain smesh-cni into a node's CNI configuration, or remove it",
     "install": "check an installation of smesh on a cluster",
     "check": "can this machine run a smesh agent? (kernel, BPF, cgroups, privileges)",
+    "completion": "print a bash or zsh completion script for smesh",
 }
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    argv: Sequence[str] | None = None, *, every: bool = False
+) -> argparse.ArgumentParser:
+    """The parser of *argv*'s command; with *every*, of all commands (completion scripts)."""
     parser = argparse.ArgumentParser(
         prog="smesh", description="Transparent mutual TLS between pods, captured by eBPF."
     )
     parser.add_argument("--version", action="version", version=f"smesh {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_globals(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     words = list(sys.argv[1:] if argv is None else argv)
     chosen = next((w for w in words if not w.startswith("-")), None)
     for name, summary in COMMANDS.items():
         sub = subparsers.add_parser(name, help=summary, description=summary)
-        if name == chosen:
+        if every or name == chosen:
             importlib.import_module(f"smesh.cli.{name}").configure(sub)
+    spread_globals(parser)
     return parser
 
 
@@ -75,6 +82,7 @@ def _run(argv: Sequence[str] | None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        check_lab_env(args)
         return int(args.func(args) or 0)
     except SmeshError as exc:
         print(f"smesh: error: {exc}", file=sys.stderr)

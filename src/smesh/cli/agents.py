@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smesh.agent import client
+from smesh.cli.options import default_lab
 from smesh.errors import SmeshError
 from smesh.lab import api as lab_api
+from smesh.lab.agents import DEBUG_PORT  # the agents ask /debug/* only
 from smesh.lab.errors import LabError, UnknownMember
 
 
@@ -34,8 +36,17 @@ class Agent:
 def add_selection(parser: argparse.ArgumentParser) -> None:
     """``--lab L [--node N]`` or ``--admin HOST:PORT``: which agents a command asks."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--lab", default="smesh", help="every agent of this lab (default smesh)")
-    where.add_argument("--admin", metavar="HOST:PORT", help="one agent's admin endpoint")
+    where.add_argument(
+        "--lab",
+        default=default_lab(),
+        metavar="NAME",
+        help="every agent of this lab (default: $SMESH_LAB, else smesh; now %(default)s)",
+    )
+    where.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="one agent's debug endpoint (admin.debug: 127.0.0.1:15000)",
+    )
     parser.add_argument("--node", help="only this node of the lab")
 
 
@@ -72,15 +83,15 @@ def lab_agents(args: argparse.Namespace) -> list[Agent]:
             pod = (n.get("agent_pod") or "smesh-system/POD").split(",")[0]
             namespace, _, name = pod.partition("/")
             fix = (
-                f"`smesh lab logs --name {args.lab} {n['name']}` says why; `smesh lab kubectl "
-                f"--name {args.lab} -- -n {namespace} delete pod {name}` starts another"
+                f"`smesh lab logs --lab {args.lab} {n['name']}` says why; `smesh lab kubectl "
+                f"--lab {args.lab} -- -n {namespace} delete pod {name}` starts another"
             )
         else:
-            fix = f"smesh lab restart-agent --name {args.lab} {n['name']}"
+            fix = f"smesh lab restart-agent --lab {args.lab} {n['name']}"
             if n["agent_health"] in ("dead", "none"):
                 pid = n["agent_pid"]
                 down = f"the agent (pid {pid}) is not running" if pid else "no agent was started"
-        found.append(Agent(n["name"], "127.0.0.1", 15000, n["netns"], fix, down))
+        found.append(Agent(n["name"], "127.0.0.1", DEBUG_PORT, n["netns"], fix, down))
     return found
 
 

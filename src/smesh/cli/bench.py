@@ -23,7 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="every figure once, briefly (under two minutes)"
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results here")
+    parser.add_argument(
+        "--results", type=Path, metavar="FILE", help="write the results document (JSON) here"
+    )
+    # --json meant this file before -o json meant a format on every other command: kept,
+    # hidden, so scripts that pass it still work
+    parser.add_argument("--json", dest="results", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--only",
         metavar="WHAT",
@@ -119,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         document["kubernetes"] = _run_kubernetes(kube_plan, progress)
     if upgrade:
         document["upgrade"] = _run_upgrade(args.quick, progress)
-    if args.json:
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if args.results:
+        args.results.write_text(json.dumps(document, indent=2) + "\n")
     complete = not figures.missing(document) and set(groups) == set(runner.GROUPS)
     return _publish(args, document, complete=complete, quick=args.quick)
 

@@ -6,16 +6,20 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import signal
 from pathlib import Path
 from typing import Any
 
-from smesh.cli.output import table
+from smesh.cli.options import add_log_format, configure_logs
+from smesh.cli.output import add_output, table, wants_json
 from smesh.identity.ca import DEFAULT_DIR, CertificateAuthority
 from smesh.identity.service import SigningService
 from smesh.identity.signer import LiveEntitlements, LocalSigner
 from smesh.identity.spiffe import SpiffeId
 from smesh.kubernetes.errors import KubernetesError
+
+log = logging.getLogger("smesh.signer")
 
 
 def configure(ca: argparse.ArgumentParser) -> None:
@@ -42,7 +46,7 @@ def configure(ca: argparse.ArgumentParser) -> None:
     init.set_defaults(func=_init)
 
     inspect = with_dir(verbs.add_parser("inspect", help="roots and issued certificates"))
-    inspect.add_argument("--json", action="store_true")
+    add_output(inspect)
     inspect.set_defaults(func=_inspect)
 
     rotate = with_dir(verbs.add_parser("rotate", help="rotate the root in three steps"))
@@ -68,6 +72,7 @@ def configure(ca: argparse.ArgumentParser) -> None:
         help="kubeconfig of a Kubernetes API server: its pods say who runs on which node",
     )
     serve.add_argument("--ttl", default="24h", help="workload certificate lifetime (default 24h)")
+    add_log_format(serve)
     serve.set_defaults(func=_serve)
 
 
@@ -81,7 +86,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     doc = CertificateAuthority.load(args.dir).describe()
-    if args.json:
+    if wants_json(args):
         print(json.dumps(doc, indent=2))
         return 0
     print(f"trust domain {doc['trust_domain']}  ({doc['directory']})\n")
@@ -132,6 +137,7 @@ def _rotate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from smesh.agent.config import parse_duration  # noqa: PLC0415
 
+    configure_logs(args)
     ca = CertificateAuthority.load(args.dir)
     ttl = dt.timedelta(seconds=float(parse_duration(args.ttl)))
     if args.kubeconfig is not None:
@@ -152,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         stop = _stop_on_signals()
         await service.start(args.socket)
-        print(f"signing service for {ca.trust_domain} on {args.socket}", flush=True)
+        log.info("signing service for %s on %s", ca.trust_domain, args.socket)
         await stop.wait()
         await service.close()
 
@@ -189,7 +195,7 @@ def _serve_kubernetes(args: argparse.Namespace, ca: CertificateAuthority, ttl: d
         follow = asyncio.create_task(entitlements.follow(Informer(api, PODS)), name="pods")
         stopped = asyncio.create_task(stop.wait())
         try:
-            print(f"listing the pods of {api.server}", flush=True)
+            log.info("listing the pods of %s", api.server)
             synced = asyncio.create_task(entitlements.wait_synced())
             await asyncio.wait({synced, stopped, follow}, return_when=asyncio.FIRST_COMPLETED)
             synced.cancel()
@@ -198,10 +204,11 @@ def _serve_kubernetes(args: argparse.Namespace, ca: CertificateAuthority, ttl: d
             if stopped.done():
                 return
             await service.start(args.socket)
-            print(
-                f"signing service for {ca.trust_domain} on {args.socket}, "
-                f"entitlements from the pods of {api.server}",
-                flush=True,
+            log.info(
+                "signing service for %s on %s, entitlements from the pods of %s",
+                ca.trust_domain,
+                args.socket,
+                api.server,
             )
             await asyncio.wait({stopped, follow}, return_when=asyncio.FIRST_COMPLETED)
             await service.close()

@@ -9,17 +9,15 @@ from typing import Any
 
 from smesh.capture import lab as capture_lab
 from smesh.capture.node import MODES
-from smesh.cli.output import table
-from smesh.lab import topology
+from smesh.cli.options import add_lab
+from smesh.cli.output import add_output, show, table, wants_json
 
 
 def configure(capture: argparse.ArgumentParser) -> None:
     verbs = capture.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def lab_args(parser: argparse.ArgumentParser, node_help: str) -> argparse.ArgumentParser:
-        parser.add_argument(
-            "--lab", default=topology.DEFAULT_NAME, help="lab name (default: smesh)"
-        )
+        add_lab(parser)
         parser.add_argument("--node", help=node_help)
         return parser
 
@@ -41,17 +39,19 @@ def configure(capture: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="a destination port never captured (repeat; 18000 and 18001 always are)",
     )
+    add_output(attach)
     attach.set_defaults(func=_attach)
 
     detach = lab_args(
         verbs.add_parser("detach", help="remove capture: pods go back to plain connects"),
         "only this node (default: every node)",
     )
+    add_output(detach)
     detach.set_defaults(func=_detach)
 
     status = verbs.add_parser("status", help="mode, pods, counters and map occupancy")
-    status.add_argument("--lab", default=topology.DEFAULT_NAME, help="lab name (default: smesh)")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    add_lab(status)
+    add_output(status)
     status.set_defaults(func=_status)
 
 
@@ -64,22 +64,36 @@ def _quiet(args: argparse.Namespace) -> None:
 def _attach(args: argparse.Namespace) -> int:
     _quiet(args)
     config = capture_lab.lab_config(tuple(args.exclude_port))
-    for result in capture_lab.attach(args.lab, args.node, args.mode, config):
-        pods = ", ".join(result.pods) or "no pods"
-        print(f"{result.node}: {pods} captured with {result.choice.mode} ({result.choice.reason})")
+    results = capture_lab.attach(args.lab, args.node, args.mode, config)
+    show(
+        args,
+        [
+            {"node": r.node, "pods": list(r.pods), "mode": r.choice.mode, "reason": r.choice.reason}
+            for r in results
+        ],
+        "\n".join(
+            f"{r.node}: {', '.join(r.pods) or 'no pods'} captured with {r.choice.mode} "
+            f"({r.choice.reason})"
+            for r in results
+        ),
+    )
     return 0
 
 
 def _detach(args: argparse.Namespace) -> int:
     _quiet(args)
-    for node, what in capture_lab.detach(args.lab, args.node).items():
-        print(f"{node}: {what}")
+    done = capture_lab.detach(args.lab, args.node)
+    show(
+        args,
+        [{"node": node, "result": what} for node, what in done.items()],
+        "\n".join(f"{node}: {what}" for node, what in done.items()),
+    )
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     doc = capture_lab.status(args.lab)
-    if args.json:
+    if wants_json(args):
         print(json.dumps(doc, indent=2))
         return 0
     print(

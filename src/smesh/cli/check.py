@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 from smesh.capture import preflight
+from smesh.cli.output import add_output, wants_json
 
 MARKS = {"ok": "✔", "warn": "!", "fail": "✘"}
 
 
 def configure(check: argparse.ArgumentParser) -> None:
-    check.add_argument("--json", action="store_true", help="one JSON document")
+    add_output(check)
     check.add_argument(
         "--bpf-dir",
         type=Path,
@@ -25,7 +26,7 @@ def _check(args: argparse.Namespace) -> int:
     places = preflight.Places() if args.bpf_dir is None else preflight.Places(objects=args.bpf_dir)
     checks = preflight.run(places)
     failed = [c for c in checks if c.failed]
-    if args.json:
+    if wants_json(args):
         print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
     else:
         width = max(len(c.name) for c in checks)

@@ -11,6 +11,8 @@ import signal
 import socket
 from pathlib import Path
 
+from smesh.cli.options import add_log_format, configure_logs
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -31,6 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--identity",
         help="this replica's name in the Lease (default: the pod's hostname plus a random tag)",
     )
+    add_log_format(parser)
     parser.set_defaults(func=_run)
 
 
@@ -44,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     from smesh.errors import SmeshError  # noqa: PLC0415
     from smesh.kubernetes.client import KubeApi, load_config  # noqa: PLC0415
 
+    configure_logs(args)
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise
     config = load_config(args.kubeconfig)
     settings = Settings(trust_domain=args.trust_domain, namespace=args.namespace)
@@ -63,7 +67,9 @@ def _run(args: argparse.Namespace) -> int:
         client = AsyncClient(config=config, field_manager="smesh-controller")
         elector = LeaderElector(client, args.namespace, "smesh-controller", identity)
         controller = Controller(lambda: KubeApi(config), client, settings, metrics)
-        print(f"smesh controller {identity} (pid {os.getpid()})", flush=True)
+        logging.getLogger("smesh.controller").info(
+            "smesh controller %s (pid %d)", identity, os.getpid()
+        )
         try:
             await run(elector, controller, stop)
         finally:

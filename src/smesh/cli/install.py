@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 from pathlib import Path
+
+from smesh.cli.output import add_output, show, wants_json
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config or in-cluster"
     )
+    add_output(check)
     check.set_defaults(func=_check)
 
 
@@ -28,8 +32,11 @@ def _check(args: argparse.Namespace) -> int:
         results = check.run(cluster.server, cluster.get, cluster.items, dt.datetime.now(dt.UTC))
     finally:
         cluster.close()
+    failed = [r for r in results if not r.ok]
+    if wants_json(args):
+        show(args, {"ok": not failed, "checks": [dataclasses.asdict(r) for r in results]})
+        return 1 if failed else 0
     for result in results:
         print(result.line())
-    failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)} of {len(results)} checks passed")
     return 1 if failed else 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from smesh.cli.output import stdout_closed, table
-from smesh.lab import api, topology
+from smesh.cli.options import add_lab
+from smesh.cli.output import add_output, show, stdout_closed, table, wants_json
+from smesh.lab import api
 from smesh.lab.errors import LabError
 
 
@@ -75,7 +77,6 @@ def configure(lab: argparse.ArgumentParser) -> None:
     down.set_defaults(func=_down)
 
     status = named(verbs.add_parser("status", help="nodes, pods and agents"))
-    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 
     restart = named(
@@ -141,8 +142,9 @@ def configure(lab: argparse.ArgumentParser) -> None:
     kubectl.set_defaults(func=_kubectl)
 
     listing = verbs.add_parser("list", help="the labs on this machine")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_list)
+
+    _policy_verb(named(verbs.add_parser("policy", help=_policy.__doc__)))
 
     logs = named(verbs.add_parser("logs", help="a node's agent log (JSON lines)"))
     logs.add_argument("node", metavar="NODE", help="e.g. node-1")
@@ -151,23 +153,28 @@ def configure(lab: argparse.ArgumentParser) -> None:
     )
     logs.set_defaults(func=_logs)
 
+    # -o json on every verb that prints a result (up: the lab's status document, as `lab
+    # status -o json`); exec, kubectl and logs print what another program writes
+    for printing in (up, down, status, restart, upgrade, stop, plane, kubelet, listing):
+        add_output(printing)
+
+
+def _policy_verb(policy: argparse.ArgumentParser) -> None:
+    policy.add_argument("file", type=Path, metavar="FILE", help="a policy file (docs/policy.md)")
+    add_output(policy)
+    policy.set_defaults(func=_policy)
+
 
 def _name_option(parser: argparse.ArgumentParser) -> None:
-    # --lab as well: `smesh status`, `trace` and `capture` call the same thing --lab.
-    parser.add_argument(
-        "--name",
-        "--lab",
-        dest="name",
-        default=topology.DEFAULT_NAME,
-        help="lab name (default: smesh)",
-    )
+    # dest `name`, as the lab verbs always had; spelled --lab as on every other command
+    add_lab(parser, dest="name")
 
 
 def exec_command(argv: list[str]) -> tuple[list[str], list[str]]:
     """Split what follows POD into (exec's own options, the command).
 
-    argparse hands everything after POD to the command, so `lab exec pod-1 --name x --
-    curl ...` would run `--name` in the default lab; options written there, before the
+    argparse hands everything after POD to the command, so `lab exec pod-1 --lab x --
+    curl ...` would run `--lab` in the default lab; options written there, before the
     `--`, are taken as exec's. A command's own `--` (`grep -- -x`) is left alone.
     """
     if argv[:1] == ["--"]:
@@ -185,7 +192,7 @@ def _exec_options(options: list[str], args: argparse.Namespace) -> None:
     _name_option(late)
     _, unknown = late.parse_known_args(options, args)
     if unknown:
-        raise LabError(f"lab exec takes only --name before `--`, not {' '.join(unknown)!r}")
+        raise LabError(f"lab exec takes only --lab before `--`, not {' '.join(unknown)!r}")
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -202,6 +209,9 @@ def _up(args: argparse.Namespace) -> int:
         chart_values=args.chart_values,
         service_cidr=args.service_cidr,
     )
+    if wants_json(args):
+        show(args, api.status(topo.name))
+        return 0
     mode = "mesh on" if topo.mesh else "mesh off (--no-mesh)"
     if topo.kubernetes:
         if topo.mesh:
@@ -209,7 +219,7 @@ def _up(args: argparse.Namespace) -> int:
             mode += ", agents as " + ("pods from the chart" if chart else "lab processes")
         print(
             f"lab {topo.name!r} is up: a Kubernetes cluster of {len(topo.nodes)} nodes, {mode}; "
-            f"use `smesh lab kubectl --name {topo.name} -- ...`"
+            f"use `smesh lab kubectl --lab {topo.name} -- ...`"
         )
     else:
         print(f"lab {topo.name!r} is up: {len(topo.nodes)} nodes, {len(topo.pods)} pods, {mode}")
@@ -219,14 +229,18 @@ def _up(args: argparse.Namespace) -> int:
 
 def _down(args: argparse.Namespace) -> int:
     existed = api.down(args.name)
-    print(f"lab {args.name!r} " + ("removed" if existed else "was not up; nothing to remove"))
+    show(
+        args,
+        {"lab": args.name, "removed": existed},
+        f"lab {args.name!r} " + ("removed" if existed else "was not up; nothing to remove"),
+    )
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     doc = api.status(args.name)
-    if args.json:
-        print(json.dumps(doc, indent=2))
+    if wants_json(args):
+        show(args, doc)
     else:
         _print_tables(doc)
     return 0
@@ -237,30 +251,44 @@ def _restart(args: argparse.Namespace) -> int:
     lingering = api.status(args.name)
     old = next(n["agents_lingering"] for n in lingering["nodes"] if n["name"] == args.node)
     done = "restarted" if args.verb == "restart-agent" else "upgraded"
-    print(
+    show(
+        args,
+        {"node": args.node, "pid": process.pid, "lingering": old},
         f"agent of {args.node} {done} (pid {process.pid}) and ready"
-        + (f"; serving their open connections: pid {', '.join(map(str, old))}" if old else "")
+        + (f"; serving their open connections: pid {', '.join(map(str, old))}" if old else ""),
     )
     return 0
 
 
 def _stop_agent(args: argparse.Namespace) -> int:
-    if api.stop_agent(args.name, args.node):
-        print(f"agent of {args.node} stopped; its pods stay captured (connects fail closed)")
-    else:
-        print(f"agent of {args.node} was not running")
+    stopped = api.stop_agent(args.name, args.node)
+    show(
+        args,
+        {"node": args.node, "stopped": stopped},
+        f"agent of {args.node} stopped; its pods stay captured (connects fail closed)"
+        if stopped
+        else f"agent of {args.node} was not running",
+    )
     return 0
 
 
 def _restart_control_plane(args: argparse.Namespace) -> int:
     process = api.restart_control_plane(args.name, args.component, loopback_only=args.loopback_only)
-    print(f"{args.component} restarted (pid {process.pid}) and healthy")
+    show(
+        args,
+        {"component": args.component, "pid": process.pid},
+        f"{args.component} restarted (pid {process.pid}) and healthy",
+    )
     return 0
 
 
 def _restart_kubelet(args: argparse.Namespace) -> int:
     process = api.restart_kubelet(args.name, args.node)
-    print(f"kubelet of {args.node} restarted (pid {process.pid})")
+    show(
+        args,
+        {"node": args.node, "pid": process.pid},
+        f"kubelet of {args.node} restarted (pid {process.pid})",
+    )
     return 0
 
 
@@ -341,8 +369,8 @@ def _list(args: argparse.Namespace) -> int:
     from smesh.lab import inventory  # noqa: PLC0415
 
     found = inventory.labs()
-    if args.json:
-        print(json.dumps([lab.as_dict() for lab in found], indent=2))
+    if wants_json(args):
+        show(args, [lab.as_dict() for lab in found])
         return 0
     if not found:
         print("no labs here; start one with `smesh lab up`")
@@ -371,8 +399,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    import sys  # noqa: PLC0415
-
     from smesh.lab import logs  # noqa: PLC0415
 
     path = logs.agent_log(args.name, args.node)
@@ -382,4 +408,35 @@ def _logs(args: argparse.Namespace) -> int:
     logs.copy(path, sys.stdout.buffer, follow=args.follow, stop=stdout_closed)
     if stdout_closed():
         raise BrokenPipeError  # the entry point ends as a closed pipe ends a command
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    """install a policy file in a process lab and reload every agent, reporting each
+    agent's verdict (exit 1 if any did not load it)"""
+    from smesh.lab import policy  # noqa: PLC0415
+
+    expected, verdicts = policy.install(args.name, args.file)
+    if wants_json(args):
+        doc = {
+            "file": str(args.file),
+            "digest": expected,
+            "agents": [v.as_dict() for v in verdicts],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{args.file}: valid ({expected}); installed as lab {args.name!r}'s policy")
+        for v in verdicts:
+            print(
+                f"{v.node}: "
+                + (f"loaded {(v.digest or '')[:19]}" if v.loaded else f"refused: {v.error}")
+            )
+    refused = [v.node for v in verdicts if not v.loaded]
+    if refused:
+        print(
+            f"smesh: error: {len(refused)} of {len(verdicts)} agents did not load the policy "
+            f"({', '.join(refused)})",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import select
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,14 @@ def add_output(parser: argparse.ArgumentParser) -> None:
 
 def wants_json(args: argparse.Namespace) -> bool:
     return getattr(args, "output", "text") == "json"
+
+
+def show(args: argparse.Namespace, doc: Any, text: str | None = None) -> None:
+    """Print *doc* as JSON when ``-o json`` asks for it, else *text* (when there is any)."""
+    if wants_json(args):
+        print(json.dumps(doc, indent=2))
+    elif text:
+        print(text)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -14,12 +14,13 @@ import sys
 from typing import Any
 
 from smesh.cli.agents import Agent, add_selection, ask, lab_agents
-from smesh.cli.output import table
+from smesh.cli.output import add_output, table, wants_json
+from smesh.cli.policy import held_policies, policy_lines
 
 
 def configure(status: argparse.ArgumentParser) -> None:
     add_selection(status)
-    status.add_argument("--json", action="store_true")
+    add_output(status)
     status.set_defaults(func=_status)
 
 
@@ -36,9 +37,10 @@ def _status(args: argparse.Namespace) -> int:
     for agent in agents:
         ask(agent, "/debug/workloads")
     down = [a for a in agents if a.error is not None]
-    if args.json:
+    policies = held_policies(agents)
+    if wants_json(args):
         docs = [
-            {**a.doc, "label": a.label}
+            {**a.doc, "label": a.label, "policy": policies.get(a.label)}
             if a.error is None
             else {"label": a.label, "error": a.error, "fix": a.fix}
             for a in agents
@@ -46,6 +48,10 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(docs, indent=2))
     else:
         _print(agents)
+        if policies:
+            print("\npolicy:")
+            for label, doc in policies.items():
+                print("\n".join(f"  {line}" for line in policy_lines(label, doc)))
     if down:
         names = ", ".join(a.label for a in down)
         print(

@@ -9,15 +9,16 @@ import time
 from smesh.capture import lab as capture_lab
 from smesh.capture.events import as_json, as_line, wall_time
 from smesh.capture.trace import Tracer
-from smesh.lab import topology
+from smesh.cli.options import add_lab
+from smesh.cli.output import add_output, wants_json
 from smesh.lab.errors import UnknownMember
 
 
 def configure(trace: argparse.ArgumentParser) -> None:
-    trace.add_argument("--lab", default=topology.DEFAULT_NAME, help="lab name (default: smesh)")
+    add_lab(trace)
     trace.add_argument("--node", help="only this node (default: every captured node)")
     trace.add_argument("--pod", help="only events of this pod")
-    trace.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_output(trace)  # json: one object per line, as the events come
     trace.add_argument("--count", type=int, default=0, help="stop after COUNT events")
     trace.add_argument(
         "--timeout", type=float, default=0.0, help="stop after SECONDS (default: never)"
@@ -49,7 +50,7 @@ def _trace(args: argparse.Namespace) -> int:
             if args.pod and traced.pod != args.pod:
                 continue
             when = wall_time(traced.event.ts_ns, time.monotonic_ns(), time.time())
-            render = as_json if args.json else as_line
+            render = as_json if wants_json(args) else as_line
             print(render(traced.event, traced.pod, traced.node, when), flush=True)
             shown += 1
             if args.count and shown >= args.count:

@@ -8,6 +8,9 @@ it starts leading and stop when it stops.
 Reads come from informers, so the API server is not asked per CSR; a denial that depends on
 an absence (the agent's pod, a workload pod) is confirmed with a fresh read first, because an
 informer may lag behind a pod the agent already saw.
+
+The leader also summarizes each AuthorizationPolicy's agent entries into its ``Applied``
+condition (smesh.controller.policysummary), from the same pod informer.
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ from smesh.controller.decide import (
     requested_identity,
 )
 from smesh.controller.lease import LeaderElector
+from smesh.controller.policysummary import PolicySummary
 from smesh.controller.secretca import BUNDLE_CONFIGMAP, SECRET_NAME, SecretCA
 from smesh.identity.errors import CaError
 from smesh.kubernetes.client import NAMESPACES, Kind, KubeApi, Selection
 from smesh.kubernetes.informer import HasMetadata, Informer
+from smesh.kubernetes.policies import POLICIES
 from smesh.kubernetes.source import LEAN_PODS
 from smesh.kubernetes.store import Event, EventType, Synced
 
@@ -156,10 +161,17 @@ class Controller:
         self.ca = None
         api = self.api_factory()
         ns = self.settings.namespace
+        summary = PolicySummary(api, ns)
+
+        def apply_pod(item: Event[Pod] | Synced) -> None:
+            self._mirror.apply_pod(item)
+            summary.apply_pod(item)
+
         informers: list[tuple[Informer[Any], Callable[[Any], Any]]] = [
             # Lean: the controller holds every pod of the cluster and reads only what the
             # agent's informer keeps (node, account, hostNetwork, labels, phase).
-            (Informer(api, LEAN_PODS), self._mirror.apply_pod),
+            (Informer(api, LEAN_PODS), apply_pod),
+            (Informer(api, POLICIES), summary.apply_policy),
             (Informer(api, NAMESPACES), self._mirror.apply_namespace),
             (
                 Informer(
@@ -179,6 +191,7 @@ class Controller:
                 for informer, apply in informers:
                     group.create_task(self._follow(informer, apply))
                 group.create_task(self._work())
+                group.create_task(summary.run())
         finally:
             await api.aclose()
 

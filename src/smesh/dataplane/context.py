@@ -158,7 +158,7 @@ class PodConfig:
     addresses: tuple[IPAddress, ...]
     sockets: SocketFactory
     tunnel_port: int = 18001
-    forbidden_ports: frozenset[int] = frozenset({15000, 18000, 18001})
+    forbidden_ports: frozenset[int] = frozenset({15000, 15020, 18000, 18001})
     # The interface index (in the pod's namespace) that an IPv6 link-local destination is
     # on: capture keeps the address, not the app's scope id. 0: no single link (refused).
     link_scope: int = 0

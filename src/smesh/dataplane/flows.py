@@ -626,9 +626,9 @@ def _admit(
         log.warning("refused a tunnel to a port reserved for smesh", extra=_fields(record))
         return f"port {port} is reserved for smesh"
     decision = svc.authorize(peer.identity, pod, port)
+    record.rule = decision.decided_by  # allowed or not: the flow log says by what
     if decision.allowed:
         return None
-    record.rule = decision.rule or ""
     log.warning(
         "denied %s -> %s port %d: %s",
         peer.identity,

@@ -38,6 +38,11 @@ class ConnectionRecord:
             self.duration = time.time() - self.started
 
     @property
+    def mtls(self) -> bool:
+        """Carried over mutual TLS: the peer proved its identity in a handshake."""
+        return bool(self.peer_identity)
+
+    @property
     def bytes_sent(self) -> int:
         """Source app → destination app (the outbound side's app is the source)."""
         return self.bytes_from_app if self.direction == "outbound" else self.bytes_to_app

@@ -26,7 +26,7 @@ class DemoError(SmeshError):
 
 def in_member(lab: str, member: str, argv: Sequence[str]) -> list[str]:
     """The command line that runs *argv* inside a lab pod or node."""
-    return [sys.executable, "-m", "smesh", "lab", "exec", "--name", lab, member, "--", *argv]
+    return [sys.executable, "-m", "smesh", "lab", "exec", "--lab", lab, member, "--", *argv]
 
 
 @dataclass

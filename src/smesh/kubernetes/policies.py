@@ -201,6 +201,9 @@ class PolicyWatcher:
         translation = translate(objects, pod_labels(self.pods.snapshot().values()), base)
         old = self.translation
         self.translation = translation
+        self.store.objects = tuple(
+            f"{o.namespace}/{o.name}" for o in translation.outcomes if o.applied
+        )
         if old is None or old.policy != translation.policy:
             refused = [o for o in translation.outcomes if not o.applied]
             log.info(

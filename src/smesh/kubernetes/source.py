@@ -203,6 +203,29 @@ def pod_ips(pod: Pod) -> tuple[IPAddress, ...]:
     return tuple(ips)
 
 
+#: The label a Deployment's ReplicaSet adds to its name and to its pods (``web-5d4f8c``).
+TEMPLATE_HASH = "pod-template-hash"
+
+
+def owner_workload(pod: Pod) -> str | None:
+    """The name of the workload that owns *pod*, as metrics label it; None: it owns itself.
+
+    The controlling owner reference names it, except that a Deployment's pods are owned by a
+    ReplicaSet named after the Deployment plus the pod template's hash: that suffix is
+    dropped, so a rollout keeps the Deployment's series (Istio names workloads the same way).
+    """
+    meta = pod.metadata
+    if meta is None:
+        return None
+    owner = next((o for o in meta.ownerReferences or () if o.controller), None)
+    if owner is None or not owner.name:
+        return None
+    template_hash = (meta.labels or {}).get(TEMPLATE_HASH)
+    if owner.kind == "ReplicaSet" and template_hash:
+        return owner.name.removesuffix(f"-{template_hash}") or owner.name
+    return owner.name
+
+
 def workload_of(
     pod: Pod, namespace: Namespace | None, sandbox: SandboxRecord | None = None
 ) -> Workload | None:
@@ -231,6 +254,7 @@ def workload_of(
             cgroup=sandbox.cgroup if sandbox is not None else None,
             meshed=not_meshed_because(pod, namespace) is None,
             uid=meta.uid,
+            owner=owner_workload(pod),
         )
     except ValidationError as exc:
         log.warning("ignoring pod %s/%s: %s", meta.namespace, meta.name, describe(exc))

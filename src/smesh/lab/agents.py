@@ -27,7 +27,11 @@ from smesh.lab.errors import LabError
 from smesh.lab.topology import Node, Topology
 from smesh.linux import cgroups, netns
 
-ADMIN_PORT = 15000
+#: The agents' admin listeners (docs/agent.md, "Admin endpoints"): /metrics, /healthz and
+#: /ready on the scrape port, on the node's addresses; /debug/* on the debug port, on the
+#: node's loopback only (the CLI asks it from inside the node's namespace).
+SCRAPE_PORT = 15020
+DEBUG_PORT = 15000
 #: The agents' nice value: a CPU weight about three times a default process's (1024 → 3121).
 #: A CNI ADD waits for its agent, and a burst of pod starts (the kubelet's sandboxes, a
 #: Python CNI plugin per pod) keeps the CPUs busy just then; on a real node the
@@ -36,6 +40,11 @@ ADMIN_PORT = 15000
 #: The agent's session gets it too (set_autogroup_nice), or it would not count.
 AGENT_NICE = -5
 AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def admin_port(path: str) -> int:
+    """The lab agent's port that serves *path* (``/debug/*`` the debug one)."""
+    return DEBUG_PORT if path.startswith("/debug/") else SCRAPE_PORT
 
 
 def node_dir(lab: str, node: str) -> Path:
@@ -73,7 +82,10 @@ def config_for(topo: Topology, node: Node, extra: dict[str, Any] | None = None) 
             "meshCidrs": ["198.18.0.0/16", "fd00:198:18::/48"],
             "pinDir": str(state.bpf_pin_dir(topo.name) / node.name),
         },
-        "admin": {"address": "0.0.0.0", "port": ADMIN_PORT},
+        "admin": {
+            "scrape": {"address": "0.0.0.0", "port": SCRAPE_PORT},
+            "debug": {"address": "127.0.0.1", "port": DEBUG_PORT},
+        },
         "timeouts": {"drain": "5s"},  # lab down should not wait long for open connections
         # restart-agent and upgrade-agent hand the node over through it (docs/agent.md)
         "handoverSocket": str(node_dir(topo.name, node.name) / "handover.sock"),
@@ -182,7 +194,7 @@ def serving_pid(node: Node) -> int | None:
     """The pid of the agent answering the node's admin port (after a hand-over: the new)."""
     try:
         reply = client.get(
-            "127.0.0.1", ADMIN_PORT, "/debug/workloads", netns=node.netns, timeout=1.0
+            "127.0.0.1", DEBUG_PORT, "/debug/workloads", netns=node.netns, timeout=1.0
         )
     except client.AdminUnreachable:
         return None
@@ -197,7 +209,7 @@ def wait_handed_over(
     topo: Topology, node: Node, process: state.Process, timeout: float = 30.0
 ) -> None:
     """Wait until *process* took the node over from the agent running before it, and is
-    ready (the old one answers the admin port until its hand-over)."""
+    ready (the old one answers the admin ports until its hand-over)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.alive():
         if serving_pid(node) == process.pid:
@@ -213,7 +225,7 @@ def health(node: Node, process: state.Process | None) -> str:
     if not process.alive():
         return "dead"
     try:
-        reply = client.get("127.0.0.1", ADMIN_PORT, "/ready", netns=node.netns, timeout=1.0)
+        reply = client.get("127.0.0.1", SCRAPE_PORT, "/ready", netns=node.netns, timeout=1.0)
     except client.AdminUnreachable:
         return "starting"
     return "ready" if reply.status == 200 else "starting"
@@ -225,7 +237,7 @@ def pod_health(node: Node) -> str:
     probe (``/healthz``: capture attached, hand-off socket open). Not ``/ready``, which also
     waits for every pod's certificate, so it flips while new pods start."""
     try:
-        reply = client.get("127.0.0.1", ADMIN_PORT, "/healthz", netns=node.netns, timeout=2.0)
+        reply = client.get("127.0.0.1", SCRAPE_PORT, "/healthz", netns=node.netns, timeout=2.0)
     except client.AdminUnreachable:
         return "starting"
     return "ready" if reply.status == 200 else "starting"

@@ -125,9 +125,7 @@ def up(
     cgroup_root = _preflight("smesh lab up")
     with _locked(name):
         if _leftovers(name, cgroup_root):
-            raise LabExists(
-                f"lab {name!r} already exists; run `smesh lab down --name {name}` first"
-            )
+            raise LabExists(f"lab {name!r} already exists; run `smesh lab down --lab {name}` first")
         lab = state.LabState(
             name=name,
             nodes=nodes,
@@ -170,9 +168,15 @@ def _start_mesh(
     control.set_up_identity(topo)
     lab.signer = control.start_signer(topo, cgroup_root)
     state.save(lab)
-    extra: dict[str, Any] = {}
+    # Always a policy file, so `smesh lab policy` can replace it and SIGHUP every agent
+    # (an agent started without one has nothing to reload). A link to --policy: an edit
+    # of that file and a SIGHUP reload it too, as with an agent of one's own.
+    installed = state.policy_path(topo.name)
     if policy is not None:
-        extra["policy"] = str(policy.resolve())
+        installed.symlink_to(policy.resolve())
+    else:
+        installed.write_text("# no rules: every connection within the mesh is allowed\n")
+    extra: dict[str, Any] = {"policy": str(installed)}
     overrides = list(lab.settings.get("agent_overrides", []))
     for node in topo.nodes:
         lab.agents[node.name] = agents.start(topo, node, cgroup_root, extra, overrides)
@@ -268,7 +272,7 @@ def load(name: str) -> tuple[state.LabState, Topology]:
     if lab.phase != "up":
         raise LabError(
             f"lab {name!r} is not fully built (a crashed `up`?); "
-            f"run `smesh lab down --name {name}` and try again"
+            f"run `smesh lab down --lab {name}` and try again"
         )
     return lab, lab.topology()
 
@@ -363,7 +367,7 @@ def _process_agents_only(lab: state.LabState, verb: str) -> None:
         raise LabError(
             f"lab {lab.name!r} runs its agents as pods of the chart's DaemonSet, not as lab "
             f"processes, so {verb} cannot act on them: restart one with `smesh lab kubectl "
-            f"--name {lab.name} -- -n smesh-system delete pod POD` (`smesh lab status` names "
+            f"--lab {lab.name} -- -n smesh-system delete pod POD` (`smesh lab status` names "
             "each node's agent pod), or bring the lab up with `--install processes`"
         )
 
@@ -524,7 +528,7 @@ def kubectl_argv(name: str, argv: Sequence[str]) -> None:
     if not topo.kubernetes:
         raise LabError(
             f"lab {name!r} has no Kubernetes control plane; start one with "
-            f"`smesh lab up --kubernetes --name {name}`"
+            f"`smesh lab up --kubernetes --lab {name}`"
         )
     kubectl = DEFAULT_BIN_DIR / "kubectl"
     if not kubectl.is_file():

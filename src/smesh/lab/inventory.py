@@ -80,7 +80,7 @@ def not_found(name: str) -> str:
     if not names:
         return (
             f"no lab named {name!r} is up, nor any other; "
-            f"start one with `smesh lab up --name {name}`"
+            f"start one with `smesh lab up --lab {name}`"
         )
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -47,7 +47,7 @@ def agent_log(name: str, node_name: str) -> Path:
     if not pods:
         raise LabError(
             f"{node.name} of lab {name!r} runs no agent pod (yet); see `smesh lab status "
-            f"--name {name}`"
+            f"--lab {name}`"
         )
     newest = max(pods, key=lambda sandbox: sandbox.created_at)
     path = kubepaths.pods_dir(name, node.name) / newest.uid / f"{AGENT_CONTAINER}.log"

@@ -29,7 +29,7 @@ except OSError:
 
 
 def answers(lab: str, member: str, host: str, port: int) -> bool:
-    argv = [sys.executable, "-m", "smesh", "lab", "exec", "--name", lab, member, "--"]
+    argv = [sys.executable, "-m", "smesh", "lab", "exec", "--lab", lab, member, "--"]
     argv += [sys.executable, "-c", _PROBE, host, str(port)]
     proc = subprocess.run(argv, capture_output=True, check=False, timeout=20)
     return proc.returncode == 0

@@ -74,6 +74,12 @@ def workloads_dir(name: str) -> Path:
     return directory(name) / "workloads"
 
 
+def policy_path(name: str) -> Path:
+    """The lab's authorization policy, which every agent's ``policy:`` names: a link to
+    ``lab up --policy FILE``, an empty policy without it; ``smesh lab policy`` replaces it."""
+    return directory(name) / "policy.yaml"
+
+
 def bpf_pin_dir(name: str) -> Path:
     return BPF_PIN_ROOT / name
 
@@ -93,7 +99,7 @@ def load(name: str) -> LabState | None:
         return None
     except (OSError, ValueError) as exc:
         raise LabError(
-            f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --name {name}`"
+            f"lab {name!r} has a damaged state file ({exc}); run `smesh lab down --lab {name}`"
         ) from exc
     for key in ("agents", "control_plane", "kubelets", "proxies"):
         data[key] = {name: Process(**proc) for name, proc in data.get(key, {}).items()}

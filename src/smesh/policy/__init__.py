@@ -4,8 +4,17 @@ Rules are loaded from YAML (:mod:`smesh.policy.rules`) and evaluated by a pure f
 (:func:`smesh.policy.decide.decide`) on every inbound tunnel request.
 """
 
-from smesh.policy.decide import Decision, DestinationWorkload, decide
-from smesh.policy.rules import Policy, PolicyError, PolicyStore, load, parse
+from smesh.policy.decide import Decision, DestinationWorkload, Trace, decide, trace
+from smesh.policy.rules import (
+    Policy,
+    PolicyError,
+    PolicyStore,
+    digest,
+    document,
+    from_document,
+    load,
+    parse,
+)
 
 __all__ = [
     "Decision",
@@ -13,7 +22,12 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyStore",
+    "Trace",
     "decide",
+    "digest",
+    "document",
+    "from_document",
     "load",
     "parse",
+    "trace",
 ]

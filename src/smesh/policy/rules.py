@@ -20,7 +20,10 @@ rules:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -192,6 +195,57 @@ def parse(text: str, origin: str = "policy") -> Policy:
         raise PolicyError(f"{origin}: {found}") from None
 
 
+def document(policy: Policy) -> dict[str, Any]:
+    """The policy in its canonical form: the file format with every key spelled out, rules
+    in their order (which names the rule a tie is reported under). Two files that differ
+    only in comments, spacing, key order or port spelling have one document."""
+
+    def ports(rule: Rule) -> list[int | str]:
+        return [p.first if p.first == p.last else f"{p.first}-{p.last}" for p in rule.ports]
+
+    return {
+        "default": policy.default,
+        "rules": [
+            {
+                "name": rule.name,
+                "action": rule.action,
+                "from": [s.model_dump(by_alias=True, exclude_none=True) for s in rule.sources],
+                "to": [d.model_dump(by_alias=True, exclude_none=True) for d in rule.destinations],
+                "ports": ports(rule),
+            }
+            for rule in policy.rules
+        ],
+    }
+
+
+def digest(policy: Policy) -> str:
+    """``sha256:HEX`` of the canonical document: what ``smesh status`` and ``smesh lab
+    policy`` compare to tell which policy an agent holds."""
+    text = json.dumps(document(policy), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def from_document(doc: Any, origin: str = "policy document") -> Policy:
+    """A policy from its :func:`document` (an agent's ``/debug/policy``), validated as a file
+    is but for rule names: those of AuthorizationPolicy objects (``NS/NAME#I``) may be
+    longer than a file's own."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("rules", []), list):
+        raise PolicyError(f"{origin}: expected a mapping with 'rules' (and optionally 'default')")
+    rules = doc.get("rules", [])
+    names = [r.get("name") if isinstance(r, dict) else None for r in rules]
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise PolicyError(f"{origin}: every rule needs a unique name")
+    placeholders = [{**r, "name": f"r{i}"} for i, r in enumerate(rules)]
+    try:
+        policy = Policy.model_validate({**doc, "rules": placeholders})
+    except ValidationError as exc:
+        raise PolicyError(f"{origin}: {problem(exc, Policy)}") from None
+    named = tuple(
+        r.model_copy(update={"name": n}) for r, n in zip(policy.rules, names, strict=True)
+    )
+    return policy.model_copy(update={"rules": named})
+
+
 def load(path: Path) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
@@ -218,23 +272,46 @@ class PolicyStore:
         self.path = path
         self.file_policy = load(path) if path is not None else Policy()
         self.policy = self.file_policy
-        self.error: str | None = None
+        self.error: str | None = None  # the last reload's refusal, until one succeeds
         self.pending = pending
         self._overlay: Callable[[Policy], Policy] | None = None
+        # What `smesh status` and `smesh lab policy` show (/debug/policy): the policy in
+        # force, since when, and the last reload refused (kept after later successes, so
+        # an operator can still see what went wrong and when).
+        self.digest = digest(self.policy)
+        self.file_digest = self.digest
+        self.loaded_at = time.time()
+        self.reloads = 0  # reloads attempted (SIGHUP): a caller waits for it to move
+        self.last_refused: tuple[float, str] | None = None
+        self.objects: tuple[str, ...] = ()  # AuthorizationPolicies (NS/NAME) in force
+        self.on_reload: Callable[[bool], None] | None = None  # loaded or not: metrics
 
     def reload(self) -> bool:
         if self.path is None:
             self._refresh()
             return False
+        self.reloads += 1
         try:
             self.file_policy = load(self.path)
         except PolicyError as exc:
             self.error = str(exc)
+            self.last_refused = (time.time(), self.error)
             log.error("policy not reloaded, keeping the previous one: %s", exc)
+            if self.on_reload is not None:
+                self.on_reload(False)
             return False
         self.error = None
-        log.info("policy reloaded from %s: %d rules", self.path, len(self.file_policy.rules))
+        self.file_digest = digest(self.file_policy)
+        log.info(
+            "policy reloaded from %s: %d rules, %s",
+            self.path,
+            len(self.file_policy.rules),
+            self.file_digest,
+        )
         self._refresh()
+        self.loaded_at = time.time()  # reloaded, even if to what was in force
+        if self.on_reload is not None:
+            self.on_reload(True)
         return True
 
     def overlay(self, combine: Callable[[Policy], Policy]) -> None:
@@ -248,3 +325,33 @@ class PolicyStore:
             self.policy = self._overlay(self.file_policy)
         else:
             self.policy = self.file_policy
+        now = digest(self.policy)
+        if now != self.digest:
+            self.digest, self.loaded_at = now, time.time()
+
+    @property
+    def name(self) -> str:
+        """What the policy in force comes from: the file, and AuthorizationPolicy objects."""
+        parts = [str(self.path)] if self.path is not None else []
+        if self.objects:
+            parts.append(f"AuthorizationPolicy {', '.join(self.objects)}")
+        return " + ".join(parts) or "(none: default allow)"
+
+    def describe(self) -> dict[str, Any]:
+        """The policy in force and its history, as the agent's ``/debug/policy`` serves it."""
+        refused = self.last_refused
+        return {
+            "name": self.name,
+            "file": str(self.path) if self.path is not None else None,
+            "objects": list(self.objects),
+            "digest": self.digest,
+            "file_digest": self.file_digest,
+            "loaded_at": self.loaded_at,
+            "reloads": self.reloads,
+            "pending": self.pending,
+            "error": self.error,
+            "last_refused": {"at": refused[0], "error": refused[1]} if refused else None,
+            "rules": len(self.policy.rules),
+            "default": self.policy.default,
+            "policy": document(self.policy),
+        }

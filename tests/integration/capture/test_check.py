@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from smesh.capture import preflight
+from smesh.capture import abi, preflight
 from tests.integration.labkit import smesh
 
 
@@ -85,3 +85,25 @@ def test_missing_objects_fail_the_command_with_the_fix(tmp_path: Path) -> None:
     connect = lines.index(next(line for line in failed if "BPF object connect" in line))
     assert "fix: build them with `make bpf`" in lines[connect + 1]
     assert lines[-1].endswith("6 failed")  # the 5 objects and the helpers read from them
+
+
+def test_damaged_or_unreadable_objects_fail_their_checks_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    for stem in abi.OBJECTS:  # each cut in half, as an interrupted copy leaves it
+        whole = abi.object_path(stem).read_bytes()
+        (tmp_path / f"{stem}.bpf.o").write_bytes(whole[: len(whole) // 2])
+    proc = smesh("check", "--bpf-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    helpers = next(line for line in proc.stdout.splitlines() if "BPF helpers" in line)
+    assert "damaged ELF file" in helpers
+
+    broken = tmp_path / "connect.bpf.o"
+    broken.unlink()
+    broken.mkdir()  # not a file at all: reading it fails (root reads any file)
+    proc = smesh("check", "--bpf-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    helpers = next(line for line in proc.stdout.splitlines() if "BPF helpers" in line)
+    assert "Is a directory" in helpers

@@ -108,7 +108,7 @@ def pod(name: str, namespace: str, node: str, **spec: Any) -> dict[str, Any]:
 
 def metric(lab: Lab, node: str, name: str, labels: str) -> float:
     """The value of *name*{*labels*} on *node*'s agent (0 if absent), from its admin port."""
-    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    reply = admin_client.get("127.0.0.1", 15020, "/metrics", netns=f"{lab.name}.{node}")
     for line in reply.body.decode().splitlines():
         if line.startswith(f"{name}{{{labels}}} "):
             return float(line.rsplit(" ", 1)[1])

@@ -90,7 +90,7 @@ def workload(lab: Lab, node: str, name: str) -> dict[str, Any] | None:
 
 
 def metric(lab: Lab, node: str, name: str, labels: str) -> float:
-    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    reply = admin_client.get("127.0.0.1", 15020, "/metrics", netns=f"{lab.name}.{node}")
     for line in reply.body.decode().splitlines():
         if line.startswith(f"{name}{{{labels}}} "):
             return float(line.rsplit(" ", 1)[1])

@@ -1,8 +1,8 @@
 """The CNI hand-off against a real agent process, a real API server and real sandboxes.
 
 The agent runs as ``smesh agent --config`` with a ``kubernetes`` section, in the host
-network namespace (the test API server listens on 127.0.0.1 there; the agent's admin port
-is bound to 127.0.0.1, and its pods' listeners live in the sandboxes' own namespaces) and
+network namespace (the test API server listens on 127.0.0.1 there; the agent's admin ports
+are bound to 127.0.0.1, and its pods' listeners live in the sandboxes' own namespaces) and
 in a cgroup of its own under a unique ``cgroupRoot``, with its BPF pins in a unique
 directory. The test plays the container runtime: it makes the pod's cgroup at the kubelet's
 layout path and a network namespace, then sends what smesh-cni sends.
@@ -48,7 +48,8 @@ from tests.integration.labkit import unique_name
 class RunningAgent:
     node: Node
     name: str
-    port: int
+    port: int  # the scrape listener's; /debug/* on debug_port
+    debug_port: int
     socket: Path
     sandbox_dir: Path
     config: Path
@@ -84,7 +85,8 @@ class RunningAgent:
         self.proc = None
 
     def get(self, path: str) -> admin_client.AdminReply:
-        return admin_client.get("127.0.0.1", self.port, path, timeout=10)
+        port = self.debug_port if path.startswith("/debug/") else self.port
+        return admin_client.get("127.0.0.1", port, path, timeout=10)
 
     def workloads(self) -> list[dict[str, Any]]:
         doc = self.get("/debug/workloads").json()
@@ -113,6 +115,7 @@ def agent(
         node=node,
         name=unique("node"),
         port=free_port(),
+        debug_port=free_port(),
         socket=node.short_dir / "cni.sock",
         sandbox_dir=state / "sandboxes",
         config=state / "agent.yaml",
@@ -129,7 +132,10 @@ def agent(
             "enrolTimeout": "20s",
         },
         "capture": {"mode": "ebpf", "pinDir": str(pin_dir)},
-        "admin": {"address": "127.0.0.1", "port": running.port},
+        "admin": {
+            "scrape": {"address": "127.0.0.1", "port": running.port},
+            "debug": {"address": "127.0.0.1", "port": running.debug_port},
+        },
         "identity": {"caDir": str(state / "ca"), "credentialCache": str(state / "cache")},
         "timeouts": {"drain": "1s"},
         "logging": {"format": "text", "level": "debug"},

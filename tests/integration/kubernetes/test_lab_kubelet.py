@@ -47,11 +47,13 @@ spec:
     - |
       SA=/var/run/secrets/kubernetes.io/serviceaccount
       API=https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT
-      curl -sS --fail-with-body --cacert $SA/ca.crt -H "Authorization: Bearer $(cat $SA/token)" \\
+      # A review is read-only, so curl retries it (with -o a retry starts the file over):
+      # once (CI of 12-03) the API server's answer ended short (curl exit 18) under load.
+      curl -sS --retry 2 --retry-all-errors --fail-with-body --cacert $SA/ca.crt \\
+        -H "Authorization: Bearer $(cat $SA/token)" \\
         -H 'Content-Type: application/json' -X POST \\
         -d '{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}' \\
-        $API/apis/authentication.k8s.io/v1/selfsubjectreviews \\
-        > /dev/termination-log
+        -o /dev/termination-log $API/apis/authentication.k8s.io/v1/selfsubjectreviews
 ---
 apiVersion: v1
 kind: Pod

@@ -182,7 +182,7 @@ def running(lab: Lab, *selector: str, count: int) -> dict[str, dict[str, Any]]:
 
 def metric(lab: Lab, node: str, name: str, informer: str) -> float:
     body = admin_client.get(
-        "127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}", timeout=10
+        "127.0.0.1", 15020, "/metrics", netns=f"{lab.name}.{node}", timeout=10
     ).body.decode()
     match = re.search(rf'^{name}{{informer="{informer}"}} (\S+)$', body, re.M)
     assert match, f"{name}{{informer={informer!r}}} is not in node {node}'s agent metrics"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
@@ -84,8 +85,13 @@ def app(name: str, meshed: bool) -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> collections.abc.Iterator[Lab]:
-    # process agents: the tests read agent.log files, agent pids and the lab's signer
-    with kubernetes_lab("km", "--nodes", "2", "--install", "processes") as lab:
+    # process agents: the tests read agent.log files, agent pids and the lab's signer.
+    # A namespace's label reaches the two agents' registries through their informers, one
+    # after the other: on a loaded machine the second can trail the first by more than the
+    # default 2 s an inbound peer is given (timeouts.registryLag), and a request made as soon
+    # as the first agent meshed its pods was refused ("… is pod shop/client, not meshed").
+    lag = ("--agent-set", "timeouts.registryLag=10s")
+    with kubernetes_lab("km", "--nodes", "2", "--install", "processes", *lag) as lab:
         kubectl(lab, "apply", "-f", "-", stdin=app("shop", meshed=True))
         kubectl(lab, "apply", "-f", "-", stdin=app("plain", meshed=False))
         yield lab
@@ -235,6 +241,32 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
         assert (far[0]["route"], far[0]["result"]) == ("tunnel", "ok")
         assert far[0]["request_id"] == out[0]["request_id"]
 
+    # The metrics of each edge name the workloads: the Deployment (not its pods), a bare pod.
+    edge = {
+        "source_workload": "client",
+        "source_workload_namespace": "shop",
+        "source_principal": f"{TRUST}/ns/shop/sa/default",
+        "destination_workload": "web",
+        "destination_workload_namespace": "shop",
+        "destination_principal": f"{TRUST}/ns/shop/sa/web",
+        "connection_security_policy": "mutual_tls",
+    }
+    for node, reporter in (("node-1", "source"), ("node-2", "destination")):
+        opened = edge_total(cluster, node, "smesh_tcp_connections_opened_total", reporter, edge)
+        assert opened >= (len(shop) if reporter == "source" else 1)
+
+
+def edge_total(lab: Lab, node: str, name: str, reporter: str, labels: dict[str, str]) -> float:
+    """The sum of *name*'s series on *node* with *reporter* and *labels*."""
+    reply = admin_client.get("127.0.0.1", 15020, "/metrics", netns=f"{lab.name}.{node}")
+    wanted = {**labels, "reporter": reporter}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(reply.body.decode())
+        for sample in family.samples
+        if sample.name == name and wanted.items() <= sample.labels.items()
+    )
+
 
 def test_the_same_app_in_a_namespace_not_opted_in_is_plain_tcp(cluster: Lab) -> None:
     plain = web(cluster, "plain")
@@ -349,7 +381,7 @@ def test_a_pod_deleted_mid_transfer_releases_everything_and_the_agent_serves_on(
     # The agent kept running and serves the others, and the replacement pod, at once.
     assert state.load(cluster.name).agents["node-2"].pid == agent_pid  # type: ignore[union-attr]
     assert (
-        admin_client.get("127.0.0.1", 15000, "/healthz", netns=f"{cluster.name}.node-2").status
+        admin_client.get("127.0.0.1", 15020, "/healthz", netns=f"{cluster.name}.node-2").status
         == 200
     )
     now = web(cluster, "shop")
@@ -416,7 +448,7 @@ def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> Non
         cluster,
         "node-2",
         "smesh_capture_events_total",
-        f'decision="plaintext_refused",workload="shop/{remote["metadata"]["name"]}"',
+        'decision="plaintext_refused",namespace="shop",workload="web"',  # the Deployment
     )
     for name in ("optout", "hostnet"):
         assert meshed(cluster, found[name]) is None
@@ -440,7 +472,7 @@ def test_opted_out_and_host_network_pods_are_never_captured(cluster: Lab) -> Non
         cluster,
         "node-2",
         "smesh_capture_events_total",
-        f'decision="plaintext_refused",workload="shop/{remote["metadata"]["name"]}"',
+        'decision="plaintext_refused",namespace="shop",workload="web"',  # the Deployment
     )
     assert refused_after > refused_before
     for name in ("optout", "hostnet"):
@@ -500,7 +532,7 @@ def test_namespace_labels_mesh_and_release_running_pods_live(cluster: Lab) -> No
                     cluster,
                     "node-1",
                     "smesh_capture_events_total",
-                    f'decision="captured",workload="{ns}/client"',
+                    f'decision="captured",namespace="{ns}",workload="client"',
                 )
                 >= 2
             ),

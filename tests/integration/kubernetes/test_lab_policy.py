@@ -19,7 +19,7 @@ import pytest
 from smesh.agent import client as admin_client
 from smesh.lab import state
 from tests.integration.kubernetes.clusterkit import kubectl, kubernetes_lab, running, wait_for
-from tests.integration.labkit import Lab
+from tests.integration.labkit import Lab, smesh
 
 CRD = Path(__file__).parents[3] / "deploy/helm/smesh/crds/authorizationpolicies.smesh.io.yaml"
 SERVER = "import http.server; http.server.test(http.server.SimpleHTTPRequestHandler, port=8080, bind='0.0.0.0')"  # noqa: E501
@@ -90,7 +90,7 @@ def agent_log(lab: Lab, node: str) -> list[dict[str, Any]]:
 
 
 def metric(lab: Lab, node: str, line_prefix: str) -> float:
-    reply = admin_client.get("127.0.0.1", 15000, "/metrics", netns=f"{lab.name}.{node}")
+    reply = admin_client.get("127.0.0.1", 15020, "/metrics", netns=f"{lab.name}.{node}")
     for line in reply.body.decode().splitlines():
         if line.startswith(line_prefix + " "):
             return float(line.rsplit(" ", 1)[1])
@@ -138,6 +138,18 @@ def test_a_policy_object_denies_within_seconds_reports_status_and_deletion_resto
         for r in agent_log(cluster, "node-2")
     )
     assert metric(cluster, "node-2", f'smesh_policy_denials_total{{rule="{RULE}"}}') > denied_before
+    # `policy explain` asks node-2's agent, whose policy holds the object's rule (its
+    # selector resolved against node-2's pods); `status` names the object.
+    explained = json.loads(
+        smesh(
+            "policy", "explain", "--lab", cluster.name, "--from", "shop/client",
+            "--to", "shop/web:8080", "-o", "json",
+        ).stdout
+    )  # fmt: skip
+    assert (explained["decision"], explained["decided_by"]) == ("deny", RULE)
+    assert explained["destination"]["service_account"] == "web"
+    shown = smesh("status", "--lab", cluster.name).stdout
+    assert "AuthorizationPolicy shop/no-client-to-web" in shown
 
     # Both agents report the generation applied, and kubectl shows them.
     def entries() -> dict[str, dict[str, Any]]:

@@ -362,7 +362,7 @@ def test_a_rotation_drops_no_connection_and_moves_every_certificate_to_the_new_r
     uris = {certs.uri_of(c) for c in fresh}
     assert {CLIENT, WEB} <= uris, uris
     for node in ("node-1", "node-2"):
-        metrics = cluster.exec(node, ["curl", "-sS", "http://127.0.0.1:15000/metrics"]).stdout
+        metrics = cluster.exec(node, ["curl", "-sS", "http://127.0.0.1:15020/metrics"]).stdout
         line = next(
             x
             for x in metrics.splitlines()

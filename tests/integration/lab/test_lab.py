@@ -174,7 +174,7 @@ def test_down_removes_everything_and_is_safe_to_repeat(lab_factory: LabFactory) 
 def test_up_refuses_an_existing_lab_and_says_to_run_down(lab: Lab) -> None:
     proc = smesh("lab", "up", "--name", lab.name, check=False)
     assert proc.returncode != 0
-    expected = f"lab {lab.name!r} already exists; run `smesh lab down --name {lab.name}` first"
+    expected = f"lab {lab.name!r} already exists; run `smesh lab down --lab {lab.name}` first"
     assert proc.stderr.strip() == f"smesh: error: {expected}"
 
 

@@ -101,7 +101,8 @@ def test_a_certificate_from_another_ca(lab: Lab, tmp_path: Path) -> None:
     "target",
     [
         "198.18.2.3:8080",  # another pod: the open relay the seed had
-        "127.0.0.1:15000",  # the agent's admin port, via the pod's loopback
+        "127.0.0.1:15000",  # the agent's debug port, via the pod's loopback
+        "127.0.0.1:15020",  # the agent's scrape port, likewise
         f"{POD3}:18001",  # the tunnel port itself (a loop)
         f"{POD3}:18000",  # the outbound listener
     ],

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from smesh.agent import client
 from smesh.lab import state
+from smesh.lab.agents import admin_port
 from tests.integration.labkit import Lab, smesh
 from tests.integration.mesh.conftest import APP, Apps
 
 POD2, POD3 = "198.18.1.3", "198.18.2.2"
+POD1_IDENTITY = "spiffe://cluster.local/ns/default/sa/pod-1"
 
 
 def node(lab: Lab, name: str) -> dict[str, Any]:
@@ -27,7 +30,7 @@ def node(lab: Lab, name: str) -> dict[str, Any]:
 
 
 def admin(lab: Lab, node_name: str, path: str) -> client.AdminReply:
-    return client.get("127.0.0.1", 15000, path, netns=node(lab, node_name)["netns"])
+    return client.get("127.0.0.1", admin_port(path), path, netns=node(lab, node_name)["netns"])
 
 
 def meshed_here(lab: Lab, node_name: str) -> set[str]:
@@ -40,6 +43,16 @@ def metric(body: bytes, name: str, labels: str) -> float:
     selector = rf"\{{{labels}\}}" if labels else ""
     match = re.search(rf"^{name}{selector} (\S+)$", body.decode(), re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def total(body: bytes, name: str, **labels: str) -> float:
+    """The sum of *name*'s series whose labels include *labels* (0 if there are none)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def set_meshed(lab: Lab, pod: str, meshed: bool | None) -> None:
@@ -172,18 +185,19 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
     time.sleep(0.3)
     out = admin(meshed, "node-1", "/metrics").body
     inb = admin(meshed, "node-2", "/metrics").body
-    assert metric(out, "smesh_connections_opened_total", 'direction="outbound"') == 5
+    assert total(out, "smesh_tcp_connections_opened_total", reporter="source") == 5
     assert metric(out, "smesh_connections_closed_total", 'direction="outbound",result="ok"') == 5
     assert metric(inb, "smesh_connections_closed_total", 'direction="inbound",result="ok"') == 5
-    assert metric(out, "smesh_sent_bytes_total", 'direction="outbound"') == 5 * 1000
-    assert metric(out, "smesh_received_bytes_total", 'direction="outbound"') >= 5 * 70
+    # Istio's names: "received" is the request (source → destination), "sent" the answer
+    assert total(out, "smesh_tcp_received_bytes_total", reporter="source") == 5 * 1000
+    assert total(out, "smesh_tcp_sent_bytes_total", reporter="source") >= 5 * 70
     # the five connections rode one pooled TLS connection: at most one handshake for them
     assert client_handshakes(out) - handshakes_before <= 1
     assert metric(out, "smesh_tunnel_carriers", 'side="client"') >= 1
     assert metric(inb, "smesh_tunnel_carriers", 'side="server"') >= 1
     assert metric(out, "smesh_tunnel_setup_duration_seconds_count", "") == 5
     assert (
-        metric(out, "smesh_certificate_expiry_timestamp_seconds", 'workload="default/pod-1"')
+        total(out, "smesh_certificate_expiry_timestamp_seconds", principal=POD1_IDENTITY)
         > time.time()
     )
     assert b"smesh_build_info{" in out

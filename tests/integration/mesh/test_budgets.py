@@ -39,7 +39,7 @@ def last_report(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 def turned_away(lab: Lab, node: str) -> dict[str, float]:
     status = next(n for n in lab.status()["nodes"] if n["name"] == node)
-    text = client.get("127.0.0.1", 15000, "/metrics", netns=status["netns"]).body.decode()
+    text = client.get("127.0.0.1", 15020, "/metrics", netns=status["netns"]).body.decode()
     counts = {}
     for line in text.splitlines():
         if line.startswith("smesh_connections_turned_away_total{"):

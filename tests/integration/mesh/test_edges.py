@@ -17,7 +17,7 @@ import pytest
 
 from smesh.agent import client
 from smesh.lab import state
-from smesh.lab.agents import node_dir
+from smesh.lab.agents import admin_port, node_dir
 from smesh.linux import cgroups
 from tests.integration.labkit import Lab, LabFactory, smesh
 from tests.integration.mesh.test_adversarial import credential, lab_ca
@@ -34,7 +34,8 @@ def node_netns(lab: Lab, name: str) -> str:
 
 
 def admin(lab: Lab, node: str, path: str, timeout: float = 3.0) -> client.AdminReply:
-    return client.get("127.0.0.1", 15000, path, netns=node_netns(lab, node), timeout=timeout)
+    port = admin_port(path)
+    return client.get("127.0.0.1", port, path, netns=node_netns(lab, node), timeout=timeout)
 
 
 def metric(lab: Lab, node: str, name: str, labels: str) -> float:
@@ -197,7 +198,7 @@ def test_an_admin_flood_from_a_pod_leaves_descriptors_bounded_and_healthz_answer
     floods = [
         lab.spawn(
             "pod-1",
-            [PY, FLOOD, "198.18.1.1", "15000", "10000", "3", str(20000 + 10000 * i)],
+            [PY, FLOOD, "198.18.1.1", "15020", "10000", "3", str(20000 + 10000 * i)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -225,7 +226,12 @@ def test_an_admin_flood_from_a_pod_leaves_descriptors_bounded_and_healthz_answer
     # The cap (64) plus room for connections being closed; it reached 8,328 before.
     assert peak - baseline < 200, (baseline, peak)
     refused = sum(
-        metric(lab, "node-1", "smesh_admin_connections_refused_total", f'reason="{r}"')
+        metric(
+            lab,
+            "node-1",
+            "smesh_admin_connections_refused_total",
+            f'listener="scrape",reason="{r}"',
+        )
         for r in ("at_cap", "peer_cap")
     )
     print(f"flood: descriptors {baseline} -> peak {peak}, refused {refused:.0f}, {answers=}")

@@ -7,7 +7,8 @@ opens 20 new connections a second, and sends one bulk transfer of 200 MB (spread
 alternately, 5 times each (`lab upgrade-agent`, and `lab restart-agent`, which hands over
 the same way). Every connect must succeed, every long-lived connection answer every message
 in order, and the transfer's hash match; a capture on node-1's link must never see the
-load's marker in plain text. Afterwards the old agents exit once the long-lived connections
+load's marker in plain text, and both admin listeners (scrape, debug) of each agent must
+answer every request all along. Afterwards the old agents exit once the long-lived connections
 close, leaving one agent per node, and neither the agents' descriptors nor the pinned
 capture grew. The load is :mod:`smesh.bench.steady`, the one ``smesh bench --only
 upgrade`` runs.
@@ -20,9 +21,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+from smesh.agent import client as admin_client
 from smesh.bench import steady
 from smesh.capture import pins
 from smesh.lab import state
@@ -76,6 +79,47 @@ def serve(lab: Lab) -> subprocess.Popen[str]:
     return server
 
 
+class AdminProbe:
+    """A scraper and a debug client asking every node's agent, each in turn, until stopped:
+    during hand-overs both admin listeners must answer every request (a refused connect or
+    a timeout is what a kubelet's liveness probe or Prometheus would see fail)."""
+
+    ASKS = (  # (port, path): the scrape listener's and the debug listener's
+        (15020, "/healthz"),
+        (15020, "/metrics"),
+        (15000, "/debug/config"),
+    )
+
+    def __init__(self, lab: Lab, nodes: tuple[str, ...]) -> None:
+        self.netns = [str(node(lab, name)["netns"]) for name in nodes]
+        self.asked = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> AdminProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for netns in self.netns:
+                for port, path in self.ASKS:
+                    try:
+                        reply = admin_client.get("127.0.0.1", port, path, netns=netns, timeout=10)
+                    except admin_client.AdminUnreachable as exc:
+                        self.failures.append(f"{netns} {port}{path}: {exc}")
+                    else:
+                        if reply.status != 200:
+                            self.failures.append(f"{netns} {port}{path}: {reply.status}")
+                    self.asked += 1
+            self._stop.wait(0.2)
+
+
 def test_upgrading_both_agents_drops_no_connect_and_cuts_no_connection(
     lab_factory: LabFactory, tmp_path: Path
 ) -> None:
@@ -93,15 +137,19 @@ def test_upgrading_both_agents_drops_no_connect_and_cuts_no_connection(
         out = Lines(client.stdout)
         wait(lambda: out.lines[:1] == ["READY\n"], timeout=30)
         time.sleep(1)  # load before the first upgrade
-        for round_ in range(UPGRADES):
-            for name in nodes:
-                verb = "upgrade-agent" if round_ % 2 == 0 else "restart-agent"
-                smesh("lab", verb, "--name", lab.name, name)
-                time.sleep(0.5)
+        with AdminProbe(lab, nodes) as probe:
+            for round_ in range(UPGRADES):
+                for name in nodes:
+                    verb = "upgrade-agent" if round_ % 2 == 0 else "restart-agent"
+                    smesh("lab", verb, "--name", lab.name, name)
+                    time.sleep(0.5)
         stop.touch()  # the client stops once the bulk transfer has ended too
         client.wait(timeout=120)
         out.join()
     report = json.loads(out.lines[-1])
+    # both admin listeners answered all along (a few requests per hand-over, at least)
+    assert probe.failures == [], probe.failures
+    assert probe.asked > 10 * UPGRADES * len(nodes), probe.asked
     assert report["connect_failures"] == [], report
     assert report["long_failures"] == [], report
     assert report["connected"] == report["connects"] > 200, report

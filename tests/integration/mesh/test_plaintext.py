@@ -8,7 +8,7 @@ from tests.integration.labkit import LabFactory, smesh
 from tests.integration.mesh.conftest import Apps
 from tests.integration.mesh.test_agent import POD3, admin, meshed_here, metric, set_meshed, wait
 
-REFUSED = 'decision="plaintext_refused",workload="default/pod-3"'
+REFUSED = 'decision="plaintext_refused",namespace="default",workload="pod-3"'
 HEALTH_PORT = 9200  # a port left open to plaintext, as for a kubelet health probe
 
 

@@ -75,7 +75,7 @@ def test_a_denied_source_is_refused_with_a_log_line_naming_both_identities_and_t
     )
     assert "no-pod1-to-pod3" in line
     metrics = client.get(
-        "127.0.0.1", 15000, "/metrics", netns=str(agent_of(lab, "node-2")["netns"])
+        "127.0.0.1", 15020, "/metrics", netns=str(agent_of(lab, "node-2")["netns"])
     )
     assert b'smesh_policy_denials_total{rule="no-pod1-to-pod3"} 1.0' in metrics.body
 

@@ -114,7 +114,9 @@ def test_with_the_signer_stopped_a_restarted_agent_serves_its_pods_from_its_cach
     metrics = admin(meshed, "node-1", "/metrics").body
     assert metric(metrics, "smesh_credential_cache_loads_total", 'result="used"') == 2
     cached_expiry = metric(
-        metrics, "smesh_certificate_expiry_timestamp_seconds", 'workload="default/pod-1"'
+        metrics,
+        "smesh_certificate_expiry_timestamp_seconds",
+        'principal="spiffe://cluster.local/ns/default/sa/pod-1"',
     )
 
     # The signer answers again: the cached certificates are renewed from it (retried
@@ -125,7 +127,7 @@ def test_with_the_signer_stopped_a_restarted_agent_serves_its_pods_from_its_cach
             metric(
                 admin(meshed, "node-1", "/metrics").body,
                 "smesh_certificate_expiry_timestamp_seconds",
-                'workload="default/pod-1"',
+                'principal="spiffe://cluster.local/ns/default/sa/pod-1"',
             )
             > cached_expiry
         ),

@@ -39,6 +39,11 @@ def test_status_shows_every_node_and_a_dead_agent_with_its_fix(lab_factory: LabF
     first = smesh("lab", "logs", "--name", lab.name, "node-2").stdout.splitlines()
     assert first
     assert all(json.loads(line)["level"] for line in first)
+    # ... and the signing service logs as the agents do: JSON lines (it issued 4 certificates)
+    signer = (state.directory(lab.name) / "ca" / "signer.log").read_text().splitlines()
+    records = [json.loads(line) for line in signer]
+    assert all(r["level"] and r["logger"].startswith("smesh.") for r in records)
+    assert sum(r["msg"].startswith("issued spiffe://") for r in records) >= 4
     follow = subprocess.Popen(
         [*SMESH, "lab", "logs", "--name", lab.name, "--follow", "node-2"],
         stdout=subprocess.PIPE,
@@ -55,12 +60,12 @@ def test_status_shows_every_node_and_a_dead_agent_with_its_fix(lab_factory: LabF
         assert rows[1][:2] == ["node-1", "pod-1"]
         assert rows[1][3] == "ready"
         assert rows[3][:5] == ["node-2", "-", "-", "AGENT", "DOWN"]
-        assert f"fix: smesh lab restart-agent --name {lab.name} node-2" in down.stdout
+        assert f"fix: smesh lab restart-agent --lab {lab.name} node-2" in down.stdout
         assert "1 of 2 agents did not answer (node-2)" in down.stderr
         docs = json.loads(smesh("status", "--lab", lab.name, "--json", check=False).stdout)
         assert [d["label"] for d in docs] == ["node-1", "node-2"]
         assert "is not running" in docs[1]["error"]
-        assert docs[1]["fix"] == f"smesh lab restart-agent --name {lab.name} node-2"
+        assert docs[1]["fix"] == f"smesh lab restart-agent --lab {lab.name} node-2"
 
         smesh("lab", "restart-agent", "--name", lab.name, "node-2")
         assert smesh("status", "--lab", lab.name).returncode == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from smesh.agent.admin import AdminServer, ConnectionCap, Response
+from smesh.agent.admin import AdminServer, ConnectionCap, Response, split_routes
 
 
 async def request(port: int, raw: bytes) -> bytes:
@@ -157,3 +157,15 @@ def test_a_client_that_never_reads_its_answer_is_dropped() -> None:
             await server.close()
 
     asyncio.run(scenario())
+
+
+def test_debug_routes_go_to_the_debug_listener_by_their_prefix() -> None:
+    """A view added later (``/debug/flows``) lands on the node's loopback by its name alone."""
+
+    def ok() -> Response:
+        return Response(200, b"ok\n")
+
+    paths = ["/healthz", "/ready", "/metrics", "/debug/workloads", "/debug/flows", "/debugging"]
+    scrape, debug = split_routes(dict.fromkeys(paths, ok))
+    assert sorted(scrape) == ["/debugging", "/healthz", "/metrics", "/ready"]
+    assert sorted(debug) == ["/debug/flows", "/debug/workloads"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
 
+from smesh.agent.admin import config_view
 from smesh.agent.config import ConfigError, load
 from smesh.identity.signer import LocalSigner, StaticEntitlements
 
@@ -21,7 +23,8 @@ def test_minimal_file_gets_production_defaults(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, "node: node-1\nworkloads: /run/w\n"), environ={})
     assert cfg.ports.outbound == 18000
     assert cfg.ports.inbound == 18001
-    assert cfg.admin.port == 15000
+    assert (cfg.admin.scrape.address, cfg.admin.scrape.port) == ("0.0.0.0", 15020)
+    assert (cfg.admin.debug.address, cfg.admin.debug.port) == ("127.0.0.1", 15000)
     assert cfg.timeouts.tls_handshake == 10.0
     assert cfg.timeouts.connect == 5.0
     assert cfg.timeouts.drain == 30.0
@@ -63,11 +66,11 @@ def test_durations_take_units(tmp_path: Path) -> None:
 
 
 def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "node: n\nworkloads: /w\nadmin: {port: 15000}\n")
-    env = {"SMESH__ADMIN__PORT": "15001", "SMESH__CAPTURE__PIN_DIR": "/sys/fs/bpf/x"}
-    assert load(path, environ=env).admin.port == 15001
+    path = write(tmp_path, "node: n\nworkloads: /w\nadmin: {scrape: {port: 15020}}\n")
+    env = {"SMESH__ADMIN__SCRAPE__PORT": "15021", "SMESH__CAPTURE__PIN_DIR": "/sys/fs/bpf/x"}
+    assert load(path, environ=env).admin.scrape.port == 15021
     assert load(path, environ=env).capture.pin_dir == Path("/sys/fs/bpf/x")
-    assert load(path, ["admin.port=15002"], environ=env).admin.port == 15002
+    assert load(path, ["admin.scrape.port=15022"], environ=env).admin.scrape.port == 15022
     cfg = load(path, ["capture.meshCidrs=[10.0.0.0/8]"], environ={})
     assert cfg.capture.mesh_cidrs == ("10.0.0.0/8",)
 
@@ -76,7 +79,14 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path: Path) -> 
     ("text", "message"),
     [
         ("workloads: /w\n", "agent.yaml: node: required but missing"),
-        ("node: n\nworkloads: /w\nadmin: {port: 70000}\n", "agent.yaml: admin.port: "),
+        (
+            "node: n\nworkloads: /w\nadmin: {scrape: {port: 70000}}\n",
+            "agent.yaml: admin.scrape.port: ",
+        ),
+        (
+            "node: n\nworkloads: /w\nadmin: {debug: {address: localhost}}\n",
+            "agent.yaml: admin.debug.address: 'localhost' does not appear to be an IPv4 or IPv6",
+        ),
         ("node: n\nworkloads: /w\nadmin: {prot: 1}\n", "agent.yaml: admin.prot: unknown field"),
         ("node: n\nworkloads: /w\nnonMeshed: maybe\n", "agent.yaml: nonMeshed: "),
         ("node: n\nworkloads: /w\neventLoop: tokio\n", "agent.yaml: eventLoop: "),
@@ -124,9 +134,53 @@ def test_bad_override_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown field 'admin\.prot'"):
         load(path, ["admin.prot=1"], environ={})
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
-        load(path, ["admin.port"], environ={})
-    with pytest.raises(ConfigError, match=r"admin\.port"):
-        load(path, environ={"SMESH__ADMIN__PORT": "x"})
+        load(path, ["admin.scrape.port"], environ={})
+    with pytest.raises(ConfigError, match=r"admin\.debug\.port"):
+        load(path, environ={"SMESH__ADMIN__DEBUG__PORT": "x"})
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "new_keys"),
+    [
+        ("admin: {port: 15000}\n", [], ("admin.scrape.port", "admin.debug.port")),
+        ("admin: {address: 0.0.0.0}\n", [], ("admin.scrape.address", "admin.debug.address")),
+        ("", ["admin.port=15001"], ("admin.scrape.port", "admin.debug.port")),
+    ],
+)
+def test_the_one_admin_listeners_keys_are_refused_naming_their_successors(
+    tmp_path: Path, text: str, overrides: list[str], new_keys: tuple[str, ...]
+) -> None:
+    """A kept ``admin.port`` would move the probes' port or put /debug on the node's
+    addresses without a word: it is refused, and the message says what to set instead."""
+    path = write(tmp_path, "node: n\nworkloads: /w\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load(path, overrides, environ={})
+    message = str(info.value)
+    old = "admin.port" if "port" in new_keys[0] else "admin.address"
+    assert message.startswith(f"{path}: {old}: the admin endpoint is two listeners now"), message
+    assert all(key in message for key in new_keys), message
+    assert "\n" not in message
+
+
+def test_the_two_admin_listeners_need_a_port_each(tmp_path: Path) -> None:
+    text = "node: n\nworkloads: /w\nadmin: {debug: {port: 15020}}\n"
+    with pytest.raises(ConfigError, match=r"admin: admin\.scrape\.port and admin\.debug\.port "):
+        load(write(tmp_path, text), environ={})
+    cfg = load(
+        write(tmp_path, "node: n\nworkloads: /w\nadmin: {debug: {port: 15001}}\n"), environ={}
+    )
+    assert cfg.admin.ports == (15020, 15001)  # both excluded from capture, neither a target
+
+
+def test_debug_config_shows_the_effective_config_without_the_split_keys(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "node: n\nworkloads: /w\n"), ["admin.debug.port=15001"], environ={})
+    doc = config_view(cfg)
+    assert doc["admin"]["debug"] == {"address": "127.0.0.1", "port": 15001}
+    assert doc["admin"]["scrape"] == {"address": "0.0.0.0", "port": 15020}
+    assert "port" not in doc["admin"]
+    assert "address" not in doc["admin"]
+    assert doc["node"] == "n"
+    assert json.loads(json.dumps(doc)) == doc  # served as JSON
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from smesh.agent import node, pods
+from smesh.agent import client, handover, node, pods
 from smesh.agent.config import AgentConfig
 from smesh.agent.node import Agent
 from smesh.agent.pods import PodRuntime
@@ -209,10 +209,7 @@ def test_an_unreadable_workloads_directory_keeps_the_pods_it_held(
 def test_healthz_fails_once_a_task_the_agent_lives_on_has_died_and_sigterm_still_cleans_up(
     tmp_path: Path,
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    agent, capture = agent_with(Wiring(), tmp_path, admin={"address": "127.0.0.1", "port": port})
+    agent, capture = agent_with(Wiring(), tmp_path, admin=admin_on_loopback())
     agent._open_capture = lambda: None  # type: ignore[method-assign]
 
     async def broken_watch() -> None:
@@ -405,7 +402,9 @@ def test_capture_counters_that_restart_with_a_pod_captured_anew_keep_counting(
 
     asyncio.run(scenario())
     exposition = agent.metrics.render().decode()
-    line = 'smesh_capture_events_total{decision="captured",workload="default/pod-1"} 8.0'
+    line = (
+        'smesh_capture_events_total{decision="captured",namespace="default",workload="pod-1"} 8.0'
+    )
     assert line in exposition  # 5, then 2 and 1 more after the restart
 
 
@@ -573,15 +572,22 @@ class BusyPod:
         self.shut = True
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def admin_on_loopback(**settings: Any) -> dict[str, Any]:
+    """Both admin listeners on free loopback ports (two of them: held while both bind)."""
+    with socket.socket() as one, socket.socket() as other:
+        one.bind(("127.0.0.1", 0))
+        other.bind(("127.0.0.1", 0))
+        ports = one.getsockname()[1], other.getsockname()[1]
+    return {
+        "scrape": {"address": "127.0.0.1", "port": ports[0]},
+        "debug": {"address": "127.0.0.1", "port": ports[1]},
+        **settings,
+    }
 
 
 def running_agent(tmp_path: Path, **config: Any) -> tuple[Agent, Path]:
     ready = tmp_path / "run" / "ready"
-    admin = {"address": "127.0.0.1", "port": free_port(), "readyFile": ready}
+    admin = admin_on_loopback(readyFile=ready)
     agent, _capture = agent_with(
         Wiring(), tmp_path, admin=admin, handoverSocket=tmp_path / "handover.sock", **config
     )
@@ -671,6 +677,69 @@ def test_a_handed_over_agent_serves_on_through_sigterm_and_a_sigint_gives_it_the
         assert pod.shut  # cut after timeouts.drain
 
     asyncio.run(scenario())
+
+
+def test_both_admin_listeners_take_their_passed_sockets_and_an_old_layouts_is_closed(
+    tmp_path: Path,
+) -> None:
+    """A hand-over passes both listeners (keyed "admin" by address); a passed admin socket
+    this agent does not serve at (an agent before the split held 0.0.0.0:15000) is closed
+    before the listeners bind, as it would hold their port."""
+    agent, ready = running_agent(tmp_path)
+    admin = agent.config.admin
+    passed = socket.create_server((admin.debug.address, admin.debug.port))  # the old agent's
+    old_layout = socket.create_server(("127.0.0.1", 0))
+    agent.inherited = {
+        handover.SocketKey(handover.NODE, "admin", handover.address_of(sock)): sock
+        for sock in (passed, old_layout)
+    }
+
+    async def scenario() -> None:
+        running = asyncio.create_task(agent.run())
+        for _ in range(100):
+            if ready.exists():
+                break
+            await asyncio.sleep(0.02)
+        offered = {key.address: sock for key, sock in agent._listening() if key.kind == "admin"}
+        assert set(offered) == {f"127.0.0.1:{admin.debug.port}", f"127.0.0.1:{admin.scrape.port}"}
+        assert offered[f"127.0.0.1:{admin.debug.port}"].fileno() == passed.fileno()
+        assert old_layout.fileno() == -1
+        get = asyncio.to_thread
+        config = await get(client.get, "127.0.0.1", admin.debug.port, "/debug/config")
+        assert config.json()["config"]["admin"]["debug"]["port"] == admin.debug.port
+        assert (await get(client.get, "127.0.0.1", admin.scrape.port, "/metrics")).status == 200
+        # each route on its own listener only
+        assert (
+            await get(client.get, "127.0.0.1", admin.scrape.port, "/debug/config")
+        ).status == 404
+        assert (await get(client.get, "127.0.0.1", admin.debug.port, "/healthz")).status == 404
+        agent._stopping.set()
+        assert await running == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_debug_listener_off_the_loopback_is_served_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Configured explicitly, so served; but the log says who can read /debug now."""
+    bound: list[tuple[str, int]] = []
+
+    async def bind(server: object, host: str, port: int) -> None:  # no host listener here
+        bound.append((host, port))
+
+    monkeypatch.setattr(node.AdminServer, "start", bind)
+    admin = {"scrape": {"port": 15020}, "debug": {"address": "0.0.0.0", "port": 15000}}
+    for address, warned in (("0.0.0.0", True), ("127.0.0.1", False), ("::1", False)):
+        admin["debug"]["address"] = address
+        agent, _capture = agent_with(Wiring(), tmp_path, admin=admin)
+        caplog.clear()
+        asyncio.run(agent._start_admin())
+        assert bound[-2:] == [("0.0.0.0", 15020), (address, 15000)]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert bool(warnings) == warned, warnings
+        if warned:
+            assert "admin.debug.address 0.0.0.0 is not a loopback address" in warnings[0]
 
 
 def test_a_handed_over_agent_exits_once_its_connections_ended(tmp_path: Path) -> None:

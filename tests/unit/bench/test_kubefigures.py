@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from smesh.bench import kubefigures, report
 from smesh.bench.errors import BenchError
 from smesh.bench.kubernetes import KubePlan, pod_manifest
 from smesh.cli import bench as cli
+from tests.unit.bench.documents import group_document
 
 
 def _json_line(msg: str, logger: str = "smesh.agent") -> str:
@@ -163,24 +165,15 @@ def test_pod_manifests_place_pods_by_selector_or_binding() -> None:
     assert bound["metadata"]["labels"] == {"app": "app"}
 
 
-def _kube_document(failed: str | None = None) -> dict[str, object]:
-    section: dict[str, object] = {
+def _kube_document(failed: str | None = None) -> dict[str, Any]:
+    section: dict[str, Any] = {
         "plan": {"nodes": 2, "enroll_pods": 50},
         "figures": {"enroll_p50_ms": 10.0, "enroll_p99_ms": 50.0},
         "notes": {},
     }
     if failed:
         section["failed"] = failed
-    return {
-        "machine": {"cpu": "cpu", "cpus": 2, "memory_gib": 1, "kernel": "k", "python": "3",
-                    "openssl": "o", "peers": {}},
-        "date": "today",
-        "plan": {"repetitions": 3},
-        "variants": {},
-        "notes": {},
-        "failed": {},
-        "kubernetes": section,
-    }  # fmt: skip
+    return group_document("kubernetes", section)
 
 
 @pytest.mark.parametrize(("quick", "failed", "written"), [(False, None, True),

@@ -12,6 +12,7 @@ import pytest
 from smesh.bench import report, upgradefigures
 from smesh.bench.errors import BenchError
 from smesh.cli import bench as cli
+from tests.unit.bench.documents import group_document
 
 
 def load_report(**changes: Any) -> dict[str, Any]:
@@ -122,16 +123,7 @@ def _document(failed: str | None = None) -> dict[str, Any]:
     section: dict[str, Any] = {"plan": {"nodes": 2, "long": 20}, "figures": figures}
     if failed:
         section["failed"] = failed
-    return {
-        "machine": {"cpu": "cpu", "cpus": 2, "memory_gib": 1, "kernel": "k", "python": "3",
-                    "openssl": "o", "peers": {}},
-        "date": "today",
-        "plan": {"repetitions": 3},
-        "variants": {},
-        "notes": {},
-        "failed": {},
-        "upgrade": section,
-    }  # fmt: skip
+    return group_document("upgrade", section)
 
 
 @pytest.mark.parametrize(("quick", "failed", "written"), [(False, None, True),

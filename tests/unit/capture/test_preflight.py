@@ -43,3 +43,12 @@ def test_an_object_that_is_not_elf_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"not an object")
     with pytest.raises(preflight.ObjectUnreadable, match="not a 64-bit little-endian ELF"):
         preflight.program_helpers(path)
+
+
+@pytest.mark.parametrize("keep", [4, 0x40, 0.5])
+def test_an_object_cut_short_is_refused_as_damaged(tmp_path: Path, keep: float) -> None:
+    whole = abi.object_path("connect").read_bytes()
+    path = tmp_path / "connect.bpf.o"
+    path.write_bytes(whole[: int(keep * len(whole)) if keep < 1 else int(keep)])
+    with pytest.raises(preflight.ObjectUnreadable, match="ELF file"):
+        preflight.program_helpers(path)

@@ -83,10 +83,18 @@ def test_the_agent_daemonset() -> None:
     # which a hand-over passes between the two pods of a surge; liveness stays on it.
     ready_file = "/tmp/smesh-agent-ready"
     assert agent["readinessProbe"]["exec"] == {"command": ["test", "-e", ready_file]}
-    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 15000}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 15020}
+    # the scrape port on the node's addresses; the debug endpoints on its loopback only.
+    # No declared ports: with hostNetwork each is a hostPort, which a surge pod cannot share.
+    assert "ports" not in agent
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "15020"
+    assert annotations["prometheus.io/path"] == "/metrics"
     assert {"name": "tmp", "mountPath": "/tmp"} in agent["volumeMounts"]
     config = yaml.safe_load(agent_config_text(docs))
     assert config["admin"]["readyFile"] == ready_file
+    assert config["admin"]["scrape"] == {"address": "0.0.0.0", "port": 15020}
+    assert config["admin"]["debug"] == {"address": "127.0.0.1", "port": 15000}
     assert agent["terminationMessagePolicy"] == "FallbackToLogsOnError"
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     assert mounts["netns"]["mountPropagation"] == "HostToContainer"

@@ -60,4 +60,4 @@ def test_a_mistyped_name_is_answered_with_the_labs_here_and_the_closest(root: Pa
 
 
 def test_with_no_lab_at_all_it_says_how_to_start_one(root: Path) -> None:
-    assert "start one with `smesh lab up --name x`" in inventory.not_found("x")
+    assert "start one with `smesh lab up --lab x`" in inventory.not_found("x")

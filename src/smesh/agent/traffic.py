@@ -1,0 +1,272 @@
+"""Connections and bytes per edge (source workload → destination workload), as Istio counts.
+
+The four counters carry Istio's standard TCP labels (``reporter``, ``source_workload``,
+``source_workload_namespace``, ``source_principal``, the same three of the destination, and
+``connection_security_policy``), so a service graph and an mTLS share can be drawn from
+them; they are named ``smesh_tcp_*`` rather than ``istio_tcp_*`` (docs/agent.md, "Metrics").
+
+Label sets are workload pairs, never anything of one connection, and there are at most
+``limits.maxMetricLabelSets`` of them: a connection that would make one more is counted in
+its reporter's and security policy's overflow set instead (its workload, namespace and
+principal labels ``overflow``), and in ``smesh_tcp_connections_folded_total``.
+
+Nothing here runs per byte: the relays keep their counts in the connection's record; they
+are read when the connection closes and, for connections still open, at every scrape, so a
+long-lived connection's bytes show while it lasts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from smesh.agent.workloads import Registry, Workload
+from smesh.dataplane.records import ConnectionRecord
+from smesh.identity.spiffe import SpiffeId
+from smesh.validation import IPAddress
+
+UNKNOWN = "unknown"
+OVERFLOW = "overflow"
+#: The labels of the four counters, in order (Istio's names).
+EDGE_LABELS = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "connection_security_policy",
+)
+#: limits.maxMetricLabelSets' default: four counters each, so at most 4000 series (about
+#: 1.5 MB of a scrape at their label lengths), far above a node's usual workload pairs.
+DEFAULT_MAX_LABEL_SETS = 1000
+
+Edge = tuple[str, str, str, str, str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """One end of an edge: its workload, the workload's namespace, its SPIFFE ID."""
+
+    workload: str = UNKNOWN
+    namespace: str = UNKNOWN
+    principal: str = UNKNOWN
+
+
+UNKNOWN_PARTY = Party()
+
+
+def security_policy(route: str) -> str:
+    """``mutual_tls`` for a tunnelled connection; ``none`` for one passed through in plain
+    text (or refused before any was carried); ``unknown`` before it was routed."""
+    if route == "tunnel":
+        return "mutual_tls"
+    return "none" if route else UNKNOWN
+
+
+def edge(record: ConnectionRecord, local: Party, remote: Party) -> Edge:
+    """The label set of *record*, whose pod (this node's) is *local* and whose peer *remote*.
+
+    The outbound side reports as the source, the inbound side as the destination: one
+    tunnelled connection is counted by both agents, once under each reporter.
+    """
+    policy = security_policy(record.route)
+    if record.direction == "outbound":
+        source, destination, reporter = local, remote, "source"
+    else:
+        source, destination, reporter = remote, local, "destination"
+    return (
+        reporter,
+        source.workload,
+        source.namespace,
+        source.principal,
+        destination.workload,
+        destination.namespace,
+        destination.principal,
+        policy,
+    )
+
+
+def address_of(authority: str) -> IPAddress | None:
+    """The address of ``1.2.3.4:80`` or ``[::1]:80``; None if *authority* is neither."""
+    host = authority.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def overflow(labels: Edge) -> Edge:
+    """The set a connection is counted in once the cap is reached: reporter and security
+    policy kept (both bounded), the rest ``overflow``."""
+    return (labels[0], *(OVERFLOW,) * 6, labels[7])
+
+
+class EdgeResolver:
+    """A connection record → its label set of the smesh_tcp_* counters (EdgeCounters, below).
+
+    This node's pod is known by its runtime; the peer by its address in the registry (the
+    destination the app dialled, or the Service endpoint chosen; inbound, the source agent's
+    address, which is its pod's). An address the registry does not know is ``unknown``; a
+    known pod that is not meshed has its workload and namespace but no principal.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        local: Callable[[str, str], Workload | None],
+        identity_of: Callable[[Workload], SpiffeId],
+    ) -> None:
+        self.registry = registry
+        self.local = local  # (pod name, its SPIFFE ID) → its workload, if this node serves it
+        self.identity_of = identity_of
+
+    def __call__(self, record: ConnectionRecord) -> Edge:
+        pod = self.local(record.pod, record.identity)
+        if pod is not None:
+            here = Party(pod.workload_label, pod.namespace, record.identity or UNKNOWN)
+        else:
+            here = Party(record.pod or UNKNOWN, UNKNOWN, record.identity or UNKNOWN)
+        if record.direction == "outbound":
+            address = address_of(record.endpoint or record.destination)
+        else:
+            address = address_of(record.source)
+        peer = self.registry.lookup(address) if address is not None else None
+        principal = record.peer_identity
+        if peer is None:
+            return edge(record, here, Party(principal=principal or UNKNOWN))
+        if not principal and record.route == "tunnel" and peer.meshed:
+            principal = str(self.identity_of(peer))  # the identity it must prove
+        return edge(record, here, Party(peer.workload_label, peer.namespace, principal or UNKNOWN))
+
+
+class _Open:
+    """A connection being counted: its label set once known, and the bytes counted so far."""
+
+    __slots__ = ("counts", "received", "record", "sent")
+
+    def __init__(self, record: ConnectionRecord) -> None:
+        self.record = record
+        self.counts: list[int] | None = None  # its label set's counters, once resolved
+        self.sent = 0  # destination → source (Istio's "sent": the response)
+        self.received = 0  # source → destination (Istio's "received": the request)
+
+
+class EdgeCounters(Collector):
+    """``smesh_tcp_connections_opened_total``, ``..._closed_total``, ``smesh_tcp_sent_bytes_total``
+    and ``smesh_tcp_received_bytes_total``, per edge, with the cap on label sets.
+
+    *resolve* gives a record's label set (the agent's registry knows the peers); it is asked
+    once per connection, the first time the connection is counted: at the first scrape while
+    it is open, or when it closes.
+    """
+
+    def __init__(
+        self,
+        resolve: Callable[[ConnectionRecord], Edge] | None = None,
+        max_label_sets: int = DEFAULT_MAX_LABEL_SETS,
+    ) -> None:
+        self.resolve = resolve or _unresolved
+        self.max_label_sets = max_label_sets
+        # label set → [opened, closed, sent bytes, received bytes]
+        self._counts: dict[Edge, list[int]] = {}
+        self._open: dict[int, _Open] = {}
+        self._capped = 0  # label sets counted against the cap (overflow sets are not)
+        self.folded = 0  # connections counted in an overflow set
+
+    def opened(self, record: ConnectionRecord) -> None:
+        self._open[id(record)] = _Open(record)
+
+    def closed(self, record: ConnectionRecord) -> None:
+        entry = self._open.pop(id(record), None) or _Open(record)
+        self._settle(entry)[1] += 1
+
+    def _settle(self, entry: _Open) -> list[int]:
+        """Count *entry* as opened (the first time) and the bytes it moved since last time."""
+        counts = entry.counts
+        if counts is None:
+            counts = entry.counts = self._counts_of(self.resolve(entry.record))
+            counts[0] += 1
+        record = entry.record
+        sent, received = record.bytes_received, record.bytes_sent
+        counts[2] += sent - entry.sent
+        counts[3] += received - entry.received
+        entry.sent, entry.received = sent, received
+        return counts
+
+    def _counts_of(self, labels: Edge) -> list[int]:
+        counts = self._counts.get(labels)
+        if counts is not None:
+            return counts
+        if self._capped >= self.max_label_sets:
+            self.folded += 1
+            return self._counts.setdefault(overflow(labels), [0, 0, 0, 0])
+        self._capped += 1
+        counts = self._counts[labels] = [0, 0, 0, 0]
+        return counts
+
+    def collect(self) -> Iterator[Metric]:
+        for entry in self._open.values():  # long-lived connections: their bytes so far
+            self._settle(entry)
+        families = _families()
+        for labels, counts in self._counts.items():
+            for family, value in zip(families[:4], counts, strict=True):
+                family.add_metric(labels, value)
+        families[4].add_metric([], self.folded)
+        families[5].add_metric([], len(self._counts))
+        yield from families
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(_families())
+
+
+def _unresolved(record: ConnectionRecord) -> Edge:
+    """Labels without the agent's registry: this pod's identity and nothing else known."""
+    local = Party(record.pod or UNKNOWN, UNKNOWN, record.identity or UNKNOWN)
+    return edge(record, local, Party(principal=record.peer_identity or UNKNOWN))
+
+
+def _families() -> tuple[CounterMetricFamily | GaugeMetricFamily, ...]:
+    labels = list(EDGE_LABELS)
+    return (
+        CounterMetricFamily(
+            "smesh_tcp_connections_opened",
+            "Connections opened, per edge (Istio's istio_tcp_connections_opened_total); a "
+            "tunnelled one is counted by both sides' agents, under reporter source and "
+            "destination.",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "smesh_tcp_connections_closed",
+            "Connections closed, per edge (istio_tcp_connections_closed_total); how they "
+            "ended: smesh_connections_closed_total{direction,result}.",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "smesh_tcp_sent_bytes",
+            "Bytes from the destination app to the source app (the response; "
+            "istio_tcp_sent_bytes_total), counted at each scrape and at close.",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "smesh_tcp_received_bytes",
+            "Bytes from the source app to the destination app (the request; "
+            "istio_tcp_received_bytes_total), counted at each scrape and at close.",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "smesh_tcp_connections_folded",
+            "Connections counted in an overflow label set (workload, namespace and principal "
+            "labels 'overflow') because limits.maxMetricLabelSets label sets existed already.",
+        ),
+        GaugeMetricFamily(
+            "smesh_tcp_label_sets",
+            "Label sets of the smesh_tcp_* counters now (at most limits.maxMetricLabelSets, "
+            "plus the overflow sets).",
+        ),
+    )
