@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
 from smesh.lab import kubepaths, state
+from smesh.lab.errors import LabError
 from smesh.linux import netns
 from tests.integration.kubernetes.clusterkit import (
     TRUST,
@@ -168,9 +169,23 @@ def request(lab: Lab, client: str, pod: dict[str, Any], path: str = "") -> str:
 
 
 def serving(lab: Lab, client: str, *targets: dict[str, Any]) -> None:
-    """Wait until *targets*' servers listen: Running says their process started, not that."""
+    """Wait until *targets*' servers listen: Running says their process started, not that.
+
+    If one never answers, the error says what node-1's agent knew of it (its registry entry
+    and its last connections there): a registry behind, or a route, tells them apart."""
     for target in targets:
-        lab.wait_tcp(client, target["status"]["podIP"], 8080, timeout=30)
+        ip = target["status"]["podIP"]
+        try:
+            lab.wait_tcp(client, ip, 8080, timeout=30)
+        except LabError as exc:
+            reply = admin_client.get(
+                "127.0.0.1", 15000, "/debug/workloads", netns=f"{lab.name}.node-1"
+            )
+            known = [e for e in reply.json().get("registry", []) if ip in str(e)]
+            tried = [r for r in access(lab, "node-1") if r.get("destination", "").startswith(ip)]
+            raise AssertionError(
+                f"{exc}; node-1's registry: {known}; its last connections there: {tried[-3:]}"
+            ) from exc
 
 
 def refused(lab: Lab, client: str, pod: dict[str, Any]) -> subprocess.CompletedProcess[str]:
@@ -304,25 +319,29 @@ def test_the_same_app_in_a_namespace_not_opted_in_is_plain_tcp(cluster: Lab) -> 
 def test_scaling_up_meshes_new_pods_and_scaling_down_releases_them(cluster: Lab) -> None:
     before = web(cluster, "shop")
     kubectl(cluster, "scale", "-n", "shop", "deployment", "web", "--replicas=4")
-    now = web(cluster, "shop", count=4)
-    new = [p for name, p in now.items() if name not in before]
-    assert len(new) == 2
-    for target in new:
-        # Running means its sandbox's ADD came back, which the agent answers only when the
-        # pod's capture is attached and its listeners are open: meshed at once.
-        assert meshed(cluster, target) is not None
-        assert len(attached_programs(Path(sandbox_of(cluster, target)["cgroup"]))) >= 5
-    wait_for("the new pods' certificates", lambda: ready(cluster, *new), timeout=30)
-    serving(cluster, "shop/client", *new)
-    marks = {node: len(access(cluster, node)) for node in ("node-1", "node-2")}
-    for target in new:
-        request(cluster, "shop/client", target)
-    tunnelled = [
-        r["destination"]
-        for r in outbound(cluster, marks["node-1"], len(new))
-        if r["route"] == "tunnel"
-    ]
-    assert sorted(tunnelled) == sorted(f"{p['status']['podIP']}:8080" for p in new)
+    try:
+        now = web(cluster, "shop", count=4)
+        new = [p for name, p in now.items() if name not in before]
+        assert len(new) == 2
+        for target in new:
+            # Running means its sandbox's ADD came back, which the agent answers only when
+            # the pod's capture is attached and its listeners are open: meshed at once.
+            assert meshed(cluster, target) is not None
+            assert len(attached_programs(Path(sandbox_of(cluster, target)["cgroup"]))) >= 5
+        wait_for("the new pods' certificates", lambda: ready(cluster, *new), timeout=30)
+        serving(cluster, "shop/client", *new)
+        marks = {node: len(access(cluster, node)) for node in ("node-1", "node-2")}
+        for target in new:
+            request(cluster, "shop/client", target)
+        tunnelled = [
+            r["destination"]
+            for r in outbound(cluster, marks["node-1"], len(new))
+            if r["route"] == "tunnel"
+        ]
+        assert sorted(tunnelled) == sorted(f"{p['status']['podIP']}:8080" for p in new)
+    except BaseException:  # the module's later tests expect the two replicas they began with
+        kubectl(cluster, "scale", "-n", "shop", "deployment", "web", "--replicas=2")
+        raise
 
     ids = {name: cgroup_id(cluster, p) for name, p in now.items()}
     kubectl(cluster, "scale", "-n", "shop", "deployment", "web", "--replicas=2")
