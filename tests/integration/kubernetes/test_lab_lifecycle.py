@@ -378,7 +378,13 @@ def test_the_watch_survives_an_api_server_restart_and_a_forced_410(cluster: Lab)
             lambda: "shop/late" not in registry(cluster, "node-2"),
             timeout=60,
         )
-        assert "shop/newer" in registry(cluster, "node-2")
+        # ... and learns `newer` once node-2's kubelet (which the API server's restarts kept
+        # from it) has started it and published its address: the relist may come first.
+        wait_for(
+            "node-2's registry to know shop/newer",
+            lambda: "shop/newer" in registry(cluster, "node-2"),
+            timeout=60,
+        )
         # ...while node-1's agent keeps it captured: force-deleted, its sandbox is still
         # there and its apps may still run (no CNI DEL came), so it must not go plain.
         assert netns.exists(doomed_netns)
