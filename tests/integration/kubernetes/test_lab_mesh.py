@@ -184,8 +184,26 @@ def serving(lab: Lab, client: str, *targets: dict[str, Any]) -> None:
             known = [e for e in reply.json().get("registry", []) if ip in str(e)]
             tried = [r for r in access(lab, "node-1") if r.get("destination", "").startswith(ip)]
             raise AssertionError(
-                f"{exc}; node-1's registry: {known}; its last connections there: {tried[-3:]}"
+                f"{exc}; node-1's registry: {known}; its last connections there: {tried[-3:]}; "
+                f"at the pod: {_seen_at(lab, target)}"
             ) from exc
+
+
+def _seen_at(lab: Lab, target: dict[str, Any]) -> dict[str, str]:
+    """The target's side of an unanswered connect: its node's neighbour entry for it, and
+    the sockets listening in its netns (a ready pod listens on the tunnel port)."""
+
+    def run(*argv: str) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        return (proc.stdout + proc.stderr).strip()
+
+    node = f"{lab.name}.{target['spec']['nodeName']}"
+    name = str(sandbox_of(lab, target)["netns"])  # an `ip netns` name
+    netns_path = name if name.startswith("/") else f"/run/netns/{name}"
+    return {
+        "neighbour": run("ip", "-n", node, "neigh", "show", target["status"]["podIP"]),
+        "listening": run("nsenter", f"--net={netns_path}", "ss", "-ltn"),
+    }
 
 
 def refused(lab: Lab, client: str, pod: dict[str, Any]) -> subprocess.CompletedProcess[str]:
