@@ -52,7 +52,7 @@ def node_commands(topo: Topology, node: Node) -> list[str]:
         f"addr add {node.ip4}/{FABRIC4.prefixlen} dev eth0",
         f"addr add {node.ip6}/{FABRIC6.prefixlen} dev eth0 nodad",
         "link set eth0 up",
-        "link add br0 type bridge",
+        f"link add br0 address {node.bridge_mac} type bridge",  # fixed: see Node.bridge_mac
         f"addr add {node.gateway4}/{node.pod_cidr4.prefixlen} dev br0",
         f"addr add {node.gateway6}/{node.pod_cidr6.prefixlen} dev br0 nodad",
         "link set br0 up",

@@ -70,6 +70,18 @@ class Node:
         return self.pod_cidr4.network_address + 1
 
     @property
+    def bridge_mac(self) -> str:
+        """The MAC address ``br0`` keeps: a locally administered one, unique per node.
+
+        A bridge whose address was never set takes the lowest of its ports' addresses and
+        changes it as pods' veths come and go. The pods' neighbour entries for the gateway
+        then name an address that is no longer the bridge's, and the node drops their
+        packets (to another host's address) until each entry is probed again, up to about
+        30 s later: a pod scaled up could cut its node's pods off from other nodes.
+        """
+        return f"02:53:4d:{(self.index >> 8) & 0xFF:02x}:{self.index & 0xFF:02x}:01"
+
+    @property
     def gateway6(self) -> ipaddress.IPv6Address:
         return self.pod_cidr6.network_address + 1
 

@@ -73,6 +73,62 @@ def test_server_sees_the_real_pod_address_of_the_client(lab: Lab) -> None:
     assert echo_roundtrip(lab, "pod-1", pod3["ip"], 7002, "").strip() == lab.pod("pod-1")["ip"]
 
 
+def test_a_new_port_on_the_bridge_does_not_cut_the_nodes_pods_off_other_nodes(lab: Lab) -> None:
+    """A pod's veth joining its node's bridge (Kubernetes scaling up) leaves the bridge's
+    address alone, so the node's other pods keep reaching other nodes at once. A bridge that
+    followed its lowest port address dropped them for up to 30 s (their gateway entry)."""
+    node = f"{lab.name}.node-1"
+    pod3 = lab.pod("pod-3")
+    lab.spawn("pod-3", ["socat", "TCP-LISTEN:7003,fork,reuseaddr", "EXEC:cat"])
+    for pod in ("pod-1", "pod-2"):  # both now hold the gateway's address
+        lab.wait_tcp(pod, pod3["ip"], 7003)
+
+    def bridge_mac() -> str:
+        links = json.loads(
+            subprocess.run(
+                ["ip", "-n", node, "-j", "link", "show", "br0"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        return str(links[0]["address"])
+
+    before = bridge_mac()
+    port = f"np{os.getpid() % 100000}"  # lower than any veth's address, as a new pod's may be
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            node,
+            "link",
+            "add",
+            port,
+            "address",
+            "00:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{port}p",
+        ],
+        check=True,
+    )
+    try:
+        for argv in (["link", "set", port, "master", "br0"], ["link", "set", port, "up"]):
+            subprocess.run(["ip", "-n", node, *argv], check=True)
+        # One of them may be the port whose address the bridge had (its own packets still
+        # arrive): the other is not.
+        for pod in ("pod-1", "pod-2"):
+            proc = lab.exec(
+                pod, ["socat", "-t3", "-", f"TCP:{pod3['ip']}:7003,connect-timeout=3"], input="x\n"
+            )
+            assert (proc.returncode, proc.stdout) == (0, "x\n"), f"{pod}: {proc.stderr}"
+        assert bridge_mac() == before
+    finally:
+        subprocess.run(["ip", "-n", node, "link", "del", port], check=False)
+
+
 def test_a_pod_cannot_reach_the_host_namespaces_addresses(lab: Lab) -> None:
     host_addrs = [
         a["local"]
