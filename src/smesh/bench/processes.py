@@ -7,14 +7,18 @@ the pid we hold is the command's own pid, inside the member's cgroup and namespa
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from smesh.bench import parse
 from smesh.bench.errors import BenchError
+from smesh.lab import agents
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
@@ -44,17 +48,28 @@ def run(lab: str, member: str, argv: Sequence[str], timeout: float) -> str:
 
 
 class Started:
-    """A long-running process of the run; stopped (by its pid) when the run ends."""
+    """A long-running process of the run; stopped (by its pid) when the run ends.
 
-    def __init__(self, lab: str, member: str, argv: Sequence[str], log: Path) -> None:
+    With *nice*, it runs in a session of its own (so an autogroup of its own) at *nice*,
+    the autogroup too, as the lab starts its agents (``smesh.lab.agents.set_weight``);
+    without, in the bench's session at the bench's nice value.
+    """
+
+    def __init__(
+        self, lab: str, member: str, argv: Sequence[str], log: Path, *, nice: int | None = None
+    ) -> None:
         self.name = f"{argv[0].rsplit('/', 1)[-1]} in {member}"
         self.log = log
+        weigh = None if nice is None else functools.partial(agents.set_weight, nice)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 lab_argv(lab, member, argv),
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=nice is not None,
+                # the bench starts proxies before any thread of its own (a run's groups)
+                preexec_fn=weigh,  # noqa: PLW1509
             )
 
     @property
@@ -120,3 +135,69 @@ def cgroup_rss_kib(cgroup: Path) -> int:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError, BenchError):
             total += parse.rss_kib(int(pid))
     return total
+
+
+@dataclass(frozen=True, order=True)
+class Weight:
+    """What the scheduler weighs a thread by, where the cpu controller is not per process:
+    its nice value, and its autogroup's (None: the kernel has no autogroups)."""
+
+    nice: int
+    autogroup_nice: int | None
+    own_autogroup: bool  # not the bench's own session's autogroup
+
+    def describe(self) -> str:
+        if self.autogroup_nice is None:
+            return f"nice {self.nice} (no autogroups)"
+        group = "an autogroup of its own" if self.own_autogroup else "the bench's autogroup"
+        return f"nice {self.nice} in {group} at nice {self.autogroup_nice}"
+
+
+def stat_nice(stat: str) -> int:
+    """The nice value in a /proc/PID/stat line (field 19; the name before it may hold spaces)."""
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return int(fields[16])  # fields[0] is field 3, the state
+    except (IndexError, ValueError):
+        raise BenchError(f"not a /proc/PID/stat line: {stat[:120]!r}") from None
+
+
+def autogroup(text: str) -> tuple[str, int]:
+    """The group and its nice value in /proc/PID/autogroup (``/autogroup-42 nice -5``)."""
+    match text.split():
+        case [group, "nice", nice] if nice.lstrip("-").isdigit():
+            return group, int(nice)
+    raise BenchError(f"not a /proc/PID/autogroup line: {text[:120]!r}")
+
+
+def _autogroup_of(pid: int | str) -> tuple[str, int] | None:
+    try:
+        return autogroup(Path(f"/proc/{pid}/autogroup").read_text())
+    except FileNotFoundError:  # no autogroups (CONFIG_SCHED_AUTOGROUP off)
+        return None
+
+
+def weights(pids: Iterable[int]) -> list[Weight]:
+    """The distinct weights of every thread of *pids*, against the bench's own autogroup."""
+    mine = _autogroup_of("self")
+    found: set[Weight] = set()
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            group = _autogroup_of(pid)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    nice = stat_nice((task / "stat").read_text())
+                    found.add(
+                        Weight(
+                            nice,
+                            None if group is None else group[1],
+                            group is not None and (mine is None or group[0] != mine[0]),
+                        )
+                    )
+    return sorted(found)
+
+
+def cgroup_weights(cgroups: Iterable[Path]) -> list[dict[str, Any]]:
+    """The distinct weights of the processes in *cgroups*, as the results document has them."""
+    pids = [int(pid) for c in cgroups for pid in (c / "cgroup.procs").read_text().split()]
+    return [asdict(w) for w in weights(pids)]

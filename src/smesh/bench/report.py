@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from smesh.bench import figures
+from smesh.bench.processes import Weight
 
 BEGIN = "<!-- bench:results:begin -->"
 END = "<!-- bench:results:end -->"
@@ -58,6 +59,36 @@ def machine_line(machine: Mapping[str, Any]) -> str:
     )
 
 
+def weight_line(document: Mapping[str, Any]) -> str:
+    """The proxies' and the apps' CPU weight as the run measured it: a tail compares only
+    between processes the scheduler weighed alike (docs/benchmarks.md, "The p99 on fresh
+    agents")."""
+    notes = document.get("notes", {})
+    proxied = [v for v in document["variants"] if v != "direct"]
+    if not any(notes.get(v, {}).get("proxy_weight") for v in proxied):
+        return "The proxies' CPU weight was not recorded in this run."
+
+    def of(variant: str) -> str:
+        found = notes.get(variant, {}).get("proxy_weight")
+        if not found:
+            return "not recorded"
+        return ", ".join(Weight(**w).describe() for w in found)
+
+    described = {v: of(v) for v in proxied}
+    apps = document.get("plan", {}).get("app_nice")
+    tail = ""
+    if apps is not None:
+        tail = (
+            f"; the apps (iperf3, sockperf, the echo server, the load clients) at the bench's "
+            f"nice {apps}, the same for every variant"
+        )
+    if len(set(described.values())) == 1:
+        (weight,) = set(described.values())
+        return f"Every proxy ({', '.join(proxied)}) at {weight}{tail}."
+    each = "; ".join(f"{v}: {w}" for v, w in described.items())
+    return f"The proxies' CPU weight differed between variants ({each}){tail}."
+
+
 def markdown(document: Mapping[str, Any], chart: str | None = None) -> str:
     variants = document["variants"]
     plan = document.get("plan", {})
@@ -68,7 +99,8 @@ def markdown(document: Mapping[str, Any], chart: str | None = None) -> str:
         f"iperf3 {plan.get('iperf_seconds', '?')} s per run, sockperf "
         f"{plan.get('rtt_seconds', '?')} s per run, connections/s at concurrency "
         f"{plan.get('cps_concurrency', '?')}, memory with {plan.get('idle_connections', '?')} "
-        "idle connections (growth of both proxies together, per connection).",
+        "idle connections (growth of both proxies together, per connection). "
+        + weight_line(document),
         "",
         figures_table({v: variants[v] for v in variants if v in figures.MAIN_VARIANTS}),
         "",

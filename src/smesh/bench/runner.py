@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import secrets
@@ -28,7 +29,15 @@ from typing import Any
 from smesh.bench import figures, parse, processes
 from smesh.bench.errors import BenchError
 from smesh.bench.processes import Started
-from smesh.bench.variants import CLIENT_POD, SERVER_POD, SERVICES, Context, Variant, build
+from smesh.bench.variants import (
+    CLIENT_POD,
+    PROXY_NICE,
+    SERVER_POD,
+    SERVICES,
+    Context,
+    Variant,
+    build,
+)
 from smesh.lab import api
 from smesh.linux import cgroups, netns
 
@@ -135,6 +144,8 @@ class Measurement:
     # -- set-up --------------------------------------------------------------------------
 
     def start_servers(self) -> None:
+        """The apps' servers, in the bench's session at its nice value like the clients:
+        the same for every variant (the proxies take the agents' weight, PROXY_NICE)."""
         ports = dict(SERVICES)
         log = self.ctx.workdir / "servers.log"
         commands = [
@@ -283,6 +294,8 @@ def run_variant(plan: Plan, name: str, workdir: Path, progress: Progress) -> Sam
         try:
             measure.start_servers()
             variant.start(ctx)
+            weights = processes.cgroup_weights(variant.proxy_cgroups(ctx))
+            measure.samples.notes["proxy_weight"] = weights
             measure.warm_up()
             for group in plan.groups:
                 profilers = _profile(plan, variant, ctx, group)
@@ -354,6 +367,8 @@ def empty_document(plan: Plan) -> dict[str, Any]:
             "cps_seconds": plan.cps_seconds,
             "cps_concurrency": CPS_CONCURRENCY,
             "idle_connections": plan.idle_connections,
+            "proxy_nice": PROXY_NICE,  # each proxy's weight as measured: notes.*.proxy_weight
+            "app_nice": os.getpriority(os.PRIO_PROCESS, 0),
         },
         "variants": {},
         "notes": {},

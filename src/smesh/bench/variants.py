@@ -4,6 +4,13 @@
 captures it); a proxy pair (stunnel, haproxy, the model candidates) is addressed explicitly
 on node-1, as a user of those tunnels would configure it. A variant's proxies live in known
 cgroups, so their CPU and memory are read the same way for all.
+
+Every proxy also gets the same CPU weight: the lab starts smesh's agents at
+``smesh.lab.agents.AGENT_NICE`` in sessions of their own whose autogroups have that nice
+value too, and each process of a pair starts the same way (PROXY_NICE), or a busy
+machine's run queue would favour whichever ran at the higher weight. The apps (iperf3,
+sockperf, the echo server and the load clients: smesh.bench.runner) stay in the bench's
+own session at its nice value: they are the same for every variant.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ from pathlib import Path
 
 from smesh.bench import material, peers
 from smesh.bench.processes import Started
+from smesh.lab import agents
 from smesh.lab.topology import Topology
 
 SERVICES = (("iperf", 5201), ("sockperf", 11111), ("echo", 7000))
 CLIENT_POD = "pod-1"
 SERVER_POD = "pod-3"
 NODES = ("node-1", "node-2")
+PROXY_NICE = agents.AGENT_NICE
 
 
 @dataclass
@@ -90,7 +99,7 @@ class Pair(Variant):
                 assert self.model is not None
                 for hop, port in zip(hops, ports, strict=True):
                     argv = self.model.argv(sys.executable, role, hop, files[node], ca)
-                    process = Started(ctx.lab, node, argv, log)
+                    process = Started(ctx.lab, node, argv, log, nice=PROXY_NICE)
                     self.started.append(process)
                     process.wait_listening([port], timeout=20)
                 continue
@@ -101,7 +110,7 @@ class Pair(Variant):
             else:
                 config.write_text(peers.haproxy_config(role, hops, files[node], ca))
                 argv = ["haproxy", "-db", "-f", str(config)]
-            process = Started(ctx.lab, node, argv, log)
+            process = Started(ctx.lab, node, argv, log, nice=PROXY_NICE)
             self.started.append(process)
             process.wait_listening(ports)
 

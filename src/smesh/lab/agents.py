@@ -124,6 +124,19 @@ def set_autogroup_nice(nice: int, path: Path = AUTOGROUP) -> bool:
     return True
 
 
+def set_weight(nice: int) -> bool:
+    """Put this process at *nice* and its session's autogroup at *nice* too; False where
+    the kernel has no autogroups.
+
+    Call it in a session of its own (a new autogroup), before exec: every thread and child
+    the program starts inherits both. The one place where the lab's agents and the bench's
+    proxies (smesh.bench.variants) take their CPU weight, so the bench compares them on
+    equal terms.
+    """
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    return set_autogroup_nice(nice)
+
+
 def spawn(
     argv: list[str], cgroup: Path, netns_name: str | None, log_path: Path, nice: int = 0
 ) -> state.Process:
@@ -136,8 +149,7 @@ def spawn(
         if netns_name is not None:
             netns.enter(netns_name)
         if nice:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-            set_autogroup_nice(nice)
+            set_weight(nice)
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:

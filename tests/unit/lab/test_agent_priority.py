@@ -30,9 +30,8 @@ def test_a_new_session_at_agent_nice_weighs_as_its_nice(tmp_path: Path) -> None:
     """What spawn does for an agent: setsid, then the nice value and the autogroup's."""
     code = (
         "import os; from smesh.lab import agents; "
-        "os.setpriority(os.PRIO_PROCESS, 0, agents.AGENT_NICE); "
-        "agents.set_autogroup_nice(agents.AGENT_NICE); "
-        "print(open('/proc/self/autogroup').read().strip())"
+        "agents.set_weight(agents.AGENT_NICE); "
+        "print(os.getpriority(os.PRIO_PROCESS, 0), open('/proc/self/autogroup').read().strip())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -42,4 +41,5 @@ def test_a_new_session_at_agent_nice_weighs_as_its_nice(tmp_path: Path) -> None:
         start_new_session=True,
         timeout=30,
     ).stdout.strip()
+    assert out.startswith(f"{agents.AGENT_NICE} ")
     assert out.endswith(f"nice {agents.AGENT_NICE}")
