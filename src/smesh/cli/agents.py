@@ -95,14 +95,39 @@ def lab_agents(args: argparse.Namespace) -> list[Agent]:
     return found
 
 
+class AgentUnanswered(SmeshError):
+    """An agent gave no JSON object for a path: known down, unreachable, an error status
+    (a route an agent of another version lacks) or a body that is not one."""
+
+
+def fetch(agent: Agent, path: str) -> dict[str, Any]:
+    """*agent*'s answer to GET *path*, a JSON object; AgentUnanswered says why there is none.
+
+    One reader of every ``/debug/*`` document, so ``status``, ``policy explain`` and ``lab
+    policy`` decode an answer alike; each decides for itself what no answer means (an
+    error to report, an agent to leave out, or one to ask again).
+    """
+    if agent.down is not None:
+        raise AgentUnanswered(agent.down)
+    try:
+        reply = client.get(agent.host, agent.port, path, netns=agent.netns)
+    except client.AdminUnreachable as exc:
+        raise AgentUnanswered(str(exc)) from None
+    if reply.status != 200:
+        reason = reply.body[:4096].decode(errors="replace").strip()
+        raise AgentUnanswered(f"the agent answered {path} with {reply.status}: {reason}")
+    try:
+        doc = reply.json()
+    except ValueError as exc:
+        raise AgentUnanswered(f"the agent's answer is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise AgentUnanswered(f"the agent's answer is not a JSON object: {reply.body[:80]!r}")
+    return doc
+
+
 def ask(agent: Agent, path: str) -> None:
     """Fill *agent*'s ``doc`` with its answer to GET *path*, or its ``error``."""
-    if agent.down is not None:
-        agent.error = agent.down
-        return
     try:
-        agent.doc = client.get(agent.host, agent.port, path, netns=agent.netns).json()
-    except client.AdminUnreachable as exc:
+        agent.doc = fetch(agent, path)
+    except AgentUnanswered as exc:
         agent.error = str(exc)
-    except ValueError as exc:
-        agent.error = f"the agent's answer is not JSON: {exc}"

@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from smesh.agent import client
-from smesh.cli.agents import Agent, ask, lab_agents
+from smesh.cli.agents import Agent, AgentUnanswered, fetch, lab_agents
 from smesh.cli.options import add_lab
 from smesh.cli.output import add_output, show, wants_json
 from smesh.errors import SmeshError
@@ -166,10 +165,10 @@ def _agent(lab: str, node: str) -> Agent:
 
 
 def _asked(agent: Agent, path: str) -> dict[str, Any]:
-    ask(agent, path)
-    if agent.error is not None:
-        raise SmeshError(f"{agent.label}'s agent: {agent.error}; fix: {agent.fix}")
-    return agent.doc
+    try:
+        return fetch(agent, path)
+    except AgentUnanswered as exc:
+        raise SmeshError(f"{agent.label}'s agent: {exc}; fix: {agent.fix}") from None
 
 
 def _registry_workload(agent: Agent, pod: str) -> DestinationWorkload:
@@ -204,13 +203,11 @@ def held_policies(agents: list[Agent]) -> dict[str, dict[str, Any]]:
         if agent.error is not None:
             continue
         try:
-            reply = client.get(agent.host, agent.port, "/debug/policy", netns=agent.netns)
-            doc = reply.json() if reply.status == 200 else None
-        except (client.AdminUnreachable, ValueError):
+            doc = fetch(agent, "/debug/policy")
+        except AgentUnanswered:
             continue
-        if isinstance(doc, dict):
-            doc.pop("policy", None)  # the rules themselves: `policy explain` shows them
-            found[agent.label] = doc
+        doc.pop("policy", None)  # the rules themselves: `policy explain` shows them
+        found[agent.label] = doc
     return found
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from smesh.agent import client
+from smesh.cli.agents import Agent, AgentUnanswered, fetch
 from smesh.lab import agents, api, state
 from smesh.lab.errors import LabError
 from smesh.policy import digest, load
@@ -52,14 +52,13 @@ class Verdict:
 
 
 def _agent_policy(netns: str) -> dict[str, Any] | None:
+    """The node's agent's ``/debug/policy``; None while it does not give one (the caller
+    asks again until its deadline)."""
+    agent = Agent(netns, "127.0.0.1", agents.DEBUG_PORT, netns, fix="")
     try:
-        reply = client.get("127.0.0.1", agents.DEBUG_PORT, "/debug/policy", netns=netns)
-    except client.AdminUnreachable:
+        return fetch(agent, "/debug/policy")
+    except AgentUnanswered:
         return None
-    if reply.status != 200:
-        return None
-    doc = reply.json()
-    return doc if isinstance(doc, dict) else None
 
 
 def _configured_policy(lab: str, node: str) -> str | None:

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
 from smesh.lab import kubepaths, state
+from smesh.lab.agents import DEBUG_PORT
 from smesh.lab.errors import LabError
 from smesh.linux import netns
 from tests.integration.kubernetes.clusterkit import (
@@ -179,7 +180,7 @@ def serving(lab: Lab, client: str, *targets: dict[str, Any]) -> None:
             lab.wait_tcp(client, ip, 8080, timeout=30)
         except LabError as exc:
             reply = admin_client.get(
-                "127.0.0.1", 15000, "/debug/workloads", netns=f"{lab.name}.node-1"
+                "127.0.0.1", DEBUG_PORT, "/debug/workloads", netns=f"{lab.name}.node-1"
             )
             known = [e for e in reply.json().get("registry", []) if ip in str(e)]
             tried = [r for r in access(lab, "node-1") if r.get("destination", "").startswith(ip)]

@@ -166,3 +166,55 @@ def test_applied_follows_every_agent_node_and_kubectl_wait_waits_for_the_generat
     )["metadata"]["managedFields"]
     assert any(m["manager"] == "smesh-controller" for m in managers)
     assert "Traceback" not in summary.controller.text()
+
+
+def controller_may_write_status(plane: ControlPlane, namespace: str) -> bool:
+    """What the API server's authorizer answers the controller's identity now."""
+    proc = csrkit.kubectl(
+        plane, "auth", "can-i", "patch", "authorizationpolicies.smesh.io",
+        "--subresource=status", "-n", namespace,
+        f"--as=system:serviceaccount:{NS}:smesh-controller",
+    )  # fmt: skip
+    return proc.stdout.strip() == "yes"
+
+
+def test_a_refused_condition_write_is_logged_once_and_retried_until_it_is_allowed(
+    summary: Summary,
+) -> None:
+    """The API server refuses the status patch (the controller's RBAC lost it); once it is
+    granted again the condition is written with no new event to prompt it: the retry."""
+    plane = summary.plane
+    ns = unique("sum")
+    api(plane, lambda c: make_namespace(c, ns))
+    proc = csrkit.kubectl(plane, "get", "clusterrole", "smesh-controller", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    role = json.loads(proc.stdout)
+    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        role["metadata"].pop(key, None)
+    denied = {
+        **role,
+        "rules": [r for r in role["rules"] if "authorizationpolicies/status" not in r["resources"]],
+    }
+    assert len(denied["rules"]) == len(role["rules"]) - 1
+    try:
+        replaced = csrkit.kubectl(plane, "replace", "-f", "-", stdin=json.dumps(denied))
+        assert replaced.returncode == 0, replaced.stderr
+        wait_until(
+            "the API server to deny the status patch",
+            lambda: not controller_may_write_status(plane, ns),
+        )
+        policy = {"apiVersion": "smesh.io/v1alpha1", "kind": "AuthorizationPolicy",
+                  "metadata": {"name": "retried", "namespace": ns}, "spec": SPEC}  # fmt: skip
+        created = csrkit.kubectl(plane, "apply", "-f", "-", stdin=json.dumps(policy))
+        assert created.returncode == 0, created.stderr
+        warning = f"cannot write the Applied condition of AuthorizationPolicy {ns}/retried"
+        wait_until("the refused write's warning", lambda: warning in summary.controller.text())
+        time.sleep(3.5)  # the retries (backoff: after about 1 s, then 2 s more) are refused too
+        assert summary.condition("retried", ns) is None
+        assert summary.controller.text().count(warning) == 1  # once per object and error
+    finally:
+        restored = csrkit.kubectl(plane, "replace", "-f", "-", stdin=json.dumps(role))
+        assert restored.returncode == 0, restored.stderr
+    pending = summary.becomes("retried", ns, "Pending")  # no event since: the retry wrote it
+    assert "not applied yet on node-1, node-2" in pending["message"]
+    assert "Traceback" not in summary.controller.text()

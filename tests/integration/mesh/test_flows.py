@@ -1,6 +1,6 @@
 """`smesh flows` after known traffic in a 2-node lab with a policy: an allowed tunnel, a
 denied one and a passthrough, each with its identities, verdict, rule, mTLS and bytes; and
-`--follow` seeing a connection made after it started."""
+`--follow` seeing a connection made after it started, and one after an agent handed over."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smesh.lab import state
 from tests.integration.labkit import SMESH, Lab, LabFactory, Lines, smesh
 from tests.integration.mesh.conftest import Apps
-from tests.integration.mesh.test_agent import meshed_here, set_meshed, wait
+from tests.integration.mesh.test_agent import admin, meshed_here, metric, node, set_meshed, wait
 
 POD3, POD4 = "198.18.2.2", "198.18.2.3"
 ID = "spiffe://cluster.local/ns/default/sa/{}"
@@ -42,6 +43,11 @@ def closed(lab: Lab, port: int, node: str, *args: str) -> list[dict[str, Any]]:
         for f in flows(lab, "--node", node, *args)
         if f["event"] == "close" and f["destination"]["port"] == port
     ]
+
+
+def streams(lab: Lab, node_name: str) -> float:
+    """The /debug/flows responses the node's agent is sending now (its followers)."""
+    return metric(admin(lab, node_name, "/metrics").body, "smesh_flow_streams", "")
 
 
 def until(what: str, find: Any, timeout: float = 15) -> Any:
@@ -132,17 +138,30 @@ def test_flows_show_allowed_denied_and_passthrough_connections_and_follow_new_on
         lines = Lines(follow.stdout)
         assert apps.run("pod-1", "xfer", POD3, 9100, 1000, 7)["received"] == SIZE
 
-        def both_ends() -> set[str]:
+        def both_ends(sent: int) -> set[str]:
             docs = [json.loads(line) for line in list(lines.lines)]
             return {
                 d["node"]
                 for d in docs
-                if d["event"] == "close" and d["bytes_sent"] == 1000 and d["verdict"] == "allowed"
+                if d["event"] == "close" and d["bytes_sent"] == sent and d["verdict"] == "allowed"
             }
 
-        until("the new connection at both ends", lambda: both_ends() == {"node-1", "node-2"})
+        until("the new connection at both ends", lambda: both_ends(1000) == {"node-1", "node-2"})
+
+        # node-2's agent hands over: the old one ends its stream as it exits, and follow asks
+        # the new one (on the listening socket passed to it) and goes on
+        old = node(lab, "node-2")["agent_pid"]
+        smesh("lab", "upgrade-agent", "--lab", lab.name, "node-2")
+        until("node-2's old agent to exit", lambda: state.start_time_of(old) is None, 30)
+        until("follow to stream from node-2's new agent", lambda: streams(lab, "node-2") == 1)
+        assert apps.run("pod-1", "xfer", POD3, 9100, 2000, 7)["received"] == SIZE
+        until(
+            "a connection after the hand-over at both ends",
+            lambda: both_ends(2000) == {"node-1", "node-2"},
+        )
         follow.send_signal(signal.SIGINT)  # Ctrl-C
         assert follow.wait(timeout=20) == 0
+        assert follow.stderr.read() == "", "follow reported an agent that did not answer"
     finally:
         follow.kill()
         follow.wait()

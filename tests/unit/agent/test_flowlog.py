@@ -24,11 +24,9 @@ from smesh.agent.flowlog import (
 )
 from smesh.agent.metrics import AgentMetrics
 from smesh.agent.workloads import Workload
-from smesh.dataplane.records import ConnectionRecord
 from smesh.httpserver import HttpError, Request
+from tests.unit.agent.records import CLIENT, SERVER, inbound, outbound
 
-POD1 = "spiffe://cluster.local/ns/shop/sa/client"
-POD3 = "spiffe://cluster.local/ns/web/sa/server"
 PODS = {
     ipaddress.ip_address("198.18.1.2"): Workload(
         name="pod-1", namespace="shop", service_account="client", node="node-1", ips=["198.18.1.2"]
@@ -65,33 +63,6 @@ def test_verdict_from_route_and_result(route: str, result: str, expected: str) -
     assert verdict(route, result) == expected
 
 
-def outbound(**fields: Any) -> ConnectionRecord:
-    record = ConnectionRecord(
-        direction="outbound", pod="pod-1", source="127.0.0.1:40000", identity=POD1
-    )
-    record.destination, record.destination_pod, record.route = "198.18.2.2:8080", "pod-3", "tunnel"
-    record.peer_identity = POD3
-    for key, value in fields.items():
-        setattr(record, key, value)
-    return record
-
-
-def inbound(**fields: Any) -> ConnectionRecord:
-    record = ConnectionRecord(
-        direction="inbound",
-        pod="pod-3",
-        source="198.18.1.2:51000",
-        identity=POD3,
-        peer_identity=POD1,
-        destination="198.18.2.2:8080",
-        route="tunnel",
-        rule="allow-shop",
-    )
-    for key, value in fields.items():
-        setattr(record, key, value)
-    return record
-
-
 def test_both_ends_of_a_tunnel_describe_the_same_pods_and_identities() -> None:
     out = outbound(bytes_from_app=100, bytes_to_app=4096)
     out.finish("ok")
@@ -101,10 +72,10 @@ def test_both_ends_of_a_tunnel_describe_the_same_pods_and_identities() -> None:
     for doc in docs:
         assert doc["source"]["pod"] == "pod-1"
         assert doc["source"]["namespace"] == "shop"
-        assert doc["source"]["identity"] == POD1
+        assert doc["source"]["identity"] == CLIENT
         assert doc["destination"]["pod"] == "pod-3"
         assert doc["destination"]["namespace"] == "web"
-        assert doc["destination"]["identity"] == POD3
+        assert doc["destination"]["identity"] == SERVER
         assert doc["destination"]["port"] == 8080
         assert (doc["verdict"], doc["mtls"], doc["result"]) == ("allowed", True, "ok")
         assert (doc["bytes_sent"], doc["bytes_received"]) == (100, 4096)

@@ -600,6 +600,14 @@ def running_agent(tmp_path: Path, **config: Any) -> tuple[Agent, Path]:
     return agent, ready
 
 
+async def wait_ready(path: Path, timeout: float = 2.0) -> None:
+    """Until the agent writes its ready file *path* (it serves the node)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"no ready file {path} after {timeout:g} s"
+        await asyncio.sleep(0.01)
+
+
 def test_the_ready_file_says_whether_this_process_serves_the_node(tmp_path: Path) -> None:
     agent, ready = running_agent(tmp_path)
     ready.parent.mkdir()
@@ -609,10 +617,7 @@ def test_the_ready_file_says_whether_this_process_serves_the_node(tmp_path: Path
         running = asyncio.create_task(agent.run())
         await asyncio.sleep(0)
         assert not ready.exists()  # gone before anything else
-        for _ in range(100):
-            if ready.exists():
-                break
-            await asyncio.sleep(0.02)
+        await wait_ready(ready)
         assert ready.read_text() == f"{os.getpid()}\n"
         agent._signalled(signal.SIGTERM)  # a plain stop: no longer serving the node
         assert not ready.exists()
@@ -632,10 +637,7 @@ def test_a_broken_task_takes_the_ready_file_away(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         running = asyncio.create_task(agent.run())
-        for _ in range(100):
-            if ready.exists():
-                break
-            await asyncio.sleep(0.01)
+        await wait_ready(ready)
         assert ready.exists()
         await asyncio.sleep(0.3)
         assert agent.broken is not None
@@ -661,10 +663,7 @@ def test_a_handed_over_agent_serves_on_through_sigterm_and_a_sigint_gives_it_the
 
     async def scenario() -> None:
         running = asyncio.create_task(agent.run())
-        for _ in range(100):
-            if ready.exists():
-                break
-            await asyncio.sleep(0.02)
+        await wait_ready(ready)
         agent.pods["default/pod-1"] = pod  # type: ignore[assignment]
         agent._hand_over(4242)  # the new agent acknowledged
         agent._signalled(signal.SIGTERM)  # the kubelet deletes the old pod
@@ -696,10 +695,7 @@ def test_both_admin_listeners_take_their_passed_sockets_and_an_old_layouts_is_cl
 
     async def scenario() -> None:
         running = asyncio.create_task(agent.run())
-        for _ in range(100):
-            if ready.exists():
-                break
-            await asyncio.sleep(0.02)
+        await wait_ready(ready)
         offered = {key.address: sock for key, sock in agent._listening() if key.kind == "admin"}
         assert set(offered) == {f"127.0.0.1:{admin.debug.port}", f"127.0.0.1:{admin.scrape.port}"}
         assert offered[f"127.0.0.1:{admin.debug.port}"].fileno() == passed.fileno()

@@ -18,6 +18,7 @@ from smesh.agent.workloads import Registry, Snapshot, Workload
 from smesh.dataplane.records import ConnectionRecord
 from smesh.identity.spiffe import SpiffeId
 from smesh.kubernetes.source import owner_workload, workload_of
+from tests.unit.agent import records
 
 TD = "cluster.local"
 WEB_IP, DB_IP, PLAIN_IP = "198.18.1.10", "fd00:198:18:2::11", "198.18.2.12"
@@ -55,17 +56,16 @@ def resolver() -> EdgeResolver:
 
 
 def outbound(destination: str, route: str, **fields: str) -> ConnectionRecord:
-    record = ConnectionRecord(
-        direction="outbound",
+    """WEB's record of a connection to *destination*, before a peer proved its identity."""
+    return records.outbound(
         pod=WEB.name,
-        source="127.0.0.1:40000",
         identity=str(identity_of(WEB)),
+        peer_identity="",
         destination=destination,
+        destination_pod="",
         route=route,
+        **fields,
     )
-    for name, value in fields.items():
-        setattr(record, name, value)
-    return record
 
 
 def labels(edge: tuple[str, ...]) -> dict[str, str]:
@@ -110,14 +110,12 @@ def test_passthrough_to_a_known_pod_outside_the_mesh_names_it_without_a_principa
 
 
 def test_the_inbound_side_reports_as_destination_with_the_proven_peer_as_source() -> None:
-    record = ConnectionRecord(
-        direction="inbound",
+    record = records.inbound(
         pod=WEB.name,
         source=f"[{DB_IP}]:51000",
         identity=str(identity_of(WEB)),
         peer_identity=str(identity_of(DB)),
         destination=f"{WEB_IP}:8080",
-        route="tunnel",
     )
     edge = labels(resolver()(record))
     assert edge["reporter"] == "destination"

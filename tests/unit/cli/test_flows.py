@@ -18,26 +18,12 @@ from smesh.agent.admin import AdminServer, WithRequest
 from smesh.agent.flowlog import FlowLog
 from smesh.cli.flows import merge, render
 from smesh.dataplane.records import ConnectionRecord
-from tests.unit.cli.test_status import closed_port
-
-POD1 = "spiffe://cluster.local/ns/default/sa/pod-1"
-POD3 = "spiffe://cluster.local/ns/default/sa/pod-3"
+from tests.unit.agent.records import inbound
+from tests.unit.cli.conftest import SmeshCli
 
 
 def record(request_id: str, result: str = "ok") -> ConnectionRecord:
-    r = ConnectionRecord(
-        direction="inbound",
-        pod="pod-3",
-        source="198.18.1.2:5000",
-        identity=POD3,
-        peer_identity=POD1,
-        destination="198.18.2.2:8080",
-        route="tunnel",
-        rule="web",
-        request_id=request_id,
-        bytes_from_app=2048,
-        bytes_to_app=10,
-    )
+    r = inbound(request_id=request_id, rule="web", bytes_from_app=2048, bytes_to_app=10)
     r.finish(result, "denied by rule web" if result == "denied" else "")
     return r
 
@@ -74,25 +60,15 @@ def agent() -> Iterator[Agent]:
     running.stop()
 
 
-def flows(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smesh", "flows", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_the_recent_flows_of_an_agent_filtered(agent: Agent) -> None:
+def test_the_recent_flows_of_an_agent_filtered(agent: Agent, smesh_cli: SmeshCli) -> None:
     agent.add(record("1"))
     agent.add(record("2", "denied"))
-    shown = flows("--admin", agent.address, "-o", "json", "--verdict", "denied")
+    shown = smesh_cli("flows", "--admin", agent.address, "-o", "json", "--verdict", "denied")
     assert shown.returncode == 0, shown.stderr
     doc = json.loads(shown.stdout)
     assert [f["request_id"] for f in doc["flows"]] == ["2"]
     assert doc["errors"] == []
-    text = flows("--admin", agent.address).stdout.splitlines()
+    text = smesh_cli("flows", "--admin", agent.address).stdout.splitlines()
     assert len(text) == 2
     assert " node-9 close " in text[0]
     assert "allowed by web" in text[0]
@@ -122,10 +98,12 @@ def test_follow_prints_new_flows_and_ends_quietly_on_ctrl_c(agent: Agent) -> Non
         proc.wait()
 
 
-def test_an_agent_that_does_not_answer_is_reported_with_its_fix() -> None:
-    where = f"127.0.0.1:{closed_port()}"
+def test_an_agent_that_does_not_answer_is_reported_with_its_fix(
+    smesh_cli: SmeshCli, closed_port: int
+) -> None:
+    where = f"127.0.0.1:{closed_port}"
     for args in ((), ("-f",)):
-        proc = flows("--admin", where, *args)
+        proc = smesh_cli("flows", "--admin", where, *args)
         assert proc.returncode == 1
         assert f"{where}: agent admin endpoint {where} did not answer" in proc.stderr
         assert f"fix: check that the agent runs and serves its admin endpoint on {where}" in (
@@ -148,7 +126,7 @@ def test_merge_orders_by_time_and_render_says_it_all() -> None:
     line = render(doc)
     assert "node-1 close" in line
     assert "allowed by web" in line
-    assert "pod-3:8080 (cluster.local/ns/default/sa/pod-3)" in line
+    assert "pod-3:8080 (cluster.local/ns/web/sa/server)" in line
     assert " mTLS sent 10 B received 2.0 KiB in " in line
     assert line.endswith(": ok")
     dropped = {"time": doc["time"], "node": "node-1", "event": "dropped", "dropped": 7}

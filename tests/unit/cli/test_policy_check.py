@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def check(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smesh", "policy", "check", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.unit.cli.conftest import SmeshCli
 
 
-def test_a_valid_policy_is_its_rule_counts(tmp_path: Path) -> None:
+def test_a_valid_policy_is_its_rule_counts(tmp_path: Path, smesh_cli: SmeshCli) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(
         "default: deny\nrules:\n"
         "  - {name: a, action: allow, from: [{namespace: web}]}\n"
         "  - {name: b, action: deny, from: [{namespace: batch}]}\n"
     )
-    proc = check(str(path), "-o", "json")
+    proc = smesh_cli("policy", "check", str(path), "-o", "json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {
         "file": str(path),
@@ -35,19 +25,23 @@ def test_a_valid_policy_is_its_rule_counts(tmp_path: Path) -> None:
         "deny": 1,
         "default": "deny",
     }
-    assert check(str(path)).stdout.startswith(f"{path}: valid — 2 rules (1 allow, 1 deny)")
+    assert smesh_cli("policy", "check", str(path)).stdout.startswith(
+        f"{path}: valid — 2 rules (1 allow, 1 deny)"
+    )
 
 
-def test_an_invalid_policy_is_a_document_with_the_error_and_exit_2(tmp_path: Path) -> None:
+def test_an_invalid_policy_is_a_document_with_the_error_and_exit_2(
+    tmp_path: Path, smesh_cli: SmeshCli
+) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text("rules:\n  - {name: a, acton: allow}\n")
-    proc = check("-o", "json", str(path))
+    proc = smesh_cli("policy", "check", "-o", "json", str(path))
     assert proc.returncode == 2
     doc = json.loads(proc.stdout)
     assert doc["valid"] is False
     assert doc["file"] == str(path)
     assert "acton" in doc["error"]
     assert proc.stderr == f"smesh: error: {doc['error']}\n"  # the same one line as text
-    text = check(str(path))
+    text = smesh_cli("policy", "check", str(path))
     assert (text.returncode, text.stdout) == (2, "")
     assert text.stderr == proc.stderr

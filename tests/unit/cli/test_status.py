@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
+
+from tests.unit.cli.conftest import SmeshCli
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def status(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smesh", "status", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_an_agent_that_does_not_answer_is_a_row_with_its_fix() -> None:
-    where = f"127.0.0.1:{closed_port()}"
-    proc = status("--admin", where)
+def test_an_agent_that_does_not_answer_is_a_row_with_its_fix(
+    smesh_cli: SmeshCli, closed_port: int
+) -> None:
+    where = f"127.0.0.1:{closed_port}"
+    proc = smesh_cli("status", "--admin", where)
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[1].split()[:5] == [where, "-", "-", "AGENT", "DOWN"]
     assert f"{where}: agent admin endpoint {where} did not answer" in proc.stdout
@@ -38,9 +22,9 @@ def test_an_agent_that_does_not_answer_is_a_row_with_its_fix() -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_json_names_the_error_and_the_fix() -> None:
-    where = f"127.0.0.1:{closed_port()}"
-    proc = status("--admin", where, "--json")
+def test_json_names_the_error_and_the_fix(smesh_cli: SmeshCli, closed_port: int) -> None:
+    where = f"127.0.0.1:{closed_port}"
+    proc = smesh_cli("status", "--admin", where, "--json")
     assert proc.returncode == 1
     [doc] = json.loads(proc.stdout)
     assert doc["label"] == where
@@ -48,9 +32,9 @@ def test_json_names_the_error_and_the_fix() -> None:
     assert doc["fix"].startswith("check that the agent runs")
 
 
-def test_an_admin_endpoint_without_a_port_is_a_one_line_error() -> None:
+def test_an_admin_endpoint_without_a_port_is_a_one_line_error(smesh_cli: SmeshCli) -> None:
     for where in ("foo", "127.0.0.1:", "127.0.0.1:99999", ":15000"):
-        proc = status("--admin", where)
+        proc = smesh_cli("status", "--admin", where)
         assert proc.returncode != 0, where
         assert (
             proc.stderr
