@@ -26,6 +26,7 @@ from typing import Any
 
 from smesh.agent import client as admin_client
 from smesh.lab import state
+from smesh.lab.agents import DEBUG_PORT
 from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
@@ -83,7 +84,9 @@ def manifest(*pods: dict[str, Any], namespace: bool = False) -> str:
 
 
 def workload(lab: Lab, node: str, name: str) -> dict[str, Any] | None:
-    reply = admin_client.get("127.0.0.1", 15000, "/debug/workloads", netns=f"{lab.name}.{node}")
+    reply = admin_client.get(
+        "127.0.0.1", DEBUG_PORT, "/debug/workloads", netns=f"{lab.name}.{node}"
+    )
     assert reply.status == 200
     found = {w["pod"]: w for w in reply.json()["workloads"]}
     return found.get(f"{NAMESPACE}/{name}")

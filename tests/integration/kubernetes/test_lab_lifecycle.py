@@ -32,6 +32,7 @@ import pytest
 from smesh.agent import client as admin_client
 from smesh.lab import cluster as lab_cluster
 from smesh.lab import kubepaths, state
+from smesh.lab.agents import DEBUG_PORT
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
 from smesh.linux import netns
 from tests.conftest import in_ci
@@ -123,7 +124,7 @@ def api_meshed(lab: Lab, node: str) -> set[PodKey]:
 def workloads(lab: Lab, node: str) -> list[dict[str, Any]]:
     """The agent's own account of the pods it meshes (its /debug/workloads), from the node."""
     reply = admin_client.get(
-        "127.0.0.1", 15000, "/debug/workloads", netns=f"{lab.name}.{node}", timeout=10
+        "127.0.0.1", DEBUG_PORT, "/debug/workloads", netns=f"{lab.name}.{node}", timeout=10
     )
     return reply.json()["workloads"]  # type: ignore[no-any-return]
 
@@ -131,7 +132,7 @@ def workloads(lab: Lab, node: str) -> list[dict[str, Any]]:
 def registry(lab: Lab, node: str) -> set[str]:
     """The pods (namespace/name) the agent knows at a destination address, all nodes'."""
     reply = admin_client.get(
-        "127.0.0.1", 15000, "/debug/workloads", netns=f"{lab.name}.{node}", timeout=10
+        "127.0.0.1", DEBUG_PORT, "/debug/workloads", netns=f"{lab.name}.{node}", timeout=10
     )
     return {entry["pod"] for entry in reply.json()["registry"]}
 

@@ -108,7 +108,9 @@ def web(lab: Lab, namespace: str, count: int = 2) -> dict[str, dict[str, Any]]:
 
 def workloads(lab: Lab, node: str) -> dict[str, dict[str, Any]]:
     """The agent's meshed pods on *node* (its admin endpoint, reached in the node's netns)."""
-    reply = admin_client.get("127.0.0.1", 15000, "/debug/workloads", netns=f"{lab.name}.{node}")
+    reply = admin_client.get(
+        "127.0.0.1", DEBUG_PORT, "/debug/workloads", netns=f"{lab.name}.{node}"
+    )
     assert reply.status == 200
     return {w["pod"]: w for w in reply.json()["workloads"]}
 
@@ -119,7 +121,9 @@ def meshed(lab: Lab, pod: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def connections(lab: Lab, node: str) -> list[dict[str, Any]]:
-    reply = admin_client.get("127.0.0.1", 15000, "/debug/connections", netns=f"{lab.name}.{node}")
+    reply = admin_client.get(
+        "127.0.0.1", DEBUG_PORT, "/debug/connections", netns=f"{lab.name}.{node}"
+    )
     assert reply.status == 200
     return reply.json()["connections"]  # type: ignore[no-any-return]
 

@@ -19,6 +19,7 @@ import pytest
 from smesh.agent import client
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.spiffe import SpiffeId
+from smesh.lab.agents import DEBUG_PORT
 from tests.integration.labkit import Lab, LabFactory
 from tests.integration.mesh.test_agent import admin, meshed_here, metric, set_meshed, wait
 
@@ -153,7 +154,9 @@ def test_a_peer_that_opens_tls_and_sends_nothing_is_dropped(lab: Lab, tmp_path: 
     # the agent hung up after its 1 s request timeout, long before the peer gave up
     assert time.monotonic() - started < 10, proc.stdout
     node2 = next(n for n in lab.status()["nodes"] if n["name"] == "node-2")
-    open_now = client.get("127.0.0.1", 15000, "/debug/connections", netns=node2["netns"]).json()
+    open_now = client.get(
+        "127.0.0.1", DEBUG_PORT, "/debug/connections", netns=node2["netns"]
+    ).json()
     assert open_now["connections"] == []
     still_serving(lab)
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from smesh.agent import client
+from smesh.lab.agents import DEBUG_PORT
 from tests.integration.labkit import Lab, smesh, unique_name
 
 FIRST = """
@@ -101,7 +102,7 @@ def explain(lab: Lab, source: str, dest: str, port: int) -> dict[str, Any]:
 
 
 def held(lab: Lab, node: str) -> dict[str, Any]:
-    reply = client.get("127.0.0.1", 15000, "/debug/policy", netns=f"{lab.name}.{node}")
+    reply = client.get("127.0.0.1", DEBUG_PORT, "/debug/policy", netns=f"{lab.name}.{node}")
     assert reply.status == 200
     return reply.json()  # type: ignore[no-any-return]
 

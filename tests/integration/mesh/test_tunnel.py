@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from smesh.agent import client
+from smesh.lab.agents import DEBUG_PORT
 from smesh.tunnel import window
 from tests.integration.labkit import Lab
 from tests.integration.mesh.conftest import Apps
@@ -117,7 +118,7 @@ def test_a_slow_reader_keeps_the_proxies_memory_bounded(apps: Apps) -> None:
     time.sleep(3)
     pending = []
     for node in apps.lab.status()["nodes"]:
-        doc = client.get("127.0.0.1", 15000, "/debug/connections", netns=node["netns"]).json()
+        doc = client.get("127.0.0.1", DEBUG_PORT, "/debug/connections", netns=node["netns"]).json()
         pending += [c["pending_bytes"] for c in doc["connections"]]
     during = agent_rss_kib(apps.lab)
     reader.wait(timeout=30)
