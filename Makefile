@@ -149,7 +149,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy --strict src
 
-unit: venv helm
+unit: venv helm native
 	$(VENV)/bin/pytest tests/unit
 
 integration: setup kubernetes coredns helm image

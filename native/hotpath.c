@@ -176,13 +176,15 @@ static void fail(struct conn *c, const char *what, int err)
 	finish(c, c->state == RELAY ? EV_DONE : EV_FAILED, text, true);
 }
 
+/* A TLS error in the handshake has queued an alert for the peer (flushed before this):
+ * a reset could discard it unread, so that connection ends with a FIN. */
 static void fail_tls(struct conn *c, const char *what)
 {
 	char text[200];
 	unsigned long err = ERR_get_error();
 	snprintf(text, sizeof text, "%s: %s", what, err ? ERR_reason_error_string(err) : "?");
 	ERR_clear_error();
-	finish(c, c->state == RELAY ? EV_DONE : EV_FAILED, text, true);
+	finish(c, c->state == RELAY ? EV_DONE : EV_FAILED, text, c->state == RELAY);
 }
 
 /* Send what the TLS object wrote (after any earlier remainder); keep the rest. */
