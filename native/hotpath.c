@@ -92,6 +92,9 @@ static struct {
 	struct conn *conns; /* touched only by the thread */
 	char *scratch;      /* ciphertext or plaintext of one batch, thread only */
 	char *plain;
+	char *out; /* the records the TLS object wrote for the connection being served */
+	size_t out_len, out_cap;
+	BIO_METHOD *out_method;
 } g = {.lock = PTHREAD_MUTEX_INITIALIZER, .epfd = -1, .cmd_fd = -1, .ev_fd = -1};
 
 static void wake(int fd)
@@ -164,6 +167,7 @@ static void finish(struct conn *c, enum kind kind, const char *detail, bool rese
 	if (c->finished)
 		return;
 	c->finished = true;
+	g.out_len = 0; /* records for a connection that is gone */
 	close_end(&c->net, reset);
 	close_end(&c->app, reset);
 	post_text(kind, c, detail);
@@ -187,9 +191,62 @@ static void fail_tls(struct conn *c, const char *what)
 	finish(c, c->state == RELAY ? EV_DONE : EV_FAILED, text, c->state == RELAY);
 }
 
+/*
+ * The TLS object writes its records into one buffer shared by every connection (a BIO of
+ * our own): each SSL_* call is followed by flush_tls before the thread serves another
+ * connection, so a batch of records leaves in one send and a connection keeps only what
+ * its socket did not take. (A memory BIO would keep the largest batch it ever held per
+ * connection, and clears all of it on every reset.)
+ */
+static int out_write(BIO *bio, const char *data, int len)
+{
+	(void)bio;
+	if (g.out_len + len > g.out_cap) {
+		size_t cap = g.out_cap * 2 > g.out_len + len ? g.out_cap * 2 : g.out_len + len;
+		char *grown = realloc(g.out, cap);
+		if (!grown)
+			return -1;
+		g.out = grown;
+		g.out_cap = cap;
+	}
+	memcpy(g.out + g.out_len, data, len);
+	g.out_len += len;
+	return len;
+}
+
+static long out_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+	(void)bio, (void)num, (void)ptr;
+	return cmd == BIO_CTRL_FLUSH; /* the records are sent by flush_tls */
+}
+
+static bool keep(char **pend, size_t *len, size_t *off, const char *data, size_t n)
+{
+	size_t rest = *pend ? *len - *off : 0;
+	char *kept = malloc(rest + n);
+	if (!kept)
+		return false;
+	if (rest)
+		memcpy(kept, *pend + *off, rest);
+	memcpy(kept + rest, data, n);
+	free(*pend);
+	*pend = kept;
+	*len = rest + n;
+	*off = 0;
+	return true;
+}
+
 /* Send what the TLS object wrote (after any earlier remainder); keep the rest. */
 static bool flush_tls(struct conn *c)
 {
+	if (c->up_pend && g.out_len) { /* behind an unsent remainder: queue after it */
+		bool ok = keep(&c->up_pend, &c->up_len, &c->up_off, g.out, g.out_len);
+		g.out_len = 0;
+		if (!ok) {
+			fail(c, "tunnel", ENOMEM);
+			return false;
+		}
+	}
 	if (c->up_pend) {
 		while (c->up_off < c->up_len) {
 			ssize_t n = send(c->net.fd, c->up_pend + c->up_off, c->up_len - c->up_off,
@@ -204,29 +261,23 @@ static bool flush_tls(struct conn *c)
 		}
 		free(c->up_pend);
 		c->up_pend = NULL;
-	}
-	char *data;
-	long len = BIO_get_mem_data(c->wbio, &data);
-	if (len <= 0)
 		return true;
-	ssize_t n = send(c->net.fd, data, len, MSG_NOSIGNAL);
+	}
+	if (!g.out_len)
+		return true;
+	size_t len = g.out_len;
+	g.out_len = 0;
+	ssize_t n = send(c->net.fd, g.out, len, MSG_NOSIGNAL);
 	if (n < 0 && errno != EAGAIN && errno != EINTR) {
 		fail(c, "tunnel", errno);
 		return false;
 	}
 	if (n < 0)
 		n = 0;
-	if (n < len) {
-		c->up_len = len - n;
-		c->up_off = 0;
-		c->up_pend = malloc(c->up_len);
-		if (!c->up_pend) {
-			fail(c, "tunnel", ENOMEM);
-			return false;
-		}
-		memcpy(c->up_pend, data + n, c->up_len);
+	if ((size_t)n < len && !keep(&c->up_pend, &c->up_len, &c->up_off, g.out + n, len - n)) {
+		fail(c, "tunnel", ENOMEM);
+		return false;
 	}
-	(void)BIO_reset(c->wbio);
 	return true;
 }
 
@@ -392,6 +443,8 @@ static void down(struct conn *c)
 			}
 			filled += n;
 		}
+		if (g.out_len && !flush_tls(c)) /* SSL_read answered something (a key update) */
+			return;
 		if (err == SSL_ERROR_ZERO_RETURN)
 			c->peer_eof = true;
 		else if (err != SSL_ERROR_NONE && err != SSL_ERROR_WANT_READ) {
@@ -462,7 +515,9 @@ static void open_conn(long id, int fd)
 {
 	struct conn *c = calloc(1, sizeof *c);
 	SSL *ssl = c ? SSL_new(g.ctx) : NULL;
-	BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+	BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(g.out_method);
+	if (wb)
+		BIO_set_init(wb, 1);
 	if (!c || !ssl || !rb || !wb) {
 		struct conn stub = {.id = id, .net = {.fd = fd}, .app = {.fd = -1}};
 		BIO_free(rb);
@@ -586,6 +641,14 @@ static PyObject *start(PyObject *self, PyObject *args)
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
 	g.scratch = malloc(BATCH);
 	g.plain = malloc(BATCH);
+	g.out_cap = BATCH + BATCH / 16;
+	g.out = malloc(g.out_cap);
+	g.out_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "smesh batch");
+	if (!g.out || !g.out_method || !BIO_meth_set_write(g.out_method, out_write) ||
+	    !BIO_meth_set_ctrl(g.out_method, out_ctrl)) {
+		SSL_CTX_free(ctx);
+		return PyErr_NoMemory();
+	}
 	g.epfd = epoll_create1(EPOLL_CLOEXEC);
 	g.cmd_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	g.ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
