@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from smesh.bench.candidates import native
+from smesh.bench.errors import BenchError
 from smesh.identity import certs
 
 LIFETIME = dt.timedelta(hours=1)
@@ -252,3 +254,22 @@ def _wait(condition: collections.abc.Callable[[], bool], timeout: float = 10) ->
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("uri", "domain"),
+    [
+        ("spiffe://bench.smesh/node/node-1", "bench.smesh"),
+        ("spiffe://bench.smesh", "bench.smesh"),
+        ("spiffe:///node/x", None),
+        ("https://bench.smesh/node/x", None),
+        (None, None),
+    ],
+)
+def test_the_trust_domain_is_read_from_the_spiffe_id(uri: str | None, domain: str | None) -> None:
+    assert native.trust_domain(uri) == domain
+
+
+def test_a_missing_build_says_how_to_make_it(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="make native"):
+        native.load(tmp_path / "smesh_native.so")
