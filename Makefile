@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 # Debian's interpreter, so the venv is the same on every machine (and readable by any user).
 SYSTEM_PYTHON := $(shell command -v /usr/bin/python3 || command -v python3)
 
-# Build: clang for BPF C. Run time: libbpf1, iproute2 and nftables. Tests and demo: real
+# Build: clang for BPF C; libssl-dev and python3-dev for the native hot-path candidate. Run time: libbpf1, iproute2 and nftables. Tests and demo: real
 # peers (curl, socat, openssl, tcpdump, iperf3). Benchmarks: the C tunnels to race.
 # Kubernetes lab: the real CNI plugins (bridge, host-local) the lab kubelet calls. zsh: the
 # shell whose completion script (`smesh completion zsh`) the tests load, as bash's.
 APT_PACKAGES := make clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool \
 	iproute2 nftables iputils-ping procps util-linux kmod \
-	python3 python3-venv python3-dev \
+	python3 python3-venv python3-dev libssl-dev \
 	curl socat openssl tcpdump iperf3 sockperf stunnel4 haproxy ca-certificates \
 	containernetworking-plugins zsh
 
@@ -20,11 +20,11 @@ BPF_OBJ := $(patsubst bpf/%.bpf.c,build/bpf/%.bpf.o,$(BPF_SRC))
 BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I bpf \
 	-I /usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all setup apt venv bpf kubernetes coredns helm manifest image image-test test lint typecheck unit integration demo bench clean
+.PHONY: all setup apt venv bpf native kubernetes coredns helm manifest image image-test test lint typecheck unit integration demo bench clean
 
 all: setup kubernetes coredns helm
 
-setup: apt venv bpf
+setup: apt venv bpf native
 
 apt:
 	@scripts/ensure-apt $(APT_PACKAGES)
@@ -42,6 +42,18 @@ bpf: $(BPF_OBJ)
 build/bpf/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/*.h) | apt
 	@mkdir -p $(@D)
 	clang $(BPF_CFLAGS) -c $< -o $@ || { rm -f $@; exit 1; }
+
+# The native hot-path candidate of `smesh bench` (model-native; issue 23): a CPython
+# extension, loaded by path from build/ (smesh.bench.candidates.native), never installed.
+NATIVE_SO := build/native/smesh_native.so
+NATIVE_CFLAGS := -O2 -g -Wall -Werror -fPIC -shared -pthread \
+	-I $(shell $(SYSTEM_PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+
+native: $(NATIVE_SO)
+
+$(NATIVE_SO): native/hotpath.c | apt
+	@mkdir -p $(@D)
+	cc $(NATIVE_CFLAGS) $< -o $@ -lssl -lcrypto || { rm -f $@; exit 1; }
 
 # The real Kubernetes control plane (k8s/go.mod pins the release), compiled from the Go
 # module proxy; nothing prebuilt is downloaded. Cold: about 26 CPU-minutes and 4 GiB of Go
@@ -137,7 +149,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy --strict src
 
-unit: venv helm
+unit: venv helm native
 	$(VENV)/bin/pytest tests/unit
 
 integration: setup kubernetes coredns helm image

@@ -122,4 +122,5 @@ MODELS = (
     Model("memorybio", "memorybio"),
     Model("memorybio-uvloop", "memorybio", loop="uvloop"),
     Model("memorybio-2-workers", "memorybio", workers=2),
+    Model("native", "native"),  # C per-byte loop, Python decisions (issue 23; `make native`)
 )

@@ -27,8 +27,9 @@ CANDIDATES = [
     ("protocols", "uvloop", 1),
     ("memorybio", "default", 1),
     ("memorybio", "uvloop", 2),
+    ("native", "default", 1),
 ]
-HALF_CLOSE = {"memorybio"}  # asyncio's TLS transports cannot half-close
+HALF_CLOSE = {"memorybio", "native"}  # asyncio's TLS transports cannot half-close
 
 
 def _free_ports(count: int) -> list[int]:

@@ -25,6 +25,7 @@ class Options:
     context: ssl.SSLContext
     loop: str
     workers: int
+    files: tuple[str, str, str] = ("", "", "")  # cert, key, CA: for a TLS stack of its own
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -46,7 +47,7 @@ def context(role: str, cert: str, key: str, ca: str) -> ssl.SSLContext:
 
 def parse(argv: list[str]) -> tuple[str, Options]:
     parser = argparse.ArgumentParser(prog="python -m smesh.bench.candidates")
-    parser.add_argument("model", choices=["streams", "protocols", "memorybio"])
+    parser.add_argument("model", choices=["streams", "protocols", "memorybio", "native"])
     parser.add_argument("--role", choices=["client", "server"], required=True)
     parser.add_argument("--listen", type=_address, required=True)
     parser.add_argument("--target", type=_address, required=True)
@@ -57,7 +58,9 @@ def parse(argv: list[str]) -> tuple[str, Options]:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     ctx = context(args.role, args.cert, args.key, args.ca)
-    return args.model, Options(args.role, args.listen, args.target, ctx, args.loop, args.workers)
+    files = (args.cert, args.key, args.ca)
+    opts = Options(args.role, args.listen, args.target, ctx, args.loop, args.workers, files)
+    return args.model, opts
 
 
 def listener(address: tuple[str, int]) -> socket.socket:
