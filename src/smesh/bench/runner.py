@@ -220,6 +220,7 @@ class Measurement:
         self.samples.add("rtt_p50_us", latency.p50_us)
         self.samples.add("rtt_p99_us", latency.p99_us)
         self.samples.notes.setdefault("round_trips", []).append(latency.round_trips)
+        self.samples.notes.setdefault("pings_sent", []).append(latency.sent)  # warm-up too
         self.progress(
             f"rtt p50 {latency.p50_us:.0f} µs, p99 {latency.p99_us:.0f} µs "
             f"({latency.round_trips} round trips)"

@@ -387,3 +387,77 @@ def test_a_handshake_under_way_when_the_pod_leaves_does_not_become_a_carrier(
     records = mesh.recorder.wait_for(lambda r: any(x.result == "refused" for x in r))
     assert any("pod-3 is leaving the mesh" in r.detail for r in records)
     assert mesh.call(lambda: len(mesh.server._carriers)) == 0
+
+
+class CutPeer:
+    """A smesh-mux client whose ciphertext leaves in the pieces the test chooses: records
+    cut anywhere, several in one segment, as a busy network delivers them."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        cred = mesh.ca.issue_credential(str(CLIENT_ID), dt.timedelta(hours=1), "node")
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ctx = tls.client_context(cred, mesh.ca.bundle())
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing)
+        self.sock = raw_tunnel(mesh)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                self.incoming.write(self.sock.recv(65536))
+        self.sock.sendall(self.outgoing.read())  # the client's Finished
+        self.reader = mux.FrameReader()
+
+    def record(self, *frames: bytes) -> bytes:
+        """The ciphertext of one TLS record holding *frames*."""
+        self.obj.write(b"".join(frames))
+        return self.outgoing.read()
+
+    def send(self, *pieces: bytes) -> None:
+        for piece in pieces:  # apart, so each tends to be a read of its own
+            self.sock.sendall(piece)
+            time.sleep(0.02)
+
+    def answers(self, stream: int) -> tuple[bytes, bool]:
+        """What the stream's DATA said until its FIN (True) or the connection's end."""
+        got = bytearray()
+        while True:
+            try:
+                plain = self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                cipher = self.sock.recv(65536)
+                if not cipher:
+                    return bytes(got), False
+                self.incoming.write(cipher)
+                continue
+            for kind, sid, payload in self.reader.feed(memoryview(plain)):
+                if sid == stream and kind == mux.DATA:
+                    got += payload
+                elif sid == stream and kind == mux.FIN:
+                    return bytes(got), True
+
+
+def test_records_cut_anywhere_or_several_in_a_read_reach_the_app_whole(
+    mesh: Mesh, echo: Server
+) -> None:
+    """Whatever the reads make of the records (one cut in its header or body, several whole
+    ones and a partial one in one read), each byte reaches the app once and in order: the
+    guard for any shortcut taken for small reads (docs/benchmarks.md, "A reworked Python
+    path, measured": a one-read path for a round trip's message was measured, not kept)."""
+    peer = CutPeer(mesh)
+    sent = [b"m%d-" % i + bytes([65 + i]) * (10 * i + 1) for i in range(12)]
+    first = peer.record(open_to(1, str(SERVER_IP), echo.port), data(1, sent[0]))
+    peer.send(first)
+    r = [peer.record(data(1, payload)) for payload in sent[1:]]
+    peer.send(r[0][:2], r[0][2:4], r[0][4:])  # the header cut twice, then the body
+    peer.send(r[1][:20], r[1][20:])  # the body cut
+    peer.send(r[2] + r[3] + r[4])  # three whole records in one segment
+    peer.send(r[5] + r[6][:7], r[6][7:] + r[7])  # a whole record and a cut one, twice
+    peer.send(b"".join(r[8:]) + peer.record(mux.frame(mux.FIN, 1)))
+    echoed, fin = peer.answers(1)
+    assert fin
+    assert echoed == b"".join(sent)
+    peer.sock.close()
+    still_serving(mesh)
