@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smesh.bench import figures, parse, processes
+from smesh.bench import breakdown, figures, parse, processes
 from smesh.bench.errors import BenchError
 from smesh.bench.processes import Started
 from smesh.bench.variants import (
@@ -67,6 +67,7 @@ class Plan:
     cps_seconds: float = 3.0
     idle_connections: int = 1000
     profile: Path | None = None  # py-spy flame graphs of Python proxies go here
+    breakdown: bool = False  # perf on the proxies during rtt: notes.VARIANT.cpu_breakdown
 
     @classmethod
     def full(cls, variants: Sequence[str], groups: Sequence[str] = GROUPS) -> Plan:
@@ -211,12 +212,21 @@ class Measurement:
     def rtt(self, rep: int) -> None:
         host, port = self.variant.target(self.ctx, "sockperf")
         seconds = self.plan.rtt_seconds
-        out = self._client(
-            ["sockperf", "ping-pong", "--tcp", "-i", host, "-p", str(port), "-m", "64",
-             "-t", str(seconds), "--full-rtt"],
-            seconds + 60,
-        )  # fmt: skip
-        latency = parse.sockperf(out)
+        argv = ["sockperf", "ping-pong", "--tcp", "-i", host, "-p", str(port), "-m", "64",
+                "-t", str(seconds), "--full-rtt"]  # fmt: skip
+        proxies = self.variant.proxy_cgroups(self.ctx) if self.plan.breakdown else []
+        if not proxies:
+            latency = parse.sockperf(self._client(argv, seconds + 60))
+        else:
+            workdir = self.ctx.workdir / f"breakdown-{rep}"
+            with breakdown.Recorder(proxies, self.ctx.cgroup_root, workdir) as recording:
+                latency = parse.sockperf(self._client(argv, seconds + 60))
+            found = recording.result(latency.round_trips)
+            self.samples.notes.setdefault("cpu_breakdown", []).append(found.as_dict())
+            self.progress(
+                f"CPU per round trip {found.cpu_us:.0f} µs (kernel "
+                f"{found.parts_us['kernel']:.0f}), {found.context_switches:.1f} context switches"
+            )
         self.samples.add("rtt_p50_us", latency.p50_us)
         self.samples.add("rtt_p99_us", latency.p99_us)
         self.samples.notes.setdefault("round_trips", []).append(latency.round_trips)

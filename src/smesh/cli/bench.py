@@ -63,6 +63,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="write py-spy flame graphs of the Python proxies (throughput, cps) into DIR",
     )
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="while the rtt group runs, record the proxies with perf: CPU per round trip "
+        "split into kernel, interpreter, uvloop, OpenSSL, libc, the tunnel's own code "
+        "(needs the Debian package linux-perf; perf's cost to the round trip: "
+        "docs/benchmarks.md)",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         metavar="FILE",
@@ -114,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
     plan = (runner.Plan.quick if args.quick else runner.Plan.full)(names, groups)
     if args.profile:
         plan = dataclasses.replace(plan, profile=args.profile.resolve())
+    if args.breakdown:
+        from smesh.bench import breakdown  # noqa: PLC0415
+
+        breakdown.require_perf()  # before any lab is built
+        plan = dataclasses.replace(plan, breakdown=True)
     started = time.monotonic()
 
     def progress(text: str) -> None:
