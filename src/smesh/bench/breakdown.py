@@ -1,6 +1,7 @@
 """Where each proxy's CPU per round trip goes (``smesh bench --breakdown``).
 
-While sockperf's ping-pong runs, ``perf record -a -e cpu-clock -G CGROUP`` samples every
+While sockperf's ping-pong runs (a pass of its own after each rtt repetition, so perf's
+cost stays out of the rtt figures), ``perf record -a -e cpu-clock -G CGROUP`` samples every
 thread that runs in the proxies' cgroups (threads and children started mid-run included,
 which a ``-p PID`` list would miss: stunnel starts a thread per connection), and
 ``perf stat`` counts their context switches the same way. The cgroups' ``cpu.stat``
@@ -68,6 +69,8 @@ def classify(dso: str, own: Iterable[str] = ()) -> str:
     name = dso.rsplit("/", 1)[-1]
     if name.startswith("[") and name.endswith("]"):
         return "other" if name in _USER_BRACKETS or name.startswith("[JIT]") else "kernel"
+    if name.startswith("bpf_prog_"):  # a JIT-compiled BPF program: smesh's capture
+        return "kernel"
     if _PYTHON.fullmatch(name):
         return "python"
     if _UVLOOP.fullmatch(name):
@@ -182,6 +185,8 @@ def split(
 # -- the report ----------------------------------------------------------------------------
 
 ROWS: tuple[tuple[str, str], ...] = (
+    ("p50_us", "rtt p50 µs, under perf"),
+    ("p99_us", "rtt p99 µs, under perf"),
     ("cpu_us", "CPU µs"),
     ("user_us", "user µs"),
     ("system_us", "system µs"),

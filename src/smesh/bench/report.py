@@ -16,9 +16,10 @@ from smesh.bench.processes import Weight
 
 BEGIN = "<!-- bench:results:begin -->"
 BREAKDOWN_INTRO = (
-    "Where the proxies' CPU per round trip goes (`--breakdown`: perf during the rtt runs, "
-    "so their round trips paid perf's cost): µs per round trip, both proxies together, "
-    "median of the repetitions (min-max); the parts split the CPU as perf's samples did."
+    "Where the proxies' CPU per round trip goes (`--breakdown`: one more sockperf run after "
+    "each rtt repetition, under perf, whose p50 and p99 are its own, not the figures "
+    "above): µs per round trip, both proxies together, median of the repetitions (min-max); "
+    "the parts split the cgroups' CPU as perf's samples fell."
 )
 END = "<!-- bench:results:end -->"
 

@@ -65,10 +65,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="while the rtt group runs, record the proxies with perf: CPU per round trip "
-        "split into kernel, interpreter, uvloop, OpenSSL, libc, the tunnel's own code "
-        "(needs the Debian package linux-perf; perf's cost to the round trip: "
-        "docs/benchmarks.md)",
+        help="after each rtt repetition, one more under perf: the proxies' CPU per round "
+        "trip split into kernel, interpreter, uvloop, OpenSSL, libc, the tunnel's own code "
+        "(needs the Debian package linux-perf)",
     )
     parser.add_argument(
         "--report",
