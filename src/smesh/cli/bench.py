@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         quick = document.get("plan", {}).get("repetitions", 0) < 3
         return _publish(args, document, complete=not figures.missing(document), quick=quick)
     names, groups = _selection(args)
+    if args.breakdown and names and "rtt" not in groups:
+        raise BenchError("--breakdown records during the rtt group: add rtt to --only")
     kubernetes = KUBERNETES in (args.only or "").replace(" ", "").split(",")
     kube_plan = _kube_plan(args) if kubernetes else None
     upgrade = UPGRADE in (args.only or "").replace(" ", "").split(",")

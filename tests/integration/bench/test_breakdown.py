@@ -41,3 +41,9 @@ def test_quick_haproxy_breakdown_sums_to_the_cpu(tmp_path: Path) -> None:
     assert entry["context_switches"] > 0
     assert "| per round trip, both proxies | haproxy |" in proc.stdout
     assert "| the tunnel's own binary µs | " in proc.stdout
+
+
+def test_a_breakdown_without_the_rtt_group_is_refused_before_any_lab() -> None:
+    proc = smesh("bench", "--only", "haproxy,cps", "--breakdown", check=False)
+    assert proc.returncode != 0
+    assert "--breakdown records during the rtt group: add rtt to --only" in proc.stderr
