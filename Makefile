@@ -12,7 +12,7 @@ SYSTEM_PYTHON := $(shell command -v /usr/bin/python3 || command -v python3)
 APT_PACKAGES := make clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool \
 	iproute2 nftables iputils-ping procps util-linux kmod \
 	python3 python3-venv python3-dev libssl-dev \
-	curl socat openssl tcpdump iperf3 sockperf stunnel4 haproxy ca-certificates \
+	curl socat openssl tcpdump iperf3 sockperf stunnel4 haproxy ca-certificates linux-perf \
 	containernetworking-plugins zsh
 
 BPF_SRC := $(wildcard bpf/*.bpf.c)

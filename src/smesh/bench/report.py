@@ -11,10 +11,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smesh.bench import figures
+from smesh.bench import breakdown, figures
 from smesh.bench.processes import Weight
 
 BEGIN = "<!-- bench:results:begin -->"
+BREAKDOWN_INTRO = (
+    "Where the proxies' CPU per round trip goes (`--breakdown`: one more sockperf run after "
+    "each rtt repetition, under perf, whose p50 and p99 are its own, not the figures "
+    "above): µs per round trip, both proxies together, median of the repetitions (min-max); "
+    "the parts split the cgroups' CPU as perf's samples fell."
+)
 END = "<!-- bench:results:end -->"
 
 
@@ -116,6 +122,9 @@ def markdown(document: Mapping[str, Any], chart: str | None = None) -> str:
             "",
             figures_table({v: variants[v] for v in shown}),
         ]
+    cpu = breakdown.table(document)
+    if cpu:
+        parts += ["", BREAKDOWN_INTRO, "", cpu]
     for name, why in document.get("failed", {}).items():
         parts += ["", f"**{name} failed:** {why}"]
     if chart:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smesh.bench import figures, parse, processes
+from smesh.bench import breakdown, figures, parse, processes
 from smesh.bench.errors import BenchError
 from smesh.bench.processes import Started
 from smesh.bench.variants import (
@@ -67,6 +67,7 @@ class Plan:
     cps_seconds: float = 3.0
     idle_connections: int = 1000
     profile: Path | None = None  # py-spy flame graphs of Python proxies go here
+    breakdown: bool = False  # rtt again under perf: notes.VARIANT.cpu_breakdown
 
     @classmethod
     def full(cls, variants: Sequence[str], groups: Sequence[str] = GROUPS) -> Plan:
@@ -208,7 +209,7 @@ class Measurement:
             self.samples.add("cpu_s_per_gb", cpu / gigabytes if gigabytes else 0.0)
             self.progress(f"{streams} stream(s): {moved.gbps:.2f} Gbit/s, proxy CPU {cpu:.1f} s")
 
-    def rtt(self, rep: int) -> None:
+    def _ping_pong(self) -> parse.Latency:
         host, port = self.variant.target(self.ctx, "sockperf")
         seconds = self.plan.rtt_seconds
         out = self._client(
@@ -216,7 +217,10 @@ class Measurement:
              "-t", str(seconds), "--full-rtt"],
             seconds + 60,
         )  # fmt: skip
-        latency = parse.sockperf(out)
+        return parse.sockperf(out)
+
+    def rtt(self, rep: int) -> None:
+        latency = self._ping_pong()
         self.samples.add("rtt_p50_us", latency.p50_us)
         self.samples.add("rtt_p99_us", latency.p99_us)
         self.samples.notes.setdefault("round_trips", []).append(latency.round_trips)
@@ -224,6 +228,25 @@ class Measurement:
         self.progress(
             f"rtt p50 {latency.p50_us:.0f} µs, p99 {latency.p99_us:.0f} µs "
             f"({latency.round_trips} round trips)"
+        )
+        proxies = self.variant.proxy_cgroups(self.ctx)
+        if self.plan.breakdown and proxies:
+            self._breakdown(rep, proxies)
+
+    def _breakdown(self, rep: int, proxies: list[Path]) -> None:
+        """The same ping-pong once more, under perf: perf slows every round trip (by more
+        than 100 µs on two busy vCPUs, docs/benchmarks.md), so the rtt figures are taken
+        without it and this pass keeps its own p50 and p99 beside its CPU."""
+        workdir = self.ctx.workdir / f"breakdown-{rep}"
+        with breakdown.Recorder(proxies, self.ctx.cgroup_root, workdir) as recording:
+            latency = self._ping_pong()
+        found = recording.result(latency.round_trips)
+        entry = {"p50_us": latency.p50_us, "p99_us": latency.p99_us, **found.as_dict()}
+        self.samples.notes.setdefault("cpu_breakdown", []).append(entry)
+        self.progress(
+            f"under perf: rtt p50 {latency.p50_us:.0f} µs, CPU per round trip "
+            f"{found.cpu_us:.0f} µs (kernel {found.parts_us['kernel']:.0f}), "
+            f"{found.context_switches:.1f} context switches"
         )
 
     def cps(self, rep: int) -> None:

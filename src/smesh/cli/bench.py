@@ -63,6 +63,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="write py-spy flame graphs of the Python proxies (throughput, cps) into DIR",
     )
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="after each rtt repetition, one more under perf: the proxies' CPU per round "
+        "trip split into kernel, interpreter, uvloop, OpenSSL, libc, the tunnel's own code "
+        "(needs the Debian package linux-perf)",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         metavar="FILE",
@@ -107,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         quick = document.get("plan", {}).get("repetitions", 0) < 3
         return _publish(args, document, complete=not figures.missing(document), quick=quick)
     names, groups = _selection(args)
+    if args.breakdown and names and "rtt" not in groups:
+        raise BenchError("--breakdown records during the rtt group: add rtt to --only")
     kubernetes = KUBERNETES in (args.only or "").replace(" ", "").split(",")
     kube_plan = _kube_plan(args) if kubernetes else None
     upgrade = UPGRADE in (args.only or "").replace(" ", "").split(",")
@@ -114,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
     plan = (runner.Plan.quick if args.quick else runner.Plan.full)(names, groups)
     if args.profile:
         plan = dataclasses.replace(plan, profile=args.profile.resolve())
+    if args.breakdown:
+        from smesh.bench import breakdown  # noqa: PLC0415
+
+        breakdown.require_perf()  # before any lab is built
+        plan = dataclasses.replace(plan, breakdown=True)
     started = time.monotonic()
 
     def progress(text: str) -> None:
