@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 SYSTEM_PYTHON := $(shell command -v /usr/bin/python3 || command -v python3)
 
 # Build: clang for BPF C; libssl-dev and python3-dev for the native hot-path candidate. Run time: libbpf1, iproute2 and nftables. Tests and demo: real
-# peers (curl, socat, openssl, tcpdump, iperf3). Benchmarks: the C tunnels to race.
+# peers (curl, socat, openssl, tcpdump, iperf3). Benchmarks: the C tunnels to race, perf
+# for `smesh bench --breakdown`.
 # Kubernetes lab: the real CNI plugins (bridge, host-local) the lab kubelet calls. zsh: the
 # shell whose completion script (`smesh completion zsh`) the tests load, as bash's.
 APT_PACKAGES := make clang llvm libbpf-dev libbpf1 linux-libc-dev bpftool \
