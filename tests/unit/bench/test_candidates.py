@@ -13,14 +13,13 @@ import hashlib
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from smesh.bench import material
+from tests.unit.bench.candidatekit import running_pair
 
 CANDIDATES = [
     ("streams", "default", 1),
@@ -30,19 +29,6 @@ CANDIDATES = [
     ("native", "default", 1),
 ]
 HALF_CLOSE = {"memorybio", "native"}  # asyncio's TLS transports cannot half-close
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports: all stay bound until each is picked, so none comes twice.
-
-    (The candidates listen with SO_REUSEPORT, so two roles handed the same port would
-    share it silently, and a plaintext client would now and then reach the TLS side.)
-    """
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 class _Target:
@@ -84,28 +70,12 @@ def pair(
     model, loop, workers = request.param
     ca, files = tls_files
     target = _Target()
-    tunnel, front = _free_ports(2)
-    started: list[subprocess.Popen[bytes]] = []
+    node_files = {node: (f.cert, f.key) for node, f in files.items()}
+    options = ("--loop", loop, "--workers", str(workers))
     try:
-        for role, listen, to, node in (
-            ("server", tunnel, target.port, "node-2"),
-            ("client", front, tunnel, "node-1"),
-        ):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "smesh.bench.candidates", model, "--role", role,
-                 "--listen", f"127.0.0.1:{listen}", "--target", f"127.0.0.1:{to}",
-                 "--cert", str(files[node].cert), "--key", str(files[node].key),
-                 "--ca", str(ca), "--loop", loop, "--workers", str(workers)],
-                stdout=subprocess.PIPE,
-            )  # fmt: skip
-            started.append(proc)
-            assert proc.stdout is not None
-            assert proc.stdout.readline() == b"ready\n"
-        yield model, front, tunnel
+        with running_pair(model, target.port, ca, node_files, *options) as (front, tunnel, _):
+            yield model, front, tunnel
     finally:
-        for proc in started:
-            proc.terminate()
-            proc.wait(10)
         target.sock.close()
 
 

@@ -16,7 +16,6 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,16 +27,9 @@ from cryptography.hazmat.primitives import serialization
 from smesh.bench.candidates import native
 from smesh.bench.errors import BenchError
 from smesh.identity import certs
+from tests.unit.bench.candidatekit import running_pair
 
 LIFETIME = dt.timedelta(hours=1)
-
-
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 class _Target:
@@ -126,30 +118,15 @@ class _Pair:
 
 @pytest.fixture
 def pair(tls: Tls, tmp_path: Path) -> collections.abc.Iterator[_Pair]:
-    ca, files = tls.ca, tls.files
     target = _Target()
-    tunnel, front = _free_ports(2)
-    started: list[subprocess.Popen[bytes]] = []
     try:
-        for role, listen, to, node in (
-            ("server", tunnel, target.port, "node-2"),
-            ("client", front, tunnel, "node-1"),
+        with running_pair("native", target.port, tls.ca, tls.files, logs=tmp_path) as (
+            front,
+            tunnel,
+            started,
         ):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "smesh.bench.candidates", "native", "--role", role,
-                 "--listen", f"127.0.0.1:{listen}", "--target", f"127.0.0.1:{to}",
-                 "--cert", str(files[node][0]), "--key", str(files[node][1]),
-                 "--ca", str(ca)],
-                stdout=subprocess.PIPE, stderr=(tmp_path / f"{role}.log").open("wb"),
-            )  # fmt: skip
-            started.append(proc)
-            assert proc.stdout is not None
-            assert proc.stdout.readline() == b"ready\n"
-        yield _Pair(target, front, tunnel, started)
+            yield _Pair(target, front, tunnel, started)
     finally:
-        for proc in started:
-            proc.terminate()
-            proc.wait(10)
         target.sock.close()
 
 
