@@ -8,15 +8,12 @@ caught the proxies' threads, and the DSO names resolved). No figure is judged fo
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from smesh.bench import breakdown
 from tests.integration.labkit import smesh
-
-pytestmark = pytest.mark.skipif(shutil.which("perf") is None, reason="needs perf (linux-perf)")
 
 
 def test_quick_haproxy_breakdown_sums_to_the_cpu(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,3 +201,22 @@ def test_the_report_prints_the_table_only_when_a_run_recorded_one() -> None:
         notes.pop("cpu_breakdown", None)
     assert breakdown.table(document) is None
     assert "per round trip, both proxies" not in report.markdown(document)
+
+
+def test_a_missing_perf_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BenchError, match=r"perf, which is not installed: .*linux-perf"):
+        breakdown.require_perf()
+
+
+def test_a_perf_that_does_not_run_says_what_it_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "perf"
+    fake.write_text("#!/bin/sh\necho 'perf not found for kernel 9.9' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(
+        BenchError, match=r"does not run: perf not found for kernel 9\.9.*linux-perf"
+    ):
+        breakdown.require_perf()
