@@ -49,6 +49,8 @@ MAX_CERT_TTL = MAX_TTL.total_seconds()
 # An inbound connection waiting on the registry holds a socket (counted in the pod's cap).
 MAX_REGISTRY_LAG = 30.0
 MAX_CERTIFICATE_WAIT = 60.0
+#: The shortest limits.metricLabelSetExpiry but 0: longer than a usual scrape interval.
+MIN_LABEL_SET_EXPIRY = 60.0
 RUN_ROOT = Path("/run/smesh")  # a node's runtime sockets: /run/smesh/NODE/...
 STATE_ROOT = Path("/var/lib/smesh")  # a node's own state: /var/lib/smesh/NODE/...
 
@@ -326,6 +328,20 @@ class LimitSettings(_Section):
     # Label sets (workload pairs) of the smesh_tcp_* counters; past it connections are
     # counted in an overflow set (smesh.agent.traffic, smesh_tcp_connections_folded_total).
     max_metric_label_sets: int = Field(default=1000, ge=1, le=100_000, alias="maxMetricLabelSets")
+    # A label set none of whose connections is open is dropped after this long without
+    # counting anything, so edges of workloads that are gone do not fill the cap; longer
+    # than any scrape interval (its last counts must be scraped). 0: never.
+    metric_label_set_expiry: Seconds = Field(default=600.0, alias="metricLabelSetExpiry")
+
+    @field_validator("metric_label_set_expiry")
+    @classmethod
+    def _longer_than_a_scrape(cls, value: float) -> float:
+        if 0 < value < MIN_LABEL_SET_EXPIRY:
+            raise ValueError(
+                f"{value:g}s would drop label sets between scrapes: use 0 (never) or at "
+                f"least {MIN_LABEL_SET_EXPIRY:g}s"
+            )
+        return value
 
     @model_validator(mode="after")
     def _handshake_budget(self) -> LimitSettings:

@@ -8,7 +8,10 @@ them; they are named ``smesh_tcp_*`` rather than ``istio_tcp_*`` (docs/agent.md,
 Label sets are workload pairs, never anything of one connection, and there are at most
 ``limits.maxMetricLabelSets`` of them: a connection that would make one more is counted in
 its reporter's and security policy's overflow set instead (its workload, namespace and
-principal labels ``overflow``), and in ``smesh_tcp_connections_folded_total``.
+principal labels ``overflow``), and in ``smesh_tcp_connections_folded_total``. A set whose
+connections have all closed and that has counted nothing for ``limits.metricLabelSetExpiry``
+is dropped, so edges of workloads that are gone (a CronJob's runs, bare pods) do not fill
+the cap for the agent's life; Prometheus reads a set that comes back as a counter reset.
 
 Nothing here runs per byte: the relays keep their counts in the connection's record; they
 are read when the connection closes and, for connections still open, at every scrape, so a
@@ -18,6 +21,7 @@ long-lived connection's bytes show while it lasts.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -45,6 +49,11 @@ EDGE_LABELS = (
 #: limits.maxMetricLabelSets' default: four counters each, so at most 4000 series (about
 #: 1.5 MB of a scrape at their label lengths), far above a node's usual workload pairs.
 DEFAULT_MAX_LABEL_SETS = 1000
+#: limits.metricLabelSetExpiry's default: far longer than any scrape interval, so a set's
+#: last counts are scraped before it goes.
+DEFAULT_LABEL_SET_EXPIRY = 600.0
+#: At the cap, expired sets are looked for at most this often (seconds) before folding.
+CAP_SWEEP_INTERVAL = 1.0
 
 Edge = tuple[str, str, str, str, str, str, str, str]
 
@@ -148,11 +157,12 @@ class EdgeResolver:
 class _Open:
     """A connection being counted: its label set once known, and the bytes counted so far."""
 
-    __slots__ = ("counts", "received", "record", "sent")
+    __slots__ = ("counts", "labels", "received", "record", "sent")
 
     def __init__(self, record: ConnectionRecord) -> None:
         self.record = record
-        self.counts: list[int] | None = None  # its label set's counters, once resolved
+        self.labels: Edge | None = None  # its label set, once resolved
+        self.counts: list[int] | None = None  # that set's counters
         self.sent = 0  # destination → source (Istio's "sent": the response)
         self.received = 0  # source → destination (Istio's "received": the request)
 
@@ -163,62 +173,100 @@ class EdgeCounters(Collector):
 
     *resolve* gives a record's label set (the agent's registry knows the peers); it is asked
     once per connection, the first time the connection is counted: at the first scrape while
-    it is open, or when it closes.
+    it is open, or when it closes. A set is dropped once none of its connections is open and
+    it has counted nothing for *expiry* seconds (0: never), at a scrape or, at the cap, before
+    a new edge would be folded.
     """
 
     def __init__(
         self,
         resolve: Callable[[ConnectionRecord], Edge] | None = None,
         max_label_sets: int = DEFAULT_MAX_LABEL_SETS,
+        expiry: float = DEFAULT_LABEL_SET_EXPIRY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.resolve = resolve or _unresolved
         self.max_label_sets = max_label_sets
+        self.expiry = expiry
+        self.clock = clock
         # label set → [opened, closed, sent bytes, received bytes]
         self._counts: dict[Edge, list[int]] = {}
+        self._touched: dict[Edge, float] = {}  # label set → when it last counted anything
         self._open: dict[int, _Open] = {}
         self._capped = 0  # label sets counted against the cap (overflow sets are not)
+        self._swept = float("-inf")  # when expired sets were last looked for at the cap
         self.folded = 0  # connections counted in an overflow set
+        self.expired = 0  # label sets dropped
 
     def opened(self, record: ConnectionRecord) -> None:
         self._open[id(record)] = _Open(record)
 
     def closed(self, record: ConnectionRecord) -> None:
         entry = self._open.pop(id(record), None) or _Open(record)
-        self._settle(entry)[1] += 1
+        self._settle(entry, closing=True)[1] += 1
 
-    def _settle(self, entry: _Open) -> list[int]:
+    def _settle(self, entry: _Open, closing: bool = False) -> list[int]:
         """Count *entry* as opened (the first time) and the bytes it moved since last time."""
-        counts = entry.counts
-        if counts is None:
-            counts = entry.counts = self._counts_of(self.resolve(entry.record))
+        labels, counts = entry.labels, entry.counts
+        changed = closing
+        if labels is None or counts is None:
+            labels, counts = self._counts_of(self.resolve(entry.record))
+            entry.labels, entry.counts = labels, counts
             counts[0] += 1
+            changed = True
         record = entry.record
         sent, received = record.bytes_received, record.bytes_sent
-        counts[2] += sent - entry.sent
-        counts[3] += received - entry.received
-        entry.sent, entry.received = sent, received
+        if sent != entry.sent or received != entry.received:
+            counts[2] += sent - entry.sent
+            counts[3] += received - entry.received
+            entry.sent, entry.received = sent, received
+            changed = True
+        if changed:
+            self._touched[labels] = self.clock()
         return counts
 
-    def _counts_of(self, labels: Edge) -> list[int]:
+    def _counts_of(self, labels: Edge) -> tuple[Edge, list[int]]:
         counts = self._counts.get(labels)
         if counts is not None:
-            return counts
+            return labels, counts
+        if self._capped >= self.max_label_sets:
+            now = self.clock()
+            if now - self._swept >= CAP_SWEEP_INTERVAL:
+                self._swept = now
+                self._expire(now)
         if self._capped >= self.max_label_sets:
             self.folded += 1
-            return self._counts.setdefault(overflow(labels), [0, 0, 0, 0])
+            labels = overflow(labels)
+            return labels, self._counts.setdefault(labels, [0, 0, 0, 0])
         self._capped += 1
         counts = self._counts[labels] = [0, 0, 0, 0]
-        return counts
+        return labels, counts
+
+    def _expire(self, now: float) -> None:
+        """Drop the sets with no open connection that have counted nothing for the expiry."""
+        if self.expiry <= 0:
+            return
+        touched = self._touched
+        for labels, counts in list(self._counts.items()):
+            # opened == closed: no connection holds these counters (see _settle)
+            if counts[0] == counts[1] and now - touched.get(labels, now) >= self.expiry:
+                del self._counts[labels]
+                touched.pop(labels, None)
+                self.expired += 1
+                if labels != overflow(labels):
+                    self._capped -= 1
 
     def collect(self) -> Iterator[Metric]:
         for entry in self._open.values():  # long-lived connections: their bytes so far
             self._settle(entry)
+        self._expire(self.clock())
         families = _families()
         for labels, counts in self._counts.items():
             for family, value in zip(families[:4], counts, strict=True):
                 family.add_metric(labels, value)
         families[4].add_metric([], self.folded)
         families[5].add_metric([], len(self._counts))
+        families[6].add_metric([], self.expired)
         yield from families
 
     def describe(self) -> Iterator[Metric]:
@@ -268,5 +316,10 @@ def _families() -> tuple[CounterMetricFamily | GaugeMetricFamily, ...]:
             "smesh_tcp_label_sets",
             "Label sets of the smesh_tcp_* counters now (at most limits.maxMetricLabelSets, "
             "plus the overflow sets).",
+        ),
+        CounterMetricFamily(
+            "smesh_tcp_label_sets_expired",
+            "Label sets of the smesh_tcp_* counters dropped because none of their connections "
+            "was open and they had counted nothing for limits.metricLabelSetExpiry.",
         ),
     )

@@ -214,6 +214,7 @@ class MeshWiring:
             agent.metrics.service_table.labels("endpoints").set_function(lambda: held.counts()[1])
         agent.metrics.tcp.resolve = EdgeResolver(agent.registry, self._local, self.identity_of)
         agent.metrics.tcp.max_label_sets = lim.max_metric_label_sets
+        agent.metrics.tcp.expiry = lim.metric_label_set_expiry
         self.services = Services(
             tls=self,
             route=self._route,

@@ -20,6 +20,8 @@ from smesh.bench import parse
 from smesh.bench.errors import BenchError
 from smesh.lab import agents
 
+PROC = Path("/proc")
+
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
@@ -143,12 +145,12 @@ class Weight:
     its nice value, and its autogroup's (None: the kernel has no autogroups)."""
 
     nice: int
-    autogroup_nice: int | None
+    autogroup_nice: int | None  # None: in the root autogroup, or the kernel has none
     own_autogroup: bool  # not the bench's own session's autogroup
 
     def describe(self) -> str:
         if self.autogroup_nice is None:
-            return f"nice {self.nice} (no autogroups)"
+            return f"nice {self.nice} (in no autogroup of its own)"
         group = "an autogroup of its own" if self.own_autogroup else "the bench's autogroup"
         return f"nice {self.nice} in {group} at nice {self.autogroup_nice}"
 
@@ -162,29 +164,39 @@ def stat_nice(stat: str) -> int:
         raise BenchError(f"not a /proc/PID/stat line: {stat[:120]!r}") from None
 
 
-def autogroup(text: str) -> tuple[str, int]:
-    """The group and its nice value in /proc/PID/autogroup (``/autogroup-42 nice -5``)."""
+def autogroup(text: str) -> tuple[str, int] | None:
+    """The group and its nice value in /proc/PID/autogroup (``/autogroup-42 nice -5``).
+
+    None for an empty file: the process is in the root autogroup, which the kernel does not
+    print, as every process is whose session never left the boot one (a child of an init
+    that makes no sessions, as a CI runner may be). The scheduler weighs each process of
+    that group by its own nice value, beside the other groups; its weight cannot be set.
+    """
     match text.split():
+        case []:
+            return None
         case [group, "nice", nice] if nice.lstrip("-").isdigit():
             return group, int(nice)
     raise BenchError(f"not a /proc/PID/autogroup line: {text[:120]!r}")
 
 
-def _autogroup_of(pid: int | str) -> tuple[str, int] | None:
+def autogroup_of(pid: int | str, proc: Path = PROC) -> tuple[str, int] | None:
+    """*pid*'s autogroup and its nice value; None in the root one, or with no autogroups
+    (CONFIG_SCHED_AUTOGROUP off)."""
     try:
-        return autogroup(Path(f"/proc/{pid}/autogroup").read_text())
-    except FileNotFoundError:  # no autogroups (CONFIG_SCHED_AUTOGROUP off)
+        return autogroup((proc / str(pid) / "autogroup").read_text())
+    except FileNotFoundError:
         return None
 
 
-def weights(pids: Iterable[int]) -> list[Weight]:
+def weights(pids: Iterable[int], proc: Path = PROC) -> list[Weight]:
     """The distinct weights of every thread of *pids*, against the bench's own autogroup."""
-    mine = _autogroup_of("self")
+    mine = autogroup_of("self", proc)
     found: set[Weight] = set()
     for pid in pids:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            group = _autogroup_of(pid)
-            for task in Path(f"/proc/{pid}/task").iterdir():
+            group = autogroup_of(pid, proc)
+            for task in (proc / str(pid) / "task").iterdir():
                 with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                     nice = stat_nice((task / "stat").read_text())
                     found.add(

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -205,14 +206,19 @@ def pod_ips(pod: Pod) -> tuple[IPAddress, ...]:
 
 #: The label a Deployment's ReplicaSet adds to its name and to its pods (``web-5d4f8c``).
 TEMPLATE_HASH = "pod-template-hash"
+#: A CronJob's Job: the CronJob's name, then the scheduled time in minutes since the epoch
+#: (8 digits now; Istio's pattern allows 8 to 10).
+CRONJOB_RUN = re.compile(r"(.+)-\d{8,10}")
 
 
 def owner_workload(pod: Pod) -> str | None:
     """The name of the workload that owns *pod*, as metrics label it; None: it owns itself.
 
     The controlling owner reference names it, except that a Deployment's pods are owned by a
-    ReplicaSet named after the Deployment plus the pod template's hash: that suffix is
-    dropped, so a rollout keeps the Deployment's series (Istio names workloads the same way).
+    ReplicaSet named after the Deployment plus the pod template's hash, and a CronJob's by a
+    Job named after the CronJob plus its scheduled minute: those suffixes are dropped, so a
+    rollout or the next run keeps the workload's series (Istio names workloads the same way,
+    and also takes a Job named like a CronJob's run for one without reading its owner).
     """
     meta = pod.metadata
     if meta is None:
@@ -223,6 +229,8 @@ def owner_workload(pod: Pod) -> str | None:
     template_hash = (meta.labels or {}).get(TEMPLATE_HASH)
     if owner.kind == "ReplicaSet" and template_hash:
         return owner.name.removesuffix(f"-{template_hash}") or owner.name
+    if owner.kind == "Job" and (run := CRONJOB_RUN.fullmatch(owner.name)):
+        return run.group(1)
     return owner.name
 
 

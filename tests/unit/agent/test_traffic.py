@@ -210,6 +210,111 @@ def test_label_sets_past_the_cap_fold_into_an_overflow_set_and_are_counted() -> 
     assert families["smesh_tcp_label_sets"].samples[0].value == 4  # 2 + 2 overflow sets
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _edge(name: str) -> tuple[str, str, str, str, str, str, str, str]:
+    return ("source", name, "ns", "p", "d", "ns", "p", "mutual_tls")
+
+
+def _opened(counters: EdgeCounters) -> dict[str, float]:
+    """The opened counter per source workload, as a scrape reads it."""
+    families = {family.name: family for family in counters.collect()}
+    return {
+        s.labels["source_workload"]: s.value
+        for s in families["smesh_tcp_connections_opened"].samples
+    }
+
+
+def _connect(counters: EdgeCounters, name: str, close: bool = True) -> ConnectionRecord:
+    record = outbound("1.2.3.4:1", "tunnel", request_id=name)
+    counters.resolve = lambda _record: _edge(name)
+    counters.opened(record)
+    if close:
+        counters.closed(record)
+    return record
+
+
+def test_a_set_whose_connections_closed_long_ago_is_dropped_and_comes_back_from_zero() -> None:
+    clock = Clock()
+    counters = EdgeCounters(expiry=600, clock=clock)
+    _connect(counters, "job-1")
+    _connect(counters, "job-1")
+    clock.now += 599
+    assert _opened(counters) == {"job-1": 2}  # not yet
+    clock.now += 1
+    assert _opened(counters) == {}  # gone at the scrape after the expiry
+    families = {family.name: family for family in counters.collect()}
+    assert families["smesh_tcp_label_sets_expired"].samples[0].value == 1
+    assert families["smesh_tcp_label_sets"].samples[0].value == 0
+    _connect(counters, "job-1")
+    assert _opened(counters) == {"job-1": 1}  # a counter reset, to Prometheus
+
+
+def test_a_set_with_an_open_connection_stays_however_quiet() -> None:
+    clock = Clock()
+    counters = EdgeCounters(expiry=600, clock=clock)
+    record = _connect(counters, "db", close=False)
+    assert _opened(counters) == {"db": 1}
+    clock.now += 3600
+    assert _opened(counters) == {"db": 1}
+    record.bytes_from_app = 10
+    counters.closed(record)  # the close counts: the set's clock starts again
+    clock.now += 599
+    assert _opened(counters) == {"db": 1}
+    clock.now += 1
+    assert _opened(counters) == {}
+
+
+def test_bytes_of_an_open_connection_keep_its_set() -> None:
+    """Counted at a scrape: a long-lived connection that moves bytes is never idle."""
+    clock = Clock()
+    counters = EdgeCounters(expiry=600, clock=clock)
+    record = _connect(counters, "db", close=False)
+    for i in range(1, 5):
+        clock.now += 500
+        record.bytes_from_app = i
+        assert _opened(counters) == {"db": 1}
+
+
+def test_at_the_cap_an_expired_set_makes_room_instead_of_folding() -> None:
+    clock = Clock()
+    counters = EdgeCounters(max_label_sets=2, expiry=600, clock=clock)
+    _connect(counters, "run-1")
+    _connect(counters, "run-2")
+    clock.now += 300
+    _connect(counters, "run-3")  # both sets younger than the expiry: folded
+    assert counters.folded == 1
+    clock.now += 300
+    _connect(counters, "run-4")  # run-1 and run-2 expired, run-4 takes a place
+    assert counters.folded == 1
+    assert set(_opened(counters)) == {"run-4", "overflow"}
+
+
+def test_expiry_zero_keeps_every_set_for_the_agents_life() -> None:
+    clock = Clock()
+    counters = EdgeCounters(expiry=0, clock=clock)
+    _connect(counters, "job-1")
+    clock.now += 10**7
+    assert _opened(counters) == {"job-1": 1}
+
+
+def test_the_expiry_is_a_validated_config_key(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("node: n\nworkloads: /w\n")
+    assert load(path, environ={}).limits.metric_label_set_expiry == 600
+    path.write_text("node: n\nworkloads: /w\nlimits: {metricLabelSetExpiry: 0}\n")
+    assert load(path, environ={}).limits.metric_label_set_expiry == 0
+    path.write_text("node: n\nworkloads: /w\nlimits: {metricLabelSetExpiry: 15s}\n")
+    with pytest.raises(ConfigError, match=r"limits\.metricLabelSetExpiry: .*at least 60s"):
+        load(path, environ={})
+
+
 def test_one_workload_label_format_in_every_metric_that_has_one() -> None:
     """``workload`` is a name and ``namespace`` its own label, never ``namespace/name``."""
     metrics = AgentMetrics()
@@ -254,6 +359,9 @@ def owned(kind: str, name: str, controller: bool = True) -> list[OwnerReference]
         (deployment_pod(owned("ReplicaSet", "web-5d4f8c"), "5d4f8c"), "web"),
         (deployment_pod(owned("ReplicaSet", "web-rs")), "web-rs"),  # a ReplicaSet of its own
         (deployment_pod(owned("StatefulSet", "db")), "db"),
+        (deployment_pod(owned("Job", "backup-29411520")), "backup"),  # a CronJob's run
+        (deployment_pod(owned("Job", "migrate-v2")), "migrate-v2"),  # a Job of its own
+        (deployment_pod(owned("Job", "build-1234")), "build-1234"),  # too short for a minute
         (deployment_pod(owned("StatefulSet", "db", controller=False)), None),
         (deployment_pod(), None),
     ],

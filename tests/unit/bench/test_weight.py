@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +32,35 @@ def test_the_autogroup_and_its_nice() -> None:
         processes.autogroup("/autogroup-7 weight 1024")
 
 
+def test_the_root_autogroup_is_an_empty_file() -> None:
+    """A process whose session never left the boot one (CI's runner is one) reads ''."""
+    assert processes.autogroup("") is None
+    assert processes.autogroup("\n") is None
+    assert Weight(-5, None, own_autogroup=False).describe() == (
+        "nice -5 (in no autogroup of its own)"
+    )
+
+
 def test_this_process_weighs_as_the_bench_itself() -> None:
     (found,) = processes.weights([os.getpid()])
     assert found.nice == os.getpriority(os.PRIO_PROCESS, 0)
     assert not found.own_autogroup  # the autogroup it is compared with is its own
+
+
+def _proc(root: Path, pid: str, autogroup: str) -> None:
+    (root / pid / "task" / pid).mkdir(parents=True)
+    (root / pid / "autogroup").write_text(autogroup)
+    (root / pid / "task" / pid / "stat").write_text(STAT)
+
+
+def test_a_bench_in_the_root_autogroup_compares_with_it(tmp_path: Path) -> None:
+    """CI's runner: the bench reads '' for itself; a process in a session of its own is in
+    an autogroup of its own, and one left in the bench's session is not."""
+    _proc(tmp_path, "self", "")
+    _proc(tmp_path, "11", "/autogroup-9 nice -5\n")
+    _proc(tmp_path, "12", "")
+    assert processes.weights([11], tmp_path) == [Weight(-5, -5, own_autogroup=True)]
+    assert processes.weights([12], tmp_path) == [Weight(-5, None, own_autogroup=False)]
 
 
 def test_a_process_that_exited_is_left_out() -> None:
