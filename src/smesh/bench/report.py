@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smesh.bench import breakdown, figures
+from smesh.bench import breakdown, conditions, figures
 from smesh.bench.processes import Weight
 
 BEGIN = "<!-- bench:results:begin -->"
@@ -106,7 +106,7 @@ def markdown(document: Mapping[str, Any], chart: str | None = None) -> str:
         f"{plan.get('rtt_seconds', '?')} s per run, connections/s at concurrency "
         f"{plan.get('cps_concurrency', '?')}, memory with {plan.get('idle_connections', '?')} "
         "idle connections (growth of both proxies together, per connection). "
-        + weight_line(document),
+        + " ".join(filter(None, (weight_line(document), conditions.line(document)))),
         "",
         figures_table({v: variants[v] for v in variants if v in figures.MAIN_VARIANTS}),
         "",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smesh.bench import breakdown, figures, parse, processes
+from smesh.bench import breakdown, conditions, figures, parse, processes
 from smesh.bench.errors import BenchError
 from smesh.bench.processes import Started
 from smesh.bench.variants import (
@@ -403,6 +403,7 @@ def empty_document(plan: Plan) -> dict[str, Any]:
 def run(plan: Plan, progress: Progress) -> dict[str, Any]:
     """Measure every variant of *plan*; the document of the published JSON schema."""
     document = empty_document(plan)
+    watch = conditions.Watch()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # proxies inherit: 1000s of fds
     workdir = Path(tempfile.mkdtemp(prefix="smesh-bench-"))
@@ -419,6 +420,7 @@ def run(plan: Plan, progress: Progress) -> dict[str, Any]:
             document["variants"][name] = samples.summary()
             document["notes"][name] = samples.notes
         document["targets"] = figures.targets_document(document["variants"])
+        document["conditions"] = watch.document()
         ok = not document["failed"]
     finally:
         if ok:
