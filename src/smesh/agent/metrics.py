@@ -125,9 +125,9 @@ class AgentMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         # Connections and bytes per edge, Istio's labels (smesh.agent.traffic); the counters
-        # by direction alone that were here are their sums, and went.
+        # by direction alone that were here are their sums, and went. Not in the registry:
+        # a scrape writes them itself (EdgeCounters.exposition), after the registry's.
         self.tcp = EdgeCounters()
-        r.register(self.tcp)
         self.connections_closed = Counter(
             "smesh_connections_closed_total",
             "Connections finished, by how they ended (per edge: smesh_tcp_connections_closed).",
@@ -389,4 +389,10 @@ class AgentMetrics:
             self.policy_status_writes.labels(label)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.tcp.exposition().encode()
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family a scrape has, as prometheus_client's objects (for tests and tools;
+        a scrape is render())."""
+        yield from self.registry.collect()
+        yield from self.tcp.collect()

@@ -33,9 +33,7 @@ def exported() -> set[str]:
     metrics.kubernetes(dict)
     metrics.authorization_policies()
     return {
-        family.name + suffix
-        for family in metrics.registry.collect()
-        for suffix in SUFFIXES[family.type]
+        family.name + suffix for family in metrics.collect() for suffix in SUFFIXES[family.type]
     }
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from lightkube.models.core_v1 import Container, PodIP, PodSpec, PodStatus
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.core_v1 import Namespace, Pod
+from prometheus_client.core import Metric
+from prometheus_client.exposition import generate_latest
 
 from smesh.agent.config import ConfigError, load
 from smesh.agent.metrics import AgentMetrics
@@ -313,6 +316,52 @@ def test_the_expiry_is_a_validated_config_key(tmp_path: Path) -> None:
     path.write_text("node: n\nworkloads: /w\nlimits: {metricLabelSetExpiry: 15s}\n")
     with pytest.raises(ConfigError, match=r"limits\.metricLabelSetExpiry: .*at least 60s"):
         load(path, environ={})
+
+
+def test_a_scrape_writes_what_generate_latest_writes_byte_for_byte() -> None:
+    """The edges' own writer against the library's, with values that need escaping, a
+    count past the fast path, an overflow set and an expired one."""
+    clock = Clock()
+    counters = EdgeCounters(max_label_sets=3, expiry=600, clock=clock)
+    odd = ("source", 'we"ird\\name', "ns\nx", "p", "d", "ns", "p", "mutual_tls")
+    _connect(counters, "gone")
+    clock.now += 600
+    counters.exposition()  # "gone" expires at this scrape
+    for name in ("a", "b"):
+        _connect(counters, name)
+    record = outbound("1.2.3.4:1", "tunnel", request_id="odd")
+    counters.resolve = lambda _record: odd
+    counters.opened(record)
+    record.bytes_from_app, record.bytes_to_app = 12_345_678_901, 7  # bytes so far: open
+    counters.exposition()  # counted while open: the third set
+    _connect(counters, "folded")  # the cap: into the overflow set
+    expected = generate_latest(_Families(counters)).decode()
+    assert counters.exposition() == expected
+    assert 'source_workload="we\\"ird\\\\name"' in expected
+    assert "1.2345678901e+10" in expected  # floatToGoString's form past a million
+    assert "smesh_tcp_label_sets_expired_total 1.0" in expected
+    assert 'source_workload="overflow"' in expected
+
+
+class _Families:
+    """What the registry would have collected, at the same moment."""
+
+    def __init__(self, counters: EdgeCounters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        return self.counters.collect()
+
+
+def test_the_agents_scrape_has_the_edges_once_after_the_registry() -> None:
+    metrics = AgentMetrics()
+    metrics.tcp.resolve = resolver()
+    metrics.tcp.opened(outbound(f"[{DB_IP}]:5432", "tunnel"))
+    text = metrics.render().decode()
+    assert text.count("# TYPE smesh_tcp_connections_opened_total counter") == 1
+    assert text.index("smesh_connections_closed_total") < text.index("smesh_tcp_")
+    names = {family.name for family in metrics.collect()}
+    assert {"smesh_tcp_connections_opened", "smesh_connections_closed"} <= names
 
 
 def test_one_workload_label_format_in_every_metric_that_has_one() -> None:
