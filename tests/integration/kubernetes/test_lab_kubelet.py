@@ -244,6 +244,12 @@ def test_volumes_env_and_capabilities_of_a_container(cluster: Lab) -> None:
         kubectl(cluster, "apply", "-f", "-", stdin=VOLUMES.replace("HOSTDIR", str(host_dir)))
         pod = running(cluster, "--field-selector", "metadata.name=vols", count=1)["vols"]
         pid = pid_of(cluster, pod, "main")
+        # The kubelet's pid is the container's from the start, through unshare, the mount
+        # script and setpriv to the command (kubelet_exec): read it once the command runs.
+        wait_for(
+            "the container's command to run",
+            lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep",
+        )
         status = dict(
             line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
         )

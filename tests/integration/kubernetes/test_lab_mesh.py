@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections.abc
 import json
 import os
+import re
 import secrets
 import subprocess
 from pathlib import Path
@@ -434,6 +435,20 @@ def test_a_pod_deleted_mid_transfer_releases_everything_and_the_agent_serves_on(
         request(cluster, "shop/client", other)
 
 
+#: A tcpdump line's addresses and ports: ``IP 1.2.3.4.5678 > 5.6.7.8.80:``.
+_PACKET = re.compile(r"IP (\S+)\.(\d+) > (\S+)\.(\d+):")
+
+
+def _between(line: str, ip: str, port: int) -> bool:
+    """Whether *line* is a packet of *ip* to or from *port* of another address (not a
+    timestamp or a sequence number that happens to hold the digits)."""
+    found = _PACKET.search(line)
+    if found is None:
+        return False
+    src, sport, dst, dport = found[1], int(found[2]), found[3], int(found[4])
+    return (src == ip and dport == port) or (dst == ip and sport == port)
+
+
 def test_a_force_deleted_pod_stays_captured_until_its_sandbox_is_torn_down(cluster: Lab) -> None:
     # A pod stuck in Terminating (its app ignores SIGTERM) is force-deleted, as people do:
     # the Pod object is gone at once while the kubelet waits out the grace period before it
@@ -464,7 +479,7 @@ def test_a_force_deleted_pod_stays_captured_until_its_sandbox_is_torn_down(clust
         )
         kubectl(cluster, "delete", "pod", "-n", "shop", "stubborn", "--force", "--grace-period=0")
         wait_for("the kubelet to tear the sandbox down", lambda: not netns.exists(sandbox["netns"]))
-    plain = [line for line in packets.lines if f"{ip}." in line and ".8080" in line]
+    plain = [line for line in packets.lines if _between(line, ip, 8080)]
     assert plain == [], f"stubborn's connects left uncaptured: {plain[:3]}"
     assert MARKER not in packets.text()
     released(cluster, target, the_id)
