@@ -20,9 +20,9 @@ long-lived connection's bytes show while it lasts.
 A scrape is written by :meth:`EdgeCounters.exposition`, not by prometheus_client's
 ``generate_latest``, which escapes and sorts every label of every sample anew: at the cap
 (four counters of 1000 label sets) that held the event loop, and every connection of the
-node with it, for about 36 ms per scrape. Each set's label text is made once, when the set
-is, and a scrape only writes the numbers (byte for byte what ``generate_latest`` writes:
-tests/unit/agent/test_traffic.py).
+node with it, for about 36 ms per scrape. Each set's label text is made once, at the first
+scrape that shows it, and later scrapes only write the numbers (byte for byte what
+``generate_latest`` writes: tests/unit/agent/test_traffic.py).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ EDGE_LABELS = (
 #: 1.5 MB of a scrape at their label lengths), far above a node's usual workload pairs.
 DEFAULT_MAX_LABEL_SETS = 1000
 #: How the text format writes a number (the library's function, which has no annotations).
-go_float = cast(Callable[[float], str], utils.floatToGoString)
+_go_float = cast(Callable[[float], str], utils.floatToGoString)
 #: limits.metricLabelSetExpiry's default: far longer than any scrape interval, so a set's
 #: last counts are scraped before it goes.
 DEFAULT_LABEL_SET_EXPIRY = 600.0
@@ -166,15 +166,26 @@ class EdgeResolver:
         return edge(record, here, Party(peer.workload_label, peer.namespace, principal or UNKNOWN))
 
 
+class _LabelSet:
+    """One label set's counters, when it last counted anything, and its text in a scrape."""
+
+    __slots__ = ("capped", "counts", "text", "touched")
+
+    def __init__(self, capped: bool, now: float) -> None:
+        self.counts = [0, 0, 0, 0]  # opened, closed, sent bytes, received bytes
+        self.capped = capped  # counted against the cap (an overflow set is not)
+        self.touched = now
+        self.text = ""  # made at the first scrape that shows it
+
+
 class _Open:
     """A connection being counted: its label set once known, and the bytes counted so far."""
 
-    __slots__ = ("counts", "labels", "received", "record", "sent")
+    __slots__ = ("received", "record", "sent", "set")
 
     def __init__(self, record: ConnectionRecord) -> None:
         self.record = record
-        self.labels: Edge | None = None  # its label set, once resolved
-        self.counts: list[int] | None = None  # that set's counters
+        self.set: _LabelSet | None = None  # its label set, once resolved
         self.sent = 0  # destination → source (Istio's "sent": the response)
         self.received = 0  # source → destination (Istio's "received": the request)
 
@@ -201,108 +212,102 @@ class EdgeCounters(Collector):
         self.max_label_sets = max_label_sets
         self.expiry = expiry
         self.clock = clock
-        # label set → [opened, closed, sent bytes, received bytes]
-        self._counts: dict[Edge, list[int]] = {}
-        self._touched: dict[Edge, float] = {}  # label set → when it last counted anything
+        self._sets: dict[Edge, _LabelSet] = {}
         self._open: dict[int, _Open] = {}
         self._capped = 0  # label sets counted against the cap (overflow sets are not)
         self._swept = float("-inf")  # when expired sets were last looked for at the cap
         self.folded = 0  # connections counted in an overflow set
         self.expired = 0  # label sets dropped
-        self._texts: dict[Edge, str] = {}  # label set → its text in a scrape
 
     def opened(self, record: ConnectionRecord) -> None:
         self._open[id(record)] = _Open(record)
 
     def closed(self, record: ConnectionRecord) -> None:
         entry = self._open.pop(id(record), None) or _Open(record)
-        self._settle(entry, closing=True)[1] += 1
+        self._settle(entry, closing=True).counts[1] += 1
 
-    def _settle(self, entry: _Open, closing: bool = False) -> list[int]:
+    def _settle(self, entry: _Open, closing: bool = False) -> _LabelSet:
         """Count *entry* as opened (the first time) and the bytes it moved since last time."""
-        labels, counts = entry.labels, entry.counts
+        found = entry.set
         changed = closing
-        if labels is None or counts is None:
-            labels, counts = self._counts_of(self.resolve(entry.record))
-            entry.labels, entry.counts = labels, counts
-            counts[0] += 1
+        if found is None:
+            found = entry.set = self._set_of(self.resolve(entry.record))
+            found.counts[0] += 1
             changed = True
         record = entry.record
         sent, received = record.bytes_received, record.bytes_sent
         if sent != entry.sent or received != entry.received:
-            counts[2] += sent - entry.sent
-            counts[3] += received - entry.received
+            found.counts[2] += sent - entry.sent
+            found.counts[3] += received - entry.received
             entry.sent, entry.received = sent, received
             changed = True
         if changed:
-            self._touched[labels] = self.clock()
-        return counts
+            found.touched = self.clock()
+        return found
 
-    def _counts_of(self, labels: Edge) -> tuple[Edge, list[int]]:
-        counts = self._counts.get(labels)
-        if counts is not None:
-            return labels, counts
-        if self._capped >= self.max_label_sets:
-            now = self.clock()
-            if now - self._swept >= CAP_SWEEP_INTERVAL:
-                self._swept = now
-                self._expire(now)
+    def _set_of(self, labels: Edge) -> _LabelSet:
+        found = self._sets.get(labels)
+        if found is not None:
+            return found
+        now = self.clock()
+        if self._capped >= self.max_label_sets and now - self._swept >= CAP_SWEEP_INTERVAL:
+            self._swept = now
+            self._expire(now)
         if self._capped >= self.max_label_sets:
             self.folded += 1
             labels = overflow(labels)
-            return labels, self._counts.setdefault(labels, [0, 0, 0, 0])
+            found = self._sets.get(labels)
+            if found is None:
+                found = self._sets[labels] = _LabelSet(False, now)
+            return found
         self._capped += 1
-        counts = self._counts[labels] = [0, 0, 0, 0]
-        return labels, counts
+        found = self._sets[labels] = _LabelSet(True, now)
+        return found
 
     def _expire(self, now: float) -> None:
         """Drop the sets with no open connection that have counted nothing for the expiry."""
         if self.expiry <= 0:
             return
-        touched = self._touched
-        for labels, counts in list(self._counts.items()):
-            # opened == closed: no connection holds these counters (see _settle)
-            if counts[0] == counts[1] and now - touched.get(labels, now) >= self.expiry:
-                del self._counts[labels]
-                touched.pop(labels, None)
-                self._texts.pop(labels, None)
+        for labels, found in list(self._sets.items()):
+            # opened == closed: no open connection holds this set (see _settle)
+            if found.counts[0] == found.counts[1] and now - found.touched >= self.expiry:
+                del self._sets[labels]
                 self.expired += 1
-                if labels != overflow(labels):
-                    self._capped -= 1
+                self._capped -= found.capped
 
-    def _bring_up_to_date(self) -> None:
-        """Before a scrape: open connections' bytes so far, and expired sets dropped."""
+    def _bring_up_to_date(self) -> tuple[int, int, int]:
+        """Before a scrape: open connections' bytes so far, and expired sets dropped; the
+        three single figures (folded connections, label sets, expired sets)."""
         for entry in self._open.values():
             self._settle(entry)
         self._expire(self.clock())
+        return self.folded, len(self._sets), self.expired
 
     def exposition(self) -> str:
         """The families in Prometheus' text format, as ``generate_latest`` writes them."""
-        self._bring_up_to_date()
-        texts = self._texts
-        for labels in self._counts.keys() - texts.keys():
-            texts[labels] = label_text(labels)
+        totals = self._bring_up_to_date()
+        for labels, found in self._sets.items():
+            if not found.text:
+                found.text = label_text(labels)
         out: list[str] = []
         for index, (header, sample) in enumerate(HEADERS[:4]):
             out.append(header)
             out += [
-                f"{sample}{texts[labels]} {_number(counts[index])}\n"
-                for labels, counts in self._counts.items()
+                f"{sample}{found.text} {_number(found.counts[index])}\n"
+                for found in self._sets.values()
             ]
-        values = (self.folded, len(self._counts), self.expired)
-        for (header, sample), value in zip(HEADERS[4:], values, strict=True):
+        for (header, sample), value in zip(HEADERS[4:], totals, strict=True):
             out.append(f"{header}{sample} {_number(value)}\n")
         return "".join(out)
 
     def collect(self) -> Iterator[Metric]:
-        self._bring_up_to_date()
+        totals = self._bring_up_to_date()
         families = _families()
-        for labels, counts in self._counts.items():
-            for family, value in zip(families[:4], counts, strict=True):
+        for labels, found in self._sets.items():
+            for family, value in zip(families[:4], found.counts, strict=True):
                 family.add_metric(labels, value)
-        families[4].add_metric([], self.folded)
-        families[5].add_metric([], len(self._counts))
-        families[6].add_metric([], self.expired)
+        for family, value in zip(families[4:], totals, strict=True):
+            family.add_metric([], value)
         yield from families
 
     def describe(self) -> Iterator[Metric]:
@@ -322,8 +327,8 @@ def _escape(value: str) -> str:
 
 
 def _number(value: int) -> str:
-    """A count as the text format writes it (``go_float``), the common case fast."""
-    return f"{value}.0" if 0 <= value < 1_000_000 else go_float(value)
+    """A count as the text format writes it (``floatToGoString``), the common case fast."""
+    return f"{value}.0" if 0 <= value < 1_000_000 else _go_float(value)
 
 
 def _unresolved(record: ConnectionRecord) -> Edge:
