@@ -27,7 +27,7 @@ from smesh.lab.controlplane import DEFAULT_BIN_DIR
 from smesh.linux import cgroups, netns
 from tests.conftest import in_ci
 from tests.integration import labkit
-from tests.integration.labkit import Lab, Lines, smesh, unique_name
+from tests.integration.labkit import Lab, Lines, log_records, smesh, unique_name
 
 
 @contextlib.contextmanager
@@ -118,7 +118,7 @@ def metric(lab: Lab, node: str, name: str, labels: str) -> float:
 def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     """The access-log records of *node*'s process agent so far (``--install processes``)."""
     log = state.directory(lab.name) / node / "agent.log"
-    return [json.loads(line) for line in log.read_text().splitlines() if '"smesh.access"' in line]
+    return [r for r in log_records(log) if r.get("logger") == "smesh.access"]
 
 
 def smesh_pods(lab: Lab) -> dict[str, dict[str, Any]]:

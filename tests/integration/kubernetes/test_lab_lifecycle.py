@@ -38,7 +38,7 @@ from smesh.linux import netns
 from tests.conftest import in_ci
 from tests.integration import labkit
 from tests.integration.kubernetes.test_lab_cluster import kubectl, pods, wait_for
-from tests.integration.labkit import Lab, Lines, smesh, unique_name
+from tests.integration.labkit import Lab, Lines, log_records, smesh, unique_name
 
 SHOP = """
 apiVersion: v1
@@ -198,13 +198,8 @@ def curl(lab: Lab, pod: str, url: str) -> subprocess.CompletedProcess[str]:
 
 
 def access_lines(lab: Lab, node: str) -> list[dict[str, Any]]:
-    found = []
-    for text in (state.directory(lab.name) / node / "agent.log").read_text().splitlines():
-        with contextlib.suppress(ValueError):  # not JSON, or a line still being written
-            line = json.loads(text)
-            if isinstance(line, dict) and line.get("logger") == "smesh.access":
-                found.append(line)
-    return found
+    log = state.directory(lab.name) / node / "agent.log"
+    return [r for r in log_records(log) if r.get("logger") == "smesh.access"]
 
 
 @contextlib.contextmanager

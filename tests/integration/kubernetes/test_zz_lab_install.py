@@ -43,7 +43,7 @@ from tests.integration.kubernetes.clusterkit import (
     smesh_pods,
     wait_for,
 )
-from tests.integration.labkit import SMESH, Lab, smesh
+from tests.integration.labkit import SMESH, Lab, log_records, smesh
 
 MARKER = f"smi{secrets.token_hex(6)}"
 SIGNER = "smesh.io/workload-identity"
@@ -64,8 +64,8 @@ def cluster() -> collections.abc.Iterator[Lab]:
 
 def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     """The access-log records of *node*'s agent pod (its container log, JSON lines)."""
-    lines = container_log(lab, agent_pod(lab, node), "agent").read_text().splitlines()
-    return [json.loads(line) for line in lines if '"smesh.access"' in line]
+    lines = log_records(container_log(lab, agent_pod(lab, node), "agent"))
+    return [r for r in lines if r.get("logger") == "smesh.access"]
 
 
 def test_the_chart_runs_the_agents_and_the_controller_as_pods(cluster: Lab) -> None:

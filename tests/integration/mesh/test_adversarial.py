@@ -9,7 +9,6 @@ the others run from a node, outside every pod.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from smesh.agent import client
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.spiffe import SpiffeId
 from smesh.lab.agents import DEBUG_PORT
-from tests.integration.labkit import Lab, LabFactory
+from tests.integration.labkit import Lab, LabFactory, log_records
 from tests.integration.mesh.test_agent import admin, meshed_here, metric, set_meshed, wait
 
 POD3 = "198.18.2.2"
@@ -166,10 +165,9 @@ def test_a_peer_that_opens_tls_and_sends_nothing_is_dropped(lab: Lab, tmp_path: 
 
 def refusals(lab: Lab, reason: str) -> list[dict[str, object]]:
     """pod-3's agent's log lines refusing a tunnel peer for *reason*."""
-    lines = Path(f"/run/smesh/labs/{lab.name}/node-2/agent.log").read_text().splitlines()
     return [
         doc
-        for doc in map(json.loads, lines)
+        for doc in log_records(f"/run/smesh/labs/{lab.name}/node-2/agent.log")
         if doc.get("reason") == reason and "refused tunnel peer" in str(doc.get("msg"))
     ]
 
