@@ -65,17 +65,35 @@ def copy(
     *,
     follow: bool = False,
     poll: float = 0.2,
+    settle: float = 1.0,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Write *path* to *out*; with *follow*, then what is appended, until the file is gone
-    (``lab down`` removed it) or *stop* says so. Bytes as written: agents log JSON lines."""
+    (``lab down`` removed it) or *stop* says so.
+
+    Whole lines only: an agent logs JSON lines, and a line it is still writing, cut where
+    its buffer ended, would break the reader's parser (``| jq``). Such a last line is held
+    until its newline comes; without *follow* for at most *settle* seconds, after which it
+    is written as it is (an agent that died in the middle of a line).
+    """
+    held = b""
+    waited = 0.0
     with path.open("rb") as log:
         while True:
             chunk = log.read(65536)
             if chunk:
-                out.write(chunk)
+                data = held + chunk
+                whole = data.rfind(b"\n") + 1
+                out.write(data[:whole])
+                held, waited = data[whole:], 0.0
                 continue
             out.flush()
-            if not follow or stop() or not path.exists():
+            if stop():
                 return
+            if not path.exists() or not (follow or (held and waited < settle)):
+                break
             time.sleep(poll)
+            waited += poll
+    if held:
+        out.write(held)
+        out.flush()

@@ -1,0 +1,97 @@
+"""`smesh lab logs` hands its reader whole lines of a log an agent is still writing."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from smesh.lab import logs
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+
+class Writes(io.BytesIO):
+    """An output that keeps each write apart, to see where the copy cut the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Buffer, /) -> int:
+        chunk = bytes(data)
+        if chunk:
+            self.writes.append(chunk)
+        return super().write(chunk)
+
+    @property
+    def text(self) -> bytes:
+        return self.getvalue()
+
+
+def later(seconds: float, action: object) -> threading.Thread:
+    def run() -> None:
+        time.sleep(seconds)
+        action()  # type: ignore[operator]
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
+
+
+def test_a_line_being_written_is_held_until_it_is_whole(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    log.write_bytes(b'{"n": 1}\n{"n": 2, "msg": "cut whe')
+    out = Writes()
+    writer = later(0.2, lambda: append(log, b're the buffer ended"}\n'))
+    logs.copy(log, out, poll=0.05)
+    writer.join()
+    assert out.text == b'{"n": 1}\n{"n": 2, "msg": "cut where the buffer ended"}\n'
+    assert all(w.endswith(b"\n") for w in out.writes)
+
+
+def test_a_line_that_is_never_finished_is_still_shown(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    log.write_bytes(b'{"n": 1}\n{"n": 2, "msg": "the agent died he')
+    out = Writes()
+    logs.copy(log, out, poll=0.05, settle=0.2)
+    assert out.writes == [b'{"n": 1}\n', b'{"n": 2, "msg": "the agent died he']
+
+
+def test_following_a_log_written_in_pieces_gives_whole_lines(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    log.write_bytes(b"")
+    lines = [b'{"n": %d, "msg": "%s"}\n' % (n, b"x" * n) for n in range(40)]
+    data = b"".join(lines)
+
+    def write_in_pieces() -> None:
+        for start in range(0, len(data), 37):  # cut anywhere, as a buffer would
+            append(log, data[start : start + 37])
+            time.sleep(0.005)
+        time.sleep(0.1)
+        log.unlink()  # lab down
+
+    writer = later(0, write_in_pieces)
+    out = Writes()
+    logs.copy(log, out, follow=True, poll=0.01)
+    writer.join()
+    assert out.text == data
+    assert all(w.endswith(b"\n") for w in out.writes)
+
+
+def test_a_plain_copy_does_not_wait_for_a_log_that_ends_its_line(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    log.write_bytes(b'{"n": 1}\n')
+    out = Writes()
+    started = time.monotonic()
+    logs.copy(log, out, poll=1, settle=5)
+    assert out.text == b'{"n": 1}\n'
+    assert time.monotonic() - started < 1  # no settling: nothing was cut
