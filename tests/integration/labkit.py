@@ -5,14 +5,12 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import json
-import os
 import secrets
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from smesh.lab import probe
@@ -33,14 +31,6 @@ def smesh(
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
-
-
-def log_records(path: os.PathLike[str] | str) -> list[dict[str, Any]]:
-    """The JSON records of a log a process is still writing: whole lines only, since
-    the last one may be cut where the writer's buffer ended (it is read again next time)."""
-    text = Path(path).read_text()
-    whole = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in whole.splitlines() if line.startswith("{")]
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -7,7 +7,6 @@ TLS records to the tunnel port. Every claim is checked; the verdict table says w
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import select
@@ -21,7 +20,7 @@ from typing import Any
 
 from smesh.cli.output import table
 from smesh.demo.wire import Capture, WireSummary, in_member, summarize
-from smesh.lab import api, probe, state
+from smesh.lab import api, logs, probe, state
 
 MESSAGE = "Hello from pod-01"
 PORT = 8080
@@ -131,13 +130,14 @@ def _python() -> list[str]:
 
 def _access_record(lab: str, destination: str) -> dict[str, Any] | None:
     """The access-log record of the message's connection: the last one to *destination*."""
-    log = state.directory(lab) / "node-1" / "agent.log"
     found = None
-    for line in log.read_text().splitlines():
-        if '"smesh.access"' in line:
-            record: dict[str, Any] = json.loads(line)
-            if record.get("destination") == destination and record.get("direction") == "outbound":
-                found = record
+    for record in logs.json_records(state.directory(lab) / "node-1" / "agent.log"):
+        if (
+            record.get("logger") == "smesh.access"
+            and record.get("destination") == destination
+            and record.get("direction") == "outbound"
+        ):
+            found = record
     return found
 
 

@@ -9,10 +9,12 @@ would show it.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from smesh.lab import api
 from smesh.lab.errors import LabError
@@ -97,3 +99,11 @@ def copy(
     if held:
         out.write(held)
         out.flush()
+
+
+def json_records(path: os.PathLike[str] | str) -> list[dict[str, Any]]:
+    """The JSON records of a log a process may still be writing: whole lines only, since
+    the last one may be cut where the writer's buffer ended (it is whole at the next read)."""
+    text = Path(path).read_text()
+    whole = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in whole.splitlines() if line.startswith("{")]

@@ -24,10 +24,11 @@ from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
 from smesh.lab import kubepaths, services, state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
+from smesh.lab.logs import json_records
 from smesh.linux import cgroups, netns
 from tests.conftest import in_ci
 from tests.integration import labkit
-from tests.integration.labkit import Lab, Lines, log_records, smesh, unique_name
+from tests.integration.labkit import Lab, Lines, smesh, unique_name
 
 
 @contextlib.contextmanager
@@ -118,7 +119,7 @@ def metric(lab: Lab, node: str, name: str, labels: str) -> float:
 def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     """The access-log records of *node*'s process agent so far (``--install processes``)."""
     log = state.directory(lab.name) / node / "agent.log"
-    return [r for r in log_records(log) if r.get("logger") == "smesh.access"]
+    return [r for r in json_records(log) if r.get("logger") == "smesh.access"]
 
 
 def smesh_pods(lab: Lab) -> dict[str, dict[str, Any]]:

@@ -34,11 +34,12 @@ from smesh.lab import cluster as lab_cluster
 from smesh.lab import kubepaths, state
 from smesh.lab.agents import DEBUG_PORT
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
+from smesh.lab.logs import json_records
 from smesh.linux import netns
 from tests.conftest import in_ci
 from tests.integration import labkit
 from tests.integration.kubernetes.test_lab_cluster import kubectl, pods, wait_for
-from tests.integration.labkit import Lab, Lines, log_records, smesh, unique_name
+from tests.integration.labkit import Lab, Lines, smesh, unique_name
 
 SHOP = """
 apiVersion: v1
@@ -199,7 +200,7 @@ def curl(lab: Lab, pod: str, url: str) -> subprocess.CompletedProcess[str]:
 
 def access_lines(lab: Lab, node: str) -> list[dict[str, Any]]:
     log = state.directory(lab.name) / node / "agent.log"
-    return [r for r in log_records(log) if r.get("logger") == "smesh.access"]
+    return [r for r in json_records(log) if r.get("logger") == "smesh.access"]
 
 
 @contextlib.contextmanager

@@ -18,8 +18,9 @@ import pytest
 
 from smesh.agent import client as admin_client
 from smesh.lab import state
+from smesh.lab.logs import json_records
 from tests.integration.kubernetes.clusterkit import kubectl, kubernetes_lab, running, wait_for
-from tests.integration.labkit import Lab, log_records, smesh
+from tests.integration.labkit import Lab, smesh
 
 CRD = Path(__file__).parents[3] / "deploy/helm/smesh/crds/authorizationpolicies.smesh.io.yaml"
 SERVER = "import http.server; http.server.test(http.server.SimpleHTTPRequestHandler, port=8080, bind='0.0.0.0')"  # noqa: E501
@@ -85,7 +86,7 @@ def cluster() -> collections.abc.Iterator[Lab]:
 
 
 def agent_log(lab: Lab, node: str) -> list[dict[str, Any]]:
-    return log_records(state.directory(lab.name) / node / "agent.log")
+    return json_records(state.directory(lab.name) / node / "agent.log")
 
 
 def metric(lab: Lab, node: str, line_prefix: str) -> float:

@@ -25,6 +25,7 @@ import pytest
 from cryptography import x509
 
 from smesh.lab import kubepaths, state
+from smesh.lab.logs import json_records
 from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
@@ -43,7 +44,7 @@ from tests.integration.kubernetes.clusterkit import (
     smesh_pods,
     wait_for,
 )
-from tests.integration.labkit import SMESH, Lab, log_records, smesh
+from tests.integration.labkit import SMESH, Lab, smesh
 
 MARKER = f"smi{secrets.token_hex(6)}"
 SIGNER = "smesh.io/workload-identity"
@@ -64,7 +65,7 @@ def cluster() -> collections.abc.Iterator[Lab]:
 
 def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     """The access-log records of *node*'s agent pod (its container log, JSON lines)."""
-    lines = log_records(container_log(lab, agent_pod(lab, node), "agent"))
+    lines = json_records(container_log(lab, agent_pod(lab, node), "agent"))
     return [r for r in lines if r.get("logger") == "smesh.access"]
 
 

@@ -95,3 +95,11 @@ def test_a_plain_copy_does_not_wait_for_a_log_that_ends_its_line(tmp_path: Path)
     logs.copy(log, out, poll=1, settle=5)
     assert out.text == b'{"n": 1}\n'
     assert time.monotonic() - started < 1  # no settling: nothing was cut
+
+
+def test_records_of_a_log_being_written_leave_out_its_cut_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    log.write_text('{"n": 1}\nnot JSON: a line from before logging was set up\n{"n": 2, "m')
+    assert logs.json_records(log) == [{"n": 1}]
+    append(log, b'sg": "whole now"}\n')
+    assert logs.json_records(log) == [{"n": 1}, {"n": 2, "msg": "whole now"}]
