@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -119,6 +120,34 @@ class Lines:
 
     def join(self) -> None:
         self._thread.join(10)
+
+
+#: A tcpdump line's addresses and ports: ``IP 1.2.3.4.5678 > 5.6.7.8.80:``.
+PACKET = re.compile(r"\bIP6? (\S+)\.(\d+) > (\S+)\.(\d+):")
+
+
+def endpoints(line: str) -> tuple[str, int, str, int] | None:
+    """A tcpdump line's (source, port, destination, port); None for a line of payload.
+    Never a search for digits in the line: its timestamp (``09.808085``) holds any."""
+    found = PACKET.search(line)
+    if found is None:
+        return None
+    return found[1], int(found[2]), found[3], int(found[4])
+
+
+def on_port(line: str, port: int) -> bool:
+    """Whether *line* is a packet to or from *port*."""
+    found = endpoints(line)
+    return found is not None and port in (found[1], found[3])
+
+
+def between(line: str, ip: str, port: int) -> bool:
+    """Whether *line* is a packet of *ip* to or from *port* of another address."""
+    found = endpoints(line)
+    if found is None:
+        return False
+    src, sport, dst, dport = found
+    return (src == ip and dport == port) or (dst == ip and sport == port)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections.abc
 import json
 import os
-import re
 import secrets
 import subprocess
 from pathlib import Path
@@ -48,7 +47,7 @@ from tests.integration.kubernetes.clusterkit import (
     wait_for,
 )
 from tests.integration.kubernetes.sandboxkit import attached_programs
-from tests.integration.labkit import Lab, smesh
+from tests.integration.labkit import Lab, between, on_port, smesh
 
 MARKER = f"smk{secrets.token_hex(6)}"
 # Echoes "echo PATH BODY"; /slow streams a gigabyte in 64 KiB steps, 20 a second.
@@ -249,7 +248,7 @@ def test_requests_to_meshed_pods_are_mutual_tls_with_their_identities(cluster: L
         for target in shop.values():
             request(cluster, "shop/client", target)
     assert MARKER not in packets.text(), "plaintext of a meshed request on node-1's links"
-    assert ".18001" in packets.text(), "the capture saw no tunnel"
+    assert any(on_port(line, 18001) for line in packets.lines), "the capture saw no tunnel"
 
     for target in shop.values():
         ip = target["status"]["podIP"]
@@ -435,20 +434,6 @@ def test_a_pod_deleted_mid_transfer_releases_everything_and_the_agent_serves_on(
         request(cluster, "shop/client", other)
 
 
-#: A tcpdump line's addresses and ports: ``IP 1.2.3.4.5678 > 5.6.7.8.80:``.
-_PACKET = re.compile(r"IP (\S+)\.(\d+) > (\S+)\.(\d+):")
-
-
-def _between(line: str, ip: str, port: int) -> bool:
-    """Whether *line* is a packet of *ip* to or from *port* of another address (not a
-    timestamp or a sequence number that happens to hold the digits)."""
-    found = _PACKET.search(line)
-    if found is None:
-        return False
-    src, sport, dst, dport = found[1], int(found[2]), found[3], int(found[4])
-    return (src == ip and dport == port) or (dst == ip and sport == port)
-
-
 def test_a_force_deleted_pod_stays_captured_until_its_sandbox_is_torn_down(cluster: Lab) -> None:
     # A pod stuck in Terminating (its app ignores SIGTERM) is force-deleted, as people do:
     # the Pod object is gone at once while the kubelet waits out the grace period before it
@@ -479,7 +464,7 @@ def test_a_force_deleted_pod_stays_captured_until_its_sandbox_is_torn_down(clust
         )
         kubectl(cluster, "delete", "pod", "-n", "shop", "stubborn", "--force", "--grace-period=0")
         wait_for("the kubelet to tear the sandbox down", lambda: not netns.exists(sandbox["netns"]))
-    plain = [line for line in packets.lines if _between(line, ip, 8080)]
+    plain = [line for line in packets.lines if between(line, ip, 8080)]
     assert plain == [], f"stubborn's connects left uncaptured: {plain[:3]}"
     assert MARKER not in packets.text()
     released(cluster, target, the_id)
