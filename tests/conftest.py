@@ -27,8 +27,17 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """A run ended by SIGTERM (``timeout``, a CI job cancelled) stops as on Ctrl-C, so pytest
     still runs the fixtures' finalizers: labs come down instead of leaving namespaces,
-    cgroups, pins and control-plane processes behind."""
+    cgroups, pins and control-plane processes behind.
+
+    And Ctrl-C reaches the commands the tests start: a run started in the background of a
+    shell without job control (``make test &`` in a script) has SIGINT ignored, which its
+    children would inherit, so the tests that stop a command with Ctrl-C, as its user would
+    (``flows --follow``), would wait for it in vain. A handled signal is the default again
+    in a child (exec resets it); an ignored one stays ignored.
+    """
     signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -59,6 +59,24 @@ def kubectl(lab: Lab, *args: str, stdin: str | None = None) -> str:
     return smesh("lab", "kubectl", "--name", lab.name, "--", *args, input=stdin).stdout
 
 
+#: What the lab kubelet's pid for a container runs before the container's own command:
+#: unshare, the mount script, setpriv (smesh.lab.kubelet_exec). A container's ids and
+#: capabilities are its own only past them.
+EXEC_CHAIN = frozenset({"unshare", "sh", "setpriv"})
+
+
+def command_running(pid: int) -> str:
+    """The name of container process *pid*'s own command, once it has exec'd past the lab
+    kubelet's chain (which reports the container running from its fork)."""
+
+    def name() -> str:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        return "" if comm in EXEC_CHAIN else comm
+
+    found: str = wait_for(f"process {pid} to run its container's command", name, 30)
+    return found
+
+
 def pods(lab: Lab, *selector: str) -> dict[str, dict[str, Any]]:
     items = json.loads(kubectl(lab, "get", "pods", "-o", "json", *selector))["items"]
     return {p["metadata"]["name"]: p for p in items}

@@ -30,11 +30,13 @@ from smesh.lab.agents import DEBUG_PORT
 from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
+    access,
     kubectl,
     kubernetes_lab,
     running,
     sandbox_of,
     sniffing,
+    wait_for,
 )
 from tests.integration.kubernetes.sandboxkit import attached_programs
 from tests.integration.labkit import Lab
@@ -187,17 +189,17 @@ def test_a_pod_starts_while_the_signer_is_away_and_its_connections_wait_or_fail_
         described = workload(lab, "node-1", "late")
         assert described is not None
         assert described["certificate"] == "issued"
-        records = [
-            json.loads(line)
-            for line in agent_log(lab, "node-1").splitlines()
-            if '"smesh.access"' in line
-        ]
-        late = [
-            r
-            for r in records
-            if r.get("identity") == f"{TRUST}/ns/{NAMESPACE}/sa/late"
-            and r["direction"] == "outbound"
-        ]
+
+        def late_records() -> list[dict[str, Any]]:
+            """Written when the agent has seen the connection close, after curl may have."""
+            return [
+                r
+                for r in access(lab, "node-1")
+                if r.get("identity") == f"{TRUST}/ns/{NAMESPACE}/sa/late"
+                and r["direction"] == "outbound"
+            ]
+
+        late = wait_for("the late pod's access record", late_records, 20)
         assert [(r["route"], r["result"], r["peer_identity"]) for r in late] == [
             ("tunnel", "ok", f"{TRUST}/ns/{NAMESPACE}/sa/web")
         ]

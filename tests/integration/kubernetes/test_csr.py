@@ -173,9 +173,9 @@ def test_a_node_1_identity_is_approved_and_signed(
     assert [(c.type, c.reason) for c in status.conditions or []] == [
         ("Approved", "SmeshAutoApproved")
     ]
-    assert 'smesh_controller_csrs_total{reason="SmeshAutoApproved",result="approved"} 1.0' in (
-        controller.metrics()
-    )
+    # counted once the controller's status write has returned, which the agent may beat
+    approved = 'smesh_controller_csrs_total{reason="SmeshAutoApproved",result="approved"} 1.0'
+    wait_until("the approval counted", lambda: approved in controller.metrics())
 
 
 async def _list_csrs(client: AsyncClient) -> list[CertificateSigningRequest]:
@@ -196,9 +196,8 @@ def test_an_identity_that_runs_only_on_node_2_is_denied(
         cluster.source().sign(request)
     message = denied(cluster, exc, "NotOnNode")
     assert "bound to node node-1" in message
-    assert 'smesh_controller_csrs_total{reason="NotOnNode",result="denied"} 1.0' in (
-        controller.metrics()
-    )
+    counted = 'smesh_controller_csrs_total{reason="NotOnNode",result="denied"} 1.0'
+    wait_until("the denial counted", lambda: counted in controller.metrics())
 
 
 def test_an_extra_san_is_denied(cluster: Cluster, controller: csrkit.ControllerProcess) -> None:
@@ -324,7 +323,8 @@ def test_two_replicas_only_the_leader_signs_and_the_other_takes_over(cluster: Cl
         leader, follower = (a, b) if csrkit.lease_holder(cluster.plane) == "replica-a" else (b, a)
         wait_until("the follower to wait", lambda: "waiting to lead" in follower.text())
         cluster.source().sign(web_request())
-        assert "signed spiffe://" in leader.text()
+        # logged once its status write has returned, which the agent's watch may beat
+        wait_until("the leader to log its signature", lambda: "signed spiffe://" in leader.text())
         assert "signed spiffe://" not in follower.text()
         assert leader.stop() == 0  # SIGTERM: releases the Lease on the way out
         assert "released the lease" in leader.text()
@@ -332,7 +332,7 @@ def test_two_replicas_only_the_leader_signs_and_the_other_takes_over(cluster: Cl
             "the follower to lead", lambda: csrkit.lease_holder(cluster.plane) == follower.name
         )
         cluster.source().sign(web_request())
-        assert "signed spiffe://" in follower.text()
+        wait_until("the new leader to log", lambda: "signed spiffe://" in follower.text())
 
 
 def test_rbac_of_the_agent_and_the_controller(cluster: Cluster) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from smesh.lab import state
 from tests.integration.kubernetes.clusterkit import (
+    command_running,
     kubectl,
     kubernetes_lab,
     pods,
@@ -244,12 +245,7 @@ def test_volumes_env_and_capabilities_of_a_container(cluster: Lab) -> None:
         kubectl(cluster, "apply", "-f", "-", stdin=VOLUMES.replace("HOSTDIR", str(host_dir)))
         pod = running(cluster, "--field-selector", "metadata.name=vols", count=1)["vols"]
         pid = pid_of(cluster, pod, "main")
-        # The kubelet's pid is the container's from the start, through unshare, the mount
-        # script and setpriv to the command (kubelet_exec): read it once the command runs.
-        wait_for(
-            "the container's command to run",
-            lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep",
-        )
+        assert command_running(pid) == "sleep"  # past the exec chain: its own ids and caps
         status = dict(
             line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
         )
@@ -328,7 +324,9 @@ def test_readiness_probes_user_and_termination_messages(cluster: Lab) -> None:
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
     wait_for("the pod to be Ready", pod_ready)
-    status = Path(f"/proc/{pid_of(cluster, pod, 'user')}/status").read_text()
+    user = pid_of(cluster, pod, "user")
+    assert command_running(user) == "sleep"
+    status = Path(f"/proc/{user}/status").read_text()
     assert "Uid:\t1000\t1000\t1000\t1000" in status
     assert "CapEff:\t0000000000000000" in status
 

@@ -260,10 +260,11 @@ def test_a_stopped_agent_fails_closed_and_its_restart_re_enrols_every_pod(cluste
                 control,
             ],
         )
+        # sent last: once tcpdump has printed it, it has printed what came before
+        wait_for("the sniffer to see a payload", lambda: control in "".join(packets.lines), 15)
     assert refused.returncode != 0, refused.stdout  # fail closed, no answer
     assert refused.stdout == "000"
     seen = "".join(packets.lines)
-    assert control in seen, "the sniffer saw no payload at all"
     assert marker not in seen, "a captured pod's request left node-1 in plain text"
     server_ip = server["server"]["status"]["podIP"]
     assert not [p for p in packets.lines if f"> {server_ip}.8080:" in p]
@@ -367,7 +368,14 @@ def test_the_watch_survives_an_api_server_restart_and_a_forced_410(cluster: Lab)
                     ),
                     timeout=180,
                 )
-            assert metric(cluster, node, "smesh_kubernetes_lists_total", "node_pods") > lists[node]
+            # counted once the relist's LIST has answered, which may follow the 410 by a while
+            wait_for(
+                f"{node}'s pods informer to relist",
+                lambda n=node: (
+                    metric(cluster, n, "smesh_kubernetes_lists_total", "node_pods") > lists[n]
+                ),
+                timeout=60,
+            )
         # No event of `late`'s deletion reached any agent: node-2's agent, which holds no
         # sandbox of it, drops it from its registry on its relist alone...
         wait_for(

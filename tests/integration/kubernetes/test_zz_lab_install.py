@@ -31,6 +31,7 @@ from tests.integration.kubernetes.clusterkit import (
     TRUST,
     Footprint,
     agent_pod,
+    command_running,
     container,
     container_log,
     deployed,
@@ -120,6 +121,7 @@ def test_the_chart_runs_the_agents_and_the_controller_as_pods(cluster: Lab) -> N
         assert pod["status"]["containerStatuses"][0]["ready"] is True
         # the controller really runs as 65532 from the checkout's .venv
         pid = sandbox_of(cluster, pod)["containers"]["controller"]["pid"]
+        command_running(pid)  # past the lab kubelet's setpriv, which sets the ids
         status = Path(f"/proc/{pid}/status").read_text()
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
         assert uids[1:] == ["65532"] * 4

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from smesh.identity import certs
 from smesh.lab import kubepaths
+from smesh.lab.logs import json_records
 from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
@@ -193,11 +194,11 @@ def ca_secret(lab: Lab) -> dict[str, bytes]:
 def bundle_roots(lab: Lab, node: str) -> list[int]:
     """The root counts *node*'s agent logged on each trust bundle change, in order."""
     path = container_log(lab, agent_pod(lab, node), "agent")
-    counts = []
-    for line in path.read_text().splitlines():
-        if "trust bundle updated" in line:
-            counts.append(int(json.loads(line)["msg"].split(": ")[1].split()[0]))
-    return counts
+    return [
+        int(r["msg"].split(": ")[1].split()[0])
+        for r in json_records(path)
+        if "trust bundle updated" in r.get("msg", "")
+    ]
 
 
 def cached(lab: Lab, node: str, identity: str) -> Path:

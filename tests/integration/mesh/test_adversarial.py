@@ -227,7 +227,16 @@ def test_a_removed_pods_certificate_from_its_old_address(lab: Lab, tmp_path: Pat
     assert proc.stdout == "200", proc.stderr  # it works while pod-2 exists...
     set_meshed(lab, "pod-2", None)  # ...and pod-2 is deleted
     wait(lambda: "pod-2" not in meshed_here(lab, "node-1"))
-    time.sleep(1)  # node-2's agent polls the same directory (every 200 ms): it has seen it too
+    # node-2's agent, which answers the tunnel, polls the same directory on its own
+    wait(
+        lambda: (
+            not [
+                w
+                for w in admin(lab, "node-2", "/debug/workloads").json()["registry"]
+                if "198.18.1.3" in w["ips"]
+            ]
+        )
+    )
     # its namespace and address are still there (a pod's sandbox outlives its workload entry)
     proc = via_tunnel(lab, f"{POD3}:8080", cert, member="pod-2")
     assert_refused(lab, proc, "unknown_address")

@@ -30,8 +30,20 @@ def node(lab: Lab, name: str) -> dict[str, Any]:
     return next(n for n in lab.status()["nodes"] if n["name"] == name)
 
 
+_NETNS: dict[tuple[str, str], str] = {}
+
+
+def netns_of(lab: Lab, node_name: str) -> str:
+    """A node's network namespace, asked once per lab (``lab status`` starts the CLI: up to a
+    second or more on a loaded machine, which a polling loop would pay at every turn)."""
+    key = (lab.name, node_name)
+    if key not in _NETNS:
+        _NETNS[key] = str(node(lab, node_name)["netns"])
+    return _NETNS[key]
+
+
 def admin(lab: Lab, node_name: str, path: str) -> client.AdminReply:
-    return client.get("127.0.0.1", admin_port(path), path, netns=node(lab, node_name)["netns"])
+    return client.get("127.0.0.1", admin_port(path), path, netns=netns_of(lab, node_name))
 
 
 def meshed_here(lab: Lab, node_name: str) -> set[str]:
@@ -183,7 +195,15 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
     handshakes_before = client_handshakes(admin(meshed, "node-1", "/metrics").body)
     for _ in range(5):
         assert apps.run("pod-1", "halfclose", POD3, 9102, 1000)["ok"]
-    time.sleep(0.3)
+
+    def closed(node_name: str, direction: str) -> float:
+        body = admin(meshed, node_name, "/metrics").body
+        return metric(
+            body, "smesh_connections_closed_total", f'direction="{direction}",result="ok"'
+        )
+
+    # an agent counts a connection, and writes its record, when it has seen both ends close
+    wait(lambda: closed("node-1", "outbound") >= 5 and closed("node-2", "inbound") >= 5)
     out = admin(meshed, "node-1", "/metrics").body
     inb = admin(meshed, "node-2", "/metrics").body
     assert total(out, "smesh_tcp_connections_opened_total", reporter="source") == 5
@@ -243,7 +263,8 @@ def test_sigterm_drains_a_long_transfer_then_leaves_capture_failing_closed(
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    # the transfer is under way (SIGTERM stops the agent taking new connections)
+    wait(lambda: admin(meshed, "node-1", "/debug/connections").json()["connections"] != [], 15)
     agent = node(meshed, "node-1")
     os.kill(agent["agent_pid"], signal.SIGTERM)
     out, _ = transfer.communicate(timeout=30)

@@ -111,11 +111,20 @@ def test_a_slow_reader_keeps_the_proxies_memory_bounded(apps: Apps) -> None:
             "6",
         ],
     )
-    time.sleep(3)
-    pending = []
-    for node in apps.lab.status()["nodes"]:
-        doc = client.get("127.0.0.1", DEBUG_PORT, "/debug/connections", netns=node["netns"]).json()
-        pending += [c["pending_bytes"] for c in doc["connections"]]
+    namespaces = [node["netns"] for node in apps.lab.status()["nodes"]]
+
+    def pending_bytes() -> list[int]:
+        found = []
+        for ns in namespaces:
+            doc = client.get("127.0.0.1", DEBUG_PORT, "/debug/connections", netns=ns).json()
+            found += [c["pending_bytes"] for c in doc["connections"]]
+        return found
+
+    deadline = time.monotonic() + 15  # the reader's start: a process in a pod, and a connect
+    while not pending_bytes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # the fast sender fills the stream's window meanwhile
+    pending = pending_bytes()
     during = agent_rss_kib(apps.lab)
     reader.wait(timeout=30)
     assert pending, "the slow connection was not seen by the agents"
