@@ -104,6 +104,6 @@ def copy(
 def json_records(path: os.PathLike[str] | str) -> list[dict[str, Any]]:
     """The JSON records of a log a process may still be writing: whole lines only, since
     the last one may be cut where the writer's buffer ended (it is whole at the next read)."""
-    text = Path(path).read_text()
-    whole = text[: text.rfind("\n") + 1]
+    data = Path(path).read_bytes()  # cut before decoding: the cut may split a character
+    whole = data[: data.rfind(b"\n") + 1].decode()
     return [json.loads(line) for line in whole.splitlines() if line.startswith("{")]

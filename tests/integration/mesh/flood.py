@@ -125,8 +125,17 @@ def stall(host: str, port: int, idle: int, hellos: int, seconds: float) -> None:
         if time.monotonic() >= end:
             break
         time.sleep(ROUND)
-    time.sleep(1)  # what the last round opened is accepted (and reset) by now
-    report(opened=opened, rounds=rounds, alive=sum(map(alive, plain + tls)))
+    # What the last round opened is accepted (and reset past the share): count once no
+    # more has been reset for a second (at most 15 s; a loaded agent may take a while).
+    live = plain + tls
+    deadline = time.monotonic() + 15
+    changed = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - changed < 1:
+        time.sleep(0.2)
+        before, live = len(live), [s for s in live if alive(s)]
+        if len(live) < before:
+            changed = time.monotonic()
+    report(opened=opened, rounds=rounds, alive=len(live))
 
 
 def hold(host: str, port: int, count: int, seconds: float) -> None:

@@ -103,3 +103,10 @@ def test_records_of_a_log_being_written_leave_out_its_cut_last_line(tmp_path: Pa
     assert logs.json_records(log) == [{"n": 1}]
     append(log, b'sg": "whole now"}\n')
     assert logs.json_records(log) == [{"n": 1}, {"n": 2, "msg": "whole now"}]
+
+
+def test_records_of_a_log_cut_inside_a_character(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    line = '{"msg": "caf\u00e9"}\n'.encode()
+    log.write_bytes(line + line[:-4])  # the next line cut in the middle of "é"
+    assert logs.json_records(log) == [{"msg": "caf\u00e9"}]
