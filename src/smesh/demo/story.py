@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smesh import jsonlines
 from smesh.cli.output import table
 from smesh.demo.wire import Capture, WireSummary, in_member, summarize
-from smesh.lab import api, logs, probe, state
+from smesh.lab import api, probe, state
 
 MESSAGE = "Hello from pod-01"
 PORT = 8080
@@ -128,17 +129,26 @@ def _python() -> list[str]:
     return [sys.executable, "-m", "smesh"]
 
 
-def _access_record(lab: str, destination: str) -> dict[str, Any] | None:
-    """The access-log record of the message's connection: the last one to *destination*."""
-    found = None
-    for record in logs.json_records(state.directory(lab) / "node-1" / "agent.log"):
-        if (
-            record.get("logger") == "smesh.access"
+def _access_record(lab: str, destination: str, wait: float = 5.0) -> dict[str, Any] | None:
+    """The access-log record of the message's connection: the last one to *destination*.
+
+    The agent writes it once it has seen both ends close, which may follow the server's
+    receipt of the message by a moment: looked for until *wait* seconds have passed.
+    """
+    log = state.directory(lab) / "node-1" / "agent.log"
+    deadline = time.monotonic() + wait
+    while True:
+        found = [
+            record
+            for record in jsonlines.whole_records(log)
+            if record.get("logger") == "smesh.access"
             and record.get("destination") == destination
             and record.get("direction") == "outbound"
-        ):
-            found = record
-    return found
+            and record.get("bytes_sent", 0) > 0  # not the readiness probe's connect
+        ]
+        if found or time.monotonic() >= deadline:
+            return found[-1] if found else None
+        time.sleep(0.1)
 
 
 def _show(observed: Observed, say: Say) -> None:

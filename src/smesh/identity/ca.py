@@ -36,6 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from smesh import jsonlines
 from smesh.identity import certs
 from smesh.identity.bundle import TrustBundle
 from smesh.identity.credential import Credential
@@ -273,11 +274,11 @@ class CertificateAuthority:
         return f"spiffe://{self.trust_domain}{SIGNER_URI_PATH}"
 
     def issued(self) -> list[Issued]:
-        try:
-            lines = (self.directory / "issued.jsonl").read_text().splitlines()
+        try:  # a signer may be appending to it right now
+            records = jsonlines.whole_records(self.directory / "issued.jsonl")
         except FileNotFoundError:
             return []
-        return [Issued(**json.loads(line)) for line in lines if line.strip()]
+        return [Issued(**record) for record in records]
 
     # -- rotation --------------------------------------------------------------------
 

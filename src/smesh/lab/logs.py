@@ -9,12 +9,10 @@ would show it.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from smesh.lab import api
 from smesh.lab.errors import LabError
@@ -75,11 +73,11 @@ def copy(
 
     Whole lines only: an agent logs JSON lines, and a line it is still writing, cut where
     its buffer ended, would break the reader's parser (``| jq``). Such a last line is held
-    until its newline comes; without *follow* for at most *settle* seconds, after which it
-    is written as it is (an agent that died in the middle of a line).
+    until its newline comes, for at most *settle* seconds (without *follow*: in all), after
+    which it is written as it is: the cut last line of an agent that died.
     """
     held = b""
-    waited = 0.0
+    waited = 0.0  # without follow: since the end was first reached; with: since data last came
     with path.open("rb") as log:
         while True:
             chunk = log.read(65536)
@@ -87,23 +85,18 @@ def copy(
                 data = held + chunk
                 whole = data.rfind(b"\n") + 1
                 out.write(data[:whole])
-                held, waited = data[whole:], 0.0
+                held = data[whole:]
+                if follow:
+                    waited = 0.0
                 continue
+            if held and waited >= settle:  # a line its writer did not finish
+                out.write(held)
+                held = b""
             out.flush()
-            if stop():
-                return
-            if not path.exists() or not (follow or (held and waited < settle)):
+            if stop() or not path.exists() or not (follow or held):
                 break
             time.sleep(poll)
             waited += poll
-    if held:
+    if held and not stop():
         out.write(held)
         out.flush()
-
-
-def json_records(path: os.PathLike[str] | str) -> list[dict[str, Any]]:
-    """The JSON records of a log a process may still be writing: whole lines only, since
-    the last one may be cut where the writer's buffer ended (it is whole at the next read)."""
-    data = Path(path).read_bytes()  # cut before decoding: the cut may split a character
-    whole = data[: data.rfind(b"\n") + 1].decode()
-    return [json.loads(line) for line in whole.splitlines() if line.startswith("{")]

@@ -22,9 +22,9 @@ import pytest
 
 from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
+from smesh.jsonlines import whole_records
 from smesh.lab import kubepaths, services, state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
-from smesh.lab.logs import json_records
 from smesh.linux import cgroups, netns
 from tests.conftest import in_ci
 from tests.integration import labkit
@@ -67,10 +67,14 @@ EXEC_CHAIN = frozenset({"unshare", "sh", "setpriv"})
 
 def command_running(pid: int) -> str:
     """The name of container process *pid*'s own command, once it has exec'd past the lab
-    kubelet's chain (which reports the container running from its fork)."""
+    kubelet's chain (which reports the container running from its fork). Not for a command
+    that is itself ``sh`` (it would look like the chain all along)."""
 
     def name() -> str:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            raise AssertionError(f"container process {pid} exited before its command ran") from None
         return "" if comm in EXEC_CHAIN else comm
 
     found: str = wait_for(f"process {pid} to run its container's command", name, 30)
@@ -137,7 +141,7 @@ def metric(lab: Lab, node: str, name: str, labels: str) -> float:
 def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     """The access-log records of *node*'s process agent so far (``--install processes``)."""
     log = state.directory(lab.name) / node / "agent.log"
-    return [r for r in json_records(log) if r.get("logger") == "smesh.access"]
+    return [r for r in whole_records(log) if r.get("logger") == "smesh.access"]
 
 
 def smesh_pods(lab: Lab) -> dict[str, dict[str, Any]]:

@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 
 from smesh.agent import client as admin_client
+from smesh.jsonlines import whole_records
 from smesh.lab import cluster as lab_cluster
 from smesh.lab import kubepaths, state
 from smesh.lab.agents import DEBUG_PORT
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
-from smesh.lab.logs import json_records
 from smesh.linux import netns
 from tests.conftest import in_ci
 from tests.integration import labkit
@@ -200,7 +200,7 @@ def curl(lab: Lab, pod: str, url: str) -> subprocess.CompletedProcess[str]:
 
 def access_lines(lab: Lab, node: str) -> list[dict[str, Any]]:
     log = state.directory(lab.name) / node / "agent.log"
-    return [r for r in json_records(log) if r.get("logger") == "smesh.access"]
+    return [r for r in whole_records(log) if r.get("logger") == "smesh.access"]
 
 
 @contextlib.contextmanager

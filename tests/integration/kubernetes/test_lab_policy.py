@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from smesh.agent import client as admin_client
+from smesh.jsonlines import whole_records
 from smesh.lab import state
-from smesh.lab.logs import json_records
 from tests.integration.kubernetes.clusterkit import kubectl, kubernetes_lab, running, wait_for
 from tests.integration.labkit import Lab, smesh
 
@@ -86,7 +86,7 @@ def cluster() -> collections.abc.Iterator[Lab]:
 
 
 def agent_log(lab: Lab, node: str) -> list[dict[str, Any]]:
-    return json_records(state.directory(lab.name) / node / "agent.log")
+    return whole_records(state.directory(lab.name) / node / "agent.log")
 
 
 def metric(lab: Lab, node: str, line_prefix: str) -> float:

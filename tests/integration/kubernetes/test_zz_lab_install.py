@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from smesh.jsonlines import whole_records
 from smesh.lab import kubepaths, state
-from smesh.lab.logs import json_records
 from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
@@ -66,7 +66,7 @@ def cluster() -> collections.abc.Iterator[Lab]:
 
 def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     """The access-log records of *node*'s agent pod (its container log, JSON lines)."""
-    lines = json_records(container_log(lab, agent_pod(lab, node), "agent"))
+    lines = whole_records(container_log(lab, agent_pod(lab, node), "agent"))
     return [r for r in lines if r.get("logger") == "smesh.access"]
 
 

@@ -40,8 +40,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from smesh.identity import certs
+from smesh.jsonlines import whole_records
 from smesh.lab import kubepaths
-from smesh.lab.logs import json_records
 from tests.integration.kubernetes.clusterkit import (
     ECHO_SERVER,
     TRUST,
@@ -196,7 +196,7 @@ def bundle_roots(lab: Lab, node: str) -> list[int]:
     path = container_log(lab, agent_pod(lab, node), "agent")
     return [
         int(r["msg"].split(": ")[1].split()[0])
-        for r in json_records(path)
+        for r in whole_records(path)
         if "trust bundle updated" in r.get("msg", "")
     ]
 

@@ -18,8 +18,8 @@ import pytest
 from smesh.agent import client
 from smesh.identity.ca import CertificateAuthority
 from smesh.identity.spiffe import SpiffeId
+from smesh.jsonlines import whole_records
 from smesh.lab.agents import DEBUG_PORT
-from smesh.lab.logs import json_records
 from tests.integration.labkit import Lab, LabFactory
 from tests.integration.mesh.test_agent import admin, meshed_here, metric, set_meshed, wait
 
@@ -168,7 +168,7 @@ def refusals(lab: Lab, reason: str) -> list[dict[str, object]]:
     """pod-3's agent's log lines refusing a tunnel peer for *reason*."""
     return [
         doc
-        for doc in json_records(f"/run/smesh/labs/{lab.name}/node-2/agent.log")
+        for doc in whole_records(f"/run/smesh/labs/{lab.name}/node-2/agent.log")
         if doc.get("reason") == reason and "refused tunnel peer" in str(doc.get("msg"))
     ]
 

@@ -16,9 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from smesh.agent import client
+from smesh.jsonlines import whole_records
 from smesh.lab import state
 from smesh.lab.agents import admin_port
-from smesh.lab.logs import json_records
 from tests.integration.labkit import Lab, smesh
 from tests.integration.mesh.conftest import APP, Apps
 
@@ -232,7 +232,7 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
     turned_away = b'smesh_connections_turned_away_total{direction="outbound",reason="at_cap"}'
     assert b"\n" + turned_away + b" 0.0\n" in out
 
-    log = json_records(f"/run/smesh/labs/{meshed.name}/node-1/agent.log")
+    log = whole_records(f"/run/smesh/labs/{meshed.name}/node-1/agent.log")
     records = [r for r in log if r.get("logger") == "smesh.access"]
     record = next(r for r in records if r["destination"] == f"{POD3}:9102")
     assert record["pod"] == "pod-1"
@@ -244,7 +244,7 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
     assert record["duration_s"] > 0
     assert record["result"] == "ok"
     # the far side's record of the same connection carries the same request id
-    far = json_records(f"/run/smesh/labs/{meshed.name}/node-2/agent.log")
+    far = whole_records(f"/run/smesh/labs/{meshed.name}/node-2/agent.log")
     inbound = [r for r in far if r.get("logger") == "smesh.access"]
     ids = {r["request_id"] for r in records if r["destination"] == f"{POD3}:9102"}
     assert len(ids) == 5

@@ -41,7 +41,8 @@ def wait_log(lab: Lab, node: str, needle: str, timeout: float = 5) -> str:
     log = Path(f"/run/smesh/labs/{lab.name}/{node}/agent.log")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
+        text = log.read_text()
+        for line in text[: text.rfind("\n") + 1].splitlines():  # not one still being written
             if needle in line:
                 return line
         time.sleep(0.1)

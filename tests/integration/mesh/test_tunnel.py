@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from smesh.agent import client
+from smesh.jsonlines import whole_records
 from smesh.lab.agents import DEBUG_PORT
-from smesh.lab.logs import json_records
 from smesh.tunnel import window
 from tests.integration.labkit import Lab
 from tests.integration.mesh.conftest import Apps
@@ -19,7 +19,7 @@ MB = 1024 * 1024
 
 def access_log(lab: Lab) -> list[dict[str, object]]:
     logs = Path(f"/run/smesh/labs/{lab.name}").glob("node-*/agent.log")
-    return [r for log in logs for r in json_records(log) if r.get("logger") == "smesh.access"]
+    return [r for log in logs for r in whole_records(log) if r.get("logger") == "smesh.access"]
 
 
 def test_curl_reaches_http_servers_on_another_node_and_the_same_node(meshed: Lab) -> None:
