@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 
+def whole_lines(path: os.PathLike[str] | str) -> list[str]:
+    """The whole lines of *path*, without their newlines. Raises FileNotFoundError."""
+    data = Path(path).read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]  # cut before decoding: a cut may split a character
+    return whole.decode(errors="replace").split("\n")[:-1]
+
+
 def whole_records(path: os.PathLike[str] | str) -> list[dict[str, Any]]:
     """The JSON object of each whole line of *path* that is one (lines not starting with
     ``{``, such as a traceback on a log's stderr, are left out). Raises FileNotFoundError."""
-    data = Path(path).read_bytes()
-    whole = data[: data.rfind(b"\n") + 1]  # cut before decoding: a cut may split a character
-    lines = whole.decode(errors="replace").split("\n")
-    return [json.loads(line) for line in lines if line.startswith("{")]
+    return [json.loads(line) for line in whole_lines(path) if line.startswith("{")]

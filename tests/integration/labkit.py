@@ -14,7 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from smesh.lab import probe
+from smesh.jsonlines import whole_records
+from smesh.lab import probe, state
 
 SMESH = [sys.executable, "-m", "smesh"]
 
@@ -32,6 +33,13 @@ def smesh(
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+def access(lab: Lab, node: str) -> list[dict[str, Any]]:
+    """The access-log records of *node*'s process agent so far (``lab up``, ``--install
+    processes``), whole lines only: the agent may be writing the last one."""
+    log = state.directory(lab.name) / node / "agent.log"
+    return [r for r in whole_records(log) if r.get("logger") == "smesh.access"]
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -22,7 +22,6 @@ import pytest
 
 from smesh.agent import client as admin_client
 from smesh.capture import libbpf, pins
-from smesh.jsonlines import whole_records
 from smesh.lab import kubepaths, services, state
 from smesh.lab.controlplane import DEFAULT_BIN_DIR
 from smesh.linux import cgroups, netns
@@ -138,10 +137,7 @@ def metric(lab: Lab, node: str, name: str, labels: str) -> float:
     return 0.0
 
 
-def access(lab: Lab, node: str) -> list[dict[str, Any]]:
-    """The access-log records of *node*'s process agent so far (``--install processes``)."""
-    log = state.directory(lab.name) / node / "agent.log"
-    return [r for r in whole_records(log) if r.get("logger") == "smesh.access"]
+access = labkit.access  # a Kubernetes lab's process agents log where a plain lab's do
 
 
 def smesh_pods(lab: Lab) -> dict[str, dict[str, Any]]:

@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 
 from smesh.agent import client as admin_client
-from smesh.jsonlines import whole_records
 from smesh.lab import cluster as lab_cluster
 from smesh.lab import kubepaths, state
 from smesh.lab.agents import DEBUG_PORT
@@ -198,11 +197,6 @@ def curl(lab: Lab, pod: str, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def access_lines(lab: Lab, node: str) -> list[dict[str, Any]]:
-    log = state.directory(lab.name) / node / "agent.log"
-    return [r for r in whole_records(log) if r.get("logger") == "smesh.access"]
-
-
 @contextlib.contextmanager
 def sniffing(lab: Lab, node: str) -> collections.abc.Iterator[Lines]:
     """tcpdump on *node*'s link to the fabric, every packet with its payload (-A)."""
@@ -270,7 +264,7 @@ def test_a_stopped_agent_fails_closed_and_its_restart_re_enrols_every_pod(cluste
     assert not [p for p in packets.lines if f"> {server_ip}.8080:" in p]
 
     # Restarted, the agent re-enrols every running pod; the kubelet's retry starts `late`.
-    logged = len(access_lines(cluster, "node-1"))
+    logged = len(labkit.access(cluster, "node-1"))
     smesh("lab", "restart-agent", "--name", cluster.name, "node-1")
     running(cluster, "-n", "shop", count=4)
     agents_equal_the_api(cluster)
@@ -282,7 +276,7 @@ def test_a_stopped_agent_fails_closed_and_its_restart_re_enrols_every_pod(cluste
     def tunnelled() -> set[str]:  # an access line is written once its connection is closed
         return {
             line["pod"]
-            for line in access_lines(cluster, "node-1")[logged:]
+            for line in labkit.access(cluster, "node-1")[logged:]
             if line["destination"] == f"{server_ip}:8080"
             and line["route"] == "tunnel"
             and line["result"] == "ok"

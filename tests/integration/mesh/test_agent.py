@@ -16,10 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from smesh.agent import client
-from smesh.jsonlines import whole_records
 from smesh.lab import state
 from smesh.lab.agents import admin_port
-from tests.integration.labkit import Lab, smesh
+from tests.integration.labkit import Lab, access, smesh
 from tests.integration.mesh.conftest import APP, Apps
 
 POD2, POD3 = "198.18.1.3", "198.18.2.2"
@@ -232,8 +231,7 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
     turned_away = b'smesh_connections_turned_away_total{direction="outbound",reason="at_cap"}'
     assert b"\n" + turned_away + b" 0.0\n" in out
 
-    log = whole_records(f"/run/smesh/labs/{meshed.name}/node-1/agent.log")
-    records = [r for r in log if r.get("logger") == "smesh.access"]
+    records = access(meshed, "node-1")
     record = next(r for r in records if r["destination"] == f"{POD3}:9102")
     assert record["pod"] == "pod-1"
     assert record["identity"] == "spiffe://cluster.local/ns/default/sa/pod-1"
@@ -244,8 +242,7 @@ def test_metrics_and_access_log_after_known_traffic(meshed: Lab, apps: Apps) -> 
     assert record["duration_s"] > 0
     assert record["result"] == "ok"
     # the far side's record of the same connection carries the same request id
-    far = whole_records(f"/run/smesh/labs/{meshed.name}/node-2/agent.log")
-    inbound = [r for r in far if r.get("logger") == "smesh.access"]
+    inbound = access(meshed, "node-2")
     ids = {r["request_id"] for r in records if r["destination"] == f"{POD3}:9102"}
     assert len(ids) == 5
     assert "" not in ids

@@ -15,6 +15,7 @@ from smesh.identity import certs
 from smesh.identity.errors import NotEntitled
 from smesh.identity.service import SignerClient
 from smesh.identity.spiffe import SpiffeId
+from smesh.jsonlines import whole_lines
 from tests.integration.labkit import Lab, LabFactory
 
 POD3 = "198.18.2.2"
@@ -41,8 +42,7 @@ def wait_log(lab: Lab, node: str, needle: str, timeout: float = 5) -> str:
     log = Path(f"/run/smesh/labs/{lab.name}/{node}/agent.log")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = log.read_text()
-        for line in text[: text.rfind("\n") + 1].splitlines():  # not one still being written
+        for line in whole_lines(log):  # not one the agent is still writing
             if needle in line:
                 return line
         time.sleep(0.1)

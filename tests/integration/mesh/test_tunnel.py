@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 from smesh.agent import client
-from smesh.jsonlines import whole_records
 from smesh.lab.agents import DEBUG_PORT
 from smesh.tunnel import window
-from tests.integration.labkit import Lab
+from tests.integration.labkit import Lab, access
 from tests.integration.mesh.conftest import Apps
 
 POD2, POD3 = "198.18.1.3", "198.18.2.2"
@@ -18,8 +17,8 @@ MB = 1024 * 1024
 
 
 def access_log(lab: Lab) -> list[dict[str, object]]:
-    logs = Path(f"/run/smesh/labs/{lab.name}").glob("node-*/agent.log")
-    return [r for log in logs for r in whole_records(log) if r.get("logger") == "smesh.access"]
+    nodes = Path(f"/run/smesh/labs/{lab.name}").glob("node-*/agent.log")
+    return [r for log in nodes for r in access(lab, log.parent.name)]
 
 
 def test_curl_reaches_http_servers_on_another_node_and_the_same_node(meshed: Lab) -> None:
