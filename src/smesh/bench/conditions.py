@@ -5,11 +5,19 @@ needs to know whether a run had the machine to itself ("a quiet machine") and wh
 virtual CPUs were really there: time a hypervisor gives to other guests shows as *steal*
 in /proc/stat, and every variant of the run loses it alike only if it is spread evenly.
 The run records both, so such claims in docs/benchmarks.md are read from the results.
+
+It also records how the virtual CPUs idle. A guest whose idle vCPUs halt at once (the
+``haltpoll`` cpuidle driver with ``guest_halt_poll_ns`` 0, as on the machines of 12-04)
+pays a trip through the hypervisor at every wake-up of an idle vCPU, about two per round
+trip of the ping-pong, and those dominate its round trip; with halt polling on, the same
+round trip is several times shorter (docs/benchmarks.md, "The virtual CPUs' idle halts").
+Round trips of two such machines do not compare unless both say how they idle.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +25,8 @@ from typing import Any
 from smesh.bench.errors import BenchError
 
 PROC_STAT = Path("/proc/stat")
+CPU_SYSFS = Path("/sys/devices/system/cpu")
+MODULE_SYSFS = Path("/sys/module")
 #: The columns of /proc/stat's ``cpu`` line (proc(5)); guest time is inside user already.
 CPU_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
@@ -40,12 +50,52 @@ def shares(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, flo
     return {name: (value / total if total > 0 else 0.0) for name, value in spent.items()}
 
 
+def halts(cpu_root: Path = CPU_SYSFS) -> int:
+    """How many times the CPUs have entered an idle state that stops them so far: every
+    cpuidle state but polling (0 on a machine without cpuidle)."""
+    total = 0
+    for state in cpu_root.glob("cpu[0-9]*/cpuidle/state[0-9]*"):
+        try:
+            if (state / "name").read_text().strip() == "POLL":
+                continue
+            total += int((state / "usage").read_text())
+        except (OSError, ValueError):  # a CPU going offline meanwhile
+            continue
+    return total
+
+
+def idling(cpu_root: Path = CPU_SYSFS, module_root: Path = MODULE_SYSFS) -> dict[str, Any]:
+    """The cpuidle driver and, under ``haltpoll``, the longest a vCPU polls before it
+    halts (None where the machine has no such setting)."""
+    return {
+        "cpuidle_driver": _read(cpu_root / "cpuidle" / "current_driver"),
+        "guest_halt_poll_ns": _number(
+            _read(module_root / "haltpoll" / "parameters" / "guest_halt_poll_ns")
+        ),
+    }
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _number(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 class Watch:
     """Readings at the start of a run; :meth:`document` adds the end's."""
 
     def __init__(self) -> None:
         self.load_start = os.getloadavg()[0]
         self.start = cpu_ticks(PROC_STAT.read_text())
+        self.idling = idling()
 
     def document(self) -> dict[str, Any]:
         end = cpu_ticks(PROC_STAT.read_text())
@@ -55,21 +105,56 @@ class Watch:
             "load_1m_end": round(os.getloadavg()[0], 2),
             "cpu_busy_share": round(1 - spent["idle"] - spent["iowait"] - spent["steal"], 4),
             "cpu_steal_share": round(spent["steal"], 4),
+            **self.idling,
         }
 
 
 def line(document: Mapping[str, Any]) -> str:
-    """The report's sentence on the run's conditions; empty for runs that did not record
+    """The report's sentences on the run's conditions; empty for runs that did not record
     them (before 12-04)."""
     found = document.get("conditions")
     if not found:
         return ""
-    return (
+    said = (
         f"1-minute load average {found['load_1m_start']:.2f} at the start of the run and "
         f"{found['load_1m_end']:.2f} (the bench's own load included) at its end; the "
         f"CPUs were busy {_percent(found['cpu_busy_share'])} of the run and the hypervisor "
         f"took {_percent(found['cpu_steal_share'])} of their time (steal)."
     )
+    return " ".join(filter(None, (said, idle_line(document))))
+
+
+def idle_line(document: Mapping[str, Any]) -> str:
+    """How the vCPUs idled, and how often the round-trip test halted one per round trip
+    (by variant); empty for runs that did not record it (before 12-04 evening)."""
+    found = document.get("conditions", {})
+    if "cpuidle_driver" not in found:
+        return ""
+    driver, poll = found["cpuidle_driver"], found.get("guest_halt_poll_ns")
+    if driver is None:
+        said = "The CPUs have no cpuidle driver"
+    elif poll is None:
+        said = f"The CPUs idle through the {driver} cpuidle driver"
+    elif poll == 0:
+        said = (
+            f"The vCPUs idle through the {driver} cpuidle driver with guest halt polling off "
+            "(guest_halt_poll_ns 0): an idle vCPU halts at once and each wake-up of one "
+            "goes through the hypervisor"
+        )
+    else:
+        said = (
+            f"The vCPUs idle through the {driver} cpuidle driver and poll up to "
+            f"{poll / 1000:g} µs before they halt (guest_halt_poll_ns)"
+        )
+    per_variant = {
+        name: statistics.median(values)
+        for name, notes in document.get("notes", {}).items()
+        if (values := notes.get("halts_per_round_trip"))
+    }
+    if not per_variant:
+        return said + "."
+    each = ", ".join(f"{name} {value:.2f}" for name, value in per_variant.items())
+    return f"{said}; CPU halts per round trip of the ping-pong: {each}."
 
 
 def _percent(share: float) -> str:

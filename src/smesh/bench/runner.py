@@ -220,11 +220,16 @@ class Measurement:
         return parse.sockperf(out)
 
     def rtt(self, rep: int) -> None:
+        halted = conditions.halts()
         latency = self._ping_pong()
+        halted = conditions.halts() - halted  # the whole machine's, sockperf's warm-up too
         self.samples.add("rtt_p50_us", latency.p50_us)
         self.samples.add("rtt_p99_us", latency.p99_us)
         self.samples.notes.setdefault("round_trips", []).append(latency.round_trips)
         self.samples.notes.setdefault("pings_sent", []).append(latency.sent)  # warm-up too
+        if latency.sent:
+            per_trip = round(halted / latency.sent, 3)
+            self.samples.notes.setdefault("halts_per_round_trip", []).append(per_trip)
         self.progress(
             f"rtt p50 {latency.p50_us:.0f} µs, p99 {latency.p99_us:.0f} µs "
             f"({latency.round_trips} round trips)"

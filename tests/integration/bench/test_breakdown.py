@@ -39,6 +39,15 @@ def test_quick_haproxy_breakdown_sums_to_the_cpu(tmp_path: Path) -> None:
     assert "| per round trip, both proxies | haproxy |" in proc.stdout
     assert "| the tunnel's own binary µs | " in proc.stdout
 
+    # How the vCPUs idled, and how often the ping-pong halted one (a halted vCPU's wake-up
+    # is most of a round trip on a guest that does not poll first).
+    idle = document["conditions"]
+    (halts,) = document["notes"]["haproxy"]["halts_per_round_trip"]
+    if idle["cpuidle_driver"] is not None:
+        assert "CPU halts per round trip of the ping-pong: haproxy" in proc.stdout
+    if idle["cpuidle_driver"] == "haltpoll" and idle["guest_halt_poll_ns"] == 0:
+        assert halts > 0.5, "every round trip wakes idle vCPUs, and none polls first"
+
 
 def test_a_breakdown_without_the_rtt_group_is_refused_before_any_lab() -> None:
     proc = smesh("bench", "--only", "haproxy,cps", "--breakdown", check=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from smesh.bench import conditions
@@ -39,7 +41,10 @@ def test_shares_are_of_the_time_between_two_readings() -> None:
 
 def test_this_machine_is_watched_over_a_run() -> None:
     found = conditions.Watch().document()
-    assert set(found) == {"load_1m_start", "load_1m_end", "cpu_busy_share", "cpu_steal_share"}
+    assert set(found) == {
+        "load_1m_start", "load_1m_end", "cpu_busy_share", "cpu_steal_share",
+        "cpuidle_driver", "guest_halt_poll_ns",
+    }  # fmt: skip
     assert 0 <= found["cpu_steal_share"] <= 1
     assert found["load_1m_start"] >= 0
 
@@ -59,3 +64,92 @@ def test_the_report_says_the_conditions_and_is_silent_for_older_runs() -> None:
         "0.0 % of their time (steal)."
     )
     assert conditions.line({}) == ""
+
+
+def _cpuidle(root: Path, states: dict[str, list[tuple[str, str]]]) -> Path:
+    """A sysfs cpu tree: per CPU, its idle states' (name, usage)."""
+    for cpu, entries in states.items():
+        for index, (name, usage) in enumerate(entries):
+            state = root / cpu / "cpuidle" / f"state{index}"
+            state.mkdir(parents=True)
+            (state / "name").write_text(name + "\n")
+            (state / "usage").write_text(usage + "\n")
+    return root
+
+
+def test_halts_count_every_idle_state_but_polling(tmp_path: Path) -> None:
+    root = _cpuidle(
+        tmp_path,
+        {
+            "cpu0": [("POLL", "1000"), ("haltpoll idle", "7")],
+            "cpu1": [("POLL", "5"), ("haltpoll idle", "3"), ("C6", "2")],
+            "cpufreq": [],  # not a CPU
+        },
+    )
+    assert conditions.halts(root) == 12
+    assert conditions.halts(tmp_path / "missing") == 0  # no cpuidle: nothing halts
+
+
+def test_a_state_that_cannot_be_read_is_left_out(tmp_path: Path) -> None:
+    root = _cpuidle(tmp_path, {"cpu0": [("haltpoll idle", "7"), ("C1", "gone")]})
+    assert conditions.halts(root) == 7
+
+
+def test_how_the_cpus_idle_is_read_and_none_where_there_is_no_such_setting(
+    tmp_path: Path,
+) -> None:
+    cpu, modules = tmp_path / "cpu", tmp_path / "module"
+    assert conditions.idling(cpu, modules) == {
+        "cpuidle_driver": None,
+        "guest_halt_poll_ns": None,
+    }
+    (cpu / "cpuidle").mkdir(parents=True)
+    (cpu / "cpuidle" / "current_driver").write_text("haltpoll\n")
+    (modules / "haltpoll" / "parameters").mkdir(parents=True)
+    (modules / "haltpoll" / "parameters" / "guest_halt_poll_ns").write_text("0\n")
+    assert conditions.idling(cpu, modules) == {
+        "cpuidle_driver": "haltpoll",
+        "guest_halt_poll_ns": 0,
+    }
+
+
+def _document(driver: str | None, poll: int | None, halts: dict[str, list[float]]) -> dict:
+    return {
+        "conditions": {
+            "load_1m_start": 0.1,
+            "load_1m_end": 1.0,
+            "cpu_busy_share": 0.5,
+            "cpu_steal_share": 0.0,
+            "cpuidle_driver": driver,
+            "guest_halt_poll_ns": poll,
+        },
+        "notes": {name: {"halts_per_round_trip": values} for name, values in halts.items()},
+    }
+
+
+def test_the_report_says_how_the_vcpus_idled_and_each_variants_halts() -> None:
+    document = _document("haltpoll", 0, {"direct": [2.0, 1.8, 1.9], "smesh": [2.2], "x": []})
+    assert conditions.idle_line(document) == (
+        "The vCPUs idle through the haltpoll cpuidle driver with guest halt polling off "
+        "(guest_halt_poll_ns 0): an idle vCPU halts at once and each wake-up of one goes "
+        "through the hypervisor; CPU halts per round trip of the ping-pong: direct 1.90, "
+        "smesh 2.20."
+    )
+    assert conditions.line(document).endswith(conditions.idle_line(document))
+    polling = _document("haltpoll", 200000, {})
+    assert conditions.idle_line(polling) == (
+        "The vCPUs idle through the haltpoll cpuidle driver and poll up to 200 µs before "
+        "they halt (guest_halt_poll_ns)."
+    )
+    assert conditions.idle_line(_document("intel_idle", None, {})) == (
+        "The CPUs idle through the intel_idle cpuidle driver."
+    )
+    assert conditions.idle_line(_document(None, None, {})) == "The CPUs have no cpuidle driver."
+
+
+def test_runs_that_did_not_record_the_idling_say_nothing_of_it() -> None:
+    older = {"conditions": {"load_1m_start": 0.1, "load_1m_end": 1.0, "cpu_busy_share": 0.5,
+                            "cpu_steal_share": 0.0}}  # fmt: skip
+    assert conditions.idle_line(older) == ""
+    assert conditions.idle_line({}) == ""
+    assert conditions.line(older).endswith("(steal).")
