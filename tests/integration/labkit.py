@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import datetime as dt
 import json
 import re
 import secrets
@@ -40,6 +41,13 @@ def access(lab: Lab, node: str) -> list[dict[str, Any]]:
     processes``), whole lines only: the agent may be writing the last one."""
     log = state.directory(lab.name) / node / "agent.log"
     return [r for r in whole_records(log) if r.get("logger") == "smesh.access"]
+
+
+def started(record: dict[str, Any]) -> float:
+    """When an access record's connection started (epoch seconds; the log line is written
+    when it closed, to the millisecond)."""
+    closed = dt.datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
+    return closed - float(record["duration_s"])
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -28,7 +28,10 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
+S = TypeVar("S", bound=socket.socket)
 ROUND = 1.0  # seconds between top-ups
 
 
@@ -108,6 +111,26 @@ def top_up(
     return live, opened
 
 
+def settle(
+    socks: list[S], is_alive: Callable[[S], bool], *, none_within: float, quiet: float, cap: float
+) -> list[S]:
+    """What of *socks* is alive once nothing more has been reset for *quiet* seconds after
+    the first reset, or after *none_within* seconds if none comes (at most *cap* seconds:
+    a loaded agent may take a while)."""
+    start = time.monotonic()
+    changed: float | None = None
+    while (now := time.monotonic()) < start + cap:
+        if (changed is None and now - start >= none_within) or (
+            changed is not None and now - changed >= quiet
+        ):
+            break
+        time.sleep(0.2)
+        before, socks = len(socks), [s for s in socks if is_alive(s)]
+        if len(socks) < before:
+            changed = time.monotonic()
+    return socks
+
+
 def stall(host: str, port: int, idle: int, hellos: int, seconds: float) -> None:
     more_descriptors(idle + hellos)
     hello = client_hello()
@@ -126,19 +149,8 @@ def stall(host: str, port: int, idle: int, hellos: int, seconds: float) -> None:
         if time.monotonic() >= end:
             break
         time.sleep(ROUND)
-    # What the last round opened is accepted (and reset past the share): count once no
-    # more has been reset for a second after the first reset, or after 3 s if none comes
-    # (at most 15 s: a loaded agent may take a while).
-    live = plain + tls
-    start = time.monotonic()
-    changed: float | None = None
-    while (now := time.monotonic()) < start + 15:
-        if (changed is None and now - start >= 3) or (changed is not None and now - changed >= 1):
-            break
-        time.sleep(0.2)
-        before, live = len(live), [s for s in live if alive(s)]
-        if len(live) < before:
-            changed = time.monotonic()
+    # What the last round opened is accepted (and reset past the share) meanwhile.
+    live = settle(plain + tls, alive, none_within=3, quiet=1, cap=15)
     report(opened=opened, rounds=rounds, alive=len(live))
 
 
@@ -151,12 +163,7 @@ def hold(host: str, port: int, count: int, seconds: float) -> None:
             sock = open_one(host, port, b"")
             if sock is not None:
                 held.append(sock)
-    settled = time.monotonic() + 30
-    while time.monotonic() < settled:  # until the mesh has reset what is past the share
-        time.sleep(ROUND * 2)
-        before, held = len(held), [s for s in held if alive(s)]
-        if len(held) == before:
-            break
+    held = settle(held, alive, none_within=2, quiet=2, cap=30)  # the mesh resets past its share
     report(ready=True, held=len(held))
     while time.monotonic() < end:
         time.sleep(ROUND)
@@ -191,8 +198,7 @@ def carriers(host: str, port: int, count: int, pem: tuple[str, str], seconds: fl
             held.append(sock)
         except OSError:
             refused += 1
-    time.sleep(1)
-    held = [s for s in held if carrier_alive(s)]
+    held = settle(held, carrier_alive, none_within=1, quiet=1, cap=15)
     report(ready=True, held=len(held), refused=refused)
     while time.monotonic() < end:
         time.sleep(ROUND)
