@@ -46,7 +46,7 @@ def access(lab: Lab, node: str) -> list[dict[str, Any]]:
 def started(record: dict[str, Any]) -> float:
     """When an access record's connection started (epoch seconds; the log line is written
     when it closed, to the millisecond)."""
-    closed = dt.datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
+    closed = dt.datetime.fromisoformat(record["ts"]).timestamp()  # "...Z": UTC
     return closed - float(record["duration_s"])
 
 

@@ -7,7 +7,7 @@ in /proc/stat, and every variant of the run loses it alike only if it is spread 
 The run records both, so such claims in docs/benchmarks.md are read from the results.
 
 It also records how the virtual CPUs idle. A guest whose idle vCPUs halt at once (the
-``haltpoll`` cpuidle driver with ``guest_halt_poll_ns`` 0, as on the machines of 12-04)
+``haltpoll`` cpuidle driver with ``guest_halt_poll_ns`` 0, as on the machine of 12-04)
 pays a trip through the hypervisor at every wake-up of an idle vCPU, about two per round
 trip of the ping-pong, and those dominate its round trip; with halt polling on, the same
 round trip is several times shorter (docs/benchmarks.md, "The virtual CPUs' idle halts").

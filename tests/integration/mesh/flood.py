@@ -28,7 +28,6 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
 from typing import TypeVar
 
 S = TypeVar("S", bound=socket.socket)
@@ -78,14 +77,16 @@ def open_one(host: str, port: int, first: bytes) -> socket.socket | None:
 
 
 def alive(sock: socket.socket) -> bool:
-    """Not reset or closed by the other side (whatever it sent is read and dropped)."""
+    """Not reset or closed by the other side (whatever it sent is read and dropped). A TLS
+    socket with nothing to read says so with SSLWantReadError, a plain one with
+    BlockingIOError."""
     try:
         while True:
             if not sock.recv(65536):
                 return False
-    except (BlockingIOError, InterruptedError):
+    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
         return True
-    except OSError:
+    except OSError:  # ssl.SSLError too
         return False
 
 
@@ -102,32 +103,26 @@ def top_up(
     opened = 0
     for _ in range(target - len(live)):
         try:
-            sock = open_one(host, port, first)
+            new = open_one(host, port, first)
         except Full:
             break
         opened += 1
-        if sock is not None:
-            live.append(sock)
+        if new is not None:
+            live.append(new)
     return live, opened
 
 
-def settle(
-    socks: list[S], is_alive: Callable[[S], bool], *, none_within: float, quiet: float, cap: float
-) -> list[S]:
+def settle(socks: list[S], *, none_within: float, quiet: float, cap: float) -> list[S]:
     """What of *socks* is alive once nothing more has been reset for *quiet* seconds after
     the first reset, or after *none_within* seconds if none comes (at most *cap* seconds:
     a loaded agent may take a while)."""
     start = time.monotonic()
-    changed: float | None = None
-    while (now := time.monotonic()) < start + cap:
-        if (changed is None and now - start >= none_within) or (
-            changed is not None and now - changed >= quiet
-        ):
-            break
+    until = start + none_within
+    while time.monotonic() < min(until, start + cap):
         time.sleep(0.2)
-        before, socks = len(socks), [s for s in socks if is_alive(s)]
+        before, socks = len(socks), [s for s in socks if alive(s)]
         if len(socks) < before:
-            changed = time.monotonic()
+            until = time.monotonic() + quiet
     return socks
 
 
@@ -150,7 +145,7 @@ def stall(host: str, port: int, idle: int, hellos: int, seconds: float) -> None:
             break
         time.sleep(ROUND)
     # What the last round opened is accepted (and reset past the share) meanwhile.
-    live = settle(plain + tls, alive, none_within=3, quiet=1, cap=15)
+    live = settle(plain + tls, none_within=3, quiet=1, cap=15)
     report(opened=opened, rounds=rounds, alive=len(live))
 
 
@@ -163,22 +158,11 @@ def hold(host: str, port: int, count: int, seconds: float) -> None:
             sock = open_one(host, port, b"")
             if sock is not None:
                 held.append(sock)
-    held = settle(held, alive, none_within=2, quiet=2, cap=30)  # the mesh resets past its share
+    held = settle(held, none_within=2, quiet=2, cap=30)  # the mesh resets past its share
     report(ready=True, held=len(held))
     while time.monotonic() < end:
         time.sleep(ROUND)
     report(held=sum(map(alive, held)))
-
-
-def carrier_alive(sock: ssl.SSLSocket) -> bool:
-    try:
-        while True:
-            if not sock.recv(65536):
-                return False
-    except ssl.SSLWantReadError:
-        return True
-    except (OSError, ssl.SSLError):
-        return False
 
 
 def carriers(host: str, port: int, count: int, pem: tuple[str, str], seconds: float) -> None:
@@ -198,11 +182,11 @@ def carriers(host: str, port: int, count: int, pem: tuple[str, str], seconds: fl
             held.append(sock)
         except OSError:
             refused += 1
-    held = settle(held, carrier_alive, none_within=1, quiet=1, cap=15)
+    held = settle(held, none_within=1, quiet=1, cap=15)
     report(ready=True, held=len(held), refused=refused)
     while time.monotonic() < end:
         time.sleep(ROUND)
-    report(held=sum(map(carrier_alive, held)))
+    report(held=sum(map(alive, held)))
 
 
 def sink(port: int) -> None:
