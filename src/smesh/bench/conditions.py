@@ -6,12 +6,10 @@ virtual CPUs were really there: time a hypervisor gives to other guests shows as
 in /proc/stat, and every variant of the run loses it alike only if it is spread evenly.
 The run records both, so such claims in docs/benchmarks.md are read from the results.
 
-It also records how the virtual CPUs idle. A guest whose idle vCPUs halt at once (the
-``haltpoll`` cpuidle driver with ``guest_halt_poll_ns`` 0, as on the machine of 12-04)
-pays a trip through the hypervisor at every wake-up of an idle vCPU, about two per round
-trip of the ping-pong, and those dominate its round trip; with halt polling on, the same
-round trip is several times shorter (docs/benchmarks.md, "The virtual CPUs' idle halts").
-Round trips of two such machines do not compare unless both say how they idle.
+It also records how the virtual CPUs idle (:mod:`smesh.linux.cpuidle`): where idle vCPUs
+halt without polling, as on the machine of 12-04, two wake-ups through the hypervisor are
+most of every round trip, so round trips of two machines do not compare unless both say
+how they idle.
 """
 
 from __future__ import annotations
@@ -23,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from smesh.bench.errors import BenchError
+from smesh.linux import cpuidle
 
 PROC_STAT = Path("/proc/stat")
-CPU_SYSFS = Path("/sys/devices/system/cpu")
-MODULE_SYSFS = Path("/sys/module")
 #: The columns of /proc/stat's ``cpu`` line (proc(5)); guest time is inside user already.
 CPU_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
@@ -50,52 +47,13 @@ def shares(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, flo
     return {name: (value / total if total > 0 else 0.0) for name, value in spent.items()}
 
 
-def halts(cpu_root: Path = CPU_SYSFS) -> int:
-    """How many times the CPUs have entered an idle state that stops them so far: every
-    cpuidle state but polling (0 on a machine without cpuidle)."""
-    total = 0
-    for state in cpu_root.glob("cpu[0-9]*/cpuidle/state[0-9]*"):
-        try:
-            if (state / "name").read_text().strip() == "POLL":
-                continue
-            total += int((state / "usage").read_text())
-        except (OSError, ValueError):  # a CPU going offline meanwhile
-            continue
-    return total
-
-
-def idling(cpu_root: Path = CPU_SYSFS, module_root: Path = MODULE_SYSFS) -> dict[str, Any]:
-    """The cpuidle driver and, under ``haltpoll``, the longest a vCPU polls before it
-    halts (None where the machine has no such setting)."""
-    return {
-        "cpuidle_driver": _read(cpu_root / "cpuidle" / "current_driver"),
-        "guest_halt_poll_ns": _number(
-            _read(module_root / "haltpoll" / "parameters" / "guest_halt_poll_ns")
-        ),
-    }
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _number(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
-
-
 class Watch:
     """Readings at the start of a run; :meth:`document` adds the end's."""
 
     def __init__(self) -> None:
         self.load_start = os.getloadavg()[0]
         self.start = cpu_ticks(PROC_STAT.read_text())
-        self.idling = idling()
+        self.idling = cpuidle.idling()
 
     def document(self) -> dict[str, Any]:
         end = cpu_ticks(PROC_STAT.read_text())
@@ -105,7 +63,8 @@ class Watch:
             "load_1m_end": round(os.getloadavg()[0], 2),
             "cpu_busy_share": round(1 - spent["idle"] - spent["iowait"] - spent["steal"], 4),
             "cpu_steal_share": round(spent["steal"], 4),
-            **self.idling,
+            "cpuidle_driver": self.idling.driver,
+            "guest_halt_poll_ns": self.idling.guest_halt_poll_ns,
         }
 
 

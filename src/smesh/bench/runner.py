@@ -39,7 +39,7 @@ from smesh.bench.variants import (
     build,
 )
 from smesh.lab import api
-from smesh.linux import cgroups, netns
+from smesh.linux import cgroups, cpuidle, netns
 
 Progress = Callable[[str], None]
 GROUPS = ("throughput", "rtt", "cps", "memory")
@@ -220,9 +220,9 @@ class Measurement:
         return parse.sockperf(out)
 
     def rtt(self, rep: int) -> None:
-        halted = conditions.halts()
+        halted = cpuidle.halts()
         latency = self._ping_pong()
-        halted = conditions.halts() - halted  # the whole machine's, sockperf's warm-up too
+        halted = cpuidle.halts() - halted  # the whole machine's, sockperf's warm-up too
         self.samples.add("rtt_p50_us", latency.p50_us)
         self.samples.add("rtt_p99_us", latency.p99_us)
         self.samples.notes.setdefault("round_trips", []).append(latency.round_trips)

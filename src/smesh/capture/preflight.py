@@ -27,7 +27,7 @@ from typing import Literal
 from smesh.capture import abi
 from smesh.capture.errors import BpfObjectMissing
 from smesh.errors import SmeshError
-from smesh.linux import privileges
+from smesh.linux import cpuidle, privileges
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -92,6 +92,8 @@ class Places:
     status: Path = Path("/proc/self/status")
     objects: Path = field(default_factory=abi.objects_dir)
     nft: str = "nft"
+    cpus: Path = cpuidle.CPU_SYSFS
+    modules: Path = cpuidle.MODULE_SYSFS
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,36 @@ def _nftables(places: Places, ebpf_works: bool) -> Iterator[Check]:
     yield Check("nftables (fallback)", "ok", f"{binary} works")
 
 
+def cpu_idle(places: Places) -> Check:
+    """Not a condition of capture but of its latency: where idle vCPUs halt without
+    polling, every proxy's round trip pays the hypervisor twice (smesh.linux.cpuidle)."""
+    found = cpuidle.idling(places.cpus, places.modules)
+    if found.halts_at_once:
+        return Check(
+            "CPU idle",
+            "warn",
+            "haltpoll cpuidle driver with guest halt polling off (guest_halt_poll_ns 0): idle "
+            "vCPUs halt at once and each wake-up goes through the hypervisor, about two per "
+            "round trip through a node proxy; such round trips measured 3 to 6 times as long "
+            'as with polling (docs/benchmarks.md, "The virtual CPUs\' idle halts")',
+            "let idle vCPUs poll before they halt: write "
+            f"{cpuidle.DEFAULT_POLL_NS} (the driver's default, in ns) to "
+            f"{places.modules / 'haltpoll' / 'parameters' / 'guest_halt_poll_ns'}, or boot "
+            f"with haltpoll.guest_halt_poll_ns={cpuidle.DEFAULT_POLL_NS}; polling spends "
+            "CPU while idle, so it is the node's choice, not smesh's",
+        )
+    if found.driver is None:
+        return Check("CPU idle", "ok", "no cpuidle driver")
+    if found.driver == "haltpoll" and found.guest_halt_poll_ns is not None:
+        return Check(
+            "CPU idle",
+            "ok",
+            f"haltpoll cpuidle driver; an idle vCPU polls up to "
+            f"{found.guest_halt_poll_ns / 1000:g} µs before it halts",
+        )
+    return Check("CPU idle", "ok", f"{found.driver} cpuidle driver")
+
+
 def run(places: Places | None = None) -> list[Check]:
     """Every check, in the order a person would fix them."""
     places = places or Places()
@@ -368,4 +400,5 @@ def run(places: Places | None = None) -> list[Check]:
         bpf = [*_bpf_features(places), *_objects(places)]
     checks += bpf
     checks += _nftables(places, ebpf_works=not any(c.failed for c in bpf))
+    checks.append(cpu_idle(places))
     return checks

@@ -35,8 +35,9 @@ def _check(args: argparse.Namespace) -> int:
             if c.fix and c.status != "ok":
                 print(f"  {''.ljust(width)}  fix: {c.fix}")
         warned = sum(c.status == "warn" for c in checks)
+        warnings = "1 warning" if warned == 1 else f"{warned} warnings"
         print(
-            f"\n{len(checks) - len(failed) - warned} ok, {warned} warnings, {len(failed)} failed"
+            f"\n{len(checks) - len(failed) - warned} ok, {warnings}, {len(failed)} failed"
             + ("" if failed else ": this machine can run a smesh agent")
         )
     return 1 if failed else 0

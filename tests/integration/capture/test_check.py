@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from smesh.capture import abi, preflight
+from smesh.linux import cpuidle
 from tests.integration.labkit import smesh
 
 
@@ -15,6 +16,9 @@ def test_every_check_passes_here() -> None:
     doc = json.loads(proc.stdout)
     assert doc["ok"] is True
     statuses = {c["name"]: c["status"] for c in doc["checks"]}
+    # how idle vCPUs wake is an advisory: a warning exactly where they halt without polling
+    idle = "warn" if cpuidle.idling().halts_at_once else "ok"
+    assert statuses.pop("CPU idle") == idle
     assert set(statuses.values()) == {"ok"}, statuses
     for name in (
         "privileges",
@@ -32,8 +36,12 @@ def test_every_check_passes_here() -> None:
     ):
         assert name in statuses
     text = smesh("check").stdout
-    assert text.count("\n✔ ") + text.startswith("✔ ") == len(statuses)  # one line per check
+    marks = text.count("\n✔ ") + text.startswith("✔ ") + text.count("\n! ")
+    assert marks == len(statuses) + 1  # one line per check
     assert "0 failed: this machine can run a smesh agent" in text
+    if idle == "warn":
+        assert "1 warning, 0 failed" in text
+        assert "fix: let idle vCPUs poll before they halt" in text
 
 
 def test_the_machine_hybrid_cgroup_mount_is_named() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from smesh.bench import conditions
@@ -64,53 +62,6 @@ def test_the_report_says_the_conditions_and_is_silent_for_older_runs() -> None:
         "0.0 % of their time (steal)."
     )
     assert conditions.line({}) == ""
-
-
-def _cpuidle(root: Path, states: dict[str, list[tuple[str, str]]]) -> Path:
-    """A sysfs cpu tree: per CPU, its idle states' (name, usage)."""
-    for cpu, entries in states.items():
-        for index, (name, usage) in enumerate(entries):
-            state = root / cpu / "cpuidle" / f"state{index}"
-            state.mkdir(parents=True)
-            (state / "name").write_text(name + "\n")
-            (state / "usage").write_text(usage + "\n")
-    return root
-
-
-def test_halts_count_every_idle_state_but_polling(tmp_path: Path) -> None:
-    root = _cpuidle(
-        tmp_path,
-        {
-            "cpu0": [("POLL", "1000"), ("haltpoll idle", "7")],
-            "cpu1": [("POLL", "5"), ("haltpoll idle", "3"), ("C6", "2")],
-            "cpufreq": [],  # not a CPU
-        },
-    )
-    assert conditions.halts(root) == 12
-    assert conditions.halts(tmp_path / "missing") == 0  # no cpuidle: nothing halts
-
-
-def test_a_state_that_cannot_be_read_is_left_out(tmp_path: Path) -> None:
-    root = _cpuidle(tmp_path, {"cpu0": [("haltpoll idle", "7"), ("C1", "gone")]})
-    assert conditions.halts(root) == 7
-
-
-def test_how_the_cpus_idle_is_read_and_none_where_there_is_no_such_setting(
-    tmp_path: Path,
-) -> None:
-    cpu, modules = tmp_path / "cpu", tmp_path / "module"
-    assert conditions.idling(cpu, modules) == {
-        "cpuidle_driver": None,
-        "guest_halt_poll_ns": None,
-    }
-    (cpu / "cpuidle").mkdir(parents=True)
-    (cpu / "cpuidle" / "current_driver").write_text("haltpoll\n")
-    (modules / "haltpoll" / "parameters").mkdir(parents=True)
-    (modules / "haltpoll" / "parameters" / "guest_halt_poll_ns").write_text("0\n")
-    assert conditions.idling(cpu, modules) == {
-        "cpuidle_driver": "haltpoll",
-        "guest_halt_poll_ns": 0,
-    }
 
 
 def _document(driver: str | None, poll: int | None, halts: dict[str, list[float]]) -> dict:

@@ -52,3 +52,53 @@ def test_an_object_cut_short_is_refused_as_damaged(tmp_path: Path, keep: float) 
     path.write_bytes(whole[: int(keep * len(whole)) if keep < 1 else int(keep)])
     with pytest.raises(preflight.ObjectUnreadable, match="ELF file"):
         preflight.program_helpers(path)
+
+
+def _idle_places(tmp_path: Path, driver: str | None, poll_ns: str | None) -> preflight.Places:
+    cpus, modules = tmp_path / "cpu", tmp_path / "module"
+    if driver is not None:
+        (cpus / "cpuidle").mkdir(parents=True)
+        (cpus / "cpuidle" / "current_driver").write_text(driver + "\n")
+    if poll_ns is not None:
+        (modules / "haltpoll" / "parameters").mkdir(parents=True)
+        (modules / "haltpoll" / "parameters" / "guest_halt_poll_ns").write_text(poll_ns + "\n")
+    return preflight.Places(cpus=cpus, modules=modules)
+
+
+def test_vcpus_that_halt_without_polling_are_a_warning_with_the_setting_to_change(
+    tmp_path: Path,
+) -> None:
+    places = _idle_places(tmp_path, "haltpoll", "0")
+    check = preflight.cpu_idle(places)
+    assert check.status == "warn"
+    assert not check.failed  # the agent runs; its round trips are slow, and so are everyone's
+    assert "guest halt polling off" in check.detail
+    assert check.fix is not None
+    parameter = places.modules / "haltpoll" / "parameters" / "guest_halt_poll_ns"
+    assert f"write 200000 (the driver's default, in ns) to {parameter}" in check.fix
+    assert "haltpoll.guest_halt_poll_ns=200000" in check.fix
+
+
+@pytest.mark.parametrize(
+    ("driver", "poll_ns", "detail"),
+    [
+        (
+            "haltpoll",
+            "200000",
+            "haltpoll cpuidle driver; an idle vCPU polls up to 200 µs before it halts",
+        ),
+        (
+            "haltpoll",
+            "50000",
+            "haltpoll cpuidle driver; an idle vCPU polls up to 50 µs before it halts",
+        ),
+        ("intel_idle", None, "intel_idle cpuidle driver"),
+        ("acpi_idle", "0", "acpi_idle cpuidle driver"),  # the parameter governs haltpoll only
+        (None, None, "no cpuidle driver"),
+    ],
+)
+def test_cpus_that_poll_or_idle_otherwise_pass(
+    tmp_path: Path, driver: str | None, poll_ns: str | None, detail: str
+) -> None:
+    check = preflight.cpu_idle(_idle_places(tmp_path, driver, poll_ns))
+    assert (check.status, check.detail, check.fix) == ("ok", detail, None)
