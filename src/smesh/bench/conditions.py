@@ -89,22 +89,22 @@ def idle_line(document: Mapping[str, Any]) -> str:
     found = document.get("conditions", {})
     if "cpuidle_driver" not in found:
         return ""
-    driver, poll = found["cpuidle_driver"], found.get("guest_halt_poll_ns")
-    if driver is None:
+    idle = cpuidle.Idling(found["cpuidle_driver"], found.get("guest_halt_poll_ns"))
+    if idle.driver is None:
         said = "The CPUs have no cpuidle driver"
-    elif poll is None:
-        said = f"The CPUs idle through the {driver} cpuidle driver"
-    elif poll == 0:
+    elif idle.halts_at_once:
         said = (
-            f"The vCPUs idle through the {driver} cpuidle driver with guest halt polling off "
-            "(guest_halt_poll_ns 0): an idle vCPU halts at once and each wake-up of one "
+            f"The vCPUs idle through the {idle.driver} cpuidle driver with guest halt polling "
+            "off (guest_halt_poll_ns 0): an idle vCPU halts at once and each wake-up of one "
             "goes through the hypervisor"
         )
-    else:
+    elif idle.polls_ns is not None:
         said = (
-            f"The vCPUs idle through the {driver} cpuidle driver and poll up to "
-            f"{poll / 1000:g} µs before they halt (guest_halt_poll_ns)"
+            f"The vCPUs idle through the {idle.driver} cpuidle driver and poll up to "
+            f"{idle.polls_ns / 1000:g} µs before they halt (guest_halt_poll_ns)"
         )
+    else:
+        said = f"The CPUs idle through the {idle.driver} cpuidle driver"
     per_variant = {
         name: statistics.median(values)
         for name, notes in document.get("notes", {}).items()

@@ -370,12 +370,12 @@ def cpu_idle(places: Places) -> Check:
         )
     if found.driver is None:
         return Check("CPU idle", "ok", "no cpuidle driver")
-    if found.driver == "haltpoll" and found.guest_halt_poll_ns is not None:
+    if found.polls_ns is not None:
         return Check(
             "CPU idle",
             "ok",
             f"haltpoll cpuidle driver; an idle vCPU polls up to "
-            f"{found.guest_halt_poll_ns / 1000:g} µs before it halts",
+            f"{found.polls_ns / 1000:g} µs before it halts",
         )
     return Check("CPU idle", "ok", f"{found.driver} cpuidle driver")
 

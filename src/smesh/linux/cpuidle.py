@@ -28,9 +28,15 @@ class Idling:
     guest_halt_poll_ns: int | None
 
     @property
+    def polls_ns(self) -> int | None:
+        """How long an idle vCPU polls before it halts; None unless the driver is
+        ``haltpoll`` (the module's parameter exists beside other drivers, and governs none)."""
+        return self.guest_halt_poll_ns if self.driver == "haltpoll" else None
+
+    @property
     def halts_at_once(self) -> bool:
         """An idle vCPU halts without polling first: every wake-up is the hypervisor's."""
-        return self.driver == "haltpoll" and self.guest_halt_poll_ns == 0
+        return self.polls_ns == 0
 
 
 def idling(cpu_root: Path = CPU_SYSFS, module_root: Path = MODULE_SYSFS) -> Idling:

@@ -96,6 +96,10 @@ def test_the_report_says_how_the_vcpus_idled_and_each_variants_halts() -> None:
         "The CPUs idle through the intel_idle cpuidle driver."
     )
     assert conditions.idle_line(_document(None, None, {})) == "The CPUs have no cpuidle driver."
+    # haltpoll's parameter is there beside other drivers too, and governs none of them
+    assert conditions.idle_line(_document("acpi_idle", 0, {})) == (
+        "The CPUs idle through the acpi_idle cpuidle driver."
+    )
 
 
 def test_runs_that_did_not_record_the_idling_say_nothing_of_it() -> None:

@@ -47,3 +47,8 @@ def test_how_the_cpus_idle_is_read_and_none_where_there_is_no_such_setting(
     (modules / "haltpoll" / "parameters" / "guest_halt_poll_ns").write_text("0\n")
     assert cpuidle.idling(cpu, modules) == cpuidle.Idling("haltpoll", 0)
     assert cpuidle.idling(cpu, modules).halts_at_once
+    assert cpuidle.idling(cpu, modules).polls_ns == 0
+    (cpu / "cpuidle" / "current_driver").write_text("acpi_idle\n")
+    assert cpuidle.idling(cpu, modules) == cpuidle.Idling("acpi_idle", 0)
+    assert cpuidle.idling(cpu, modules).polls_ns is None
+    assert not cpuidle.idling(cpu, modules).halts_at_once
