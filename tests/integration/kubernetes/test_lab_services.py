@@ -124,6 +124,15 @@ def cluster() -> collections.abc.Iterator[Lab]:
         kubectl(lab, "apply", "-f", "-", stdin=SHOP)
         running(lab, "-n", "shop", count=6)
         running(lab, "-n", "kube-system", "-l", "k8s-app=kube-dns", count=1)
+        # Running is not serving: CoreDNS answers once its readiness probe passes, and the
+        # client reaches it once kube-proxy routes the kube-dns address to that endpoint.
+        ready_endpoints(lab, "kube-dns", "kube-system", 1)
+
+        def answered() -> bool:
+            found = in_client(lab, "getent", "hosts", "kube-dns.kube-system.svc.cluster.local")
+            return found.returncode == 0
+
+        wait_for("the client to get answers from kube-dns", answered)
         yield lab
 
 
